@@ -1,0 +1,257 @@
+"""Named configurations (``configs/<name>.toml``) as typed dataclasses.
+
+A config file has one table per stage: ``[data]``, ``[model]``, ``[train]``, ``[index]``,
+``[search]``. Every key is optional (the defaults below); an unknown key or a value of the wrong
+type is an error that names the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "IndexConfig",
+    "SearchConfig",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "resolve_config_path",
+    "CONFIG_DIR",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed, or holds a bad value."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Dataset preparation and synthetic generation.
+
+    Attributes:
+      max_len: L, the number of past behaviours a sample keeps as history.
+      min_len: users with fewer behaviours are dropped.
+      val_users / test_users: held-out users (scaled down to at most 10% of users each on small
+        data).
+      synth_users / synth_items / synth_categories / synth_seed: `nann-tf synth` defaults.
+    """
+
+    max_len: int = 50
+    min_len: int = 10
+    val_users: int = 10000
+    test_users: int = 10000
+    split_seed: int = 0
+    synth_users: int = 2000
+    synth_items: int = 2000
+    synth_categories: int = 50
+    synth_events_per_user: int = 40
+    synth_seed: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The NANN model.
+
+    Attributes:
+      variant: "attention" (NANN: target attention), "sum_pool" (no attention) or "two_tower"
+        (inner product of a user and an item embedding).
+      item_dim / category_dim: id embedding sizes.
+      embedding_dim: d, the size of e_v (the HNSW index dimension).
+      item_hidden / user_hidden / score_hidden: MLP hidden layer sizes.
+      attention_dim: size of the attention query/key projection.
+    """
+
+    variant: str = "attention"
+    item_dim: int = 32
+    category_dim: int = 16
+    embedding_dim: int = 32
+    item_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    user_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    score_hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 64])
+    attention_dim: int = 32
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Training with NCE (+ logQ correction) and the FGSM auxiliary loss.
+
+    Attributes:
+      num_negatives: K noise samples per positive, from unigram^noise_alpha.
+      fgsm_eps: FGSM step on e_v (0 turns the auxiliary loss off).
+      fgsm_lambda: weight of the auxiliary KL loss.
+      strategy: "default", "mirrored" (one host, all GPUs) or "multi_worker" (TF_CONFIG).
+    """
+
+    batch_size: int = 800
+    epochs: int = 1
+    steps_per_epoch: int = 0  # 0: one pass over the train samples
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    num_negatives: int = 200
+    noise_alpha: float = 0.75
+    fgsm_eps: float = 3e-5
+    fgsm_lambda: float = 1.0
+    strategy: str = "default"
+    seed: int = 0
+    eval_users: int = 0  # 0: all test users in `evaluate`
+
+
+@dataclasses.dataclass
+class IndexConfig:
+    """HNSW construction (hnswlib, l2). M: links per node; ef_construction: build beam."""
+
+    M: int = 32
+    ef_construction: int = 40
+    num_threads: int = 0  # 0: all cores
+    seed: int = 100
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Beam-retrieval parameters. ef/T are keyed by level (as strings in TOML)."""
+
+    start_level: int = 2
+    ef: dict[str, int] = dataclasses.field(default_factory=lambda: {"2": 100, "1": 200, "0": 400})
+    T: dict[str, int] = dataclasses.field(default_factory=lambda: {"1": 1, "0": 3})
+    k: int = 200
+    hnsw_ef: int = 400
+
+
+@dataclasses.dataclass
+class Config:
+    name: str = "default"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "index": IndexConfig,
+    "search": SearchConfig,
+}
+
+
+def _check_type(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, int) for v in value)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict) and all(isinstance(v, int) for v in value.values())
+        value = {str(k): v for k, v in value.items()} if ok else value
+    else:  # pragma: no cover
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where}: expected a value like {default!r}, got {value!r}")
+    return value
+
+
+def _validate(cfg: Config, src: str) -> None:
+    if cfg.model.variant not in ("attention", "sum_pool", "two_tower"):
+        raise ConfigError(
+            f"{src}: [model] variant must be attention, sum_pool or two_tower, "
+            f"got {cfg.model.variant!r}")
+    if cfg.train.strategy not in ("default", "mirrored", "multi_worker"):
+        raise ConfigError(
+            f"{src}: [train] strategy must be default, mirrored or multi_worker, "
+            f"got {cfg.train.strategy!r}")
+    for section, key in [("data", "max_len"), ("model", "embedding_dim"), ("train", "batch_size"),
+                         ("train", "num_negatives"), ("index", "M"), ("search", "k")]:
+        if getattr(getattr(cfg, section), key) <= 0:
+            raise ConfigError(f"{src}: [{section}] {key} must be > 0")
+    if cfg.train.fgsm_eps < 0:
+        raise ConfigError(f"{src}: [train] fgsm_eps must be >= 0, got {cfg.train.fgsm_eps}")
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to an existing file, or the name of a file in ``configs/`` (with or without .toml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / f"{name_or_path}.toml", CONFIG_DIR / str(name_or_path)):
+        if cand.is_file():
+            return cand
+    known = sorted(q.stem for q in CONFIG_DIR.glob("*.toml")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(f"config {str(name_or_path)!r}: no such file and no such name in "
+                      f"{CONFIG_DIR} (known: {', '.join(known) or 'none'})")
+
+
+def config_from_dict(raw: dict[str, Any], src: str = "<dict>", name: str = "custom") -> Config:
+    cfg = Config(name=name)
+    for section, value in raw.items():
+        if section == "name":
+            cfg.name = str(value)
+            continue
+        if section not in _SECTIONS:
+            raise ConfigError(f"{src}: unknown table [{section}] (expected one of "
+                              f"{', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: [{section}] must be a table")
+        obj = getattr(cfg, section)
+        fields = {f.name for f in dataclasses.fields(obj)}
+        for key, v in value.items():
+            if key not in fields:
+                raise ConfigError(f"{src}: [{section}] unknown key {key!r} (expected one of "
+                                  f"{', '.join(sorted(fields))})")
+            setattr(obj, key, _check_type(v, getattr(obj, key), f"{src}: [{section}] {key}"))
+    _validate(cfg, src)
+    return cfg
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Loads a named config (``configs/<name>.toml``) or a TOML file.
+
+    Args:
+      name_or_path: a config name such as ``ci-synth`` or a path to a ``.toml`` file.
+      overrides: ``{"train.epochs": 3, ...}`` applied after the file.
+
+    Raises:
+      ConfigError: the file is missing or malformed, or a key or value is bad (the message
+        names the file, table and key).
+    """
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw, str(path), name=path.stem)
+
+
+def config_from_json(text: str, src: str) -> Config:
+    """Reads back what :meth:`Config.to_json` wrote (saved beside checkpoints and indexes)."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{src}: not valid JSON: {e}") from e
+    name = raw.pop("name", "custom")
+    return config_from_dict(raw, src, name=name)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs everything into .venv (Python 3.11, gcc/g++ and pip are all a fresh
+# machine needs), builds the op library, and runs the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+# TensorFlow first: the op library build (setup.py) reads tf.sysconfig, so the project is
+# installed without build isolation.
+.venv/bin/python -m pip install -q "tensorflow==2.21.*" "tensorflow-serving-api==2.21.*" pybind11 numpy
+.venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
