@@ -10,6 +10,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 # TensorFlow first: the op library build (setup.py) reads tf.sysconfig, so the project is
 # installed without build isolation.
-.venv/bin/python -m pip install -q "tensorflow==2.21.*" "tensorflow-serving-api==2.21.*" pybind11 numpy
+.venv/bin/python -m pip install -q "tensorflow==2.21.*" "tensorflow-serving-api==2.21.*" pybind11 numpy tensorboard
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests

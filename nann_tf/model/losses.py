@@ -1,0 +1,65 @@
+"""NCE with logQ correction and the FGSM adversarial auxiliary loss (paper section 3.4).
+
+For each training example there is one positive item and K negatives drawn from the noise
+distribution q(v) ∝ freq(v)^alpha. With ``s`` the raw scores ``s_u(e_v)`` of those 1+K
+candidates:
+
+* NCE: each candidate is a binary classification with the logQ-corrected logit
+  ``s - log(K q(v))``; the positive has label 1, negatives label 0; a negative equal to the
+  positive (an accidental hit) is masked out.
+* FGSM auxiliary task: ``g = dL_nce/de_v``; ``e~ = e_v + eps * sign(g)`` (g is a constant: no
+  gradient flows through the perturbation); ``L_aux = KL(softmax(stop_grad(s)) || softmax(s~))``
+  over the candidates that are not masked, where ``s~`` is the score of ``e~``. It uses the raw
+  score the search ranks by, not the logQ-corrected logit.
+* ``L = L_nce + lambda * L_aux``; ``eps = 0`` makes ``e~ = e_v`` and ``L_aux = 0``.
+
+The model has no batch normalisation, so the adversarial forward pass changes no statistics.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+__all__ = ["nce_logits", "nce_loss", "fgsm_perturb", "kl_aux_loss", "accidental_hit_mask"]
+
+
+def accidental_hit_mask(pos_ids, neg_ids):
+    """float [B, 1+K]: 1 for the positive and every negative that differs from it."""
+    neg_ok = tf.cast(tf.not_equal(neg_ids, pos_ids[:, None]), tf.float32)
+    return tf.concat([tf.ones_like(neg_ok[:, :1]), neg_ok], axis=1)
+
+
+def nce_logits(scores, log_q, num_negatives: int):
+    """logQ-corrected logits ``s - log(K q(v))``; ``scores``, ``log_q``: [B, 1+K]."""
+    return scores - log_q - tf.math.log(tf.cast(num_negatives, scores.dtype))
+
+
+def nce_loss(logits, mask):
+    """Mean over the batch of the summed binary NCE losses.
+
+    Args:
+      logits: [B, 1+K] corrected logits, column 0 the positive.
+      mask: [B, 1+K] 1 for candidates that count (see :func:`accidental_hit_mask`).
+
+    Returns:
+      A scalar: ``mean_b [softplus(-l_b0) + sum_k mask_bk * softplus(l_bk)]``.
+    """
+    pos = tf.nn.softplus(-logits[:, 0])
+    neg = tf.reduce_sum(tf.nn.softplus(logits[:, 1:]) * mask[:, 1:], axis=1)
+    return tf.reduce_mean(pos + neg)
+
+
+def fgsm_perturb(e_v, grad, eps: float):
+    """``e_v + eps * sign(grad)`` with the perturbation held constant (stop_gradient)."""
+    return e_v + tf.stop_gradient(eps * tf.sign(grad))
+
+
+def kl_aux_loss(scores, adv_scores, mask):
+    """``mean_b KL(softmax(stop_grad(s_b)) || softmax(s~_b))`` over unmasked candidates."""
+    neg_inf = tf.constant(-1e9, scores.dtype)
+    s = tf.where(mask > 0, tf.stop_gradient(scores), neg_inf)
+    a = tf.where(mask > 0, adv_scores, neg_inf)
+    log_p = tf.nn.log_softmax(s, axis=-1)
+    log_q = tf.nn.log_softmax(a, axis=-1)
+    kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q) * mask, axis=-1)
+    return tf.reduce_mean(kl)

@@ -1,0 +1,163 @@
+"""The NANN model: item network, behaviour embeddings, target attention, user and score networks.
+
+The model is split the way retrieval needs it:
+
+* ``item_embedding(item_ids) -> e_v``: the item network. Its outputs for the whole corpus are what
+  the HNSW graph is built over.
+* ``encode_user(hist) -> user_state``: everything that depends on the user only, computed once
+  per query (behaviour keys/values, the user network output).
+* ``score(user_state, e_v) -> s_u(e_v)``: the score network for ``[B, C, d]`` candidate
+  embeddings, one row of ``C`` candidates per user. This is what training (1 positive + K
+  negatives) and search (thousands of graph neighbours) call.
+
+Variants (``ModelConfig.variant``):
+
+* ``attention`` — NANN: target attention of ``e_v`` over the behaviour sequence, MLP score.
+* ``sum_pool`` — the same MLP score with mean-pooled behaviours instead of attention.
+* ``two_tower`` — an inner product ``e_u . e_v`` (the EBR baseline).
+
+History embeddings reuse the item network (``e_h = item_network(h)``), so a behaviour and a
+candidate live in the same space and serving can gather them from the precomputed ``e_v`` table.
+Item ids are dense (1..N, 0 = padding); padded history positions are masked everywhere.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nann_tf.config import ModelConfig
+
+__all__ = ["NANNModel", "UserState", "MLP", "mlp"]
+
+UserState = dict  # str -> tf.Tensor with leading batch dimension B
+
+
+class MLP(keras.layers.Layer):
+    """Dense layers applied in sequence to the last axis of an input of any rank."""
+
+    def __init__(self, hidden: list[int], out_dim: int | None, activation: str = "relu",
+                 out_activation: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = [keras.layers.Dense(h, activation=activation, name=f"h{i}")
+                      for i, h in enumerate(hidden)]
+        if out_dim is not None:
+            self.dense.append(keras.layers.Dense(out_dim, activation=out_activation, name="out"))
+
+    def call(self, x):
+        for layer in self.dense:
+            x = layer(x)
+        return x
+
+
+def mlp(hidden: list[int], out_dim: int | None, name: str, activation: str = "relu",
+        out_activation: str | None = None) -> MLP:
+    """An :class:`MLP`; ``out_dim=None`` ends on the last hidden layer."""
+    return MLP(hidden, out_dim, activation, out_activation, name=name)
+
+
+class NANNModel(keras.Model):
+    """Keras 3 NANN model (TensorFlow backend).
+
+    Args:
+      num_items: N; dense item ids are 1..N, 0 is padding.
+      num_categories: C; dense category ids 1..C.
+      item_category: int array [N+1], the dense category of each dense item id (0 at index 0).
+      config: the ``[model]`` configuration.
+    """
+
+    def __init__(self, num_items: int, num_categories: int, item_category, config: ModelConfig,
+                 **kwargs):
+        super().__init__(**kwargs)
+        item_category = np.asarray(item_category, dtype=np.int32)
+        if item_category.shape != (num_items + 1,):
+            raise ValueError(f"item_category: expected shape ({num_items + 1},), "
+                             f"got {item_category.shape}")
+        self.num_items = int(num_items)
+        self.num_categories = int(num_categories)
+        self.cfg = config
+        self.variant = config.variant
+        d = config.embedding_dim
+        self.item_category = self.add_weight(
+            name="item_category", shape=(num_items + 1,), dtype="int32", trainable=False,
+            initializer=keras.initializers.Constant(item_category))
+        self.item_id_embedding = keras.layers.Embedding(
+            num_items + 1, config.item_dim, name="item_id_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05))
+        self.category_embedding = keras.layers.Embedding(
+            num_categories + 1, config.category_dim, name="category_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05))
+        self.item_network = mlp(config.item_hidden, d, "item_network")
+        self.user_network = mlp(config.user_hidden, None, "user_network")
+        if self.variant == "two_tower":
+            self.user_tower = keras.layers.Dense(d, name="user_tower")
+        else:
+            self.score_network = mlp(config.score_hidden, 1, "score_network")
+        if self.variant == "attention":
+            self.att_query = keras.layers.Dense(config.attention_dim, use_bias=False,
+                                                name="att_query")
+            self.att_key = keras.layers.Dense(config.attention_dim, use_bias=False,
+                                              name="att_key")
+
+    # ----- item side -------------------------------------------------------------------------
+    def item_embedding(self, item_ids):
+        """e_v for dense item ids of any shape [...] -> [..., d]."""
+        item_ids = tf.convert_to_tensor(item_ids)
+        if item_ids.dtype != tf.int32:
+            item_ids = tf.cast(item_ids, tf.int32)
+        cats = tf.gather(self.item_category, item_ids)
+        x = tf.concat([self.item_id_embedding(item_ids), self.category_embedding(cats)], axis=-1)
+        return self.item_network(x)
+
+    # ----- user side -------------------------------------------------------------------------
+    def encode_user_from_embeddings(self, hist_emb, mask) -> UserState:
+        """User state from behaviour embeddings ``[B, L, d]`` and a float mask ``[B, L]``."""
+        mask = tf.cast(mask, hist_emb.dtype)
+        count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+        pooled = tf.reduce_sum(hist_emb * mask[..., None], axis=1) / count
+        user_vec = self.user_network(pooled)
+        if self.variant == "two_tower":
+            return {"e_u": self.user_tower(tf.concat([user_vec, pooled], axis=-1))}
+        state = {"user_vec": user_vec, "pooled": pooled}
+        if self.variant == "attention":
+            state["keys"] = self.att_key(hist_emb)
+            state["values"] = hist_emb
+            state["mask"] = mask
+        return state
+
+    def encode_user(self, hist) -> UserState:
+        """User state for dense history ids ``[B, L]`` (0 = padding)."""
+        hist = tf.cast(tf.convert_to_tensor(hist), tf.int32)
+        return self.encode_user_from_embeddings(self.item_embedding(hist),
+                                                tf.not_equal(hist, 0))
+
+    # ----- score -----------------------------------------------------------------------------
+    def score(self, user_state: UserState, e_v):
+        """Scores ``e_v`` [B, C, d] for the B users of ``user_state`` -> logits [B, C]."""
+        if self.variant == "two_tower":
+            return tf.einsum("bd,bcd->bc", user_state["e_u"], e_v)
+        if self.variant == "attention":
+            q = self.att_query(e_v)  # [B, C, a]
+            logits = tf.einsum("bca,bla->bcl", q, user_state["keys"])
+            logits /= np.sqrt(float(self.cfg.attention_dim)).astype(np.float32)
+            mask = user_state["mask"][:, None, :]  # [B, 1, L]
+            logits += (1.0 - mask) * -1e9
+            w = tf.nn.softmax(logits, axis=-1) * mask  # all-padding history -> zeros
+            ctx = tf.einsum("bcl,bld->bcd", w, user_state["values"])
+        else:
+            ctx = tf.broadcast_to(user_state["pooled"][:, None, :], tf.shape(e_v))
+        user_vec = tf.broadcast_to(user_state["user_vec"][:, None, :],
+                                   tf.concat([tf.shape(e_v)[:2],
+                                              tf.shape(user_state["user_vec"])[1:]], 0))
+        x = tf.concat([user_vec, ctx, e_v, ctx * e_v], axis=-1)
+        return tf.squeeze(self.score_network(x), axis=-1)
+
+    def call(self, inputs, training=False):
+        """``{"hist": [B, L], "items": [B, C]}`` -> logits [B, C]."""
+        state = self.encode_user(inputs["hist"])
+        return self.score(state, self.item_embedding(inputs["items"]))
+
+    def build_all(self, max_len: int = 4) -> None:
+        """Creates every variable with a dummy forward pass."""
+        self({"hist": tf.ones([1, max_len], tf.int32), "items": tf.ones([1, 2], tf.int32)})

@@ -1,0 +1,92 @@
+"""The training step (NCE + FGSM) and the noise distribution it samples negatives from."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nann_tf.model.losses import (accidental_hit_mask, fgsm_perturb, kl_aux_loss, nce_logits,
+                                  nce_loss)
+from nann_tf.model.nann import NANNModel
+
+__all__ = ["NoiseDistribution", "NANNTrainer"]
+
+
+class NoiseDistribution:
+    """Unigram^alpha noise over dense ids 1..N.
+
+    Counts get add-one smoothing so that items never seen in training (they can still be
+    retrieved) are drawn as negatives too and their ``log q`` is finite.
+    """
+
+    def __init__(self, freq: np.ndarray, alpha: float):
+        w = (np.asarray(freq, np.float64)[1:] + 1.0) ** alpha
+        p = w / w.sum()
+        self.probs = np.concatenate([[0.0], p])  # index = dense id
+        self.log_q = np.log(np.maximum(self.probs, 1e-30)).astype(np.float32)
+        self._cdf = np.cumsum(p)
+        self._cdf[-1] = 1.0
+
+    def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
+        u = rng.random(shape)
+        return (np.searchsorted(self._cdf, u, side="right") + 1).astype(np.int32)
+
+
+class NANNTrainer(keras.Model):
+    """Wraps a :class:`NANNModel` with the NCE + FGSM training step."""
+
+    def __init__(self, model: NANNModel, log_q: np.ndarray, num_negatives: int,
+                 fgsm_eps: float, fgsm_lambda: float, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.num_negatives = int(num_negatives)
+        self.fgsm_eps = float(fgsm_eps)
+        self.fgsm_lambda = float(fgsm_lambda)
+        self.log_q = self.add_weight(name="log_q", shape=log_q.shape, dtype="float32",
+                                     trainable=False,
+                                     initializer=keras.initializers.Constant(log_q))
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.nce_tracker = keras.metrics.Mean(name="nce")
+        self.aux_tracker = keras.metrics.Mean(name="aux")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.nce_tracker, self.aux_tracker]
+
+    def call(self, inputs, training=False):
+        return self.model(inputs, training=training)
+
+    def compute_losses(self, hist, pos, neg):
+        """Returns ``(total, l_nce, l_aux)`` for one batch (differentiable)."""
+        m = self.model
+        items = tf.concat([pos[:, None], neg], axis=1)
+        mask = accidental_hit_mask(pos, neg)
+        log_q = tf.gather(self.log_q, items)
+        state = m.encode_user(hist)
+        e_v = m.item_embedding(items)
+        with tf.GradientTape(watch_accessed_variables=False) as inner:
+            inner.watch(e_v)
+            scores = m.score(state, e_v)
+            l_nce = nce_loss(nce_logits(scores, log_q, self.num_negatives), mask)
+        if self.fgsm_eps > 0:
+            grad = inner.gradient(l_nce, e_v)
+            adv_scores = m.score(state, fgsm_perturb(e_v, grad, self.fgsm_eps))
+            l_aux = kl_aux_loss(scores, adv_scores, mask)
+        else:
+            l_aux = tf.constant(0.0)
+        return l_nce + self.fgsm_lambda * l_aux, l_nce, l_aux
+
+    def train_step(self, data):
+        hist, pos, neg = data
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            total, l_nce, l_aux = self.compute_losses(hist, pos, neg)
+            scaled = total / replicas
+        variables = self.model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        self.loss_tracker.update_state(total)
+        self.nce_tracker.update_state(l_nce)
+        self.aux_tracker.update_state(l_aux)
+        return {m.name: m.result() for m in self.metrics}

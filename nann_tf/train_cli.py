@@ -1,0 +1,51 @@
+"""``nann-tf train``: train the NANN model on a prepared dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nann_tf.cli import CliError
+
+__all__ = ["add_arguments", "run", "parse_overrides"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True,
+                   help="config name in configs/ (e.g. ci-synth) or a .toml path")
+    p.add_argument("--data", required=True, help="dataset directory from `nann-tf prepare`")
+    p.add_argument("--output", required=True,
+                   help="model directory (an interrupted run there is resumed)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 "
+                        "--set model.variant=two_tower (VALUE is TOML/JSON)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished model")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.epochs=3", "model.variant=sum_pool"]`` -> ``{"train.epochs": 3, ...}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise CliError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.epochs=3")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value  # a bare string such as two_tower
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from nann_tf.config import ConfigError, load_config
+    from nann_tf.data.dataset import DataError
+    from nann_tf.train import TrainError, train
+
+    try:
+        cfg = load_config(args.config, parse_overrides(args.set))
+        summary = train(cfg, args.data, args.output, overwrite=args.overwrite)
+    except (ConfigError, DataError, TrainError) as e:
+        raise CliError(str(e)) from e
+    print(f"trained {cfg.model.variant} model -> {args.output}: "
+          f"{summary['examples_per_s']:.0f} examples/s, final {summary['final']}")
+    return 0

@@ -1,0 +1,69 @@
+"""The model's retrieval API: encode_user once, score any number of candidates."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nann_tf.config import ModelConfig
+from nann_tf.model import NANNModel
+
+N, C = 40, 5
+
+
+def make(variant):
+    rng = np.random.default_rng(0)
+    m = NANNModel(N, C, np.r_[0, rng.integers(1, C + 1, N)],
+                  ModelConfig(variant=variant, item_dim=8, category_dim=4, embedding_dim=8,
+                              item_hidden=[16], user_hidden=[16], score_hidden=[16],
+                              attention_dim=8))
+    m.build_all(6)
+    return m
+
+
+@pytest.mark.parametrize("variant", ["attention", "sum_pool", "two_tower"])
+def test_split_api_equals_call_and_is_per_candidate(variant):
+    m = make(variant)
+    hist = tf.constant([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]], tf.int32)
+    items = tf.constant([[1, 2, 3, 7], [9, 10, 11, 12]], tf.int32)
+    full = m({"hist": hist, "items": items}).numpy()
+    state = m.encode_user(hist)
+    split = m.score(state, m.item_embedding(items)).numpy()
+    np.testing.assert_allclose(full, split, rtol=1e-5, atol=1e-6)
+    # A candidate's score does not depend on which other candidates share its row.
+    one = m.score(state, m.item_embedding(items[:, 2:3])).numpy()
+    np.testing.assert_allclose(one[:, 0], split[:, 2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["attention", "sum_pool", "two_tower"])
+def test_padding_is_masked(variant):
+    m = make(variant)
+    items = tf.constant([[1, 2, 3]], tf.int32)
+    a = m({"hist": tf.constant([[0, 0, 0, 7, 8, 9]]), "items": items}).numpy()
+    b = m({"hist": tf.constant([[0, 7, 8, 9]]), "items": items}).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    c = m({"hist": tf.constant([[5, 7, 8, 9]]), "items": items}).numpy()
+    assert not np.allclose(a, c), "a real behaviour must change the score"
+
+
+def test_empty_history_gives_finite_scores():
+    m = make("attention")
+    s = m({"hist": tf.zeros([2, 6], tf.int32), "items": tf.constant([[1, 2], [3, 4]])}).numpy()
+    assert np.isfinite(s).all()
+
+
+def test_attention_is_target_dependent_and_sum_pool_is_not_in_context():
+    """With attention, which behaviour matters depends on the candidate (the NANN premise)."""
+    m = make("attention")
+    state = m.encode_user(tf.constant([[1, 2, 3, 4, 5, 6]]))
+    e = m.item_embedding(tf.constant([[7, 30]]))
+    q = m.att_query(e)
+    w = tf.nn.softmax(tf.einsum("bca,bla->bcl", q, state["keys"]), -1).numpy()
+    assert not np.allclose(w[0, 0], w[0, 1])
+
+
+def test_item_category_table_is_a_weight_and_bad_shape_is_refused():
+    m = make("sum_pool")
+    names = [w.name for w in m.weights]
+    assert any("item_category" in n for n in names)
+    with pytest.raises(ValueError, match="item_category"):
+        NANNModel(N, C, np.zeros(N), ModelConfig())
