@@ -98,7 +98,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
 
 def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose: int | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, extra_callbacks: list | None = None) -> dict:
     """Trains a model and writes it to ``output_dir`` (see module docstring).
 
     Args:
@@ -109,6 +109,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
       verbose: Keras verbosity (default: a progress bar on a terminal, one line per epoch
         otherwise).
       overwrite: replace a finished model in ``output_dir``.
+      extra_callbacks: more Keras callbacks for ``fit``.
 
     Returns:
       A summary dict (steps, examples/s, final losses).
@@ -165,7 +166,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         _EpochCheckpoint(model, out / "checkpoints"),
         keras.callbacks.TensorBoard(str(out / "logs"), update_freq=max(1, steps // 10),
                                     write_graph=False),
-    ]
+    ] + list(extra_callbacks or [])
     if verbose is None:
         verbose = 1 if os.isatty(1) else 2
     log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d, "
