@@ -1,0 +1,276 @@
+"""The served model: one ``tf.Module`` holding the model, the item table, the HNSW levels and the
+raw-id vocabulary, with the retrieval signatures TF Serving calls.
+
+Everything large is a variable (a GraphDef is capped at 2 GB; variables live in the checkpoint).
+Signatures take and return dense tensors only:
+
+* ``serving_default(hist_item_ids int64 [B, L']) -> item_ids int64 [B, k], scores float32 [B, k],
+  num_scored int32 [B]`` with the export's default search parameters.
+* ``retrieve(hist_item_ids, k int32 [B], ef int32 [B, S+1], T int32 [B, S+1],
+  exclude_item_ids int64 [B, E])``: per-request parameters; ``ef[:, l]`` / ``T[:, l]`` are for
+  level ``l`` (``T[:, S]`` is unused). A batch runs with the element-wise maximum of its rows'
+  ``ef`` and ``T`` (so batching requests together never lowers anyone's quality) and returns
+  ``max(k)`` columns; a row's columns past its own ``k`` are padding.
+* ``brute_force(hist_item_ids) -> item_ids, scores``: exact top-k over the whole corpus.
+* ``warmup_grid(hist_item_ids, width int32 [B])``: scores ``max(width)`` items per row; it exists so
+  the warm-up file can compile every size of the XLA shape grid.
+
+Padding convention: the history is RIGHT-aligned (most recent behaviour last); ``L' <= L`` (the
+export's ``max_len``) columns, shorter histories are left-padded with 0 to ``L``. Raw id 0 and
+negative ids are padding; unknown raw ids are ignored (masked) too. Output rows with fewer
+than k results are padded with item id 0 and score -inf.
+
+Placement: index traversal, the visited set, merges and embedding gathers are pinned to
+``/CPU:0``; the user encoder and the score network carry no device, so TF Serving places them on
+the GPU when there is one (soft placement falls back to the CPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from nann_tf.index.hnsw import make_graph_tensors
+from nann_tf.model.scorer import ModelScorer, ShapeGrid
+from nann_tf.search.beam import beam_search
+from nann_tf.search.brute_force import brute_force
+
+__all__ = ["RetrievalModule", "SearchDefaults", "MAX_T"]
+
+MAX_T = 64  # rounds per level a request may ask for
+
+CPU = "/CPU:0"
+
+
+class SearchDefaults:
+    """Export-time search parameters: start level S, ef/T per level, k, and the ef cap."""
+
+    def __init__(self, start_level: int, ef: dict, T: dict, k: int, max_ef: int):
+        self.start_level = int(start_level)
+        self.ef = {int(a): int(b) for a, b in ef.items()}
+        self.T = {int(a): int(b) for a, b in T.items()}
+        self.k = int(k)
+        self.max_ef = int(max_ef)
+        S = self.start_level
+        missing = [lv for lv in range(S + 1) if lv not in self.ef] + \
+                  [lv for lv in range(S) if lv not in self.T]
+        if missing:
+            raise ValueError(f"search parameters: ef needs levels 0..{S} and T levels 0..{S - 1}; "
+                             f"got ef {self.ef}, T {self.T}")
+        if min(self.ef.values()) < 1 or min(self.T.values(), default=0) < 0 or self.k < 1:
+            raise ValueError(f"search parameters: need ef >= 1, T >= 0, k >= 1; got ef {self.ef}, "
+                             f"T {self.T}, k {self.k}")
+        if self.k > self.ef[0]:
+            raise ValueError(f"search parameters: k={self.k} > ef[0]={self.ef[0]}")
+        if max(self.ef.values()) > self.max_ef:
+            raise ValueError(f"search parameters: ef {self.ef} exceeds max_ef={self.max_ef}")
+
+    def to_dict(self) -> dict:
+        return {"start_level": self.start_level, "ef": self.ef, "T": self.T, "k": self.k,
+                "max_ef": self.max_ef}
+
+
+def _assert(cond, message):
+    return tf.debugging.Assert(cond, [tf.constant(message)])
+
+
+class RetrievalModule(tf.Module):
+    """Builds the serving graph.
+
+    Args:
+      model: the trained :class:`~nann_tf.model.nann.NANNModel`.
+      index: the :class:`~nann_tf.index.store.ItemIndex` built from it.
+      max_len: L, the history length (longer histories are refused).
+      search: :class:`SearchDefaults`.
+      visited_impl: ``"bitmap"`` (C++ op) or ``"tf"`` (stock ops only).
+      xla: compile the score network with XLA over a shape grid.
+      embedding_dtype: ``"float32"`` or ``"float16"`` storage of e_v.
+      grid_ratio: growth factor of the XLA shape grid.
+    """
+
+    def __init__(self, model, index, max_len: int, search: SearchDefaults,
+                 visited_impl: str = "bitmap", xla: bool = True,
+                 embedding_dtype: str = "float32", grid_ratio: float = 1.25):
+        super().__init__(name="nann_retrieval")
+        if visited_impl not in ("bitmap", "tf"):
+            raise ValueError(f"visited_impl must be bitmap or tf, got {visited_impl!r}")
+        if embedding_dtype not in ("float32", "float16"):
+            raise ValueError(f"embedding_dtype must be float32 or float16, got "
+                             f"{embedding_dtype!r}")
+        graph = index.graph
+        S = graph.resolve_start_level(search.start_level)
+        if S != search.start_level:
+            raise ValueError(f"start level {search.start_level} > the graph's top level "
+                             f"{graph.max_level}")
+        self.model = model
+        # The underlying tf.Variables, so the SavedModel checkpoint holds the weights.
+        self.model_variables = [getattr(v, "value", v) for v in model.variables]
+        self.num_items = int(index.num_items)
+        self.max_len = int(max_len)
+        self.search = search
+        self.visited_impl = visited_impl
+        self.xla = bool(xla)
+        raw = np.asarray(index.raw_item_id, np.int64)
+        order = np.argsort(raw[1:], kind="stable")
+        start_nodes = graph.start_nodes(S)
+        M0 = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels[:1])
+        max_deg = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels)
+        width_cap = max(len(start_nodes), search.max_ef * max(max_deg, M0, 1))
+        self.grid = ShapeGrid(max_size=max(16, min(width_cap, self.num_items + 1)),
+                              ratio=grid_ratio) if xla else None
+        with tf.device(CPU):
+            self.item_table = tf.Variable(index.embeddings.astype(embedding_dtype),
+                                          trainable=False, name="item_embeddings")
+            self.level_values = [tf.Variable(v.astype(np.int32), trainable=False,
+                                             name=f"level{i}_values")
+                                 for i, (v, _) in enumerate(graph.levels)]
+            self.level_splits = [tf.Variable(s.astype(np.int64), trainable=False,
+                                             name=f"level{i}_row_splits")
+                                 for i, (_, s) in enumerate(graph.levels)]
+            self.start_nodes = tf.Variable(start_nodes.astype(np.int32), trainable=False,
+                                           name="start_nodes")
+            self.entry_point = tf.Variable(int(graph.entry_point), dtype=tf.int32,
+                                           trainable=False, name="entry_point")
+            self.raw_item_ids = tf.Variable(raw, trainable=False, name="raw_item_ids")
+            self.sorted_raw_ids = tf.Variable(raw[1:][order], trainable=False,
+                                              name="sorted_raw_ids")
+            self.sorted_dense_ids = tf.Variable((order + 1).astype(np.int32), trainable=False,
+                                                name="sorted_dense_ids")
+        self._start_level = S
+        self._num_start = int(len(start_nodes))
+        self.scorer = ModelScorer(model, self.item_table, self.grid, gather_device=CPU)
+        L = None
+        self.serving_default = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids")])
+        self.retrieve = tf.function(self._retrieve, input_signature=[
+            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids"),
+            tf.TensorSpec([None], tf.int32, name="k"),
+            tf.TensorSpec([None, S + 1], tf.int32, name="ef"),
+            tf.TensorSpec([None, S + 1], tf.int32, name="T"),
+            tf.TensorSpec([None, None], tf.int64, name="exclude_item_ids")])
+        self.brute_force = tf.function(self._brute_force, input_signature=[
+            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids")])
+        self.warmup_grid = tf.function(self._warmup_grid, input_signature=[
+            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids"),
+            tf.TensorSpec([None], tf.int32, name="width")])
+
+    # ----- pieces --------------------------------------------------------------------------
+    def signatures(self) -> dict:
+        return {"serving_default": self.serving_default.get_concrete_function(),
+                "retrieve": self.retrieve.get_concrete_function(),
+                "brute_force": self.brute_force.get_concrete_function(),
+                "warmup_grid": self.warmup_grid.get_concrete_function()}
+
+    def to_dense(self, raw_ids):
+        """Raw item ids (any shape) -> dense ids; padding (<= 0) and unknown ids -> 0."""
+        with tf.device(CPU):
+            flat = tf.reshape(raw_ids, [-1])
+            pos = tf.searchsorted(self.sorted_raw_ids, flat, side="left")
+            pos_c = tf.minimum(pos, tf.size(self.sorted_raw_ids, out_type=pos.dtype) - 1)
+            hit = tf.logical_and(tf.equal(tf.gather(self.sorted_raw_ids, pos_c), flat), flat > 0)
+            dense = tf.where(hit, tf.gather(self.sorted_dense_ids, pos_c), 0)
+            return tf.reshape(dense, tf.shape(raw_ids))
+
+    def to_raw(self, dense_ids):
+        with tf.device(CPU):
+            return tf.gather(self.raw_item_ids, dense_ids)
+
+    def _prepare_history(self, hist_item_ids):
+        """Checks the history and returns ``(dense ids [B, max_len], batch size)``."""
+        with tf.device(CPU):
+            shape = tf.shape(hist_item_ids)
+            checks = [
+                _assert(shape[0] > 0, "hist_item_ids: the batch is empty (expected [B, L] "
+                                      "with B >= 1)"),
+                _assert(shape[1] <= self.max_len,
+                        f"hist_item_ids: the history is longer than L={self.max_len} (the "
+                        f"model's max_len); send the most recent {self.max_len} behaviours"),
+            ]
+            with tf.control_dependencies(checks):
+                dense = self.to_dense(hist_item_ids)
+            dense = tf.pad(dense, [[0, 0], [self.max_len - shape[1], 0]])
+            dense = tf.reshape(dense, [-1, self.max_len])
+        return dense, shape[0]
+
+    def encode(self, dense_hist):
+        with tf.device(CPU):
+            emb = tf.gather(self.item_table, dense_hist)
+        return self.model.encode_user_from_embeddings(tf.cast(emb, tf.float32),
+                                                      tf.not_equal(dense_hist, 0))
+
+    def graph_tensors(self):
+        return make_graph_tensors(list(zip(self.level_values, self.level_splits)),
+                                  self.start_nodes, self._start_level, self.entry_point,
+                                  self.num_items)
+
+    def _outputs(self, ids, scores, num_scored=None):
+        out = {"item_ids": self.to_raw(ids), "scores": scores}
+        if num_scored is not None:
+            out["num_scored"] = num_scored
+        return out
+
+    # ----- signatures ----------------------------------------------------------------------
+    def search_dense(self, dense_hist, batch, ef, T, k, exclude_dense=None):
+        state = self.encode(dense_hist)
+        return beam_search(self.graph_tensors(), self.scorer.bind(state, batch), batch, ef, T,
+                           k, visited_impl=self.visited_impl, exclude_ids=exclude_dense,
+                           traversal_device=CPU)
+
+    def _serve(self, hist_item_ids):
+        dense, b = self._prepare_history(hist_item_ids)
+        ids, scores, n = self.search_dense(dense, b, self.search.ef, self.search.T,
+                                           self.search.k)
+        return self._outputs(ids, scores, n)
+
+    def _retrieve(self, hist_item_ids, k, ef, T, exclude_item_ids):
+        dense, b = self._prepare_history(hist_item_ids)
+        S = self._start_level
+        with tf.device(CPU):
+            checks = [
+                _assert(tf.reduce_all([tf.equal(tf.shape(k)[0], b), tf.equal(tf.shape(ef)[0], b),
+                                       tf.equal(tf.shape(T)[0], b),
+                                       tf.equal(tf.shape(exclude_item_ids)[0], b)]),
+                        "k, ef, T and exclude_item_ids must have the batch size of "
+                        "hist_item_ids as their first dimension"),
+                _assert(tf.reduce_all(k >= 1), "k: every value must be >= 1"),
+                _assert(tf.reduce_all(ef >= 1), "ef: every value must be >= 1"),
+                _assert(tf.reduce_all(ef <= self.search.max_ef),
+                        f"ef: every value must be <= max_ef={self.search.max_ef} (the export's "
+                        "XLA shape grid and memory bound)"),
+                _assert(tf.reduce_all(k <= ef[:, 0]), "k: must be <= ef[:, 0] (the level-0 "
+                                                      "beam width) in every row"),
+                _assert(tf.reduce_all(T[:, :S] >= 0), "T: every value must be >= 0"),
+                _assert(tf.reduce_all(T[:, :S] <= MAX_T), f"T: every value must be <= {MAX_T}"),
+            ]
+            with tf.control_dependencies(checks):
+                ef_b = tf.reduce_max(ef, axis=0)
+                T_b = tf.reduce_max(T, axis=0)
+                k_b = tf.reduce_max(k)
+                exclude = self.to_dense(exclude_item_ids)
+        ef_d = {lv: ef_b[lv] for lv in range(S + 1)}
+        T_d = {lv: T_b[lv] for lv in range(S)}
+        ids, scores, n = self.search_dense(dense, b, ef_d, T_d, k_b, exclude)
+        with tf.device(CPU):
+            beyond = tf.range(k_b)[None, :] >= k[:, None]
+            ids = tf.where(beyond, 0, ids)
+            scores = tf.where(beyond, float("-inf"), scores)
+        return self._outputs(ids, scores, n)
+
+    def _brute_force(self, hist_item_ids):
+        dense, b = self._prepare_history(hist_item_ids)
+        state = self.encode(dense)
+        chunk = min(self.grid.max_size if self.grid else 16384, self.num_items, 16384)
+        ids, scores, _ = brute_force(self.scorer.bind(state, b), b, self.num_items,
+                                     self.search.k,
+                                     chunk_size=chunk)
+        return self._outputs(ids, scores)
+
+    def _warmup_grid(self, hist_item_ids, width):
+        dense, b = self._prepare_history(hist_item_ids)
+        state = self.encode(dense)
+        with tf.device(CPU):
+            w = tf.clip_by_value(tf.reduce_max(width), 1, self.num_items)
+            rows = tf.repeat(tf.range(b), w)
+            ids = tf.tile(tf.range(1, w + 1), [b])
+        scores = self.scorer.score_pairs(state, b, rows, ids)
+        return {"scores": tf.reshape(scores, [b, -1])}

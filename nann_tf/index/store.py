@@ -1,0 +1,117 @@
+"""The item index directory written by ``nann-tf build-index``.
+
+Layout (format ``nann-tf-index``, version 1):
+
+- ``index.json``: format, version, ``num_items``, ``dim``, the model directory and its config,
+  build parameters and timings;
+- ``embeddings.npy``: float32 ``[N + 1, d]``, e_v of every dense id (row 0: the padding id);
+- ``items.npz``: ``raw_item_id`` int64 ``[N + 1]`` and ``category`` int32 ``[N + 1]`` (the
+  dataset's vocabulary, so an export needs nothing else);
+- ``graph/``: the HNSW levels (:meth:`nann_tf.index.hnsw.HnswGraph.save`).
+
+The directory is written next to its destination and renamed into place, so a failed build
+leaves any earlier index untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from nann_tf.index.hnsw import HnswGraph, HnswIndexError, _replace_dir, load as load_graph
+
+__all__ = ["ItemIndex", "save_index", "load_index", "INDEX_FORMAT"]
+
+INDEX_FORMAT = "nann-tf-index"
+
+
+@dataclasses.dataclass
+class ItemIndex:
+    graph: HnswGraph
+    embeddings: np.ndarray
+    raw_item_id: np.ndarray
+    category: np.ndarray
+    meta: dict
+
+    @property
+    def num_items(self) -> int:
+        return self.graph.num_items
+
+
+def _check(cond: bool, where: Path, what: str) -> None:
+    if not cond:
+        raise HnswIndexError(f"{where}: {what}")
+
+
+def validate_index(idx: ItemIndex, source: Path) -> None:
+    n = idx.graph.num_items
+    _check(idx.embeddings.ndim == 2 and idx.embeddings.shape[0] == n + 1,
+           source / "embeddings.npy", f"expected shape [{n + 1}, d], got "
+           f"{list(idx.embeddings.shape)}")
+    _check(idx.embeddings.dtype == np.float32, source / "embeddings.npy",
+           f"expected float32, got {idx.embeddings.dtype}")
+    _check(bool(np.isfinite(idx.embeddings).all()), source / "embeddings.npy",
+           "holds NaN or infinite values")
+    _check(idx.raw_item_id.shape == (n + 1,), source / "items.npz",
+           f"raw_item_id: expected shape [{n + 1}], got {list(idx.raw_item_id.shape)}")
+    _check(idx.category.shape == (n + 1,), source / "items.npz",
+           f"category: expected shape [{n + 1}], got {list(idx.category.shape)}")
+    _check(len(np.unique(idx.raw_item_id[1:])) == n, source / "items.npz",
+           "raw_item_id: raw ids are not unique")
+    idx.graph.validate(str(source / "graph"))
+
+
+def save_index(idx: ItemIndex, directory: str | os.PathLike) -> Path:
+    """Validates and writes ``idx`` to ``directory`` atomically (replacing an old index)."""
+    target = Path(directory)
+    validate_index(idx, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        np.save(tmp / "embeddings.npy", idx.embeddings)
+        np.savez(tmp / "items.npz", raw_item_id=idx.raw_item_id, category=idx.category)
+        idx.graph.save(tmp / "graph")
+        meta = dict(idx.meta, format=INDEX_FORMAT, version=1, num_items=idx.num_items,
+                    dim=int(idx.embeddings.shape[1]))
+        (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_index(directory: str | os.PathLike) -> ItemIndex:
+    """Reads and validates an index directory.
+
+    Raises:
+      HnswIndexError: a file is missing, unreadable or inconsistent (the message names it).
+    """
+    d = Path(directory)
+    meta_path = d / "index.json"
+    _check(meta_path.is_file(), meta_path, "missing (not an index directory; run "
+           "`nann-tf build-index`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HnswIndexError(f"{meta_path}: not valid JSON: {e}") from e
+    _check(meta.get("format") == INDEX_FORMAT, meta_path,
+           f"format is {meta.get('format')!r}, expected {INDEX_FORMAT!r}")
+    try:
+        emb = np.load(d / "embeddings.npy", allow_pickle=False)
+        with np.load(d / "items.npz", allow_pickle=False) as z:
+            raw, cat = z["raw_item_id"], z["category"]
+    except FileNotFoundError as e:
+        raise HnswIndexError(f"{e.filename}: missing") from e
+    except (ValueError, OSError, KeyError) as e:
+        raise HnswIndexError(f"{d}: unreadable index array: {e}") from e
+    idx = ItemIndex(load_graph(d / "graph"), emb, raw.astype(np.int64), cat.astype(np.int32),
+                    meta)
+    validate_index(idx, d)
+    return idx

@@ -1,0 +1,140 @@
+"""The search's scorer for a trained model, with XLA auto-padding to a fixed shape grid.
+
+The search scores flat ``(row_ids, item_ids)`` pairs whose number changes every round. The score
+network works on ``[B, C, d]`` (one row of candidates per query: attention then runs as batched
+matrix products, with no per-candidate copy of the user's history). So the pairs are laid out
+row by row into ``[B, W]`` (``W`` = the largest row), scored, and read back in their order.
+
+With a :class:`ShapeGrid`, ``W`` is padded up to the next grid size and the score network runs
+under ``tf.function(jit_compile=True)``: XLA compiles once per (B, grid size) and every other
+round reuses a compiled program (paper section 4.2). Padded slots hold the padding item 0 and are
+never read back, so they cannot reach any result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["ShapeGrid", "ModelScorer"]
+
+
+class ShapeGrid:
+    """Sorted candidate widths: ``pad(w)`` is the smallest grid size >= w.
+
+    Args:
+      sizes: explicit sizes (sorted, unique, > 0), or None to build a geometric grid.
+      max_size: the largest width a round can need (bigger widths are an error at run time).
+      min_size / ratio: the geometric grid ``min_size * ratio^i`` (rounded up to a multiple of
+        8) up to ``max_size``.
+    """
+
+    def __init__(self, sizes: Sequence[int] | None = None, *, max_size: int = 0,
+                 min_size: int = 16, ratio: float = 1.25):
+        if sizes is None:
+            if max_size < 1 or min_size < 1 or ratio <= 1.0:
+                raise ValueError(f"ShapeGrid: need max_size >= 1, min_size >= 1, ratio > 1; got "
+                                 f"{max_size}, {min_size}, {ratio}")
+            out, s = [], float(min_size)
+            while True:
+                v = int(math.ceil(s / 8.0) * 8)
+                if v >= max_size:
+                    out.append(int(max_size))
+                    break
+                if not out or v > out[-1]:
+                    out.append(v)
+                s *= ratio
+            sizes = out
+        sizes = [int(x) for x in sizes]
+        if not sizes or sorted(set(sizes)) != sizes or sizes[0] < 1:
+            raise ValueError(f"ShapeGrid sizes must be sorted, unique and > 0, got {sizes}")
+        self.sizes = sizes
+
+    @property
+    def max_size(self) -> int:
+        return self.sizes[-1]
+
+    def pad(self, width):
+        """The grid size for ``width`` (int32 scalar tensor); > max_size fails at run time."""
+        grid = tf.constant(self.sizes, tf.int32)
+        width = tf.cast(width, tf.int32)
+        tf.debugging.assert_less_equal(width, grid[-1], message=(
+            "a search round has more candidates per query than the XLA shape grid allows; "
+            "lower ef or export with a larger grid"))
+        idx = tf.searchsorted(grid, tf.reshape(width, [1]), side="left")[0]
+        return tf.gather(grid, tf.minimum(idx, len(self.sizes) - 1))
+
+    def pad_np(self, width: int) -> int:
+        i = int(np.searchsorted(np.asarray(self.sizes), width, side="left"))
+        if i >= len(self.sizes):
+            raise ValueError(f"width {width} > the grid's largest size {self.max_size}")
+        return self.sizes[i]
+
+    def to_list(self) -> list[int]:
+        return list(self.sizes)
+
+
+class ModelScorer:
+    """``scorer(row_ids, item_ids) -> scores`` for :func:`nann_tf.search.beam.beam_search`.
+
+    Args:
+      model: a :class:`~nann_tf.model.nann.NANNModel` (only ``score`` is called).
+      item_table: e_v for ids 0..N, a tensor or variable (float32 or float16). Gathered on the
+        device that runs the traversal; the score network gets ``[B, W, d]`` float32.
+      grid: pad widths up to this grid and run the score network with XLA (None: no padding, no
+        XLA).
+      gather_device: where to gather candidate embeddings (the CPU, beside the index).
+    """
+
+    def __init__(self, model, item_table, grid: ShapeGrid | None = None,
+                 gather_device: str | None = "/CPU:0"):
+        self.model = model
+        self.item_table = item_table
+        self.grid = grid
+        self.gather_device = gather_device
+        self._score = tf.function(self._score_dense, jit_compile=True,
+                                  reduce_retracing=True) if grid is not None else \
+            self._score_dense
+
+    def _score_dense(self, user_state, e):
+        return self.model.score(user_state, tf.cast(e, tf.float32))
+
+    def _device(self):
+        return (tf.device(self.gather_device) if self.gather_device
+                else contextlib.nullcontext())
+
+    def bind(self, user_state, batch_size):
+        """A scorer closure for one batch of queries with this ``user_state``."""
+
+        def scorer(row_ids, item_ids):
+            return self.score_pairs(user_state, batch_size, row_ids, item_ids)
+
+        return scorer
+
+    def score_pairs(self, user_state, batch_size, row_ids, item_ids):
+        """Scores of ``item_ids[i]`` for query ``row_ids[i]``, float32 ``[n]``."""
+        with self._device():
+            row_ids = tf.cast(row_ids, tf.int32)
+            item_ids = tf.cast(item_ids, tf.int32)
+            n = tf.size(row_ids)
+            b = tf.cast(batch_size, tf.int32)
+            order = tf.argsort(row_ids, stable=True)
+            rows_sorted = tf.gather(row_ids, order)
+            counts = tf.math.bincount(row_ids, minlength=b, maxlength=b, dtype=tf.int32)
+            starts = tf.cumsum(counts, exclusive=True)
+            slot = tf.range(n, dtype=tf.int32) - tf.gather(starts, rows_sorted)
+            width = tf.maximum(tf.reduce_max(tf.concat([counts, [1]], 0)), 1)
+            if self.grid is not None:
+                width = self.grid.pad(width)
+            index = tf.stack([rows_sorted, slot], axis=1)
+            dense_ids = tf.scatter_nd(index, tf.gather(item_ids, order), tf.stack([b, width]))
+            e = tf.gather(self.item_table, dense_ids)
+        scores = self._score(user_state, e)
+        with self._device():
+            s_sorted = tf.gather_nd(scores, index)
+            return tf.scatter_nd(order[:, None], s_sorted, tf.shape(row_ids))
+

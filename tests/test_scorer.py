@@ -1,0 +1,67 @@
+"""The model scorer: flat pairs -> padded rows -> scores, with and without the XLA grid."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nann_tf.config import ModelConfig
+from nann_tf.model import NANNModel
+from nann_tf.model.scorer import ModelScorer, ShapeGrid
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def model_and_table():
+    rng = np.random.default_rng(0)
+    m = NANNModel(N, 4, np.r_[0, rng.integers(1, 5, N)],
+                  ModelConfig(item_dim=8, category_dim=4, embedding_dim=8, item_hidden=[8],
+                              user_hidden=[8], score_hidden=[16], attention_dim=8))
+    m.build_all(5)
+    table = m.item_embedding(tf.range(N + 1)).numpy()
+    return m, table
+
+
+def test_grid_is_geometric_and_pads_up():
+    g = ShapeGrid(max_size=1000, min_size=16, ratio=1.25)
+    assert g.sizes[0] == 16 and g.sizes[-1] == 1000
+    assert all(b > a for a, b in zip(g.sizes, g.sizes[1:]))
+    assert all(b <= a * 1.25 + 8 for a, b in zip(g.sizes, g.sizes[1:]))
+    for w in [1, 16, 17, 999, 1000]:
+        p = int(g.pad(tf.constant(w)))
+        assert p >= w and p == g.pad_np(w)
+        assert p in g.sizes and (g.sizes.index(p) == 0 or g.sizes[g.sizes.index(p) - 1] < w)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shape grid"):
+        g.pad(tf.constant(1001))
+    with pytest.raises(ValueError):
+        ShapeGrid([5, 3])
+
+
+@pytest.mark.parametrize("use_grid", [False, True])
+def test_pairs_scored_like_the_model(model_and_table, use_grid):
+    m, table = model_and_table
+    rng = np.random.default_rng(1)
+    b = 3
+    hist = rng.integers(0, N + 1, size=(b, 5)).astype(np.int32)
+    state = m.encode_user(hist)
+    # Unsorted rows, a row with no candidates, repeated items across rows.
+    rows = np.array([2, 0, 2, 2, 0, 2], np.int32)
+    ids = np.array([5, 7, 9, 5, 60, 1], np.int32)
+    grid = ShapeGrid([8, 16]) if use_grid else None
+    got = ModelScorer(m, tf.constant(table), grid).score_pairs(state, b, rows, ids).numpy()
+    want = np.array([m.score({k: v[r:r + 1] for k, v in state.items()},
+                             table[None, [i]]).numpy()[0, 0] for r, i in zip(rows, ids)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    empty = ModelScorer(m, tf.constant(table), grid).score_pairs(
+        state, b, np.zeros([0], np.int32), np.zeros([0], np.int32))
+    assert empty.shape == (0,)
+
+
+def test_float16_table_scores_close(model_and_table):
+    m, table = model_and_table
+    state = m.encode_user(np.ones((2, 5), np.int32))
+    rows, ids = np.array([0, 1, 1], np.int32), np.array([3, 4, 5], np.int32)
+    a = ModelScorer(m, tf.constant(table)).score_pairs(state, 2, rows, ids).numpy()
+    h = ModelScorer(m, tf.constant(table.astype(np.float16))).score_pairs(
+        state, 2, rows, ids).numpy()
+    np.testing.assert_allclose(a, h, rtol=2e-2, atol=2e-2)
