@@ -1,0 +1,81 @@
+"""``nann-tf export``: write a TF Serving SavedModel version (validated, atomic)."""
+
+from __future__ import annotations
+
+import argparse
+
+from nann_tf.cli import CliError
+
+__all__ = ["add_arguments", "run", "parse_levels"]
+
+
+def parse_levels(text: str | None, name: str) -> dict[int, int] | None:
+    """``"2=100,1=200,0=400"`` -> ``{2: 100, 1: 200, 0: 400}``."""
+    if text is None:
+        return None
+    out = {}
+    for part in text.split(","):
+        lv, sep, val = part.partition("=")
+        try:
+            out[int(lv)] = int(val)
+        except ValueError:
+            raise CliError(f"--{name} {text!r}: expected LEVEL=VALUE pairs such as "
+                           f"2=100,1=200,0=400") from None
+        if not sep:
+            raise CliError(f"--{name} {text!r}: expected LEVEL=VALUE pairs")
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory from `nann-tf train`")
+    p.add_argument("--index", required=True, help="index directory from `nann-tf build-index`")
+    p.add_argument("--output", required=True,
+                   help="model base path, e.g. models/nann (versions go in numbered subdirs)")
+    p.add_argument("--version", type=int, help="version number (default: the next one)")
+    p.add_argument("--visited", choices=["bitmap", "tf"], default="bitmap",
+                   help="bitmap: the C++ op (needs the custom TF Serving build); tf: stock ops "
+                        "only (runs on the stock tensorflow/serving image)")
+    p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                   help="XLA-compile the score network over a shape grid (TF Serving then "
+                        "needs --xla_cpu_compilation_enabled / --xla_gpu_compilation_enabled)")
+    p.add_argument("--embedding-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--start-level", type=int, help="beam start level S (config default)")
+    p.add_argument("--ef", help="beam widths per level, e.g. 2=100,1=200,0=400")
+    p.add_argument("--T", help="rounds per level, e.g. 1=1,0=3")
+    p.add_argument("-k", type=int, help="results per query")
+    p.add_argument("--max-ef", type=int, help="largest ef a request may ask for "
+                                               "(default 2x the largest default ef)")
+    p.add_argument("--grid-ratio", type=float, default=1.25, help="XLA shape-grid step")
+    p.add_argument("--data", help="dataset dir for warm-up/validation histories (default: the "
+                                  "one the model was trained on)")
+    p.add_argument("--warmup-requests", help="TFRecord of PredictionLog (a request log) to "
+                                             "replay at warm-up as well")
+    p.add_argument("--min-coverage", type=float, default=0.8,
+                   help="refuse the export if coverage@k vs brute force on validation users "
+                        "is below this")
+    p.add_argument("--model-name", help="model name in warm-up requests (default: output dir "
+                                        "name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nann_tf.data.dataset import DataError
+    from nann_tf.export.export import ExportError, export_version
+    from nann_tf.index.hnsw import HnswIndexError
+    from nann_tf.train import TrainError
+
+    try:
+        info = export_version(
+            args.model, args.index, args.output, version=args.version, visited=args.visited,
+            xla=args.xla, embedding_dtype=args.embedding_dtype, start_level=args.start_level,
+            ef=parse_levels(args.ef, "ef"), T=parse_levels(args.T, "T"), k=args.k,
+            max_ef=args.max_ef, grid_ratio=args.grid_ratio, data_dir=args.data,
+            warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
+            model_name=args.model_name)
+    except (ExportError, TrainError, HnswIndexError, DataError) as e:
+        raise CliError(str(e)) from e
+    v = info["validation"]
+    print(f"exported {args.output}/{info['version']}: {info['size_bytes'] / 1e6:.1f} MB, "
+          f"visited={info['visited']}, xla={info['xla']}, grid {len(info['grid'])} sizes, "
+          f"{info['warmup_records']} warm-up records; validation: coverage "
+          f"{v['coverage_vs_brute_force']:.3f}, same as in-memory {v['same_ids_as_in_memory']:.3f}")
+    return 0

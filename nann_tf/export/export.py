@@ -1,0 +1,238 @@
+"""Writing a model version for TF Serving: build, save, warm-up, validate, then rename.
+
+``export_version`` writes ``<base>/<version>/`` so that TF Serving never sees a half-written
+version: everything goes to ``<base>/.tmp-<version>-<pid>/`` (TF Serving only loads directories
+named by an integer), is validated in a fresh process through the TF1 session loader that TF
+Serving uses, and only then is renamed to ``<base>/<version>``. An existing version is never
+overwritten. Leftover temporary directories of dead exports are removed on the next export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ExportError", "export_version", "next_version", "EXPORT_INFO", "warmup_inputs"]
+
+log = logging.getLogger(__name__)
+
+EXPORT_INFO = "assets.extra/nann_tf_export.json"
+_TMP_RE = re.compile(r"^\.tmp-(\d+)-(\d+)$")
+
+
+class ExportError(ValueError):
+    """The export cannot be written or did not validate."""
+
+
+def existing_versions(base: Path) -> list[int]:
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(base: Path) -> int:
+    v = existing_versions(base)
+    return (v[-1] + 1) if v else 1
+
+
+def _clean_stale_tmp(base: Path) -> None:
+    for p in base.iterdir() if base.is_dir() else []:
+        m = _TMP_RE.match(p.name)
+        if m and not _pid_alive(int(m.group(2))):
+            log.info("removing the leftover of an interrupted export: %s", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def validation_histories(index, data_dir: str | None, max_len: int, n: int,
+                         seed: int = 0) -> np.ndarray:
+    """Raw-id histories ``[n, max_len]`` for warm-up and validation: validation users of the
+    dataset when it is available, else random histories over the vocabulary."""
+    from nann_tf.data.dataset import DataError, Dataset
+
+    dense = None
+    if data_dir:
+        try:
+            ds = Dataset.load(data_dir)
+            if ds.num_items == index.num_items and len(ds.val):
+                dense = ds.val.hist[:n]
+                if dense.shape[1] > max_len:
+                    dense = dense[:, -max_len:]
+        except DataError as e:
+            log.warning("no validation users from %s (%s); using random histories", data_dir, e)
+    if dense is None or len(dense) == 0:
+        rng = np.random.default_rng(seed)
+        dense = rng.integers(1, index.num_items + 1, size=(n, max_len))
+        lens = rng.integers(1, max_len + 1, size=n)
+        dense[np.arange(max_len)[None, :] < (max_len - lens)[:, None]] = 0
+    return np.where(dense > 0, index.raw_item_id[dense], 0).astype(np.int64)
+
+
+def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray, batch_sizes=(1, 8),
+                  extra: list | None = None, limit: int = 1000) -> list:
+    """``(signature, inputs)`` records: every grid size once, then replayed histories."""
+    out = []
+    h1 = histories[:1]
+    for w in grid_sizes or []:
+        out.append(("warmup_grid", {"hist_item_ids": h1, "width": np.array([w], np.int32)}))
+    for r in extra or []:
+        out.append(r)
+    i = 0
+    while len(out) < min(limit, len(grid_sizes or []) + len(extra or []) + 2 * len(histories)):
+        for b in batch_sizes:
+            if len(out) >= limit:
+                break
+            rows = histories[np.arange(i, i + b) % len(histories)]
+            out.append(("serving_default", {"hist_item_ids": rows}))
+            i += b
+        if i >= 2 * len(histories):
+            break
+    return out[:limit]
+
+
+def _read_request_log(path: str, model_name: str) -> list:
+    """Records of a TF Serving request log / warm-up file (PredictionLog TFRecords)."""
+    from nann_tf.serving.warmup import read_warmup_requests
+
+    try:
+        records = read_warmup_requests(path)
+    except Exception as e:  # noqa: BLE001 - any decoding failure names the file
+        raise ExportError(f"--warmup-requests {path}: not a TFRecord file of PredictionLog "
+                          f"protos: {e}") from e
+    out = []
+    for r in records:
+        out.append((r.signature_name or "serving_default", dict(r.inputs)))
+    return out
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def export_version(model_dir, index_dir, base_dir, *, version: int | None = None,
+                   visited: str = "bitmap", xla: bool = True, embedding_dtype: str = "float32",
+                   start_level: int | None = None, ef: dict | None = None, T: dict | None = None,
+                   k: int | None = None, max_ef: int | None = None, grid_ratio: float = 1.25,
+                   data_dir: str | None = None, warmup_requests: str | None = None,
+                   validation_users: int = 64, min_coverage: float = 0.8,
+                   model_name: str | None = None, validate: bool = True) -> dict:
+    """Exports one version; returns its info dict (also saved as ``EXPORT_INFO``).
+
+    Raises:
+      ExportError: bad parameters, an existing version, or a failed validation (nothing is
+        left where TF Serving would load it).
+    """
+    import tensorflow as tf
+
+    from nann_tf.export.module import RetrievalModule, SearchDefaults
+    from nann_tf.index.store import load_index
+    from nann_tf.serving.warmup import write_warmup_requests
+    from nann_tf.train import load_trained_model
+
+    base = Path(base_dir)
+    model, cfg, meta = load_trained_model(model_dir)
+    index = load_index(index_dir)
+    if index.num_items != meta["num_items"]:
+        raise ExportError(f"--index {index_dir} has {index.num_items} items but --model "
+                          f"{model_dir} was trained on {meta['num_items']}")
+    sc = cfg.search
+    S = sc.start_level if start_level is None else start_level
+    S = index.graph.resolve_start_level(S)
+    ef_d = {int(a): int(b) for a, b in (ef or sc.ef).items()}
+    T_d = {int(a): int(b) for a, b in (T or sc.T).items()}
+    ef_d = {lv: ef_d.get(lv, max(ef_d.values())) for lv in range(S + 1)}
+    T_d = {lv: T_d.get(lv, 1) for lv in range(S)}
+    k = sc.k if k is None else k
+    max_ef = max_ef or 2 * max(ef_d.values())
+    try:
+        defaults = SearchDefaults(S, ef_d, T_d, k, max_ef)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
+    version = next_version(base) if version is None else int(version)
+    if version < 1:
+        raise ExportError(f"--version must be >= 1, got {version}")
+    if (base / str(version)).exists():
+        raise ExportError(f"{base / str(version)} already exists: versions are never "
+                          "overwritten (pick another --version, or omit it for the next one)")
+    base.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(base)
+    tmp = base / f".tmp-{version}-{os.getpid()}"
+    max_len = int(meta["max_len"])
+    model_name = model_name or base.name
+    t0 = time.perf_counter()
+    try:
+        module = RetrievalModule(model, index, max_len, defaults, visited, xla, embedding_dtype,
+                                 grid_ratio)
+        hist = validation_histories(index, data_dir or meta.get("data_dir"), max_len,
+                                    max(validation_users, 8))
+        expected = {name: t.numpy() for name, t in
+                    module.serving_default(tf.constant(hist[:validation_users])).items()}
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        extra = _read_request_log(warmup_requests, model_name) if warmup_requests else []
+        grid = module.grid.to_list() if module.grid else []
+        records = warmup_inputs(grid, hist, extra=extra)
+        wpath = write_warmup_requests(tmp / "assets.extra" / "tf_serving_warmup_requests",
+                                      model_name, "serving_default", records)
+        os.chmod(wpath, 0o644)  # readable by a model server running as another user
+        info = {
+            "format": "nann-tf-export", "version": version, "model_name": model_name,
+            "model_dir": str(model_dir), "index_dir": str(index_dir),
+            "variant": cfg.model.variant, "visited": visited, "xla": xla,
+            "embedding_dtype": embedding_dtype, "max_len": max_len,
+            "num_items": index.num_items, "search": defaults.to_dict(), "grid": grid,
+            "warmup_records": len(records), "tensorflow": tf.__version__,
+            "signatures": sorted(module.signatures()),
+        }
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
+        info["export_seconds"] = time.perf_counter() - t0
+        if validate:
+            info["validation"] = validate_in_subprocess(tmp, hist[:validation_users], expected,
+                                                        visited, min_coverage)
+        info["size_bytes"] = dir_size(tmp)
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
+        os.rename(tmp, base / str(version))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s (%.1f MB) in %.1fs", base / str(version), info["size_bytes"] / 1e6,
+             time.perf_counter() - t0)
+    return info
+
+
+def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, visited: str,
+                           min_coverage: float) -> dict:
+    """Runs :mod:`nann_tf.export.validate` on ``version_dir`` in a fresh Python process."""
+    with tempfile.TemporaryDirectory() as td:
+        q = Path(td) / "queries.npz"
+        np.savez(q, hist_item_ids=hist, **{f"expected_{k}": v for k, v in expected.items()})
+        cmd = [sys.executable, "-m", "nann_tf.export.validate", str(version_dir), str(q),
+               "--min-coverage", str(min_coverage)]
+        if visited == "tf":
+            cmd.append("--stock-ops-only")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    report = json.loads(lines[-1]) if lines else {}
+    if proc.returncode != 0 or not report.get("ok"):
+        raise ExportError(f"validation of {version_dir} failed: "
+                          f"{report.get('error') or proc.stderr[-2000:]}")
+    return report

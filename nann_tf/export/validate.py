@@ -1,0 +1,98 @@
+"""Validates an exported version in a fresh process, loading it the way TF Serving does.
+
+    python -m nann_tf.export.validate VERSION_DIR QUERIES.npz [--min-coverage C] [--stock-ops-only]
+
+Loads VERSION_DIR with the TF1 session loader (``tf.compat.v1.saved_model.loader.load``),
+runs ``serving_default`` on the queries and checks that it answers what the in-memory search
+answered, that its top-k covers the ``brute_force`` signature's top-k at least ``C`` on average,
+and that every warm-up record runs. With ``--stock-ops-only`` the op library is NOT loaded and
+every op in the graph (function library included) must be a stock TensorFlow op, i.e. the model
+runs on the stock TF Serving image. Prints one JSON line; exit status 0 when valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+__all__ = ["graph_op_types", "unregistered_ops", "main"]
+
+
+def graph_op_types(version_dir: str) -> set[str]:
+    """Every op type in the SavedModel's graphs and function libraries."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(f"{version_dir}/saved_model.pb", "rb") as f:
+        sm.ParseFromString(f.read())
+    ops = set()
+    for mg in sm.meta_graphs:
+        ops.update(n.op for n in mg.graph_def.node)
+        for fn in mg.graph_def.library.function:
+            ops.update(n.op for n in fn.node_def)
+    return ops
+
+
+def unregistered_ops(ops: set[str]) -> list[str]:
+    """Op types this process's TensorFlow does not know (call before loading any op library)."""
+    from tensorflow.python.framework import op_def_registry
+
+    return sorted(op for op in ops if op_def_registry.get(op) is None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("version_dir")
+    ap.add_argument("queries")
+    ap.add_argument("--min-coverage", type=float, default=0.8)
+    ap.add_argument("--stock-ops-only", action="store_true")
+    args = ap.parse_args(argv)
+    report = {"ok": False}
+    try:
+        import tensorflow  # noqa: F401
+
+        from nann_tf.search.metrics import coverage
+        from nann_tf.serving.loader import SessionModel, replay_warmup
+
+        ops = graph_op_types(args.version_dir)
+        report["op_types"] = len(ops)
+        if args.stock_ops_only:
+            bad = unregistered_ops(ops)
+            report["non_stock_ops"] = bad
+            if bad:
+                raise RuntimeError(f"--visited tf export uses non-stock ops {bad}: it would not "
+                                   "load on the stock TF Serving image")
+        q = np.load(args.queries)
+        hist = q["hist_item_ids"]
+        with SessionModel(args.version_dir, load_ops=not args.stock_ops_only) as model:
+            got = model.run("serving_default", {"hist_item_ids": hist})
+            same = float((got["item_ids"] == q["expected_item_ids"]).mean())
+            report["same_ids_as_in_memory"] = same
+            if same < 0.99:
+                raise RuntimeError(f"the loaded model answers differently from the in-memory "
+                                   f"search: only {same:.3f} of the ids agree")
+            np.testing.assert_array_equal(got["num_scored"], q["expected_num_scored"])
+            both = got["item_ids"] == q["expected_item_ids"]
+            if not np.allclose(got["scores"][both], q["expected_scores"][both], rtol=1e-3,
+                               atol=1e-3):
+                raise RuntimeError("scores differ from the in-memory search")
+            bf = model.run("brute_force", {"hist_item_ids": hist})
+            k = got["item_ids"].shape[1]
+            cov = coverage(got["item_ids"], bf["item_ids"], k)
+            report["coverage_vs_brute_force"] = cov
+            if cov < args.min_coverage:
+                raise RuntimeError(f"coverage@{k} vs brute force {cov:.3f} < "
+                                   f"--min-coverage {args.min_coverage}")
+            report["warmup_records_replayed"] = replay_warmup(model)
+        report["ok"] = True
+    except Exception as e:  # noqa: BLE001 - reported to the parent as JSON
+        report["error"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
