@@ -1,0 +1,364 @@
+"""Behaviour log -> dataset directory (see :mod:`nann_tf.data.dataset` for the layout).
+
+Steps, all vectorised: filter ratings, drop users with fewer than ``min_len`` behaviours, sort
+each user's behaviours by timestamp (a stable sort: ties keep file order), pick validation and
+test users at random and hold them out of training, number the items of all kept users
+1..N (ascending raw id) and their categories 1..C, count item frequencies over the training
+sequences, and cut the held-out users at their ceil(len/2)-th behaviour.
+
+The directory is built next to its destination (``<DIR>.tmp-<pid>``) and renamed into place at
+the end, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nann_tf.data.dataset import DATASET_FORMAT, DATASET_VERSION, DataError, gather_histories
+from nann_tf.data.readers import NO_CATEGORY_NAME, BehaviorLog, read_log
+
+__all__ = [
+    "PreparedDataset",
+    "build_dataset",
+    "write_dataset",
+    "prepare_dataset",
+    "held_out_sizes",
+    "MIN_MIN_LEN",
+]
+
+log = logging.getLogger(__name__)
+
+#: Smallest allowed ``min_len``: a held-out user of length 3 has one behaviour of history.
+MIN_MIN_LEN = 3
+
+
+@dataclasses.dataclass
+class PreparedDataset:
+    """The arrays of a dataset directory, in memory: file name -> array name -> array."""
+
+    meta: dict[str, Any]
+    arrays: dict[str, dict[str, np.ndarray]]
+
+
+def held_out_sizes(num_users: int, val_users: int, test_users: int) -> tuple[int, int]:
+    """Validation and test sizes: as asked, but at most 10% of the users each."""
+    cap = num_users // 10
+    return min(val_users, cap), min(test_users, cap)
+
+
+def _argsort_ties_in_order(key: np.ndarray) -> np.ndarray:
+    """``argsort(key, kind="stable")``, faster: NumPy's (SIMD) unstable argsort, then each run
+    of equal keys put back in row order."""
+    order = np.argsort(key)
+    ks = key[order]
+    tie = ks[1:] == ks[:-1]
+    if tie.any():
+        in_run = np.zeros(len(key), dtype=bool)
+        in_run[1:] |= tie
+        in_run[:-1] |= tie
+        at = np.flatnonzero(in_run)
+        new_run = np.ones(len(at), dtype=bool)
+        new_run[1:] = ks[at[1:]] != ks[at[:-1]]
+        run = np.cumsum(new_run) - 1
+        rows = order[at]
+        order[at] = rows[np.argsort(run * np.int64(len(key)) + rows)]  # unique keys
+    return order
+
+
+def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(uniq, inverse)`` as ``np.unique(values, return_inverse=True)``, one unstable sort."""
+    order = np.argsort(values)
+    sv = values[order]
+    new = np.ones(len(sv), dtype=bool)
+    new[1:] = sv[1:] != sv[:-1]
+    inverse = np.empty(len(sv), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return sv[new], inverse
+
+
+def _sort_by_user_time(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order by (user, timestamp as a number); ties keep file order."""
+    if len(user) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if ts.dtype.kind != "i":  # float timestamps: their ranks sort the same way
+        ts = _dense_ranks(ts)[1]
+    tmin, tmax = int(ts.min()), int(ts.max())
+    umin, umax = int(user.min()), int(user.max())
+    span = tmax - tmin + 1
+    if (umax - umin + 1) * span >= 2**63:  # raw ids too spread out: make them dense first
+        user = _dense_ranks(user)[1]
+        umin, umax = 0, int(user.max())
+        if (umax + 1) * span >= 2**63:
+            return np.lexsort((ts, user))
+    return _argsort_ties_in_order((user - umin) * np.int64(span) + (ts - tmin))
+
+
+def _join_item_table(raw_items: np.ndarray, tab_item: np.ndarray, tab_cat: np.ndarray,
+                     names: dict[int, str]) -> tuple[np.ndarray, dict[int, str]]:
+    """Raw category of each raw item from an item table; items not in it get "(none)"."""
+    order = np.argsort(tab_item, kind="stable")  # duplicates: the first row wins
+    tab_item, tab_cat = tab_item[order], tab_cat[order]
+    pos = np.searchsorted(tab_item, raw_items)
+    found = pos < len(tab_item)
+    found[found] = tab_item[pos[found]] == raw_items[found]
+    if found.all():
+        return tab_cat[pos], names
+    none_id = next((k for k, v in names.items() if v == NO_CATEGORY_NAME), None)
+    if none_id is None:
+        none_id = max(names, default=0) + 1
+        names[none_id] = NO_CATEGORY_NAME
+    log.warning("%d items of the log are not in the item file; they get category %r",
+                int((~found).sum()), NO_CATEGORY_NAME)
+    out = np.full(len(raw_items), none_id, dtype=np.int64)
+    out[found] = tab_cat[pos[found]]
+    return out, names
+
+
+def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
+                  val_users: int = 10000, test_users: int = 10000, seed: int = 0,
+                  min_rating: float | None = None) -> PreparedDataset:
+    """Builds the dataset arrays from a log.
+
+    Args:
+      data: the log (any input format).
+      max_len: L, history length of samples and held-out users.
+      min_len: users with fewer behaviours (after the rating filter) are dropped.
+      val_users / test_users: held-out users, at most 10% of the kept users each.
+      seed: seed of the held-out user choice.
+      min_rating: keep only rows with rating >= this (needs a rating column).
+
+    Returns:
+      The arrays and the ``meta.json`` content (``input`` is ``data.source``).
+
+    Raises:
+      DataError: bad parameters, no rating column for ``min_rating``, or no users left.
+    """
+    if max_len < 1:
+        raise DataError(f"max_len must be >= 1, got {max_len}")
+    if min_len < MIN_MIN_LEN:
+        raise DataError(f"min_len must be >= {MIN_MIN_LEN} (a held-out user needs history "
+                        f"before its ceil(len/2)-th behaviour), got {min_len}")
+    if val_users < 0 or test_users < 0:
+        raise DataError(f"val_users and test_users must be >= 0, got {val_users}, {test_users}")
+    t0 = time.perf_counter()
+    user, item, ts, cat = data.user, data.item, data.timestamp, data.category
+    if min_rating is not None:
+        if data.rating is None:
+            raise DataError(f"{data.source}: min_rating given but the input has no rating column")
+        keep = data.rating >= min_rating
+        user, item, ts = user[keep], item[keep], ts[keep]
+        cat = cat[keep] if cat is not None else None
+        log.info("min_rating %g: kept %d of %d rows", min_rating, int(keep.sum()), len(keep))
+
+    order = _sort_by_user_time(user, ts)
+    user = user[order]
+    if len(user) == 0:
+        raise DataError(f"{data.source}: no rows left after the rating filter")
+    starts = np.flatnonzero(np.concatenate([[True], user[1:] != user[:-1]]))
+    counts = np.diff(np.append(starts, len(user)))
+    kept_user = counts >= min_len
+    n_kept = int(kept_user.sum())
+    if n_kept == 0:
+        raise DataError(f"{data.source}: no users left after filtering: all {len(starts)} "
+                        f"users have fewer than min_len={min_len} behaviours")
+    log.info("%d of %d users have >= %d behaviours", n_kept, len(starts), min_len)
+    rows = order[np.repeat(kept_user, counts)]
+    item = item[rows]
+    cat = cat[rows] if cat is not None else None
+    raw_users, counts = user[starts[kept_user]], counts[kept_user]
+    splits = np.zeros(n_kept + 1, dtype=np.int64)
+    np.cumsum(counts, out=splits[1:])
+
+    # Item vocabulary over all kept users (so held-out targets are valid ids), ascending raw id.
+    raw_items, inverse = _dense_ranks(item)
+    dense = (inverse + 1).astype(np.int32)
+    n_items = len(raw_items)
+    if cat is not None:
+        # The category of the item's first behaviour (in user, time order).
+        first = np.full(n_items, len(item), dtype=np.int64)
+        np.minimum.at(first, inverse, np.arange(len(item)))
+        item_cat_raw = cat[first]
+        n_diff = int(np.count_nonzero(cat != item_cat_raw[inverse]))
+        if n_diff:
+            log.warning("%d rows give an item a category other than its first one; "
+                        "each item keeps its first category", n_diff)
+    elif data.item_category is not None:
+        item_cat_raw, names = _join_item_table(raw_items, *data.item_category,
+                                               dict(data.category_names or {}))
+        data = dataclasses.replace(data, category_names=names)
+    else:
+        item_cat_raw = np.zeros(n_items, dtype=np.int64)  # one category: raw id 0
+    raw_cats, cat_dense = np.unique(item_cat_raw, return_inverse=True)
+
+    n_val, n_test = held_out_sizes(n_kept, val_users, test_users)
+    if (n_val, n_test) != (val_users, test_users):
+        log.info("held-out users scaled down to at most 10%% of %d users: val %d (asked %d), "
+                 "test %d (asked %d)", n_kept, n_val, val_users, n_test, test_users)
+    perm = np.random.default_rng(seed).permutation(n_kept)
+    role = np.zeros(n_kept, dtype=np.int8)  # 0 train, 1 val, 2 test
+    role[perm[:n_val]] = 1
+    role[perm[n_val:n_val + n_test]] = 2
+    train_u = np.flatnonzero(role == 0)
+    if len(train_u) == 0:
+        raise DataError(f"{data.source}: no users left for training ({n_kept} users, "
+                        f"{n_val} val, {n_test} test)")
+
+    row_role = np.repeat(role, counts)
+    train_items = dense[row_role == 0]
+    train_splits = np.zeros(len(train_u) + 1, dtype=np.int64)
+    np.cumsum(counts[train_u], out=train_splits[1:])
+    freq = np.bincount(train_items, minlength=n_items + 1).astype(np.int64)
+
+    def held_out(r: int) -> dict[str, np.ndarray]:
+        us = np.flatnonzero(role == r)
+        start, length = splits[us], counts[us]
+        t = (length + 1) // 2 - 1  # index of the ceil(len/2)-th behaviour
+        return {"hist": gather_histories(dense, start + t, start, max_len),
+                "hist_len": np.minimum(t, max_len).astype(np.int32),
+                "target": dense[start + t],
+                "user": raw_users[us].astype(np.int64)}
+
+    arrays = {
+        "items": {
+            "raw_item_id": np.concatenate([[0], raw_items]).astype(np.int64),
+            "category": np.concatenate([[0], cat_dense + 1]).astype(np.int32),
+            "freq": freq,
+            "raw_category_id": np.concatenate([[0], raw_cats]).astype(np.int64),
+        },
+        "train": {"items": train_items, "splits": train_splits,
+                  "user": raw_users[train_u].astype(np.int64)},
+        "val": held_out(1),
+        "test": held_out(2),
+    }
+    meta: dict[str, Any] = {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "num_items": n_items,
+        "num_categories": len(raw_cats),
+        "max_len": max_len,
+        "num_train_users": len(train_u),
+        "num_train_samples": int(len(train_items) - len(train_u)),
+        "num_val_users": n_val,
+        "num_test_users": n_test,
+        "input": data.source,
+        "input_format": data.input_format,
+        "rows": int(data.rows),
+        "rows_kept": int(len(item)),
+        "min_len": min_len,
+        "split_seed": seed,
+        "min_rating": min_rating,
+    }
+    if data.item_source:
+        meta["item_file"] = data.item_source
+    if data.category_names:
+        meta["category_names"] = {str(int(c)): data.category_names.get(int(c), "")
+                                  for c in raw_cats}
+    log.info("built dataset: %d items, %d categories, %d train users (%d samples), %d val, "
+             "%d test users in %.2fs", n_items, len(raw_cats), len(train_u),
+             meta["num_train_samples"], n_val, n_test, time.perf_counter() - t0)
+    return PreparedDataset(meta=meta, arrays=arrays)
+
+
+def _is_nonempty_dir(p: Path) -> bool:
+    return p.is_dir() and any(p.iterdir())
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory")
+    if _is_nonempty_dir(out) and not overwrite:
+        raise DataError(f"{out}: output directory exists and is not empty "
+                        f"(pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise DataError(f"{out.parent}: parent directory of the output does not exist")
+
+
+def write_dataset(ds: PreparedDataset, output_dir: str | Path, overwrite: bool = False) -> Path:
+    """Writes a dataset directory atomically.
+
+    The files go to ``<DIR>.tmp-<pid>`` first; that directory is then renamed to ``DIR``. With
+    ``overwrite``, an existing ``DIR`` is moved aside, the new one renamed in, and the old one
+    deleted (if the rename fails, the old one is put back).
+
+    Args:
+      ds: what :func:`build_dataset` returned.
+      output_dir: the destination directory.
+      overwrite: replace an existing non-empty directory.
+
+    Returns:
+      The destination path.
+
+    Raises:
+      DataError: the destination exists (without ``overwrite``) or is not a directory.
+    """
+    out = Path(output_dir)
+    _check_destination(out, overwrite)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        for name, arrays in ds.arrays.items():
+            np.savez(tmp / f"{name}.npz", **arrays)
+        (tmp / "meta.json").write_text(json.dumps(ds.meta, indent=2) + "\n")
+        _check_destination(out, overwrite)
+        if _is_nonempty_dir(out):
+            old = out.parent / f"{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)  # replaces an empty directory
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def prepare_dataset(input_path: str | Path, output_dir: str | Path,
+                    input_format: str = "userbehavior", *, item_file: str | Path | None = None,
+                    max_len: int = 50, min_len: int = 10, val_users: int = 10000,
+                    test_users: int = 10000, seed: int = 0, min_rating: float | None = None,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Reads a behaviour log and writes a dataset directory (``nann-tf prepare``).
+
+    Args:
+      input_path: the log file (a directory for ``movielens``: its ``*.inter``/``*.item``).
+      output_dir: the dataset directory to write.
+      input_format: ``userbehavior``, ``movielens`` or ``csv``.
+      item_file: the MovieLens ``.item`` file (categories).
+      max_len / min_len / val_users / test_users / seed / min_rating: see
+        :func:`build_dataset`.
+      overwrite: replace an existing non-empty output directory.
+
+    Returns:
+      The ``meta.json`` content written.
+
+    Raises:
+      DataError: bad input (naming the file, line and column), bad parameters, or an existing
+        output directory without ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    _check_destination(Path(output_dir), overwrite)  # fail before the work
+    data = read_log(input_format, input_path, item_file)
+    ds = build_dataset(data, max_len=max_len, min_len=min_len, val_users=val_users,
+                       test_users=test_users, seed=seed, min_rating=min_rating)
+    t1 = time.perf_counter()
+    write_dataset(ds, output_dir, overwrite=overwrite)
+    dt = time.perf_counter() - t0
+    log.info("wrote %s in %.2fs; total %.2fs for %d rows (%.0f rows/s)", output_dir,
+             time.perf_counter() - t1, dt, data.rows, data.rows / max(dt, 1e-9))
+    return ds.meta
