@@ -60,3 +60,12 @@ def attention_model_dir(ci_workdir, ci_dataset) -> Path:
 @pytest.fixture(scope="session")
 def two_tower_model_dir(ci_workdir, ci_dataset) -> Path:
     return _train(ci_workdir, ci_dataset, "two_tower")
+
+
+@pytest.fixture(scope="session")
+def ci_index_dir(ci_workdir, ci_dataset, attention_model_dir) -> Path:
+    """The HNSW index of the attention model's item embeddings (built through the CLI)."""
+    out = ci_workdir / "index-attention"
+    assert run_cli("build-index", "--model", attention_model_dir, "--data", ci_dataset,
+                   "--output", out) == 0
+    return out

@@ -1,0 +1,392 @@
+"""gRPC client for a served nann-tf model (TF Serving or ``nann-tf serve``).
+
+>>> from nann_tf.client import RetrievalClient
+>>> with RetrievalClient("localhost:8500", "nann") as client:   # doctest: +SKIP
+...     client.wait_until_ready()
+...     item_ids, scores, num_scored = client.retrieve([[12, 34, 56]])
+
+Histories may be ragged lists: they are left-padded with 0 to the model's history length ``L``
+(read from the signature metadata), so the most recent behaviour is the last column. Only
+UNAVAILABLE (server starting, restarting, or a replica going away behind a load balancer) is
+retried; every other error is raised at once as :class:`ServingError` with the server's gRPC
+code and message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Mapping, Sequence
+
+import grpc
+import numpy as np
+
+__all__ = [
+    "ServingError",
+    "Prediction",
+    "ModelVersionState",
+    "RetrievalClient",
+    "pad_histories",
+    "PADDING_ID",
+]
+
+PADDING_ID = 0
+_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+class ServingError(RuntimeError):
+    """A failed RPC.
+
+    Attributes:
+        code: the ``grpc.StatusCode``.
+        details: the server's message.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, method: str = ""):
+        super().__init__(f"{method + ': ' if method else ''}{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """A Predict response.
+
+    Attributes:
+        outputs: output alias -> array.
+        model_version: the version that answered.
+        signature_name: the signature that ran.
+    """
+
+    outputs: dict[str, np.ndarray]
+    model_version: int
+    signature_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersionState:
+    """One row of GetModelStatus: ``state`` is START/LOADING/AVAILABLE/UNLOADING/END."""
+
+    version: int
+    state: str
+    error_code: int
+    error_message: str
+
+
+def pad_histories(histories, length: int | None) -> np.ndarray:
+    """Left-pads histories with :data:`PADDING_ID` into an int64 ``[B, length]`` array.
+
+    The most recent behaviour is last, so padding goes on the left (right-aligned rows).
+
+    Args:
+        histories: one history (a flat sequence of ids) or a sequence of histories.
+        length: the model's ``L``; ``None`` pads to the longest history.
+
+    Returns:
+        int64 array ``[B, length]``.
+
+    Raises:
+        ValueError: a history longer than ``length``, a non-integer id, or no history.
+    """
+    if isinstance(histories, np.ndarray) and histories.ndim == 2:
+        rows = [list(r) for r in histories]
+    else:
+        seq = list(histories)
+        if seq and np.ndim(seq[0]) == 0:
+            seq = [seq]
+        rows = [list(np.asarray(r).reshape(-1)) for r in seq]
+    if not rows:
+        raise ValueError("no history given")
+    width = max(len(r) for r in rows) if length is None else int(length)
+    out = np.full((len(rows), width), PADDING_ID, dtype=np.int64)
+    for i, row in enumerate(rows):
+        arr = np.asarray(row)
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"history {i} holds non-integer ids ({arr.dtype})")
+        if arr.size > width:
+            raise ValueError(f"history {i} has {arr.size} items; the model takes at most "
+                             f"L={width} (keep the most recent {width})")
+        if arr.size:
+            out[i, width - arr.size:] = arr.astype(np.int64)
+    return out
+
+
+def _as_batch(value, batch: int, name: str, dtype, rank: int) -> np.ndarray:
+    """Broadcasts a per-request parameter to its batched shape ([B] or [B, n])."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} must hold integers, got {value!r}")
+    elif arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got {value!r}")
+    info = np.iinfo(dtype)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise ValueError(f"{name} does not fit in {np.dtype(dtype).name}: {value!r}")
+    arr = arr.astype(dtype)
+    if arr.ndim == rank - 1:
+        arr = np.broadcast_to(arr, (batch,) + arr.shape).copy()
+    if arr.ndim != rank or arr.shape[0] != batch:
+        raise ValueError(f"{name} must have shape {'[B]' if rank == 1 else '[B, n] or [n]'} "
+                         f"with B={batch}, got {list(np.shape(value))}")
+    return arr
+
+
+class RetrievalClient:
+    """Client for one served model.
+
+    Args:
+        target: ``host:port`` of TF Serving's gRPC port (or a gRPC target such as
+            ``dns:///nann-serving-headless:8500`` for client-side load balancing).
+        model_name: the model name (``--model_name`` / config name).
+        signature_name: default signature of :meth:`retrieve` / :meth:`predict`.
+        timeout_s: deadline of every RPC.
+        retries: extra attempts after UNAVAILABLE.
+        backoff_s: first retry delay; doubled each retry (with jitter).
+        channel: an existing channel (then ``target`` is only used in messages).
+        load_balancing: gRPC load-balancing policy for the channel (``round_robin`` spreads
+            requests over every address a DNS name resolves to; see serving/k8s).
+    """
+
+    def __init__(self, target: str, model_name: str, signature_name: str = "serving_default",
+                 timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.1,
+                 channel: grpc.Channel | None = None, load_balancing: str | None = None):
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        if not model_name:
+            raise ValueError("model_name is empty")
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0:
+            raise ValueError("timeout_s must be > 0, retries and backoff_s >= 0")
+        self.target = target
+        self.model_name = model_name
+        self.signature_name = signature_name
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)]
+        if load_balancing:
+            import json
+
+            options.append(("grpc.service_config", json.dumps(
+                {"loadBalancingConfig": [{load_balancing: {}}]})))
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target, options=options)
+        self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._history_length: dict[tuple[str, int | None], int | None] = {}
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, method, request, name: str):
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout_s)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay *= 2
+                    continue
+                details = e.details() if hasattr(e, "details") else str(e)
+                raise ServingError(code, details or "", f"{name} to {self.target}") from None
+        raise AssertionError("unreachable")
+
+    def _model_spec(self, spec, signature: str | None, version: int | None) -> None:
+        spec.name = self.model_name
+        if signature is not None:
+            spec.signature_name = signature
+        if version is not None:
+            spec.version.value = int(version)
+
+    # ------------------------------------------------------------------ API
+    def predict(self, inputs: Mapping[str, object], signature: str | None = None,
+                version: int | None = None, output_filter: Sequence[str] = ()) -> Prediction:
+        """Sends one Predict request.
+
+        Args:
+            inputs: input alias -> array-like (sent with its own dtype: cast it first).
+            signature: the signature (default: the client's).
+            version: a specific version (default: the latest the server has).
+            output_filter: output aliases to return (default: all).
+
+        Returns:
+            The :class:`Prediction`.
+
+        Raises:
+            ServingError: the server refused or failed the request.
+        """
+        from nann_tf.serving.tensors import from_tensor_proto
+        from nann_tf.serving.warmup import make_predict_request
+
+        request = make_predict_request(self.model_name, signature or self.signature_name,
+                                       inputs, version=version)
+        request.output_filter.extend(output_filter)
+        response = self._call(self._predict_stub.Predict, request, "Predict")
+        outputs = {alias: from_tensor_proto(t, alias) for alias, t in response.outputs.items()}
+        return Prediction(outputs, int(response.model_spec.version.value),
+                          response.model_spec.signature_name)
+
+    def retrieve(self, hist_item_ids, k: int | Sequence[int] | None = None,
+                 ef: Sequence[int] | None = None, T: Sequence[int] | None = None,
+                 exclude_item_ids=None, signature: str | None = None,
+                 version: int | None = None):
+        """Top-k items for a batch of users.
+
+        Without search parameters the ``serving_default`` signature runs with the model's
+        defaults; giving ``k``/``ef``/``T``/``exclude_item_ids`` selects the ``retrieve``
+        signature, which needs ``k``, ``ef`` and ``T`` together.
+
+        Args:
+            hist_item_ids: raw item ids, one history (flat list) or a batch; ragged histories
+                are left-padded with 0 to the model's ``L``; a 2-D int array is sent as is.
+            k: results per query (an int, or one per row).
+            ef: beam widths per level, level 0 first (``S+1`` ints, or ``[B, S+1]``).
+            T: rounds per level, same layout as ``ef``.
+            exclude_item_ids: raw ids never to return: one flat list for every row, or one
+                list per row (ragged lists are right-padded with 0).
+            signature: override the signature choice.
+            version: a specific model version.
+
+        Returns:
+            ``(item_ids int64 [B, k], scores float32 [B, k], num_scored int32 [B])``;
+            ``num_scored`` is ``None`` for a signature without it (``brute_force``).
+
+        Raises:
+            ValueError: malformed arguments, or ``retrieve`` without k, ef and T.
+            ServingError: the server refused or failed the request.
+        """
+        params_given = any(p is not None for p in (k, ef, T, exclude_item_ids))
+        signature = signature or ("retrieve" if params_given else self.signature_name)
+        if isinstance(hist_item_ids, np.ndarray) and hist_item_ids.ndim == 2 \
+                and np.issubdtype(hist_item_ids.dtype, np.integer):
+            hist = hist_item_ids.astype(np.int64, copy=False)
+        else:
+            hist = pad_histories(hist_item_ids, self.history_length(signature, version))
+        batch = hist.shape[0]
+        inputs: dict[str, np.ndarray] = {"hist_item_ids": hist}
+        if signature == "retrieve":
+            missing = [n for n, v in (("k", k), ("ef", ef), ("T", T)) if v is None]
+            if missing:
+                raise ValueError(f"the retrieve signature needs k, ef and T; missing "
+                                 f"{', '.join(missing)}")
+            inputs["k"] = _as_batch(k, batch, "k", np.int32, 1)
+            inputs["ef"] = _as_batch(ef, batch, "ef", np.int32, 2)
+            inputs["T"] = _as_batch(T, batch, "T", np.int32, 2)
+            inputs["exclude_item_ids"] = self._exclusions(exclude_item_ids, batch)
+        elif params_given:
+            raise ValueError(f"k/ef/T/exclude_item_ids need the retrieve signature, not "
+                             f"{signature!r}")
+        out = self.predict(inputs, signature=signature, version=version).outputs
+        return out["item_ids"], out["scores"], out.get("num_scored")
+
+    @staticmethod
+    def _exclusions(exclude_item_ids, batch: int) -> np.ndarray:
+        if exclude_item_ids is None:
+            return np.zeros((batch, 0), np.int64)
+        if isinstance(exclude_item_ids, np.ndarray) and exclude_item_ids.ndim == 2:
+            rows = list(exclude_item_ids)
+        else:
+            seq = list(exclude_item_ids)
+            if not seq or np.ndim(seq[0]) == 0:
+                rows = [seq] * batch
+            else:
+                rows = seq
+        if len(rows) != batch:
+            raise ValueError(f"exclude_item_ids has {len(rows)} rows for a batch of {batch}")
+        width = max((len(r) for r in rows), default=0)
+        out = np.full((batch, width), PADDING_ID, np.int64)
+        for i, r in enumerate(rows):
+            arr = np.asarray(r)
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"exclude_item_ids row {i} holds non-integer ids")
+            out[i, :arr.size] = arr
+        return out
+
+    def metadata(self, version: int | None = None):
+        """GetModelMetadata: the model's signatures.
+
+        Returns:
+            ``(version, {signature name: SignatureDef proto})``.
+        """
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._model_spec(request.model_spec, None, version)
+        request.metadata_field.append("signature_def")
+        response = self._call(self._predict_stub.GetModelMetadata, request, "GetModelMetadata")
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sig_map)
+        return int(response.model_spec.version.value), dict(sig_map.signature_def)
+
+    def history_length(self, signature: str | None = None,
+                       version: int | None = None) -> int | None:
+        """The model's ``L``: dimension 1 of ``hist_item_ids`` in the signature (cached).
+
+        Returns:
+            ``L``, or ``None`` when the signature leaves it dynamic.
+
+        Raises:
+            ServingError: metadata unavailable; ValueError: no such signature or input.
+        """
+        signature = signature or self.signature_name
+        key = (signature, version)
+        if key not in self._history_length:
+            _, sigs = self.metadata(version)
+            if signature not in sigs:
+                raise ValueError(f"model {self.model_name} has no signature {signature!r}; "
+                                 f"it has {sorted(s for s in sigs if not s.startswith('__'))}")
+            inputs = sigs[signature].inputs
+            if "hist_item_ids" not in inputs:
+                raise ValueError(f"signature {signature!r} has no hist_item_ids input")
+            dims = inputs["hist_item_ids"].tensor_shape.dim
+            self._history_length[key] = (int(dims[1].size) if len(dims) == 2
+                                         and dims[1].size > 0 else None)
+        return self._history_length[key]
+
+    def status(self, version: int | None = None) -> list[ModelVersionState]:
+        """GetModelStatus: every version the server knows, with its state and error."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._model_spec(request.model_spec, None, version)
+        response = self._call(self._model_stub.GetModelStatus, request, "GetModelStatus")
+        names = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [ModelVersionState(int(s.version), names(s.state), int(s.status.error_code),
+                                  s.status.error_message)
+                for s in response.model_version_status]
+
+    def wait_until_ready(self, timeout_s: float = 60.0, poll_s: float = 0.2) -> int:
+        """Blocks until some version of the model is AVAILABLE.
+
+        Returns:
+            The newest available version.
+
+        Raises:
+            TimeoutError: not ready in time (the message has the last status or error).
+        """
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while True:
+            try:
+                available = [s.version for s in self.status() if s.state == "AVAILABLE"]
+                if available:
+                    return max(available)
+                last = "no version AVAILABLE yet"
+            except ServingError as e:
+                last = str(e)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"model {self.model_name} at {self.target} not ready after "
+                                   f"{timeout_s:.0f} s: {last}")
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        """Closes the channel (if this client created it)."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> "RetrievalClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,115 @@
+"""``nann-tf query``: one gRPC Predict request to TF Serving (or ``nann-tf serve``).
+
+No TensorFlow import at module level: ``nann-tf --help`` builds every subcommand's parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_arguments", "run", "parse_id_list"]
+
+
+def parse_id_list(text: str, name: str) -> list[int]:
+    """Parses ``"12,34,56"`` (spaces allowed, empty = no ids) into ints.
+
+    Raises:
+        nann_tf.cli.CliError: a token that is not an integer.
+    """
+    from nann_tf.cli import CliError
+
+    out = []
+    for token in text.replace(" ", ",").split(","):
+        if not token:
+            continue
+        try:
+            out.append(int(token))
+        except ValueError:
+            raise CliError(f"{name}: {token!r} is not an integer id (expected e.g. 12,34,56)"
+                           ) from None
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``nann-tf query``'s flags."""
+    parser.description = (
+        "Send one retrieval request over gRPC to TensorFlow Serving or `nann-tf serve` and "
+        "print the ranked item ids and scores. The history is raw item ids, oldest first; it "
+        "is left-padded with 0 to the model's history length L (read from the model's "
+        "signature metadata).")
+    parser.add_argument("--server", default="localhost:8500",
+                        help="HOST:PORT of the gRPC port (default localhost:8500)")
+    parser.add_argument("--model", required=True, help="model name")
+    parser.add_argument("--history", required=True,
+                        help="comma-separated raw item ids, most recent last, e.g. 12,34,56")
+    parser.add_argument("-k", type=int, default=None,
+                        help="number of results; sent to the model with the retrieve signature, "
+                        "otherwise the first k of the model's answer are printed")
+    parser.add_argument("--ef", default=None,
+                        help="beam widths per level, level 0 first, e.g. 400,200,100 "
+                        "(selects the retrieve signature)")
+    parser.add_argument("--T", dest="T", default=None,
+                        help="rounds per level, level 0 first, e.g. 3,1,0 (with --ef)")
+    parser.add_argument("--exclude", default=None,
+                        help="comma-separated raw item ids never to return (retrieve signature)")
+    parser.add_argument("--signature", default=None,
+                        help="signature to call (default serving_default; retrieve when "
+                        "--ef/--T/--exclude are given)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="a specific model version (default: the latest served)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="RPC deadline in seconds (default 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sends the request and prints the ranking."""
+    from nann_tf.cli import CliError
+    from nann_tf.serving.client import RetrievalClient, ServingError
+
+    if args.timeout <= 0:
+        raise CliError(f"--timeout must be > 0, got {args.timeout}")
+    if args.k is not None and args.k < 1:
+        raise CliError(f"-k must be >= 1, got {args.k}")
+    history = parse_id_list(args.history, "--history")
+    ef = parse_id_list(args.ef, "--ef") if args.ef is not None else None
+    T = parse_id_list(args.T, "--T") if args.T is not None else None
+    exclude = parse_id_list(args.exclude, "--exclude") if args.exclude is not None else None
+    search_params = ef is not None or T is not None or exclude is not None
+    signature = args.signature or ("retrieve" if search_params else "serving_default")
+    with RetrievalClient(args.server, args.model, signature_name=signature,
+                         timeout_s=args.timeout, retries=1) as client:
+        try:
+            length = client.history_length(signature, args.version)
+            if length is not None and len(history) > length:
+                print(f"note: the history has {len(history)} items and the model takes "
+                      f"L={length}; sending the most recent {length}", file=sys.stderr)
+                history = history[-length:]
+            if signature == "retrieve":
+                if ef is None or T is None or args.k is None:
+                    raise CliError("the retrieve signature needs -k, --ef and --T (e.g. -k 20 "
+                                   "--ef 400,200,100 --T 3,1,0)")
+                item_ids, scores, num_scored = client.retrieve(
+                    [history], k=args.k, ef=ef, T=T, exclude_item_ids=exclude or [],
+                    signature=signature, version=args.version)
+            else:
+                item_ids, scores, num_scored = client.retrieve(
+                    [history], signature=signature, version=args.version)
+        except ServingError as e:
+            raise CliError(f"{e.code.name}: {e.details}") from None
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    ids, vals = item_ids[0], scores[0]
+    keep = ids != 0  # rows shorter than k are padded with id 0
+    ids, vals = ids[keep], vals[keep]
+    if args.k is not None and signature != "retrieve":
+        if args.k > ids.size:
+            print(f"note: the model returned {ids.size} items (its default k); -k {args.k} "
+                  "needs the retrieve signature (--ef/--T)", file=sys.stderr)
+        ids, vals = ids[:args.k], vals[:args.k]
+    scored = f", {int(num_scored[0])} items scored" if num_scored is not None else ""
+    print(f"model {args.model} signature {signature}: {ids.size} items{scored}")
+    print(f"{'rank':>4}  {'item_id':>12}  {'score':>12}")
+    for rank, (i, s) in enumerate(zip(ids, vals), start=1):
+        print(f"{rank:>4}  {int(i):>12}  {float(s):>12.6f}")
+    return 0

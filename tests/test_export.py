@@ -1,0 +1,251 @@
+"""The exported SavedModel: signatures, XLA padding, warm-up, placement, op audit, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nann_tf.data.dataset import Dataset
+from nann_tf.export import export as export_mod
+from nann_tf.export.export import EXPORT_INFO, ExportError, export_version
+from nann_tf.export.validate import graph_op_types
+from nann_tf.index.store import load_index
+from nann_tf.serving.loader import SessionModel
+from nann_tf.serving.warmup import read_warmup_requests
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("models") / "nann"
+
+
+@pytest.fixture(scope="module")
+def v_tf(base, attention_model_dir, ci_index_dir):
+    """Stock ops only, no XLA (version 1)."""
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", base, "--visited", "tf", "--no-xla") == 0
+    return base / "1"
+
+
+@pytest.fixture(scope="module")
+def v_xla(base, v_tf, attention_model_dir, ci_index_dir):
+    """The C++ bitmap op with XLA scoring over the shape grid (version 2)."""
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", base, "--visited", "bitmap", "--xla",
+                   "--embedding-dtype", "float32") == 0
+    return base / "2"
+
+
+@pytest.fixture(scope="module")
+def queries(ci_dataset, ci_index_dir):
+    ds = Dataset.load(ci_dataset)
+    idx = load_index(ci_index_dir)
+    dense = ds.test.hist[:24]
+    return np.where(dense > 0, idx.raw_item_id[dense], 0).astype(np.int64), idx
+
+
+def test_signatures_and_dtypes(v_tf):
+    with SessionModel(v_tf, load_ops=False) as m:
+        meta = json.loads((v_tf / EXPORT_INFO).read_text())
+        assert meta["signatures"] == ["brute_force", "retrieve", "serving_default",
+                                      "warmup_grid"]
+        for name in ("serving_default", "retrieve", "brute_force"):
+            m.signature(name)
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((v_tf / "saved_model.pb").read_bytes())
+    sigs = sm.meta_graphs[0].signature_def
+    d = sigs["serving_default"]
+    assert d.inputs["hist_item_ids"].dtype == tf.int64.as_datatype_enum
+    assert d.outputs["item_ids"].dtype == tf.int64.as_datatype_enum
+    assert d.outputs["scores"].dtype == tf.float32.as_datatype_enum
+    assert d.outputs["num_scored"].dtype == tf.int32.as_datatype_enum
+    r = sigs["retrieve"]
+    assert set(r.inputs) == {"hist_item_ids", "k", "ef", "T", "exclude_item_ids"}
+    assert r.inputs["k"].dtype == tf.int32.as_datatype_enum
+    assert set(sigs["brute_force"].outputs) == {"item_ids", "scores"}
+
+
+def test_xla_equals_no_xla_and_raw_ids_are_valid(v_tf, v_xla, queries):
+    hist, idx = queries
+    with SessionModel(v_tf, load_ops=False) as a, SessionModel(v_xla) as b:
+        ra = a.run("serving_default", {"hist_item_ids": hist})
+        rb = b.run("serving_default", {"hist_item_ids": hist})
+    assert ra["item_ids"].shape == (len(hist), 50)
+    agree = (ra["item_ids"] == rb["item_ids"]).mean()
+    assert agree >= 0.99, agree
+    same = ra["item_ids"] == rb["item_ids"]
+    np.testing.assert_allclose(ra["scores"][same], rb["scores"][same], rtol=1e-4, atol=1e-4)
+    # Padding never leaks: every returned id is a real raw id, no duplicates in a row.
+    vocab = set(idx.raw_item_id[1:].tolist())
+    for row in rb["item_ids"]:
+        assert set(row.tolist()) <= vocab
+        assert len(set(row.tolist())) == len(row)
+    assert (np.diff(rb["scores"], axis=1) <= 1e-6).all(), "sorted best first"
+
+
+def test_warmup_file_decodes_and_covers_every_grid_size(v_xla):
+    info = json.loads((v_xla / EXPORT_INFO).read_text())
+    grid = info["grid"]
+    assert len(grid) >= 5 and grid == sorted(grid)
+    recs = read_warmup_requests(v_xla / "assets.extra" / "tf_serving_warmup_requests")
+    assert 0 < len(recs) <= 1000 and len(recs) == info["warmup_records"]
+    widths = sorted(int(r.inputs["width"][0]) for r in recs if r.signature_name == "warmup_grid")
+    assert widths == grid
+    assert any(r.signature_name == "serving_default" for r in recs)
+    assert info["validation"]["warmup_records_replayed"] == len(recs)
+
+
+def test_every_search_round_is_padded_to_a_grid_size(ci_index_dir, attention_model_dir, queries):
+    """Counts the shapes the XLA scorer sees over many queries: all on the grid."""
+    from nann_tf.export.module import RetrievalModule, SearchDefaults
+    from nann_tf.train import load_trained_model
+
+    hist, idx = queries
+    model, cfg, meta = load_trained_model(attention_model_dir)
+    mod = RetrievalModule(model, idx, meta["max_len"],
+                          SearchDefaults(1, {1: 100, 0: 200}, {0: 3}, 50, 400), "tf", True)
+    seen = []
+    inner = mod.scorer._score
+
+    def spy(state, e):
+        seen.append(tuple(e.shape))
+        return inner(state, e)
+
+    mod.scorer._score = spy
+    for b in (1, 5):
+        for i in range(0, 10, b):
+            mod._serve(tf.constant(hist[i:i + b]))
+    widths = {s[1] for s in seen}
+    assert widths <= set(mod.grid.sizes), widths - set(mod.grid.sizes)
+    assert len(widths) < len(seen), "rounds share compiled shapes"
+
+
+def test_device_placement_in_saved_functions(v_xla):
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((v_xla / "saved_model.pb").read_bytes())
+    cpu, unplaced = set(), set()
+    for fn in sm.meta_graphs[0].graph_def.library.function:
+        for n in fn.node_def:
+            (cpu if "CPU:0" in n.device else unplaced if not n.device else set()).add(n.op)
+    assert "NannGatherUnvisitedNeighbors" in cpu and "NannFilterUnvisited" in cpu
+    assert "ResourceGather" in cpu or "GatherV2" in cpu
+    # The score network (matmuls, softmax) carries no device: TF Serving puts it on the GPU.
+    assert {"MatMul", "BatchMatMulV3"} & unplaced or "Einsum" in unplaced
+    assert "Softmax" in unplaced
+
+
+def test_op_audit(v_tf, v_xla):
+    assert not any(op.startswith("Nann") for op in graph_op_types(str(v_tf)))
+    assert {"NannFilterUnvisited", "NannGatherUnvisitedNeighbors"} & graph_op_types(str(v_xla))
+    info = json.loads((v_tf / EXPORT_INFO).read_text())
+    assert info["validation"]["non_stock_ops"] == []
+    assert info["validation"]["coverage_vs_brute_force"] >= 0.8
+
+
+def _retrieve(m, hist, k=None, ef=None, T=None, exclude=None):
+    b = len(hist)
+    return m.run("retrieve", {
+        "hist_item_ids": hist,
+        "k": np.full([b], 50 if k is None else k, np.int32),
+        "ef": np.array(ef or [[200, 100]] * b, np.int32),
+        "T": np.array(T or [[3, 0]] * b, np.int32),
+        "exclude_item_ids": np.zeros([b, 1], np.int64) if exclude is None else exclude})
+
+
+def test_retrieve_parameters_and_exclusion(v_tf, queries):
+    hist, _ = queries
+    with SessionModel(v_tf, load_ops=False) as m:
+        base_out = m.run("serving_default", {"hist_item_ids": hist[:4]})
+        r = _retrieve(m, hist[:4])
+        np.testing.assert_array_equal(r["item_ids"], base_out["item_ids"])
+        top = base_out["item_ids"][:, :3]
+        r = _retrieve(m, hist[:4], exclude=top)
+        for row, excluded in zip(r["item_ids"], top):
+            assert not np.isin(row, excluded).any()
+        np.testing.assert_array_equal(r["item_ids"][:, :5], base_out["item_ids"][:, 3:8])
+        r = _retrieve(m, hist[:4], k=10)
+        assert r["item_ids"].shape == (4, 10)
+        bigger = _retrieve(m, hist[:4], ef=[[400, 200]] * 4, T=[[4, 0]] * 4)
+        assert (bigger["num_scored"] >= r["num_scored"]).all()
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(k=0), "k: every value must be >= 1"),
+    (dict(k=300), "k: must be <= ef"),
+    (dict(ef=[[0, 100]] * 2), "ef: every value must be >= 1"),
+    (dict(ef=[[100000, 100]] * 2), "max_ef"),
+    (dict(T=[[-1, 0]] * 2), "T: every value must be >= 0"),
+    (dict(T=[[1000, 0]] * 2), "T: every value must be <="),
+])
+def test_bad_parameters_are_invalid_argument(v_tf, queries, change, needle):
+    hist, _ = queries
+    with SessionModel(v_tf, load_ops=False) as m:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=needle):
+            _retrieve(m, hist[:2], **change)
+
+
+def test_history_too_long_and_empty_batch(v_tf, queries):
+    hist, _ = queries
+    with SessionModel(v_tf, load_ops=False) as m:
+        too_long = np.concatenate([hist[:1], hist[:1]], axis=1)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="longer than L"):
+            m.run("serving_default", {"hist_item_ids": too_long})
+        # Shorter histories are left-padded; unknown raw ids are ignored like padding.
+        short = m.run("serving_default", {"hist_item_ids": hist[:2, -5:]})
+        padded = np.zeros_like(hist[:2])
+        padded[:, -5:] = hist[:2, -5:]
+        full = m.run("serving_default", {"hist_item_ids": padded})
+        np.testing.assert_array_equal(short["item_ids"], full["item_ids"])
+        unknown = padded.copy()
+        unknown[:, 0] = 987654321987
+        np.testing.assert_array_equal(
+            m.run("serving_default", {"hist_item_ids": unknown})["item_ids"], full["item_ids"])
+
+
+def test_existing_version_is_refused_and_failed_export_leaves_nothing(
+        base, v_tf, v_xla, attention_model_dir, ci_index_dir, monkeypatch, capsys):
+    before = sorted(p.name for p in base.iterdir())
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", base, "--version", "1") == 2
+    assert "already exists" in capsys.readouterr().err
+
+    def crash(*a, **k):
+        raise RuntimeError("simulated crash during validation")
+
+    monkeypatch.setattr(export_mod, "validate_in_subprocess", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export_version(attention_model_dir, ci_index_dir, base, visited="tf", xla=False)
+    assert sorted(p.name for p in base.iterdir()) == before
+    # A dead export's temporary directory (TF Serving ignores non-numeric names) is cleaned up.
+    stale = base / ".tmp-9-999999"
+    stale.mkdir()
+    monkeypatch.undo()
+    with pytest.raises(ExportError, match="k=500 > ef"):
+        export_version(attention_model_dir, ci_index_dir, base, k=500)
+    assert stale.exists(), "parameters are checked before anything is written"
+    export_mod._clean_stale_tmp(base)
+    assert not stale.exists()
+    assert not any(p.name.startswith(".tmp") for p in base.iterdir())
+
+
+def test_export_cli_bad_inputs(tmp_path, attention_model_dir, ci_index_dir, capsys):
+    out = tmp_path / "m"
+    assert run_cli("export", "--model", tmp_path / "nope", "--index", ci_index_dir,
+                   "--output", out) == 2
+    assert "nope" in capsys.readouterr().err
+    assert run_cli("export", "--model", attention_model_dir, "--index", tmp_path,
+                   "--output", out) == 2
+    assert "index.json" in capsys.readouterr().err
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", out, "--ef", "1:100") == 2
+    assert "LEVEL=VALUE" in capsys.readouterr().err
+    assert not out.exists() or not any(p.name.isdigit() for p in out.iterdir())
