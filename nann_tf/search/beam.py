@@ -1,0 +1,328 @@
+"""Beam-retrieval (NANN, paper Alg. 1/2): a fixed-cost beam search over the HNSW levels.
+
+For a batch of B queries at once, in TensorFlow (eager or inside ``tf.function``):
+
+1. score every node of the start level S and keep each query's top ``ef[S]`` (the start nodes
+   count as visited);
+2. for each level ``l = S-1 .. 0`` run at most ``T[l]`` rounds: frontier (when entering a level:
+   the whole result set) -> its neighbours on level ``l`` -> drop the items the query has
+   already scored (the visited set: an item is scored at most once per query) -> score the new
+   items of ALL queries in one scorer call -> results = top ``ef[l]`` of results + new -> next
+   frontier = the new items that entered the results. A level ends early once every query's
+   frontier is empty. The first round of a level expands the whole result set even when
+   ``ef[l]`` is smaller than the previous level's (its merge then keeps the best ``ef[l]``);
+3. return the top ``k`` of the level-0 results.
+
+This is the algorithm the offline C++ replay (``nann_tf._nann_core.beam_search_replay``)
+implements; on scores without -inf/NaN both return the same ids, scores and counts (the replay
+pads with id -1 where this pads with 0).
+
+Conventions shared by every search in this package (:mod:`.hnsw_search`, :mod:`.brute_force`):
+
+- scorer contract: ``scorer(row_ids int32 [n], item_ids int32 [n]) -> float32 [n]``, the score
+  of item ``item_ids[i]`` for query ``row_ids[i]``; higher is better; ``n`` may be 0. NaN scores
+  count as ``-inf``.
+- order: by score descending, ties by the smaller item id. Every top-k selection inside the
+  search uses this rule (the offline C++ replay uses the same one).
+- results: ids int32 ``[B, k]`` and scores float32 ``[B, k]``; a query with fewer than ``k``
+  results is padded with id 0 and score ``-inf``. An item scoring ``-inf`` never enters the
+  results.
+- ``exclude_ids`` int ``[B, E]`` (0 = no item): an excluded item still counts as scored, but its
+  score is masked to ``-inf``, so it never enters the results (and is never expanded).
+- ``num_scored`` int32 ``[B]``: items scored per query (start level included).
+- traversal ops run under ``tf.device(traversal_device)`` (the CPU by default); the scorer is
+  called outside that scope so it can run on an accelerator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Mapping
+
+import tensorflow as tf
+
+from nann_tf.index.hnsw import GraphTensors
+from nann_tf.search import visited
+
+__all__ = [
+    "DEFAULT_EF",
+    "DEFAULT_T",
+    "Scorer",
+    "beam_search",
+]
+
+Scorer = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+DEFAULT_EF = {2: 100, 1: 200, 0: 400}
+DEFAULT_T = {1: 1, 0: 3}
+_NEG_INF = float("-inf")
+_ID_MASK = 0xFFFFFFFF
+
+
+def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
+                ef: Mapping[Any, Any] | None = None, T: Mapping[Any, Any] | None = None,
+                k: Any = 200, start_level: int | None = None, visited_impl: str = "tf",
+                exclude_ids: Any = None, traversal_device: str | None = "/CPU:0"):
+    """Beam-retrieval of the top ``k`` items for each of ``batch_size`` queries.
+
+    Args:
+      graph: :class:`~nann_tf.index.hnsw.GraphTensors` (its ``start_nodes`` are the nodes of
+        its ``start_level``).
+      scorer: see the module docstring.
+      batch_size: B (Python int or int32 scalar tensor).
+      ef: ``{level: beam width}`` for levels ``S..0`` (default ``{2: 100, 1: 200, 0: 400}``);
+        keys may be ints or strings, values ints or int32 scalar tensors.
+      T: ``{level: max rounds}`` for levels ``S-1..0`` (default ``{1: 1, 0: 3}``); 0 skips a
+        level (its results pass on unchanged).
+      k: results per query (ints or int32 scalar tensor). ``k > ef[0]`` only adds padding.
+      start_level: S; ``None`` takes ``graph.start_level`` (another value is an error: the start
+        nodes in ``graph`` belong to that level).
+      visited_impl: ``"tf"`` (stock ops) or ``"bitmap"`` (the C++ op); identical results.
+      exclude_ids: optional int ``[B, E]`` items never to return (0 = none).
+      traversal_device: device for the graph-walking ops (``None``: no placement).
+
+    Returns:
+      ``(ids int32 [B, k], scores float32 [B, k], num_scored int32 [B])``.
+
+    Raises:
+      ValueError: bad levels or parameters (``ef``/``T`` missing a level, ...).
+    """
+    s_level = graph.start_level if start_level is None else int(start_level)
+    if s_level != graph.start_level:
+        raise ValueError(f"start_level {s_level} differs from the graph tensors' start level "
+                         f"{graph.start_level}; build them with graph_tensors(graph, "
+                         f"start_level={s_level})")
+    ef_by_level = level_params(DEFAULT_EF if ef is None else ef, "ef", range(s_level, -1, -1))
+    t_by_level = level_params(DEFAULT_T if T is None else T, "T", range(s_level - 1, -1, -1),
+                              minimum=0)
+    if isinstance(k, int) and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ctx = SearchContext(scorer, batch_size, graph.num_items, exclude_ids, visited_impl,
+                        traversal_device)
+
+    with ctx.device():
+        start = tf.reshape(graph.start_nodes, [-1])
+        n_start = start.shape[0] if start.shape[0] is not None else tf.size(start)
+        rows = tf.repeat(tf.range(ctx.batch_size), n_start)
+        ids = tf.tile(start, [ctx.batch_size])
+        state = ctx.visited_init()
+        _, _, state = ctx.filter_unvisited(ids, rows, state)  # marks the start nodes
+    scores = ctx.score(rows, ids)
+    with ctx.device():
+        num_scored = tf.fill([ctx.batch_size], n_start)
+        res_ids, res_scores = top_by_key(tf.reshape(ids, [ctx.batch_size, -1]),
+                                         tf.reshape(scores, [ctx.batch_size, -1]),
+                                         min_of(ef_by_level[s_level], n_start))
+        res_ids = tf.where(res_scores > _NEG_INF, res_ids, 0)
+
+    for level in range(s_level - 1, -1, -1):
+        ef_l = ef_by_level[level]
+        with ctx.device():
+            # The whole result set is the first frontier, even when ef shrinks on this level:
+            # results are cut to ef_l by the first round's merge (T_l = 0 keeps them as they
+            # are). The carried width stays max(previous width, ef_l) so shapes are constant.
+            width = max_of(res_ids.shape[1] if res_ids.shape[1] is not None
+                           else tf.shape(res_ids)[1], ef_l)
+            res_ids, res_scores = resize_results(res_ids, res_scores, width)
+            frontier = res_ids > 0
+            f_ids = tf.boolean_mask(res_ids, frontier)
+            f_rows = tf.cast(tf.where(frontier)[:, 0], tf.int32)
+        res_ids, res_scores, state, num_scored = _run_level(
+            ctx, graph.levels[level], ef_l, width, t_by_level[level], res_ids, res_scores,
+            f_ids, f_rows, state, num_scored)
+
+    with ctx.device():
+        out_ids, out_scores = resize_results(res_ids, res_scores, k)
+    return out_ids, out_scores, num_scored
+
+
+def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: Any,
+               rounds: Any, res_ids, res_scores, f_ids, f_rows, state, num_scored):
+    """At most ``rounds`` expansion rounds on one level (a tf.while_loop); each round keeps
+    the best ``ef`` and pads the results back to the carried ``width``."""
+
+    def cond(t, res_ids, res_scores, f_ids, f_rows, state, num_scored):
+        return tf.logical_and(t < rounds, tf.size(f_ids) > 0)
+
+    def body(t, res_ids, res_scores, f_ids, f_rows, state, num_scored):
+        with ctx.device():
+            n_ids, n_rows, state = ctx.expand(f_ids, f_rows, level_rt, state)
+        n_scores = ctx.score(n_rows, n_ids)
+        with ctx.device():
+            num_scored += ctx.count_per_row(n_rows)
+            res_ids, res_scores, entered, _ = merge_results(
+                res_ids, res_scores, n_ids, n_rows, n_scores, ctx.batch_size, ef)
+            f_ids = tf.boolean_mask(res_ids, entered)
+            f_rows = tf.cast(tf.where(entered)[:, 0], tf.int32)
+            res_ids, res_scores = resize_results(res_ids, res_scores, width)
+        return t + 1, res_ids, res_scores, f_ids, f_rows, state, num_scored
+
+    loop_vars = (tf.constant(0), res_ids, res_scores, f_ids, f_rows, state, num_scored)
+    out = tf.while_loop(cond, body, loop_vars,
+                        shape_invariants=(tf.TensorShape([]), res_ids.shape, res_scores.shape,
+                                          tf.TensorShape([None]), tf.TensorShape([None]),
+                                          relaxed_shapes(state), num_scored.shape))
+    _, res_ids, res_scores, _, _, state, num_scored = out
+    return res_ids, res_scores, state, num_scored
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by beam_search, hnsw_search and brute_force.
+
+class SearchContext:
+    """Per-call state shared by the search algorithms: scoring, exclusion, visited set."""
+
+    def __init__(self, scorer: Scorer, batch_size: Any, num_items: int, exclude_ids: Any,
+                 visited_impl: str, traversal_device: str | None):
+        if visited_impl not in visited.IMPLS:
+            raise ValueError(f"visited_impl must be one of {visited.IMPLS}, got "
+                             f"{visited_impl!r}")
+        if isinstance(batch_size, int) and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.scorer = scorer
+        self.batch_size = batch_size if isinstance(batch_size, int) else tf.cast(
+            batch_size, tf.int32)
+        self.num_items = int(num_items)
+        self.visited_impl = visited_impl
+        self.traversal_device = traversal_device
+        self.exclude = None
+        if exclude_ids is not None:
+            exclude = tf.convert_to_tensor(exclude_ids)
+            if exclude.dtype not in (tf.int32, tf.int64):
+                raise ValueError(f"exclude_ids must be int32/int64, got {exclude.dtype}")
+            if exclude.shape.rank != 2:
+                raise ValueError(f"exclude_ids must be [batch_size, E], got shape "
+                                 f"{exclude.shape}")
+            self.exclude = tf.cast(exclude, tf.int32)
+
+    def device(self):
+        if self.traversal_device is None:
+            return contextlib.nullcontext()
+        return tf.device(self.traversal_device)
+
+    def score(self, rows: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+        """Calls the scorer once; NaN and excluded items become -inf."""
+        scores = tf.reshape(tf.cast(self.scorer(rows, ids), tf.float32), [-1])
+        with self.device():
+            tf.debugging.assert_equal(tf.size(scores), tf.size(ids), message=(
+                "scorer(row_ids, item_ids) must return one score per item"))
+            scores = tf.where(tf.math.is_nan(scores), _NEG_INF, scores)
+            if self.exclude is not None:
+                hit = tf.reduce_any(tf.equal(tf.gather(self.exclude, rows), ids[:, None]),
+                                    axis=1)
+                scores = tf.where(hit, _NEG_INF, scores)
+        return scores
+
+    def count_per_row(self, rows: tf.Tensor) -> tf.Tensor:
+        return tf.math.unsorted_segment_sum(tf.ones_like(rows), rows, self.batch_size)
+
+    def visited_init(self):
+        """An all-clear visited bitmap over the ids 0..N (0 is the padding id)."""
+        return visited.new_visited(self.batch_size, self.num_items + 1)
+
+    def filter_unvisited(self, ids, rows, state):
+        return visited.filter_unvisited(ids, rows, state, impl=self.visited_impl)
+
+    def expand(self, f_ids, f_rows, level_rt: tf.RaggedTensor, state):
+        """Neighbours of the frontier on one level, minus visited (and marked visited), in
+        frontier order (so their row ids stay sorted when the frontier's are)."""
+        return visited.gather_unvisited_neighbors(f_ids, f_rows, level_rt.values,
+                                                  level_rt.row_splits, state,
+                                                  impl=self.visited_impl)
+
+
+def level_params(params: Mapping[Any, Any], name: str, levels,
+                 minimum: int = 1) -> dict[int, Any]:
+    """``{level: value}`` with int keys, checked to hold every level in ``levels``."""
+    out = {}
+    for key, value in params.items():
+        try:
+            out[int(key)] = value
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: keys must be levels (ints), got {key!r}") from None
+    for level in levels:
+        if level not in out:
+            raise ValueError(f"{name} has no value for level {level} (given: "
+                             f"{sorted(out)})")
+        value = out[level]
+        if isinstance(value, bool) or (isinstance(value, int) and value < minimum):
+            raise ValueError(f"{name}[{level}] must be >= {minimum}, got {value!r}")
+    return out
+
+
+def min_of(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    return tf.minimum(tf.cast(a, tf.int32), tf.cast(b, tf.int32))
+
+
+def max_of(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
+    return tf.maximum(tf.cast(a, tf.int32), tf.cast(b, tf.int32))
+
+
+def order_keys(ids: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+    """int64 keys whose descending order is (score desc, id asc); ids must be in [0, 2**32)."""
+    scores = tf.where(tf.equal(scores, 0.0), tf.zeros_like(scores), scores)  # -0.0 == +0.0
+    bits = tf.bitcast(scores, tf.int32)
+    monotone = tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF), bits)
+    return tf.cast(monotone, tf.int64) * (1 << 32) + (_ID_MASK - tf.cast(ids, tf.int64))
+
+
+def decode_keys(keys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Inverse of :func:`order_keys`: ``(ids int32, scores float32)``."""
+    low = tf.bitwise.bitwise_and(keys, _ID_MASK)
+    ids = tf.cast(_ID_MASK - low, tf.int32)
+    monotone = tf.cast((keys - low) // (1 << 32), tf.int32)
+    bits = tf.where(monotone < 0, tf.bitwise.bitwise_xor(monotone, 0x7FFFFFFF), monotone)
+    return ids, tf.bitcast(bits, tf.float32)
+
+
+def top_by_key(ids: tf.Tensor, scores: tf.Tensor, k: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """Row-wise top ``k`` of ``[B, C]`` candidates in (score desc, id asc) order."""
+    _, idx = tf.math.top_k(order_keys(ids, scores), k=k)
+    return tf.gather(ids, idx, batch_dims=1), tf.gather(scores, idx, batch_dims=1)
+
+
+def resize_results(ids: tf.Tensor, scores: tf.Tensor, width: Any):
+    """Sorted ``[B, W]`` results cut or padded (id 0, score -inf) to ``[B, width]``."""
+    if isinstance(width, int) and ids.shape[1] is not None and ids.shape[1] == width:
+        return ids, scores
+    pad = tf.maximum(tf.cast(width, tf.int32) - tf.shape(ids)[1], 0)
+    ids = tf.pad(ids, [[0, 0], [0, pad]])
+    scores = tf.pad(scores, [[0, 0], [0, pad]], constant_values=_NEG_INF)
+    return ids[:, :width], scores[:, :width]
+
+
+def merge_results(res_ids, res_scores, n_ids, n_rows, n_scores, batch_size, width,
+                  res_flags=None):
+    """Top ``width`` of (results ``[B, W]``) + (new flat items, row ids sorted ascending).
+
+    New items scoring -inf are dropped. Returns ``(ids, scores, entered, flags)``: ``entered``
+    [B, width] marks new items that made it into the results; ``flags`` carries ``res_flags``
+    (False for new items) when given.
+    """
+    keep = n_scores > _NEG_INF
+    n_ids, n_rows, n_scores = (tf.boolean_mask(x, keep) for x in (n_ids, n_rows, n_scores))
+    new_ids = tf.RaggedTensor.from_value_rowids(n_ids, n_rows, nrows=batch_size,
+                                                validate=False).to_tensor(0)
+    new_scores = tf.RaggedTensor.from_value_rowids(n_scores, n_rows, nrows=batch_size,
+                                                   validate=False).to_tensor(_NEG_INF)
+    old_width = tf.shape(res_ids)[1]
+    cand_ids = tf.concat([res_ids, new_ids], axis=1)
+    cand_scores = tf.concat([res_scores, new_scores], axis=1)
+    _, idx = tf.math.top_k(order_keys(cand_ids, cand_scores), k=width)
+    out_ids = tf.gather(cand_ids, idx, batch_dims=1)
+    out_scores = tf.gather(cand_scores, idx, batch_dims=1)
+    entered = tf.logical_and(idx >= old_width, out_scores > _NEG_INF)
+    flags = None
+    if res_flags is not None:
+        cand_flags = tf.concat([res_flags, tf.zeros_like(new_ids, tf.bool)], axis=1)
+        flags = tf.gather(cand_flags, idx, batch_dims=1)
+    return out_ids, out_scores, entered, flags
+
+
+def relaxed_shapes(structure):
+    """Shape invariants with every dimension unknown (for loop-carried visited state)."""
+    return tf.nest.map_structure(lambda t: tf.TensorShape([None] * t.shape.rank), structure)
