@@ -26,6 +26,16 @@ def parse_levels(text: str | None, name: str) -> dict[int, int] | None:
     return out
 
 
+def _parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise CliError(f"--warmup-batch-sizes {text!r}: expected positive integers like 1,8,16")
+    return sizes
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory from `nann-tf train`")
     p.add_argument("--index", required=True, help="index directory from `nann-tf build-index`")
@@ -50,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "one the model was trained on)")
     p.add_argument("--warmup-requests", help="TFRecord of PredictionLog (a request log) to "
                                              "replay at warm-up as well")
+    p.add_argument("--warmup-batch-sizes", default="1,8,16",
+                   help="batch sizes whose XLA shapes the warm-up compiles (match TF Serving's "
+                        "allowed_batch_sizes when batching is on)")
     p.add_argument("--min-coverage", type=float, default=0.8,
                    help="refuse the export if coverage@k vs brute force on validation users "
                         "is below this")
@@ -70,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             ef=parse_levels(args.ef, "ef"), T=parse_levels(args.T, "T"), k=args.k,
             max_ef=args.max_ef, grid_ratio=args.grid_ratio, data_dir=args.data,
             warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
-            model_name=args.model_name)
+            model_name=args.model_name,
+            warmup_batch_sizes=_parse_sizes(args.warmup_batch_sizes))
     except (ExportError, TrainError, HnswIndexError, DataError) as e:
         raise CliError(str(e)) from e
     v = info["validation"]

@@ -87,25 +87,35 @@ def validation_histories(index, data_dir: str | None, max_len: int, n: int,
     return np.where(dense > 0, index.raw_item_id[dense], 0).astype(np.int64)
 
 
-def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray, batch_sizes=(1, 8),
-                  extra: list | None = None, limit: int = 1000) -> list:
-    """``(signature, inputs)`` records: every grid size once, then replayed histories."""
+def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray,
+                  batch_sizes=(1, 8, 16), extra: list | None = None, limit: int = 1000) -> list:
+    """``(signature, inputs)`` warm-up records.
+
+    First every XLA grid size at every batch size (XLA compiles once per (B, width), so these
+    guarantee that no request pays a compile), then the given request log, then replayed
+    histories at each batch size, up to ``limit`` records (TF Serving's maximum).
+
+    Raises:
+      ExportError: the grid alone needs more than ``limit`` records.
+    """
     out = []
-    h1 = histories[:1]
-    for w in grid_sizes or []:
-        out.append(("warmup_grid", {"hist_item_ids": h1, "width": np.array([w], np.int32)}))
-    for r in extra or []:
-        out.append(r)
+    for b in batch_sizes:
+        hb = histories[np.arange(b) % len(histories)]
+        for w in grid_sizes or []:
+            out.append(("warmup_grid", {"hist_item_ids": hb,
+                                        "width": np.full([b], w, np.int32)}))
+    if len(out) > limit:
+        raise ExportError(f"{len(out)} warm-up records are needed to cover the XLA grid "
+                          f"({len(grid_sizes)} sizes) at batch sizes {list(batch_sizes)}, more "
+                          f"than TF Serving's {limit}: use fewer --warmup-batch-sizes or a "
+                          "larger --grid-ratio")
+    out.extend(extra or [])
     i = 0
-    while len(out) < min(limit, len(grid_sizes or []) + len(extra or []) + 2 * len(histories)):
+    while len(out) < limit and i < 2 * len(histories):
         for b in batch_sizes:
-            if len(out) >= limit:
-                break
             rows = histories[np.arange(i, i + b) % len(histories)]
             out.append(("serving_default", {"hist_item_ids": rows}))
             i += b
-        if i >= 2 * len(histories):
-            break
     return out[:limit]
 
 
@@ -134,6 +144,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    k: int | None = None, max_ef: int | None = None, grid_ratio: float = 1.25,
                    data_dir: str | None = None, warmup_requests: str | None = None,
                    validation_users: int = 64, min_coverage: float = 0.8,
+                   warmup_batch_sizes=(1, 8, 16),
                    model_name: str | None = None, validate: bool = True) -> dict:
     """Exports one version; returns its info dict (also saved as ``EXPORT_INFO``).
 
@@ -189,7 +200,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         extra = _read_request_log(warmup_requests, model_name) if warmup_requests else []
         grid = module.grid.to_list() if module.grid else []
-        records = warmup_inputs(grid, hist, extra=extra)
+        records = warmup_inputs(grid, hist, tuple(warmup_batch_sizes), extra=extra)
         wpath = write_warmup_requests(tmp / "assets.extra" / "tf_serving_warmup_requests",
                                       model_name, "serving_default", records)
         os.chmod(wpath, 0o644)  # readable by a model server running as another user
@@ -199,7 +210,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "variant": cfg.model.variant, "visited": visited, "xla": xla,
             "embedding_dtype": embedding_dtype, "max_len": max_len,
             "num_items": index.num_items, "search": defaults.to_dict(), "grid": grid,
-            "warmup_records": len(records), "tensorflow": tf.__version__,
+            "warmup_records": len(records), "warmup_batch_sizes": list(warmup_batch_sizes),
+            "tensorflow": tf.__version__,
             "signatures": sorted(module.signatures()),
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
