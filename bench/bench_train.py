@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
-from nann_tf.data.prepare import prepare
+from nann_tf.data.prepare import prepare_dataset
 from nann_tf.data.synth import generate_log, write_userbehavior_csv
 from nann_tf.model.trainer import NANNTrainer, NoiseDistribution
 from nann_tf.train import batch_generator, build_model
@@ -44,7 +44,9 @@ def main():
         cols = generate_log(dc.synth_users, dc.synth_items, dc.synth_categories,
                             dc.synth_events_per_user, dc.synth_seed)
         write_userbehavior_csv(cols, Path(tmp) / "log.csv")
-        prepare("userbehavior", Path(tmp) / "log.csv", Path(tmp) / "data", config=dc)
+        prepare_dataset(Path(tmp) / "log.csv", Path(tmp) / "data", "userbehavior",
+                        max_len=dc.max_len, min_len=dc.min_len, val_users=dc.val_users,
+                        test_users=dc.test_users, seed=dc.split_seed)
         ds = Dataset.load(Path(tmp) / "data")
         noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
         rows = []
