@@ -38,15 +38,16 @@ class BuildNannExtensions(build_ext):
             import tensorflow as tf
         except ImportError as error:
             raise SystemExit(
-                f"nann-tf compiles a TensorFlow op library and needs TensorFlow installed in the build "
-                f"environment: install tensorflow==2.21.* first, then `{REBUILD_HINT}` ({error})"
+                f"nann-tf compiles a TensorFlow op library and needs TensorFlow installed in the "
+                f"build environment: install tensorflow==2.21.* first, then `{REBUILD_HINT}` "
+                f"({error})"
             ) from error
         try:
             import pybind11
         except ImportError as error:
             raise SystemExit(
-                f"nann-tf's NumPy module needs pybind11 at build time: `pip install pybind11`, then "
-                f"`{REBUILD_HINT}` ({error})"
+                f"nann-tf's NumPy module needs pybind11 at build time: `pip install pybind11`, "
+                f"then `{REBUILD_HINT}` ({error})"
             ) from error
         for ext in self.extensions:
             if ext.name == OPS_EXTENSION:

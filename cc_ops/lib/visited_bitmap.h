@@ -1,0 +1,346 @@
+// Per-query "visited" bitmaps for the NANN beam search, free of TensorFlow.
+//
+// A batch of B queries over a corpus of N items keeps one row of W words per
+// query, W = ceil(N / word_bits), word_bits 32 or 64. Bit `id % word_bits` of
+// word `id / word_bits` in row `q` is set once query `q` has scored item `id`.
+// The capacity of a row is W * word_bits >= N: ids are valid in [0, capacity).
+//
+// The step every beam-search round needs is `MarkUnvisited`: walk a batch of
+// (query row, item id) pairs in order and keep a pair exactly when its bit is
+// still clear, setting it. A pair repeated later in the same batch therefore
+// finds its bit set and is dropped, so the kept pairs are the first occurrences
+// of the not-yet-visited pairs, in input order.
+//
+// `GatherUnvisitedNeighbors` is the fused variant: it expands frontier nodes to
+// their neighbours on one CSR level of the graph and filters them in the same
+// pass, without materialising the neighbour list.
+//
+// Validation is separate from mutation: every `Validate*` function returns an
+// empty string for valid input or a message naming the offending value, and the
+// mutating functions assume validated input. Adapters (the TensorFlow kernel,
+// the pybind11 module) call both.
+
+#ifndef NANN_CC_OPS_LIB_VISITED_BITMAP_H_
+#define NANN_CC_OPS_LIB_VISITED_BITMAP_H_
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace nann {
+
+// Number of `word_bits`-bit words a row needs to hold `num_items` bits.
+inline int64_t NumWords(int64_t num_items, int word_bits) {
+  return (num_items + word_bits - 1) / word_bits;
+}
+
+namespace internal {
+
+inline void AppendAll(std::ostringstream&) {}
+template <typename T, typename... Rest>
+void AppendAll(std::ostringstream& out, const T& first, const Rest&... rest) {
+  out << first;
+  AppendAll(out, rest...);
+}
+
+// Concatenates the arguments' stream representations (error paths only).
+template <typename... Args>
+std::string Cat(const Args&... args) {
+  std::ostringstream out;
+  AppendAll(out, args...);
+  return out.str();
+}
+
+inline void Prefetch(const void* address) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(address);
+#else
+  (void)address;
+#endif
+}
+
+// Widens any integer to int64 for printing (int8/uint8 would print as chars).
+template <typename T>
+int64_t AsInt64(T value) {
+  return static_cast<int64_t>(value);
+}
+
+}  // namespace internal
+
+// A non-owning view of a [rows, words_per_row] bitmap of unsigned words.
+template <typename Word>
+class BitmapView {
+  static_assert(std::is_same<Word, uint32_t>::value ||
+                    std::is_same<Word, uint64_t>::value,
+                "bitmap words are uint32_t or uint64_t");
+
+ public:
+  static constexpr int kBits = 8 * static_cast<int>(sizeof(Word));
+
+  BitmapView(Word* words, int64_t rows, int64_t words_per_row)
+      : words_(words), rows_(rows), words_per_row_(words_per_row) {}
+
+  int64_t rows() const { return rows_; }
+  int64_t words_per_row() const { return words_per_row_; }
+  int64_t capacity() const { return words_per_row_ * kBits; }
+  Word* data() const { return words_; }
+
+  // Hints the CPU to fetch the word of (row, id); no effect on the bits.
+  void Prefetch(int64_t row, int64_t id) const {
+    internal::Prefetch(
+        words_ + row * words_per_row_ + static_cast<int64_t>(
+                                            static_cast<uint64_t>(id) / kBits));
+  }
+
+  bool Test(int64_t row, int64_t id) const {
+    const uint64_t u = static_cast<uint64_t>(id);
+    return (words_[row * words_per_row_ + static_cast<int64_t>(u / kBits)] >>
+            (u % kBits)) &
+           1u;
+  }
+
+  // Sets the bit of (row, id); returns true when it was clear (first visit).
+  bool TestAndSet(int64_t row, int64_t id) {
+    const uint64_t u = static_cast<uint64_t>(id);
+    Word& word = words_[row * words_per_row_ + static_cast<int64_t>(u / kBits)];
+    const Word mask = static_cast<Word>(Word{1} << (u % kBits));
+    const bool fresh = (word & mask) == 0;
+    word |= mask;
+    return fresh;
+  }
+
+ private:
+  Word* words_;
+  int64_t rows_;
+  int64_t words_per_row_;
+};
+
+// Checks a batch of (row, id) pairs against a bitmap of `rows` rows holding
+// `capacity` bits each. `ids_name` / `rows_name` name the inputs in messages.
+template <typename Id, typename Row>
+std::string ValidatePairs(const Id* ids, const Row* row_ids, int64_t n,
+                          int64_t rows, int64_t capacity, int word_bits,
+                          const char* ids_name = "ids",
+                          const char* rows_name = "row_ids") {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = internal::AsInt64(ids[i]);
+    if (id < 0 || id >= capacity) {
+      return internal::Cat(
+          ids_name, "[", i, "] = ", id,
+          " is outside the visited bitmap: expected 0 <= id < ", capacity,
+          " (", capacity / word_bits, " words of ", word_bits,
+          " bits per query)");
+    }
+    const int64_t row = internal::AsInt64(row_ids[i]);
+    if (row < 0 || row >= rows) {
+      return internal::Cat(rows_name, "[", i, "] = ", row,
+                           " is not a query row of the visited bitmap: "
+                           "expected 0 <= row < ",
+                           rows, " (the bitmap's batch size)");
+    }
+  }
+  return std::string();
+}
+
+// Marks the pairs in order; keep[i] = 1 exactly when pair i was not visited
+// before (neither in the bitmap nor earlier in this batch). Returns the number
+// of kept pairs. Input must have passed ValidatePairs.
+template <typename Word, typename Id, typename Row>
+int64_t MarkUnvisited(const Id* ids, const Row* row_ids, int64_t n,
+                      BitmapView<Word> bitmap, uint8_t* keep) {
+  int64_t kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool fresh = bitmap.TestAndSet(internal::AsInt64(row_ids[i]),
+                                         internal::AsInt64(ids[i]));
+    keep[i] = fresh ? 1 : 0;
+    kept += fresh ? 1 : 0;
+  }
+  return kept;
+}
+
+// Copies the elements of `in` with keep[i] != 0 to `out`, in order.
+template <typename T>
+void Compact(const T* in, const uint8_t* keep, int64_t n, T* out) {
+  int64_t j = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (keep[i]) out[j++] = in[i];
+  }
+}
+
+// Checks the inputs of GatherUnvisitedNeighbors without touching a bitmap
+// (GatherUnvisitedNeighbors checks the same as it goes; this is for callers
+// that must not leave a bitmap half-updated). The CSR level has
+// `num_nodes = num_splits - 1` rows; only the rows of the frontier nodes are
+// inspected (the level can hold millions of rows). On success
+// `*total_neighbors` is the number of neighbour entries the frontier expands
+// to.
+template <typename Node, typename Id, typename Row, typename Split>
+std::string ValidateNeighborGather(const Node* frontier, const Row* frontier_rows,
+                                   int64_t num_frontier, const Id* values,
+                                   int64_t num_values, const Split* splits,
+                                   int64_t num_splits, int64_t rows,
+                                   int64_t capacity, int word_bits,
+                                   int64_t* total_neighbors) {
+  *total_neighbors = 0;
+  if (num_splits < 1) {
+    return "neighbor_row_splits must have at least one element (row_splits of "
+           "a CSR level with num_nodes rows has num_nodes + 1 elements), got 0";
+  }
+  const int64_t num_nodes = num_splits - 1;
+  int64_t total = 0;
+  for (int64_t i = 0; i < num_frontier; ++i) {
+    const int64_t node = internal::AsInt64(frontier[i]);
+    if (node < 0 || node >= num_nodes) {
+      return internal::Cat("frontier_ids[", i, "] = ", node,
+                           " is not a node of the CSR level: expected 0 <= id "
+                           "< ",
+                           num_nodes, " (len(neighbor_row_splits) - 1)");
+    }
+    const int64_t row = internal::AsInt64(frontier_rows[i]);
+    if (row < 0 || row >= rows) {
+      return internal::Cat("frontier_row_ids[", i, "] = ", row,
+                           " is not a query row of the visited bitmap: "
+                           "expected 0 <= row < ",
+                           rows, " (the bitmap's batch size)");
+    }
+    const int64_t begin = internal::AsInt64(splits[node]);
+    const int64_t end = internal::AsInt64(splits[node + 1]);
+    if (begin < 0 || begin > end || end > num_values) {
+      return internal::Cat(
+          "neighbor_row_splits[", node, ":", node + 2, "] = [", begin, ", ",
+          end, "] (the row of frontier_ids[", i,
+          "]) is not a valid CSR range: expected 0 <= start <= limit <= ",
+          num_values, " (len(neighbor_values))");
+    }
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t id = internal::AsInt64(values[j]);
+      if (id < 0 || id >= capacity) {
+        return internal::Cat(
+            "neighbor_values[", j, "] = ", id, " (a neighbour of node ", node,
+            ") is outside the visited bitmap: expected 0 <= id < ", capacity,
+            " (", capacity / word_bits, " words of ", word_bits,
+            " bits per query)");
+      }
+    }
+    total += end - begin;
+  }
+  *total_neighbors = total;
+  return std::string();
+}
+
+// Expands each frontier node (in order) to its neighbours on the CSR level (in
+// CSR order) and keeps the neighbours its query has not visited, marking them:
+// the result equals MarkUnvisited over the concatenated neighbour lists. Input
+// must have passed ValidateNeighborGather.
+// Expands each frontier node (in order) to its neighbours on the CSR level (in
+// CSR order) and keeps the neighbours its query has not visited, marking them:
+// the result equals MarkUnvisited over the concatenated neighbour lists.
+//
+// Validates as it goes (the same checks and messages as ValidateNeighborGather)
+// and stops at the first bad value, returning its message with the bitmap
+// partly updated: callers pass a bitmap no one else sees (TensorFlow's output
+// buffer) or validate first. One pass matters: each frontier node costs a
+// chain of dependent cache misses (its row splits, its neighbour list, one
+// bitmap word per neighbour) on a level that can be hundreds of MB; a separate
+// validation pass would pay them twice. The three are prefetched for the nodes
+// 8, 4 and 2 places ahead (2-5x faster on a 1.3M-node level).
+template <typename Word, typename Node, typename Id, typename Row,
+          typename Split>
+std::string GatherUnvisitedNeighbors(const Node* frontier,
+                                     const Row* frontier_rows,
+                                     int64_t num_frontier, const Id* values,
+                                     int64_t num_values, const Split* splits,
+                                     int64_t num_splits, BitmapView<Word> bitmap,
+                                     std::vector<Id>* kept_ids,
+                                     std::vector<Row>* kept_rows) {
+  constexpr int64_t kSplitsAhead = 8, kValuesAhead = 4, kBitmapAhead = 2;
+  kept_ids->clear();
+  kept_rows->clear();
+  if (num_splits < 1) {
+    return "neighbor_row_splits must have at least one element (row_splits of "
+           "a CSR level with num_nodes rows has num_nodes + 1 elements), got 0";
+  }
+  const int64_t num_nodes = num_splits - 1;
+  const int64_t rows = bitmap.rows();
+  const int64_t capacity = bitmap.capacity();
+  // The CSR range of frontier node i if it is valid so far, for prefetching.
+  auto node_at = [&](int64_t i) -> int64_t {
+    const int64_t node = internal::AsInt64(frontier[i]);
+    return node >= 0 && node < num_nodes ? node : -1;
+  };
+  for (int64_t i = 0; i < num_frontier; ++i) {
+    if (i + kSplitsAhead < num_frontier) {
+      const int64_t ahead = node_at(i + kSplitsAhead);
+      if (ahead >= 0) internal::Prefetch(splits + ahead);
+    }
+    if (i + kValuesAhead < num_frontier) {
+      const int64_t ahead = node_at(i + kValuesAhead);
+      if (ahead >= 0) {
+        const int64_t begin = internal::AsInt64(splits[ahead]);
+        if (begin >= 0 && begin < num_values) internal::Prefetch(values + begin);
+      }
+    }
+    if (i + kBitmapAhead < num_frontier) {
+      const int64_t ahead = node_at(i + kBitmapAhead);
+      const int64_t ahead_row =
+          internal::AsInt64(frontier_rows[i + kBitmapAhead]);
+      if (ahead >= 0 && ahead_row >= 0 && ahead_row < rows) {
+        const int64_t begin = internal::AsInt64(splits[ahead]);
+        const int64_t end = internal::AsInt64(splits[ahead + 1]);
+        if (begin >= 0 && begin <= end && end <= num_values) {
+          for (int64_t j = begin; j < end; ++j) {
+            const int64_t id = internal::AsInt64(values[j]);
+            if (id >= 0 && id < capacity) bitmap.Prefetch(ahead_row, id);
+          }
+        }
+      }
+    }
+
+    const int64_t node = internal::AsInt64(frontier[i]);
+    if (node < 0 || node >= num_nodes) {
+      return internal::Cat("frontier_ids[", i, "] = ", node,
+                           " is not a node of the CSR level: expected 0 <= id "
+                           "< ",
+                           num_nodes, " (len(neighbor_row_splits) - 1)");
+    }
+    const Row row = frontier_rows[i];
+    const int64_t row64 = internal::AsInt64(row);
+    if (row64 < 0 || row64 >= rows) {
+      return internal::Cat("frontier_row_ids[", i, "] = ", row64,
+                           " is not a query row of the visited bitmap: "
+                           "expected 0 <= row < ",
+                           rows, " (the bitmap's batch size)");
+    }
+    const int64_t begin = internal::AsInt64(splits[node]);
+    const int64_t end = internal::AsInt64(splits[node + 1]);
+    if (begin < 0 || begin > end || end > num_values) {
+      return internal::Cat(
+          "neighbor_row_splits[", node, ":", node + 2, "] = [", begin, ", ",
+          end, "] (the row of frontier_ids[", i,
+          "]) is not a valid CSR range: expected 0 <= start <= limit <= ",
+          num_values, " (len(neighbor_values))");
+    }
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t id = internal::AsInt64(values[j]);
+      if (id < 0 || id >= capacity) {
+        return internal::Cat(
+            "neighbor_values[", j, "] = ", id, " (a neighbour of node ", node,
+            ") is outside the visited bitmap: expected 0 <= id < ", capacity,
+            " (", capacity / BitmapView<Word>::kBits, " words of ",
+            BitmapView<Word>::kBits, " bits per query)");
+      }
+      if (bitmap.TestAndSet(row64, id)) {
+        kept_ids->push_back(values[j]);
+        kept_rows->push_back(row);
+      }
+    }
+  }
+  return std::string();
+}
+
+}  // namespace nann
+
+#endif  // NANN_CC_OPS_LIB_VISITED_BITMAP_H_

@@ -1,0 +1,159 @@
+"""nann-tf's native code: the TensorFlow op library and the NumPy core module.
+
+The op library ``nann_tf/_nann_ops.so`` (sources in ``cc_ops/``) is compiled by setup.py against
+the installed TensorFlow; an op library only works with the TensorFlow it was built for, so the
+build records ``tf.__version__`` inside the file and :func:`load_library` compares it with the
+running TensorFlow *before* loading (loading a mismatched library can crash the process). The
+library is loaded once per process, on first use.
+
+Search code should not call these ops directly but go through
+:mod:`nann_tf.search.visited`, which validates static shapes and can swap in the pure-TF twin.
+A process that loads a SavedModel using these ops must call :func:`load_library` first (TF
+Serving instead links the ops into the server binary, see ``cc_ops/BUILD``).
+
+``NANN_TF_OPS_LIBRARY=/path/to/_nann_ops.so`` loads another build of the library (e.g. the
+Bazel target ``//cc_ops:_nann_ops.so``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from types import ModuleType
+
+import tensorflow as tf
+
+__all__ = [
+    "REBUILD_COMMAND",
+    "LIBRARY_ENV",
+    "OpLibraryError",
+    "library_path",
+    "built_tf_version",
+    "check_library",
+    "load_library",
+    "filter_unvisited",
+    "gather_unvisited_neighbors",
+    "numpy_core",
+]
+
+REBUILD_COMMAND = "pip install --no-build-isolation -e ."
+LIBRARY_ENV = "NANN_TF_OPS_LIBRARY"
+_BUILD_INFO = re.compile(rb"NANN_BUILD_INFO\{tf_version=([^;}]*);\}")
+
+_lock = threading.Lock()
+_library: ModuleType | None = None
+
+
+class OpLibraryError(ImportError):
+    """The op library (or the NumPy core) is missing or was built for another TensorFlow."""
+
+
+def library_path() -> str:
+    """Returns the op library's path: ``$NANN_TF_OPS_LIBRARY`` or ``nann_tf/_nann_ops.so``."""
+    return os.environ.get(LIBRARY_ENV) or os.path.join(os.path.dirname(__file__), "_nann_ops.so")
+
+
+def built_tf_version(path: str) -> str | None:
+    """Returns the TensorFlow version recorded in an op library at build time.
+
+    Args:
+        path: the library file.
+
+    Returns:
+        The version string, or None when the file carries no build record.
+    """
+    with open(path, "rb") as f:
+        match = _BUILD_INFO.search(f.read())
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def check_library(path: str, tf_version: str | None = None) -> None:
+    """Checks that ``path`` is an op library built for ``tf_version`` without loading it.
+
+    Args:
+        path: the library file.
+        tf_version: the TensorFlow it must match; defaults to the running one.
+
+    Raises:
+        OpLibraryError: the file is missing, carries no build record, or was built for another
+            TensorFlow version. The message says how to rebuild.
+    """
+    tf_version = tf_version or tf.__version__
+    if not os.path.isfile(path):
+        raise OpLibraryError(
+            f"nann-tf op library not found at {path}: it is compiled when the package is "
+            f"installed; run `{REBUILD_COMMAND}` in the nann-tf source directory "
+            f"(TensorFlow {tf_version} must be installed first)")
+    built = built_tf_version(path)
+    if built is None:
+        raise OpLibraryError(
+            f"{path} is not a nann-tf op library (no build record); rebuild it with "
+            f"`{REBUILD_COMMAND}`")
+    if built != tf_version:
+        raise OpLibraryError(
+            f"nann-tf op library {path} was built against TensorFlow {built} but TensorFlow "
+            f"{tf_version} is installed; custom ops only work with the TensorFlow they were "
+            f"compiled for: rebuild with `{REBUILD_COMMAND}`")
+
+
+def load_library() -> ModuleType:
+    """Loads the op library once per process and returns its generated op module.
+
+    Returns:
+        The module returned by ``tf.load_op_library`` (ops ``nann_filter_unvisited`` and
+        ``nann_gather_unvisited_neighbors``).
+
+    Raises:
+        OpLibraryError: see :func:`check_library`, or TensorFlow refused the library.
+    """
+    global _library
+    with _lock:
+        if _library is None:
+            path = library_path()
+            check_library(path)
+            try:
+                _library = tf.load_op_library(path)
+            except (tf.errors.NotFoundError, tf.errors.AlreadyExistsError, OSError) as error:
+                raise OpLibraryError(
+                    f"TensorFlow could not load the nann-tf op library {path} ({error}); "
+                    f"rebuild it with `{REBUILD_COMMAND}`") from error
+        return _library
+
+
+@tf.autograph.experimental.do_not_convert
+def filter_unvisited(ids, row_ids, bitmap, name=None):
+    """The raw ``NannFilterUnvisited`` op; see :func:`nann_tf.search.visited.filter_unvisited`.
+
+    Returns:
+        ``(kept_ids, kept_row_ids, new_bitmap)``.
+    """
+    return load_library().nann_filter_unvisited(ids, row_ids, bitmap, name=name)
+
+
+@tf.autograph.experimental.do_not_convert
+def gather_unvisited_neighbors(frontier_ids, frontier_row_ids, neighbor_values,
+                               neighbor_row_splits, bitmap, name=None):
+    """The raw ``NannGatherUnvisitedNeighbors`` op; see
+    :func:`nann_tf.search.visited.gather_unvisited_neighbors`.
+
+    Returns:
+        ``(kept_ids, kept_row_ids, new_bitmap)``.
+    """
+    return load_library().nann_gather_unvisited_neighbors(
+        frontier_ids, frontier_row_ids, neighbor_values, neighbor_row_splits, bitmap, name=name)
+
+
+def numpy_core() -> ModuleType:
+    """Returns the pybind11 module ``nann_tf._nann_core`` (NumPy filter + beam-search replay).
+
+    Raises:
+        OpLibraryError: the module was not built.
+    """
+    try:
+        from nann_tf import _nann_core
+    except ImportError as error:
+        raise OpLibraryError(
+            f"nann-tf's NumPy core (nann_tf._nann_core) is not built ({error}); run "
+            f"`{REBUILD_COMMAND}` (needs pybind11)") from error
+    return _nann_core
