@@ -51,9 +51,28 @@ def parse_args(argv=None):
     p.add_argument("--warmup_requests", type=int, default=20,
                    help="untimed requests per client first (default 20)")
     p.add_argument("--grpc_max_threads", type=int, default=16)
+    p.add_argument("--history_length", type=int, default=None,
+                   help="L to send when the signature leaves it open (default: the export's "
+                        "max_len from assets.extra/nann_tf_export.json)")
     p.add_argument("--toy_items", type=int, default=10000, help="corpus size of --toy")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "server.json"))
     return p.parse_args(argv)
+
+
+def _export_max_len(model_dir: str | None) -> int | None:
+    """``max_len`` recorded by ``nann-tf export`` in the newest version of ``model_dir``."""
+    import glob
+    import json
+
+    if not model_dir:
+        return None
+    found = sorted(glob.glob(os.path.join(model_dir, "assets.extra", "nann_tf_export.json"))
+                   + glob.glob(os.path.join(model_dir, "*", "assets.extra",
+                                            "nann_tf_export.json")))
+    if not found:
+        return None
+    with open(found[-1]) as f:
+        return int(json.load(f)["max_len"])
 
 
 def _base_path_for(model_dir: str, tmp: str) -> str:
@@ -175,7 +194,10 @@ def main(argv=None) -> int:
                 version = client.wait_until_ready(timeout_s=600)
                 length = client.history_length(args.signature)
             if length is None:
-                raise SystemExit("the signature's hist_item_ids has no fixed length L")
+                length = args.history_length or _export_max_len(args.model_dir)
+            if length is None:
+                raise SystemExit("the signature's hist_item_ids has no fixed length L: pass "
+                                 "--history_length")
             pool = _request_pool(base, args.signature, args.batch, length)
             print(f"benchmarking {model_desc} version {version} at {address}: "
                   f"{args.clients} clients x {args.requests} requests, batch {args.batch}",

@@ -198,7 +198,16 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         expected = {name: t.numpy() for name, t in
                     module.serving_default(tf.constant(hist[:validation_users])).items()}
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
-        extra = _read_request_log(warmup_requests, model_name) if warmup_requests else []
+        h1 = hist[:1]
+        # One call of each other signature, so that none pays its first-call cost in service.
+        extra = [("retrieve", {
+            "hist_item_ids": h1, "k": np.array([defaults.k], np.int32),
+            "ef": np.array([[defaults.ef[lv] for lv in range(S + 1)]], np.int32),
+            "T": np.array([[defaults.T.get(lv, 0) for lv in range(S + 1)]], np.int32),
+            "exclude_item_ids": np.zeros([1, 1], np.int64)}),
+            ("brute_force", {"hist_item_ids": h1})]
+        if warmup_requests:
+            extra += _read_request_log(warmup_requests, model_name)
         grid = module.grid.to_list() if module.grid else []
         records = warmup_inputs(grid, hist, tuple(warmup_batch_sizes), extra=extra)
         wpath = write_warmup_requests(tmp / "assets.extra" / "tf_serving_warmup_requests",
