@@ -102,7 +102,6 @@ class TrainConfig:
     fgsm_lambda: float = 1.0
     strategy: str = "default"
     seed: int = 0
-    eval_users: int = 0  # 0: all test users in `evaluate`
 
 
 @dataclasses.dataclass
