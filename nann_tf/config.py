@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
                       f"{CONFIG_DIR} (known: {', '.join(known) or 'none'})")
 
 
-def config_from_dict(raw: dict[str, Any], src: str = "<dict>", name: str = "custom") -> Config:
+def config_from_dict(raw: dict[str, Any], src: str = "<dict>", name: str = "custom",
+                     strict: bool = True) -> Config:
+    """A :class:`Config` from nested dicts; ``strict=False`` skips (and logs) unknown keys, for
+    configs saved inside artefacts by an older version."""
     cfg = Config(name=name)
     for section, value in raw.items():
         if section == "name":
@@ -216,6 +220,10 @@ def config_from_dict(raw: dict[str, Any], src: str = "<dict>", name: str = "cust
         obj = getattr(cfg, section)
         fields = {f.name for f in dataclasses.fields(obj)}
         for key, v in value.items():
+            if key not in fields and not strict:
+                logging.getLogger(__name__).warning("%s: ignoring [%s] %s (no longer a config "
+                                                    "key)", src, section, key)
+                continue
             if key not in fields:
                 raise ConfigError(f"{src}: [{section}] unknown key {key!r} (expected one of "
                                   f"{', '.join(sorted(fields))})")
@@ -253,4 +261,4 @@ def config_from_json(text: str, src: str) -> Config:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{src}: not valid JSON: {e}") from e
     name = raw.pop("name", "custom")
-    return config_from_dict(raw, src, name=name)
+    return config_from_dict(raw, src, name=name, strict=False)

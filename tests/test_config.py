@@ -1,0 +1,36 @@
+"""Named configs: strict for files people write, lenient for configs saved in artefacts."""
+
+import json
+
+import pytest
+
+from nann_tf.config import ConfigError, config_from_json, load_config, resolve_config_path
+
+
+@pytest.mark.parametrize("name", ["ci-synth", "synth-1m", "movielens-100k", "userbehavior"])
+def test_named_configs_load(name):
+    cfg = load_config(name)
+    assert cfg.name == name
+    assert resolve_config_path(name).suffix == ".toml"
+
+
+def test_unknown_key_and_bad_type_are_named(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match=r"c.toml: \[train\] unknown key 'epochz'"):
+        load_config(p)
+    p.write_text("[train]\nepochs = 'three'\n")
+    with pytest.raises(ConfigError, match=r"\[train\] epochs"):
+        load_config(p)
+    p.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="known: "):
+        load_config("no-such-config")
+
+
+def test_saved_config_with_a_removed_key_still_loads():
+    raw = json.loads(load_config("ci-synth").to_json())
+    raw["train"]["a_key_from_an_older_version"] = 1
+    cfg = config_from_json(json.dumps(raw), "model.json")
+    assert cfg.train.epochs == load_config("ci-synth").train.epochs
