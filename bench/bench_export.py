@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--data")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--validation-users", type=int, default=64,
+                    help="users the export validates on (brute force over the corpus)")
     ap.add_argument("--out", default="bench/results/export.json")
     args = ap.parse_args()
     idx = load_index(args.index)
@@ -54,7 +56,8 @@ def main():
         for visited, xla, dtype in VARIANTS:
             info = export_version(args.model, args.index, base, visited=visited, xla=xla,
                                   embedding_dtype=dtype, data_dir=args.data,
-                                  min_coverage=0.0)
+                                  min_coverage=0.0,
+                                  validation_users=args.validation_users)
             vdir = base / str(info["version"])
             hist = validation_histories(idx, args.data or info.get("data_dir"),
                                         info["max_len"], 256)
