@@ -250,3 +250,25 @@ def test_export_cli_bad_inputs(tmp_path, attention_model_dir, ci_index_dir, caps
                    "--output", out, "--ef", "1:100") == 2
     assert "LEVEL=VALUE" in capsys.readouterr().err
     assert not out.exists() or not any(p.name.isdigit() for p in out.iterdir())
+
+
+def test_warmup_records_cover_grid_at_each_batch_size_and_replay_a_request_log(tmp_path):
+    from nann_tf.serving.warmup import write_warmup_requests
+
+    hist = np.arange(1, 31, dtype=np.int64).reshape(10, 3)
+    log = tmp_path / "requests.tfrecord"
+    write_warmup_requests(log, "nann", "serving_default",
+                          [{"hist_item_ids": hist[:2]}, ("brute_force", {"hist_item_ids":
+                                                                          hist[:1]})])
+    extra = export_mod._read_request_log(str(log), "nann")
+    assert [sig for sig, _ in extra] == ["serving_default", "brute_force"]
+    recs = export_mod.warmup_inputs([16, 32, 48], hist, (1, 4), extra=extra)
+    grid = [(len(i["width"]), int(i["width"][0])) for s, i in recs if s == "warmup_grid"]
+    assert grid == [(1, 16), (1, 32), (1, 48), (4, 16), (4, 32), (4, 48)]
+    assert recs[6:8] == extra
+    assert len(recs) <= 1000 and any(s == "serving_default" for s, _ in recs[8:])
+    with pytest.raises(ExportError, match="more than TF Serving's 1000"):
+        export_mod.warmup_inputs(list(range(1, 600)), hist, (1, 8))
+    (tmp_path / "junk").write_bytes(b"not a tfrecord")
+    with pytest.raises(ExportError, match="--warmup-requests"):
+        export_mod._read_request_log(str(tmp_path / "junk"), "nann")
