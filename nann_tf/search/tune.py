@@ -1,0 +1,284 @@
+"""The cheapest Beam-retrieval parameters that reach a coverage target, found by replay.
+
+Running the TensorFlow beam search once per candidate setting would score the same items with the
+model again and again. Instead the model scores EVERY item once for a sample of users
+(:func:`full_scores`, a ``[U, N + 1]`` float32 matrix), and the C++ core replays the beam search
+on those scores for each setting of a grid (``nann_tf._nann_core.beam_search_replay``, the same
+algorithm and tie rule as :func:`nann_tf.search.beam.beam_search`; it releases the GIL, so the
+settings run on a thread pool). Each replay gives coverage@k against the exact top k of the
+matrix and the number of items scored; the cheapest setting meeting the target wins, and
+:func:`tune` checks it once with the real TensorFlow search on the same users.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Setting",
+    "choose",
+    "default_grid",
+    "exact_topk",
+    "full_scores",
+    "grid_from_lists",
+    "pareto_frontier",
+    "parse_grid",
+    "replay",
+    "replay_grid",
+    "tune",
+]
+
+Setting = tuple[dict, dict]  # (ef {level: width}, T {level: rounds})
+
+
+def full_scores(model, item_table: np.ndarray, hist: np.ndarray, pair_budget: int = 2 ** 24,
+                user_batch: int = 64, progress=None) -> np.ndarray:
+    """``s_u(e_v)`` of every item for every user: float32 ``[U, N + 1]`` (column 0 = -inf).
+
+    Args:
+      model: the trained model.
+      item_table: e_v for ids 0..N (the index's embeddings).
+      hist: user histories [U, L].
+      pair_budget: users x items x history length per model call (bounds memory).
+      user_batch: users per call.
+      progress: optional ``callable(done_users, total_users)``.
+    """
+    import tensorflow as tf
+
+    hist = np.asarray(hist, np.int32)
+    n1 = item_table.shape[0]
+    items = tf.constant(item_table)
+    L = max(hist.shape[1], 1)
+    chunk = max(256, pair_budget // (user_batch * L))
+
+    @tf.function(reduce_retracing=True)
+    def chunk_scores(h, start, stop):
+        state = model.encode_user(h)
+        e = items[start:stop]
+        b = tf.shape(h)[0]
+        return model.score(state, tf.broadcast_to(e[None], tf.concat([[b], tf.shape(e)], 0)))
+
+    out = np.empty((len(hist), n1), np.float32)
+    for u0 in range(0, len(hist), user_batch):
+        h = tf.constant(hist[u0:u0 + user_batch])
+        for i0 in range(1, n1, chunk):
+            i1 = min(i0 + chunk, n1)
+            out[u0:u0 + len(h), i0:i1] = chunk_scores(h, tf.constant(i0), tf.constant(i1))
+        if progress:
+            progress(min(u0 + user_batch, len(hist)), len(hist))
+    out[:, 0] = -np.inf
+    return out
+
+
+def exact_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Row-wise top ``k`` ids of a score matrix (score desc, ties by the smaller id), int64."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    s = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -s), axis=1)
+    return np.take_along_axis(part, order, axis=1).astype(np.int64)
+
+
+def replay(graph, start_level: int, scores: np.ndarray, ef: Mapping[int, int],
+           T: Mapping[int, int], k: int, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The beam search's result on precomputed ``scores`` [U, N + 1].
+
+    Returns:
+      ``(ids int64 [U, k] (0 = padding), num_scored int64 [U])``.
+
+    Raises:
+      nann_tf.ops.OpLibraryError: the C++ core is not built.
+      ValueError: bad parameters or arrays (from the core, naming the input).
+    """
+    from nann_tf import ops
+
+    core = ops.numpy_core()
+    levels = [graph.levels[lv] for lv in range(start_level)]
+    ids, _, scored = core.beam_search_replay(
+        levels, graph.start_nodes(start_level).astype(np.int64), scores,
+        {int(a): int(b) for a, b in ef.items() if int(a) <= start_level},
+        {int(a): int(b) for a, b in T.items() if int(a) < start_level}, int(k), num_threads)
+    return np.maximum(ids, 0), scored
+
+
+def grid_from_lists(start_level: int, ef_values: Mapping[int, Sequence[int]],
+                    t_values: Mapping[int, Sequence[int]]) -> list[Setting]:
+    """Every combination of the per-level candidate values (ef: levels S..0, T: S-1..0).
+
+    Raises:
+      ValueError: a level is missing or a value is out of range (ef >= 1, T >= 0).
+    """
+    ef_levels = list(range(start_level, -1, -1))
+    t_levels = list(range(start_level - 1, -1, -1))
+    for name, values, levels, low in (("ef", ef_values, ef_levels, 1),
+                                      ("T", t_values, t_levels, 0)):
+        for lv in levels:
+            if not values.get(lv):
+                raise ValueError(f"the {name} grid has no values for level {lv} (start level "
+                                 f"{start_level} needs levels {levels[0]}..0)")
+            if min(values[lv]) < low:
+                raise ValueError(f"the {name} grid for level {lv} holds {min(values[lv])}: "
+                                 f"values must be >= {low}")
+    out = []
+    for efs in itertools.product(*[sorted(set(ef_values[lv])) for lv in ef_levels]):
+        for ts in itertools.product(*[sorted(set(t_values[lv])) for lv in t_levels]):
+            out.append((dict(zip(ef_levels, efs)), dict(zip(t_levels, ts))))
+    return out
+
+
+def default_grid(start_level: int, k: int, num_start: int) -> tuple[dict, dict]:
+    """Candidate values per level around the paper's defaults, scaled by ``k``.
+
+    ef_S in {k/4, k/2, k} (at most ``num_start``, the start level's size), ef_l in {k/2, k, 2k}
+    for 0 < l < S, ef_0 in {k, 1.5k, 2k, 3k}; T_0 in {1, 2, 3, 4, 6, 8, 12}, T_l in {1, 2}
+    above. Extra rounds cost few items (a round expands only the items that entered the results
+    in the previous one) but add latency: on a 1M-item corpus coverage still grows at T_0 = 6.
+
+    Returns:
+      ``(ef_values, t_values)`` for :func:`grid_from_lists`.
+    """
+    def r(x):
+        return max(1, int(round(x)))
+
+    ef_values: dict[int, list[int]] = {}
+    t_values: dict[int, list[int]] = {}
+    for lv in range(start_level, -1, -1):
+        if lv == start_level and start_level > 0:
+            ef_values[lv] = sorted({min(r(k * f), num_start) for f in (0.25, 0.5, 1.0)})
+        elif lv == 0:
+            ef_values[lv] = sorted({r(k * f) for f in (1.0, 1.5, 2.0, 3.0)})
+        else:
+            ef_values[lv] = sorted({r(k * f) for f in (0.5, 1.0, 2.0)})
+    for lv in range(start_level - 1, -1, -1):
+        t_values[lv] = [1, 2, 3, 4, 6, 8, 12] if lv == 0 else [1, 2]
+    return ef_values, t_values
+
+
+def parse_grid(text: str, name: str) -> dict[int, list[int]]:
+    """``"1=25,50;0=100,200"`` -> ``{1: [25, 50], 0: [100, 200]}``.
+
+    Raises:
+      ValueError: naming ``name`` (the option) and the expected form.
+    """
+    out: dict[int, list[int]] = {}
+    for part in text.split(";"):
+        level, sep, values = part.strip().partition("=")
+        try:
+            lv = int(level)
+            vals = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            lv, vals = -1, []
+        if not sep or lv < 0 or not vals or lv in out:
+            raise ValueError(f"{name} {text!r}: expected LEVEL=V1,V2,...;LEVEL=... with each "
+                             f"level once, e.g. 1=25,50,100;0=200,400")
+        out[lv] = vals
+    return out
+
+
+def _coverage(ids: np.ndarray, exact: np.ndarray, k: int) -> float:
+    from nann_tf.search.metrics import coverage
+
+    return coverage(ids, exact, k)
+
+
+def replay_grid(graph, start_level: int, scores: np.ndarray, exact: np.ndarray,
+                grid: Sequence[Setting], k: int, threads: int = 0, progress=None) -> list[dict]:
+    """Replays every setting; one row per setting.
+
+    Returns:
+      Rows ``{"ef", "T", "coverage", "items_scored", "scored_fraction"}`` (items scored: mean
+      per query; coverage@k against ``exact``), in grid order.
+    """
+    n = scores.shape[1] - 1
+    threads = threads or os.cpu_count() or 1
+
+    def one(setting):
+        ef, T = setting
+        ids, scored = replay(graph, start_level, scores, ef, T, k, num_threads=1)
+        mean = float(np.mean(scored))
+        return {"ef": dict(ef), "T": dict(T), "coverage": _coverage(ids, exact, k),
+                "items_scored": mean, "scored_fraction": mean / n}
+
+    rows = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for i, row in enumerate(pool.map(one, grid)):
+            rows.append(row)
+            if progress and (i + 1) % 50 == 0:
+                progress(i + 1, len(grid))
+    return rows
+
+
+def pareto_frontier(rows: Sequence[dict]) -> list[dict]:
+    """The rows no other row beats: cheaper (fewer items scored) rows all have lower coverage."""
+    out, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (r["items_scored"], -r["coverage"])):
+        if r["coverage"] > best:
+            out.append(r)
+            best = r["coverage"]
+    return out
+
+
+def choose(rows: Sequence[dict], target: float) -> dict | None:
+    """The row with the fewest items scored among those with coverage >= ``target`` (ties: the
+    higher coverage), or None."""
+    ok = [r for r in rows if r["coverage"] >= target]
+    return min(ok, key=lambda r: (r["items_scored"], -r["coverage"])) if ok else None
+
+
+def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: float,
+         grid: Sequence[Setting], threads: int = 0, visited_impl: str = "tf",
+         batch_size: int = 16, progress=None) -> dict:
+    """Finds the cheapest setting of ``grid`` with coverage@k >= ``target`` on these users.
+
+    Args:
+      model / index: the trained model and its index.
+      hist: the users' histories [U, L] (validation users).
+      start_level: S.
+      k: results per query (coverage@k is measured).
+      target: the coverage target in (0, 1].
+      grid: the settings (:func:`grid_from_lists`).
+      threads: replay threads (0: all cores).
+      visited_impl / batch_size: for the TensorFlow check.
+      progress: optional ``callable(str)``.
+
+    Returns:
+      ``{"users", "k", "target", "start_level", "num_items", "rows", "pareto", "chosen",
+      "check", "seconds"}``. ``chosen`` is None when no setting reaches the target; ``check``
+      (the TF beam search with the chosen setting, else with the best-covering one) holds
+      ``tf_coverage``, ``replay_coverage``, ``tf_items_scored``, ``replay_items_scored``.
+    """
+    from nann_tf.search.sweep import Retriever
+
+    say = progress or (lambda msg: None)
+    n = index.num_items
+    t0 = time.perf_counter()
+    say(f"scoring all {n} items for {len(hist)} users")
+    scores = full_scores(model, index.embeddings, hist,
+                         progress=lambda d, t: say(f"  scored {d}/{t} users"))
+    exact = exact_topk(scores, k)
+    t1 = time.perf_counter()
+    say(f"replaying {len(grid)} settings")
+    rows = replay_grid(index.graph, start_level, scores, exact, grid, k, threads,
+                       progress=lambda d, t: say(f"  {d}/{t} settings"))
+    t2 = time.perf_counter()
+    chosen = choose(rows, target)
+    check_row = chosen or max(rows, key=lambda r: (r["coverage"], -r["items_scored"]))
+    retriever = Retriever(model, index, start_level, visited_impl, batch_size)
+    res = retriever.beam(hist, check_row["ef"], check_row["T"], k)
+    check = {"ef": check_row["ef"], "T": check_row["T"],
+             "tf_coverage": _coverage(res.ids, exact, k),
+             "replay_coverage": check_row["coverage"],
+             "tf_items_scored": float(np.mean(res.num_scored)),
+             "replay_items_scored": check_row["items_scored"],
+             "tf_ms_per_query": res.ms_per_query}
+    t3 = time.perf_counter()
+    return {"users": int(len(hist)), "k": int(k), "target": float(target),
+            "start_level": int(start_level), "num_items": int(n), "rows": rows,
+            "pareto": pareto_frontier(rows), "chosen": chosen, "check": check,
+            "seconds": {"score": t1 - t0, "replay": t2 - t1, "tf_check": t3 - t2}}

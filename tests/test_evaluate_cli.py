@@ -1,0 +1,161 @@
+"""``nann-tf evaluate --index``: the brute force / beam / HNSW / most-popular table on the CI model.
+
+The CI model (configs/ci-synth.toml, ~2000 items) is searched with its config's [search] table:
+start level 1, ef {1: 100, 0: 200}, T {0: 3}, k = 50, hnsw_ef = 200. When written, the beam
+reached coverage@50 0.99 scoring 59% of the corpus and HNSW-retrieval 0.99 scoring 28%.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from nann_tf import ops
+from nann_tf.data.dataset import Dataset
+from nann_tf.index.hnsw import build_hnsw
+from nann_tf.index.store import ItemIndex, load_index, save_index
+from nann_tf.search.sweep import Retriever, SearchParams
+from nann_tf.train import load_trained_model
+
+from conftest import run_cli
+
+MIN_BEAM_COVERAGE_50 = 0.95   # beam vs brute force, CI search params
+MIN_HNSW_COVERAGE_50 = 0.90
+MAX_BEAM_RECALL_DELTA_50 = 0.05
+NUMBER = r"(-?\d+\.\d+|-)"
+USERS = 160
+
+
+def _bitmap_available() -> bool:
+    try:
+        ops.load_library()
+        return True
+    except ops.OpLibraryError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, attention_model_dir, ci_dataset, ci_index_dir):
+    """One `nann-tf evaluate --index` run: (stdout lines, JSON result)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("evaluate") / "eval.json"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = run_cli("evaluate", "--model", attention_model_dir, "--data", ci_dataset,
+                     "--index", ci_index_dir, "--users", USERS, "--output-json", out)
+    assert rc == 0
+    return buf.getvalue().splitlines(), json.loads(out.read_text())
+
+
+def _table_rows(lines):
+    """{label: [numbers...]} parsed from the printed table."""
+    rows = {}
+    for label in ("brute force", "beam (Beam-retrieval)", "HNSW-retrieval", "most popular"):
+        line = next(ln for ln in lines if ln.startswith(label))
+        rows[label] = re.findall(NUMBER, line[len(label):])
+    return rows
+
+
+def test_table_has_every_method_and_beam_matches_brute_force(evaluated):
+    lines, res = evaluated
+    assert res["at"] == [50] and res["params"]["k"] == 50
+    assert res["params"]["ef"] == {"1": 100, "0": 200} and res["params"]["T"] == {"0": 3}
+    rows = res["rows"]
+    bf, beam, hnsw, pop = (rows[k] for k in ("brute_force", "beam", "hnsw", "most_popular"))
+    assert bf["coverage@50"] == 1.0 and bf["scored_fraction"] == 1.0
+    assert beam["coverage@50"] >= MIN_BEAM_COVERAGE_50, beam
+    assert beam["recall_delta@50"] <= MAX_BEAM_RECALL_DELTA_50, beam
+    assert beam["scored_fraction"] < 0.8, "the beam must not score (nearly) everything"
+    assert hnsw["coverage@50"] >= MIN_HNSW_COVERAGE_50, hnsw
+    assert 0 < hnsw["scored_fraction"] < 1
+    assert pop["coverage@50"] < beam["coverage@50"]
+    assert bf["recall_all@50"] > pop["recall_retrieval@50"] + 0.2
+    # The printed table and the saved JSON say the same (save -> load -> same answer).
+    table = _table_rows(lines)
+    for label, key in (("brute force", "brute_force"), ("beam (Beam-retrieval)", "beam"),
+                       ("HNSW-retrieval", "hnsw")):
+        r = rows[key]
+        recall, delta, cov, scored, _ms = table[label]
+        assert float(recall) == pytest.approx(r["recall_retrieval@50"], abs=6e-5)
+        assert float(delta) == pytest.approx(r["recall_delta@50"], abs=6e-5)
+        assert float(cov) == pytest.approx(r["coverage@50"], abs=6e-5)
+        assert float(scored) == pytest.approx(r["scored_fraction"], abs=6e-5)
+    assert table["most popular"][3:] == ["-", "-"]
+
+
+def test_visited_tf_and_bitmap_give_the_same_results(attention_model_dir, ci_dataset,
+                                                     ci_index_dir):
+    if not _bitmap_available():
+        pytest.skip("the visited bitmap op library is not built")
+    ds = Dataset.load(ci_dataset)
+    model, cfg, _ = load_trained_model(attention_model_dir)
+    index = load_index(ci_index_dir)
+    p = SearchParams.from_config(cfg.search).checked(index.graph.max_level)
+    hist = ds.test.hist[:40]
+    runs = {}
+    for impl in ("tf", "bitmap"):
+        r = Retriever(model, index, p.start_level, impl, batch_size=16)
+        runs[impl] = (r.beam(hist, p.ef, p.T, p.k), r.hnsw(hist, p.hnsw_ef, p.k))
+    for a, b in zip(runs["tf"], runs["bitmap"]):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.num_scored, b.num_scored)
+
+
+def _expect_error(capsys, *args, must_name):
+    rc = run_cli("evaluate", *args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for text in must_name:
+        assert str(text) in err, err
+    return err
+
+
+def test_index_of_another_model_is_refused(tmp_path, capsys, attention_model_dir, ci_dataset,
+                                           ci_index_dir):
+    idx = load_index(ci_index_dir)
+    other = tmp_path / "other-model-index"
+    save_index(ItemIndex(idx.graph, idx.embeddings * np.float32(1.05), idx.raw_item_id,
+                         idx.category, dict(idx.meta)), other)
+    _expect_error(capsys, "--model", attention_model_dir, "--data", ci_dataset,
+                  "--index", other, must_name=[other, "not built from", "--model"])
+
+
+def test_index_of_another_dataset_is_refused(tmp_path, capsys, attention_model_dir,
+                                             ci_dataset, ci_index_dir):
+    idx = load_index(ci_index_dir)
+    n = idx.num_items // 2
+    emb = idx.embeddings[:n + 1]
+    other = tmp_path / "other-data-index"
+    save_index(ItemIndex(build_hnsw(emb, M=8, ef_construction=20, num_threads=1), emb,
+                         idx.raw_item_id[:n + 1], idx.category[:n + 1], {}), other)
+    _expect_error(capsys, "--model", attention_model_dir, "--data", ci_dataset,
+                  "--index", other, must_name=[other, "another dataset"])
+
+
+@pytest.mark.parametrize("flags,must_name", [
+    (["--ef", "1=100"], ["--ef", "level 0"]),
+    (["--ef", "1:100,0:200"], ["--ef", "LEVEL=VALUE"]),
+    (["--T", "0=-1"], ["--T", "must be >= 0"]),
+    (["--start-level", "7"], ["--start-level", "top level"]),
+    (["-k", "20", "--at", "50"], ["--at", "-k"]),
+])
+def test_bad_search_parameters_exit_2_naming_the_option(capsys, attention_model_dir,
+                                                        ci_dataset, ci_index_dir, flags,
+                                                        must_name):
+    _expect_error(capsys, "--model", attention_model_dir, "--data", ci_dataset,
+                  "--index", ci_index_dir, *flags, must_name=must_name)
+
+
+def test_missing_index_and_option_misuse(tmp_path, capsys, attention_model_dir, ci_dataset):
+    missing = tmp_path / "no-index"
+    _expect_error(capsys, "--model", attention_model_dir, "--data", ci_dataset,
+                  "--index", missing, must_name=["--index", missing])
+    _expect_error(capsys, "--model", attention_model_dir, "--data", ci_dataset,
+                  must_name=["--index", "--brute-force"])
+    _expect_error(capsys, "--model", attention_model_dir, "--data", ci_dataset,
+                  "--sweep", tmp_path / "s", must_name=["--sweep", "--index"])

@@ -1,0 +1,99 @@
+"""``nann-tf tune``: replayed beam search on precomputed scores vs the real TF search."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from nann_tf.search.tune import (
+    choose,
+    default_grid,
+    exact_topk,
+    grid_from_lists,
+    pareto_frontier,
+    parse_grid,
+)
+
+from conftest import run_cli
+
+TARGET = 0.95  # coverage@50 target on the CI model (its default search reaches ~0.99)
+USERS = 120
+REPLAY_VS_TF = 0.01
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, attention_model_dir, ci_dataset, ci_index_dir):
+    out = tmp_path_factory.mktemp("tune") / "tune.json"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = run_cli("tune", "--model", attention_model_dir, "--index", ci_index_dir,
+                     "--data", ci_dataset, "--target-coverage", TARGET, "--users", USERS,
+                     "--k", 50, "--output-json", out)
+    assert rc == 0
+    return buf.getvalue(), json.loads(out.read_text())
+
+
+def test_chosen_setting_meets_target_and_is_the_cheapest(tuned):
+    text, res = tuned
+    chosen, rows = res["chosen"], res["rows"]
+    assert res["users"] == USERS and res["k"] == 50 and len(rows) == 84  # 3 x 4 x 7 default grid
+    assert chosen["coverage"] >= TARGET
+    cheaper = [r for r in rows if r["items_scored"] < chosen["items_scored"]]
+    assert cheaper, "the grid holds cheaper settings, so the choice is not trivial"
+    assert all(r["coverage"] < TARGET for r in cheaper)
+    # The Pareto frontier is increasing in both cost and coverage and holds the choice.
+    front = res["pareto"]
+    assert all(a["items_scored"] <= b["items_scored"] and a["coverage"] < b["coverage"]
+               for a, b in zip(front, front[1:]))
+    assert chosen in front
+    assert "cheapest setting with coverage@50 >= 0.95" in text
+    assert f'ef = {{ "1" = {chosen["ef"]["1"]}, "0" = {chosen["ef"]["0"]} }}' in text
+
+
+def test_replay_agrees_with_the_tensorflow_search(tuned):
+    _, res = tuned
+    chk = res["check"]
+    assert chk["ef"] == res["chosen"]["ef"] and chk["T"] == res["chosen"]["T"]
+    assert abs(chk["tf_coverage"] - chk["replay_coverage"]) <= REPLAY_VS_TF, chk
+    assert chk["tf_items_scored"] == pytest.approx(chk["replay_items_scored"], rel=0.01)
+
+
+def test_bad_input_exits_2_naming_the_option(capsys, attention_model_dir, ci_dataset,
+                                             ci_index_dir):
+    base = ["tune", "--model", attention_model_dir, "--index", ci_index_dir, "--data",
+            ci_dataset]
+    for flags, name in ((["--target-coverage", "1.5"], "--target-coverage"),
+                        (["--ef-grid", "1=10;x"], "--ef-grid"),
+                        (["--ef-grid", "0=100"], "level 1"),
+                        (["--start-level", "9"], "--start-level")):
+        assert run_cli(*base, *flags) == 2
+        assert name in capsys.readouterr().err
+
+
+def test_exact_topk_breaks_ties_by_smaller_id():
+    s = np.array([[-np.inf, 1.0, 3.0, 3.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(exact_topk(s, 4), [[2, 3, 5, 4]])
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(5, 300)).astype(np.float32)
+    np.testing.assert_array_equal(exact_topk(s, 20), np.argsort(-s, axis=1)[:, :20])
+
+
+def test_grid_frontier_and_choice():
+    ef_values, t_values = default_grid(2, 200, 90)
+    assert ef_values == {2: [50, 90], 1: [100, 200, 400], 0: [200, 300, 400, 600]}
+    assert t_values == {1: [1, 2], 0: [1, 2, 3, 4, 6, 8, 12]}
+    assert len(grid_from_lists(2, ef_values, t_values)) == 2 * 3 * 4 * 2 * 7
+    assert parse_grid("1=25,50;0=100", "--ef-grid") == {1: [25, 50], 0: [100]}
+    with pytest.raises(ValueError, match="T grid for level 0"):
+        grid_from_lists(1, {1: [5], 0: [5]}, {0: [-1]})
+    rows = [{"items_scored": 10, "coverage": 0.5}, {"items_scored": 20, "coverage": 0.4},
+            {"items_scored": 30, "coverage": 0.97}, {"items_scored": 30, "coverage": 0.99},
+            {"items_scored": 50, "coverage": 0.995}]
+    assert [r["items_scored"] for r in pareto_frontier(rows)] == [10, 30, 50]
+    assert pareto_frontier(rows)[1]["coverage"] == 0.99
+    assert choose(rows, 0.98) == rows[3]
+    assert choose(rows, 0.999) is None
