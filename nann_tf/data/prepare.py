@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from nann_tf.fsutil import replace_dir
+
 from nann_tf.data.dataset import DATASET_FORMAT, DATASET_VERSION, DataError, gather_histories
 from nann_tf.data.readers import NO_CATEGORY_NAME, BehaviorLog, read_log
 
@@ -311,17 +313,7 @@ def write_dataset(ds: PreparedDataset, output_dir: str | Path, overwrite: bool =
             np.savez(tmp / f"{name}.npz", **arrays)
         (tmp / "meta.json").write_text(json.dumps(ds.meta, indent=2) + "\n")
         _check_destination(out, overwrite)
-        if _is_nonempty_dir(out):
-            old = out.parent / f"{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)  # replaces an empty directory
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

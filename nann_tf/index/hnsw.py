@@ -30,6 +30,8 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from nann_tf.fsutil import replace_dir
+
 __all__ = [
     "DEFAULT_START_LEVEL",
     "GraphTensors",
@@ -148,7 +150,7 @@ class HnswGraph:
                 "arrays_sha256": _sha256(tmp / ARRAYS_FILE),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            _replace_dir(tmp, target)
+            replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -444,21 +446,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Renames ``tmp`` to ``target``; an existing ``target`` is kept aside until then."""
-    if not target.exists():
-        os.rename(tmp, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

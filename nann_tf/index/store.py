@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nann_tf.index.hnsw import HnswGraph, HnswIndexError, _replace_dir, load as load_graph
+from nann_tf.fsutil import replace_dir
+from nann_tf.index.hnsw import HnswGraph, HnswIndexError, load as load_graph
 
 __all__ = ["ItemIndex", "save_index", "load_index", "INDEX_FORMAT"]
 
@@ -80,7 +81,7 @@ def save_index(idx: ItemIndex, directory: str | os.PathLike) -> Path:
         meta = dict(idx.meta, format=INDEX_FORMAT, version=1, num_items=idx.num_items,
                     dim=int(idx.embeddings.shape[1]))
         (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
