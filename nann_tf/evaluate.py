@@ -11,8 +11,7 @@ import tensorflow as tf
 
 from nann_tf.model.nann import NANNModel
 
-__all__ = ["BruteForceScorer", "brute_force_topk", "most_popular_topk", "recall_at",
-           "all_item_embeddings"]
+__all__ = ["BruteForceScorer", "brute_force_topk", "most_popular_topk", "all_item_embeddings"]
 
 
 def all_item_embeddings(model: NANNModel, batch_size: int = 65536) -> np.ndarray:
@@ -93,12 +92,3 @@ def most_popular_topk(item_freq: np.ndarray, k: int) -> np.ndarray:
     freq = np.asarray(item_freq)[1:]
     order = np.lexsort((np.arange(len(freq)), -freq))
     return (order[:k] + 1).astype(np.int64)
-
-
-def recall_at(retrieved: np.ndarray, target: np.ndarray, m: int) -> float:
-    """Mean over users of |top-m ∩ {target}| / 1 (one ground-truth item per user)."""
-    retrieved = np.asarray(retrieved)
-    if retrieved.ndim == 1:
-        retrieved = np.broadcast_to(retrieved, (len(target), len(retrieved)))
-    hits = (retrieved[:, :m] == np.asarray(target)[:, None]).any(axis=1)
-    return float(hits.mean()) if len(hits) else 0.0

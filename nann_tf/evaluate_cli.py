@@ -128,7 +128,10 @@ def _held_out(ds, split: str, users: int):
 def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
                          ms=(50, 200)) -> dict:
     """recall-all@M of the model (exact top-M) and of most-popular on a held-out split."""
-    from nann_tf.evaluate import brute_force_topk, most_popular_topk, recall_at
+    import numpy as np
+
+    from nann_tf.evaluate import brute_force_topk, most_popular_topk
+    from nann_tf.search.metrics import recall
 
     hist, target = _held_out(ds, split, users)
     t0 = time.perf_counter()
@@ -138,8 +141,9 @@ def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
     out = {"split": split, "users": int(len(target)), "num_items": int(ds.num_items),
            "brute_force_seconds": seconds, "model": {}, "most_popular": {}}
     for m in ms:
-        out["model"][f"recall_all@{m}"] = recall_at(ids, target, m)
-        out["most_popular"][f"recall_all@{m}"] = recall_at(pop, target, m)
+        out["model"][f"recall_all@{m}"] = recall(ids, target, m)
+        out["most_popular"][f"recall_all@{m}"] = recall(
+            np.broadcast_to(pop, (len(target), len(pop))), target, m)
     return out
 
 
