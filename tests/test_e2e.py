@@ -29,6 +29,7 @@ from nann_tf.serving.tensors import from_tensor_proto
 from nann_tf.serving.warmup import make_predict_request
 
 from conftest import run_cli
+from traffic import BackgroundTraffic, wait_for
 
 MODEL = "nann"
 MAX_BATCH = 64
@@ -356,59 +357,25 @@ def test_hot_swap_under_load(served, exported, histories, attention_model_dir, c
     compile per shape-grid size, which on 2 shared cores costs tens of seconds.
     """
     pool = histories[:6]
-    results, errors = [], []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client_thread(w):
-        with RetrievalClient(served["address"], MODEL, timeout_s=60, retries=0) as client:
-            i = 0
-            while not stop.is_set():
-                j = (w + i) % len(pool)
-                i += 1
-                try:
-                    p = client.predict({"hist_item_ids": pool[j][None]})
-                    with lock:
-                        results.append((w, p.model_version, j, p.outputs))
-                except Exception as e:  # collected, asserted below
-                    with lock:
-                        errors.append(repr(e))
-                # Steady traffic rather than a flood: on 2 cores a flood starves the export and
-                # the new version's warm-up, which only makes the test slower.
-                time.sleep(0.01)
-
-    def count(version, w=None):
-        with lock:
-            return sum(1 for r in results if r[1] == version and (w is None or r[0] == w))
-
-    def wait_for(predicate, timeout_s, what):
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline or (errors and not stop.is_set()):
-                raise AssertionError(f"timed out waiting for {what}; errors: {errors[:3]}")
-            time.sleep(0.05)
-
-    threads = [threading.Thread(target=client_thread, args=(w,)) for w in range(4)]
-    try:
-        for t in threads:
-            t.start()
-        wait_for(lambda: count(1) >= 40, 60, "answers from version 1")
+    # Steady traffic rather than a flood: on 2 cores a flood starves the export and the new
+    # version's warm-up, which only makes the test slower.
+    with BackgroundTraffic(served["address"], MODEL, pool, clients=4, timeout_s=60,
+                           pause_s=0.01) as traffic:
+        errors = traffic.errors
+        wait_for(lambda: traffic.count(1) >= 40, 60, "answers from version 1", errors)
         info2 = export_version(attention_model_dir, ci_index_dir, exported,
                                data_dir=str(ci_dataset), model_name=MODEL,
                                embedding_dtype="float16", xla=False, validate=False)
         assert info2["version"] == 2
         exported_at = time.perf_counter()
-        wait_for(lambda: count(2) >= 1, 240, "the first answer from version 2")
+        wait_for(lambda: traffic.count(2) >= 1, 240, "the first answer from version 2", errors)
         swap_seconds = time.perf_counter() - exported_at
-        wait_for(lambda: all(count(2, w) >= 10 for w in range(4)), 60,
-                 "every client to get answers from version 2")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        wait_for(lambda: all(traffic.count(2, w) >= 10 for w in range(4)), 60,
+                 "every client to get answers from version 2", errors)
+    results = traffic.results
     assert errors == []
     for w in range(4):
-        versions = [v for (ww, v, _, _) in results if ww == w]
+        versions = traffic.versions_seen_by(w)
         assert versions == sorted(versions) and set(versions) == {1, 2}, "switched for good"
     expected = {}
     for version in (1, 2):
@@ -422,8 +389,8 @@ def test_hot_swap_under_load(served, exported, histories, attention_model_dir, c
     with RetrievalClient(served["address"], MODEL) as client:
         states = {s.version: s.state for s in client.status()}
     assert states == {2: "AVAILABLE", 1: "END"}
-    print(f"\nhot swap: {len(results)} requests, {count(1)} answered by version 1, "
-          f"{count(2)} by version 2, 0 failed; version 2 answered {swap_seconds:.1f} s after "
+    print(f"\nhot swap: {len(results)} requests, {traffic.count(1)} answered by version 1, "
+          f"{traffic.count(2)} by version 2, 0 failed; version 2 answered {swap_seconds:.1f} s after "
           "its directory appeared")
 
 

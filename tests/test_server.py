@@ -26,6 +26,8 @@ from nann_tf.serving.tensors import from_tensor_proto
 from nann_tf.serving.toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
 from nann_tf.serving.warmup import make_predict_request
 
+from traffic import BackgroundTraffic
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
 L = SPEC.history_length
@@ -338,54 +340,30 @@ def test_hot_swap_under_load_and_broken_version_refused(tmp_path):
     server = ModelServer([ModelConfig("toy", str(base))], options)
     port = server.start()
     histories = _histories(6, seed=9)
-    results, errors = [], []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def worker(w):
-        with RetrievalClient(f"127.0.0.1:{port}", "toy", timeout_s=30, retries=0) as client:
-            i = 0
-            while not stop.is_set():
-                j = (w + i) % len(histories)
-                i += 1
-                try:
-                    p = client.predict({"hist_item_ids": histories[j][None]})
-                    with lock:
-                        results.append((w, p.model_version, j, p.outputs))
-                except Exception as e:
-                    with lock:
-                        errors.append(repr(e))
-
-    def seen(version):
-        with lock:
-            return sum(1 for r in results if r[1] == version)
-
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    traffic = BackgroundTraffic(f"127.0.0.1:{port}", "toy", histories, clients=4, timeout_s=30)
     try:
-        for t in threads:
-            t.start()
-        _wait_for(lambda: seen(1) >= 50, 30, "requests on version 1")
-        write_toy_model(base, 2, spec=SPEC, seed=6, score_offset=100.0)
-        _wait_for(lambda: seen(2) >= 50, 60, "requests on version 2")
-        corrupt_version(base, 3)
+        with traffic:
+            _wait_for(lambda: traffic.count(1) >= 50, 30, "requests on version 1")
+            write_toy_model(base, 2, spec=SPEC, seed=6, score_offset=100.0)
+            _wait_for(lambda: traffic.count(2) >= 50, 60, "requests on version 2")
+            corrupt_version(base, 3)
 
-        def broken_refused():
-            rows = {r.version: r for r in server.manager.status("toy")}
-            return 3 in rows and rows[3].state == "END"
+            def broken_refused():
+                rows = {r.version: r for r in server.manager.status("toy")}
+                return 3 in rows and rows[3].state == "END"
 
-        _wait_for(broken_refused, 30, "version 3 to be refused")
-        after_broken = seen(2)
-        _wait_for(lambda: seen(2) >= after_broken + 50, 30, "requests after the refusal")
+            _wait_for(broken_refused, 30, "version 3 to be refused")
+            after_broken = traffic.count(2)
+            _wait_for(lambda: traffic.count(2) >= after_broken + 50, 30,
+                      "requests after the refusal")
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
         status = {r.version: r for r in server.manager.status("toy")}
         server.stop(5.0)
+    results, errors = traffic.results, traffic.errors
     assert errors == []
     # Responses switched to version 2 and never went back; each matches its version's model.
     for w in range(4):
-        versions = [v for (ww, v, _, _) in results if ww == w]
+        versions = traffic.versions_seen_by(w)
         assert versions == sorted(versions) and set(versions) <= {1, 2}
     expected = {}
     for version in (1, 2):
