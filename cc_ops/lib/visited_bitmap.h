@@ -68,6 +68,48 @@ int64_t AsInt64(T value) {
   return static_cast<int64_t>(value);
 }
 
+constexpr const char kEmptySplitsError[] =
+    "neighbor_row_splits must have at least one element (row_splits of a CSR "
+    "level with num_nodes rows has num_nodes + 1 elements), got 0";
+
+// The checks of frontier entry i shared by ValidateNeighborGather and
+// GatherUnvisitedNeighbors: a node of the level, a row of the bitmap, a valid
+// CSR range. On success sets [*begin, *end) to the node's neighbour range.
+template <typename Split>
+std::string CheckFrontierEntry(int64_t i, int64_t node, int64_t row,
+                               const Split* splits, int64_t num_nodes,
+                               int64_t num_values, int64_t rows,
+                               int64_t* begin, int64_t* end) {
+  if (node < 0 || node >= num_nodes) {
+    return Cat("frontier_ids[", i, "] = ", node,
+               " is not a node of the CSR level: expected 0 <= id < ",
+               num_nodes, " (len(neighbor_row_splits) - 1)");
+  }
+  if (row < 0 || row >= rows) {
+    return Cat("frontier_row_ids[", i, "] = ", row,
+               " is not a query row of the visited bitmap: expected 0 <= row < ",
+               rows, " (the bitmap's batch size)");
+  }
+  *begin = AsInt64(splits[node]);
+  *end = AsInt64(splits[node + 1]);
+  if (*begin < 0 || *begin > *end || *end > num_values) {
+    return Cat("neighbor_row_splits[", node, ":", node + 2, "] = [", *begin,
+               ", ", *end, "] (the row of frontier_ids[", i,
+               "]) is not a valid CSR range: expected 0 <= start <= limit <= ",
+               num_values, " (len(neighbor_values))");
+  }
+  return std::string();
+}
+
+// The message for neighbour values[j] = id of `node` outside the bitmap.
+inline std::string NeighborOutsideBitmap(int64_t j, int64_t id, int64_t node,
+                                         int64_t capacity, int word_bits) {
+  return Cat("neighbor_values[", j, "] = ", id, " (a neighbour of node ", node,
+             ") is outside the visited bitmap: expected 0 <= id < ", capacity,
+             " (", capacity / word_bits, " words of ", word_bits,
+             " bits per query)");
+}
+
 }  // namespace internal
 
 // A non-owning view of a [rows, words_per_row] bitmap of unsigned words.
@@ -185,44 +227,20 @@ std::string ValidateNeighborGather(const Node* frontier, const Row* frontier_row
                                    int64_t capacity, int word_bits,
                                    int64_t* total_neighbors) {
   *total_neighbors = 0;
-  if (num_splits < 1) {
-    return "neighbor_row_splits must have at least one element (row_splits of "
-           "a CSR level with num_nodes rows has num_nodes + 1 elements), got 0";
-  }
+  if (num_splits < 1) return internal::kEmptySplitsError;
   const int64_t num_nodes = num_splits - 1;
   int64_t total = 0;
   for (int64_t i = 0; i < num_frontier; ++i) {
     const int64_t node = internal::AsInt64(frontier[i]);
-    if (node < 0 || node >= num_nodes) {
-      return internal::Cat("frontier_ids[", i, "] = ", node,
-                           " is not a node of the CSR level: expected 0 <= id "
-                           "< ",
-                           num_nodes, " (len(neighbor_row_splits) - 1)");
-    }
-    const int64_t row = internal::AsInt64(frontier_rows[i]);
-    if (row < 0 || row >= rows) {
-      return internal::Cat("frontier_row_ids[", i, "] = ", row,
-                           " is not a query row of the visited bitmap: "
-                           "expected 0 <= row < ",
-                           rows, " (the bitmap's batch size)");
-    }
-    const int64_t begin = internal::AsInt64(splits[node]);
-    const int64_t end = internal::AsInt64(splits[node + 1]);
-    if (begin < 0 || begin > end || end > num_values) {
-      return internal::Cat(
-          "neighbor_row_splits[", node, ":", node + 2, "] = [", begin, ", ",
-          end, "] (the row of frontier_ids[", i,
-          "]) is not a valid CSR range: expected 0 <= start <= limit <= ",
-          num_values, " (len(neighbor_values))");
-    }
+    int64_t begin = 0, end = 0;
+    std::string error = internal::CheckFrontierEntry(
+        i, node, internal::AsInt64(frontier_rows[i]), splits, num_nodes,
+        num_values, rows, &begin, &end);
+    if (!error.empty()) return error;
     for (int64_t j = begin; j < end; ++j) {
       const int64_t id = internal::AsInt64(values[j]);
       if (id < 0 || id >= capacity) {
-        return internal::Cat(
-            "neighbor_values[", j, "] = ", id, " (a neighbour of node ", node,
-            ") is outside the visited bitmap: expected 0 <= id < ", capacity,
-            " (", capacity / word_bits, " words of ", word_bits,
-            " bits per query)");
+        return internal::NeighborOutsideBitmap(j, id, node, capacity, word_bits);
       }
     }
     total += end - begin;
@@ -231,10 +249,6 @@ std::string ValidateNeighborGather(const Node* frontier, const Row* frontier_row
   return std::string();
 }
 
-// Expands each frontier node (in order) to its neighbours on the CSR level (in
-// CSR order) and keeps the neighbours its query has not visited, marking them:
-// the result equals MarkUnvisited over the concatenated neighbour lists. Input
-// must have passed ValidateNeighborGather.
 // Expands each frontier node (in order) to its neighbours on the CSR level (in
 // CSR order) and keeps the neighbours its query has not visited, marking them:
 // the result equals MarkUnvisited over the concatenated neighbour lists.
@@ -259,10 +273,7 @@ std::string GatherUnvisitedNeighbors(const Node* frontier,
   constexpr int64_t kSplitsAhead = 8, kValuesAhead = 4, kBitmapAhead = 2;
   kept_ids->clear();
   kept_rows->clear();
-  if (num_splits < 1) {
-    return "neighbor_row_splits must have at least one element (row_splits of "
-           "a CSR level with num_nodes rows has num_nodes + 1 elements), got 0";
-  }
+  if (num_splits < 1) return internal::kEmptySplitsError;
   const int64_t num_nodes = num_splits - 1;
   const int64_t rows = bitmap.rows();
   const int64_t capacity = bitmap.capacity();
@@ -300,37 +311,17 @@ std::string GatherUnvisitedNeighbors(const Node* frontier,
     }
 
     const int64_t node = internal::AsInt64(frontier[i]);
-    if (node < 0 || node >= num_nodes) {
-      return internal::Cat("frontier_ids[", i, "] = ", node,
-                           " is not a node of the CSR level: expected 0 <= id "
-                           "< ",
-                           num_nodes, " (len(neighbor_row_splits) - 1)");
-    }
     const Row row = frontier_rows[i];
     const int64_t row64 = internal::AsInt64(row);
-    if (row64 < 0 || row64 >= rows) {
-      return internal::Cat("frontier_row_ids[", i, "] = ", row64,
-                           " is not a query row of the visited bitmap: "
-                           "expected 0 <= row < ",
-                           rows, " (the bitmap's batch size)");
-    }
-    const int64_t begin = internal::AsInt64(splits[node]);
-    const int64_t end = internal::AsInt64(splits[node + 1]);
-    if (begin < 0 || begin > end || end > num_values) {
-      return internal::Cat(
-          "neighbor_row_splits[", node, ":", node + 2, "] = [", begin, ", ",
-          end, "] (the row of frontier_ids[", i,
-          "]) is not a valid CSR range: expected 0 <= start <= limit <= ",
-          num_values, " (len(neighbor_values))");
-    }
+    int64_t begin = 0, end = 0;
+    std::string error = internal::CheckFrontierEntry(
+        i, node, row64, splits, num_nodes, num_values, rows, &begin, &end);
+    if (!error.empty()) return error;
     for (int64_t j = begin; j < end; ++j) {
       const int64_t id = internal::AsInt64(values[j]);
       if (id < 0 || id >= capacity) {
-        return internal::Cat(
-            "neighbor_values[", j, "] = ", id, " (a neighbour of node ", node,
-            ") is outside the visited bitmap: expected 0 <= id < ", capacity,
-            " (", capacity / BitmapView<Word>::kBits, " words of ",
-            BitmapView<Word>::kBits, " bits per query)");
+        return internal::NeighborOutsideBitmap(j, id, node, capacity,
+                                               BitmapView<Word>::kBits);
       }
       if (bitmap.TestAndSet(row64, id)) {
         kept_ids->push_back(values[j]);
