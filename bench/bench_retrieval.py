@@ -15,14 +15,16 @@ train the attention model with the config's FGSM eps and, unless ``--no-compare`
 ``fgsm_eps = 0``; build both indexes (timed: e_v extraction and the hnswlib build); then on
 ``--users`` test users:
 
-- the ``nann-tf evaluate`` table at the config's ``[search]`` parameters (brute force, beam,
-  HNSW-retrieval, most popular: recall@M, recall-delta@M, coverage@M, fraction scored);
+- the ``nann-tf evaluate`` table at the config's ``[search]`` parameters (brute force, beam
+  with and without history seeds, HNSW-retrieval, most popular: recall@M, recall-delta@M,
+  coverage@M, fraction scored), plus beam with the paper's rounds (T_1 = 1, T_0 = 3) with and
+  without seeds;
 - the sweep of ``nann-tf evaluate --sweep`` (Figs. 3, 4, 6, 7a; PNG + CSV), and from it beam vs
   HNSW-retrieval coverage at equal items scored;
 - ``nann-tf tune`` on ``--tune-users`` validation users (target ``--target-coverage``), and the
   chosen setting evaluated on the test users;
-- latency per query at batch sizes 1 and 16: the beam search (config and tuned parameters) vs
-  in-graph brute force over the whole corpus with the same scorer.
+- latency per query at batch sizes 1 and 16: the beam search (config, tuned, and the paper's
+  rounds without seeds) vs in-graph brute force over the whole corpus with the same scorer.
 
 Writes ``bench/results/retrieval-<config>.json``, ``retrieval-<config>.md`` (Markdown tables)
 and ``retrieval-<config>/`` (PNGs and CSVs).
@@ -127,28 +129,33 @@ def envelope(points):
 
 
 def at_equal_cost(curves, m: int) -> list[dict]:
-    """Beam vs HNSW-retrieval at equal cost: for every point of one method's upper envelope
-    (coverage@m vs items scored), the best coverage of the other method scoring at most as
-    many items (None when even its cheapest point costs more)."""
-    pts = {meth: envelope([(r["items_scored"], r[f"coverage@{m}"], r) for r in curves
-                           if r["figure"] == "fig3" and r["method"] == meth])
-           for meth in ("beam", "hnsw")}
+    """The Fig. 3 series (beam with history seeds, beam without, HNSW-retrieval) at equal cost:
+    for every point of a series' upper envelope (coverage@m vs items scored), the best coverage
+    of each other series scoring at most as many items (None when even its cheapest point costs
+    more)."""
+    names = list(dict.fromkeys(r["series"] for r in curves if r["figure"] == "fig3"))
+    pts = {s: envelope([(r["items_scored"], r[f"coverage@{m}"], r) for r in curves
+                        if r["figure"] == "fig3" and r["series"] == s]) for s in names}
     out = []
-    for meth, other in (("beam", "hnsw"), ("hnsw", "beam")):
-        ox = np.array([p[0] for p in pts[other]])
-        oy = np.array([p[1] for p in pts[other]])
-        for x, y, r in pts[meth]:
-            i = np.searchsorted(ox, x, side="right") - 1
-            out.append({"method": meth, "params": (f"ef={r['ef']} T={r['T']}" if meth == "beam"
-                                                   else f"ef0={r['hnsw_ef']}"),
+    for s in names:
+        for x, y, r in pts[s]:
+            others = {}
+            for o in names:
+                if o == s:
+                    continue
+                ox = np.array([p[0] for p in pts[o]])
+                i = np.searchsorted(ox, x, side="right") - 1
+                others[o] = float(pts[o][i][1]) if i >= 0 else None
+            out.append({"series": s, "params": (f"ef={r['ef']} T={r['T']}"
+                                                if r["method"] == "beam"
+                                                else f"ef0={r['hnsw_ef']}"),
                         "items_scored": x, "scored_fraction": r["scored_fraction"],
-                        "coverage": y, "other": other,
-                        "other_best_coverage_at_most_this_cost": float(oy[i]) if i >= 0 else None})
+                        "coverage": y, "others": others})
     return sorted(out, key=lambda r: r["items_scored"])
 
 
 def latency(model, index, hist, params, visited: str, batches, repeats: int,
-            ef=None, T=None, brute: bool = True) -> dict:
+            ef=None, T=None, brute: bool = True, history_seeds=None) -> dict:
     """Median ms per batch and per query for the beam search (and in-graph brute force)."""
     import tensorflow as tf
 
@@ -158,6 +165,7 @@ def latency(model, index, hist, params, visited: str, batches, repeats: int,
 
     ef = params.ef if ef is None else ef
     T = params.T if T is None else T
+    seeds = params.history_seeds if history_seeds is None else history_seeds
     out = {}
     table = tf.constant(index.embeddings)
     scorer = ModelScorer(model, table)
@@ -172,7 +180,7 @@ def latency(model, index, hist, params, visited: str, batches, repeats: int,
         r = Retriever(model, index, params.start_level, visited, batch_size=b)
         times = []
         for i in range(repeats):
-            res = r.beam(hist[(i + 1) * b:(i + 2) * b], ef, T, params.k)  # batch 0 warms up
+            res = r.beam(hist[(i + 1) * b:(i + 2) * b], ef, T, params.k, seeds)  # 0 warms up
             times.append(res.seconds)
         row = {"beam_ms_per_batch": 1000 * float(np.median(times)),
                "beam_items_scored": float(np.mean(res.num_scored))}
@@ -218,9 +226,14 @@ def markdown(res: dict) -> str:
          + " | scored | ms/query |",
          "|---|" + "---|" * (3 * len(ms) + 2)]
     labels = {"brute_force": "brute force", "beam": "beam (config params)",
+              "beam_no_seeds": "beam, config params, no seeds",
               "hnsw": "HNSW-retrieval", "most_popular": "most popular"}
     rows = dict(res["table"]["rows"])
-    order = ["brute_force", "beam"]
+    order = ["brute_force", "beam"] + (["beam_no_seeds"] if "beam_no_seeds" in rows else [])
+    for key, r in res.get("paper", {}).items():
+        rows[key] = r
+        labels[key] = f"beam, paper's T ({r['T']}), {'history seeds' if r['seeds'] else 'no seeds'}"
+        order.append(key)
     if res.get("tuned_eval"):
         rows["tuned"] = res["tuned_eval"]
         labels["tuned"] = "beam (tuned: " + res["tuned_desc"] + ")"
@@ -249,24 +262,31 @@ def markdown(res: dict) -> str:
     for t in res["targets"]:
         L.append(f"- {t['what']}: {t['value']} -> **{'met' if t['met'] else 'MISSED'}**")
     L += ["", "## Latency per query (ms, median)", "",
-          "| batch | beam (config) | beam (tuned) | brute force | speed-up (config) | "
-          "speed-up (tuned) |", "|---|---|---|---|---|---|"]
+          "| batch | beam (config) | beam (tuned) | beam (paper's T, no seeds) | brute force | "
+          "speed-up (config) | speed-up (tuned) |", "|---|---|---|---|---|---|---|"]
     for b, row in res["latency"]["config"].items():
         tuned = res["latency"].get("tuned", {}).get(b, {})
+        paper = res["latency"].get("paper", {}).get(b, {})
         L.append(f"| {b} | {fmt(row['beam_ms_per_query'], 2)} | "
                  f"{fmt(tuned.get('beam_ms_per_query'), 2)} | "
+                 f"{fmt(paper.get('beam_ms_per_query'), 2)} | "
                  f"{fmt(row.get('brute_ms_per_query'), 1)} | {fmt(row.get('speedup'), 1)}x | "
                  + (f"{row['brute_ms_per_query'] / tuned['beam_ms_per_query']:.1f}x |"
                     if tuned and 'brute_ms_per_query' in row else "- |"))
+    names = list(dict.fromkeys(r["series"] for r in res["equal_cost"]))
     L += ["", f"## Beam vs HNSW-retrieval at equal items scored (coverage@{m})", "",
-          "Each method's upper envelope over the sweep (points no cheaper point of the same "
-          "method beats), with the other method's best coverage at no more items scored.", "",
-          "| method | parameters | items scored | coverage | other method's best at <= these "
-          "items |", "|---|---|---|---|---|"]
+          "Each series' upper envelope over the sweep (points no cheaper point of the same "
+          "series beats), with each other series' best coverage at no more items scored. "
+          "'beam' seeds each query with its history (the default); 'beam, no seeds' is the "
+          "paper's algorithm.", "",
+          "| series | parameters | items scored | coverage | "
+          + " | ".join(f"best {n} at <= these items" for n in names) + " |",
+          "|---|---|---|---|" + "---|" * len(names)]
     for r in res["equal_cost"]:
-        L.append(f"| {r['method']} | {r['params']} | {r['items_scored']:.0f} "
+        L.append(f"| {r['series']} | {r['params']} | {r['items_scored']:.0f} "
                  f"({100 * r['scored_fraction']:.2f}%) | {fmt(r['coverage'])} | "
-                 f"{r['other']}: {fmt(r['other_best_coverage_at_most_this_cost'])} |")
+                 + " | ".join("" if n == r["series"] else fmt(r["others"][n]) for n in names)
+                 + " |")
     if res.get("fgsm"):
         f = res["fgsm"]
         L += ["", f"## FGSM vs no FGSM (beam at the config's parameters, M = {m})", "",
@@ -312,7 +332,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fgsm-eps", type=float, default=None,
                     help="FGSM eps of the main model (default: the config's train.fgsm_eps)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--latency-repeats", type=int, default=6)
+    ap.add_argument("--latency-repeats", type=int, default=20,
+                    help="timed batches per batch size (brute force: half as many)")
     ap.add_argument("--sweep-scales", default="0.5,1,2")
     ap.add_argument("--sweep-T0", default="1,2,3,6,10")
     ap.add_argument("--sweep-hnsw-ef", default=None,
@@ -373,6 +394,7 @@ def main(argv=None) -> int:
         str(work / "model-nofgsm"), str(work / "index-model-nofgsm"), ds, data_dir,
         "--compare-model", "--compare-index", label="no FGSM (eps=0)")
     params = SearchParams.from_config(cfg.search).checked(primary.index.graph.max_level)
+    s_level = params.start_level
     ms = sorted({x for x in (50, 200) if x <= params.k} | {params.k})
 
     t = time.perf_counter()
@@ -381,6 +403,19 @@ def main(argv=None) -> int:
                                        args.users, ms, visited, args.batch_size)
     print(format_table(table), flush=True)
     stages["evaluate (brute force + beam + HNSW)"] = time.perf_counter() - t
+
+    # The paper's rounds (T = 1 on level 1, 3 on level 0), with and without history seeds.
+    paper = {}
+    if s_level >= 2:
+        paper_T = {**params.T, 1: 1, 0: 3}
+        for seeds in (False, True):
+            res_p = arrays["retriever"].beam(arrays["hist"], params.ef, paper_T, params.k, seeds)
+            row = summarize(res_p.ids, arrays["bf_ids"], arrays["target"], res_p.num_scored,
+                            ds.num_items, ms)
+            row.update(ms_per_query=res_p.ms_per_query, T=format_level_values(paper_T),
+                       seeds=seeds, items_scored=float(np.mean(res_p.num_scored)))
+            paper[f"paper_{'seeds' if seeds else 'plain'}"] = row
+            log(f"paper's T {paper_T}, seeds={seeds}: coverage@{ms[-1]} {row[f'coverage@{ms[-1]}']}")
 
     no_fgsm_table = None
     if compare is not None:
@@ -409,13 +444,14 @@ def main(argv=None) -> int:
     val_hist = ds.val.hist[:args.tune_users] if args.tune_users else ds.val.hist
     tuned = tune(primary.model, primary.index, val_hist, start_level=s, k=params.k,
                  target=args.target_coverage, grid=grid, visited_impl=visited,
-                 batch_size=args.batch_size, progress=log)
+                 batch_size=args.batch_size, progress=log, history_seeds=params.history_seeds)
     stages["tune"] = time.perf_counter() - t
     tuned_eval = tuned_desc = None
     if tuned["chosen"] is not None:
         c = tuned["chosen"]
         tuned_desc = f"ef={format_level_values(c['ef'])} T={format_level_values(c['T'])}"
-        res = arrays["retriever"].beam(arrays["hist"], c["ef"], c["T"], params.k)
+        res = arrays["retriever"].beam(arrays["hist"], c["ef"], c["T"], params.k,
+                                       params.history_seeds)
         tuned_eval = summarize(res.ids, arrays["bf_ids"], arrays["target"], res.num_scored,
                                ds.num_items, ms)
         tuned_eval.update(ms_per_query=res.ms_per_query,
@@ -430,6 +466,10 @@ def main(argv=None) -> int:
         lat["tuned"] = latency(primary.model, primary.index, hist, params, visited, (1, 16),
                                args.latency_repeats, ef=tuned["chosen"]["ef"],
                                T=tuned["chosen"]["T"], brute=False)
+    if paper:
+        lat["paper"] = latency(primary.model, primary.index, hist, params, visited, (1, 16),
+                               args.latency_repeats, T={**params.T, 1: 1, 0: 3}, brute=False,
+                               history_seeds=False)
     stages["latency"] = time.perf_counter() - t
     stages["total"] = time.perf_counter() - t_all
 
@@ -487,7 +527,7 @@ def main(argv=None) -> int:
         "train": {"fgsm": train_fgsm, **({"nofgsm": train_plain} if not args.no_compare
                                          else {})},
         "index": index_info, "table": table, "no_fgsm_table": no_fgsm_table,
-        "tuned_desc": tuned_desc, "tuned_eval": tuned_eval,
+        "tuned_desc": tuned_desc, "tuned_eval": tuned_eval, "paper": paper,
         "tune": {k: v for k, v in tuned.items() if k not in ("rows",)}
         | {"grid_size": len(grid)},
         "latency": lat, "equal_cost": at_equal_cost(sweep["curves"], m), "fgsm": fgsm,

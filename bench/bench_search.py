@@ -8,7 +8,7 @@ Generates ``--items`` random item embeddings, builds the HNSW graph (hnswlib, M 
 ef_construction = 40; ``--graph-dir`` caches it between runs), and times, inside
 ``tf.function`` on the CPU, for batches of ``--batches`` sizes (default 1 and 16):
 
-- ``beam`` (default ef {2: 100, 1: 200, 0: 400}, T {1: 1, 0: 3}, k = 200) with the ``tf`` and
+- ``beam`` (default ef {2: 100, 1: 200, 0: 400}, T {1: 2, 0: 4}, k = 200, no seeds) with the ``tf`` and
   the ``bitmap`` visited sets (the latter only when the op library is built);
 - ``hnsw`` (HNSW-retrieval, ef0 = 400);
 - ``brute`` (whole corpus, chunks of 65536).

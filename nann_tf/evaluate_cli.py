@@ -45,7 +45,8 @@ __all__ = ["add_arguments", "run", "evaluate_brute_force", "evaluate_retrieval",
 log = logging.getLogger(__name__)
 
 METHODS = {"brute_force": "brute force", "beam": "beam (Beam-retrieval)",
-           "hnsw": "HNSW-retrieval", "most_popular": "most popular"}
+           "beam_no_seeds": "beam, no seeds", "hnsw": "HNSW-retrieval",
+           "most_popular": "most popular"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--T", help="max rounds per level below S, e.g. 1=1,0=3")
     g.add_argument("-k", "--k", type=int, dest="k", help="items returned per query")
     g.add_argument("--hnsw-ef", type=int, help="HNSW-retrieval's level-0 beam ef0")
+    g.add_argument("--history-seeds", action=argparse.BooleanOptionalAction, default=None,
+                   help="seed each query's beam search with its history items (default: the "
+                        "config's search.history_seeds)")
     g.add_argument("--visited", choices=["tf", "bitmap"], default="tf",
                    help="visited set: stock TF ops or the C++ bitmap op (same results)")
     g.add_argument("--batch-size", type=int, default=16, help="queries per search call")
@@ -167,6 +171,8 @@ def resolve_search_params(search_config, args: argparse.Namespace, max_level: in
         value = getattr(args, attr)
         if value is not None:
             p = p.replace(**{attr: int(value)})
+    if getattr(args, "history_seeds", None) is not None:
+        p = p.replace(history_seeds=bool(args.history_seeds))
     try:
         return p.checked(max_level)
     except ValueError as e:
@@ -206,11 +212,14 @@ def evaluate_retrieval(model, index, ds, params, split: str = "test", users: int
         retriever = Retriever(model, index, params.start_level, visited, batch_size)
     n = ds.num_items
     bf = retriever.brute_force(hist, max(params.k, max(ms)))
-    beam = retriever.beam(hist, params.ef, params.T, params.k)
-    hnsw = retriever.hnsw(hist, params.hnsw_ef, params.k)
+    runs = [("brute_force", bf),
+            ("beam", retriever.beam(hist, params.ef, params.T, params.k, params.history_seeds))]
+    if params.history_seeds:  # what the seeds add: the paper's algorithm at the same parameters
+        runs.append(("beam_no_seeds", retriever.beam(hist, params.ef, params.T, params.k, False)))
+    runs.append(("hnsw", retriever.hnsw(hist, params.hnsw_ef, params.k)))
     pop = np.broadcast_to(most_popular_topk(ds.item_freq, max(ms)), (len(hist), max(ms)))
     rows = {}
-    for name, res in (("brute_force", bf), ("beam", beam), ("hnsw", hnsw)):
+    for name, res in runs:
         r = summarize(res.ids, bf.ids, target, res.num_scored, n, ms)
         r.update(ms_per_query=res.ms_per_query, items_scored=float(np.mean(res.num_scored)))
         rows[name] = r
@@ -232,6 +241,8 @@ def format_table(result: dict) -> str:
     head += [f"{'scored':>9}", f"{'ms/query':>9}"]
     lines = ["".join(head)]
     for key, label in METHODS.items():
+        if key not in result["rows"]:
+            continue
         r = result["rows"][key]
         cells = [f"{label:<22}"]
         for m in ms:
@@ -370,8 +381,15 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
     say(f"Fig. 3: {len(b_points)} beam points, {len(h_points)} HNSW points")
     beam_rows = run_curve(p_state["retriever"], hist, target, p_state["bf_ids"], ms,
                           method="beam", settings=b_points, k=params.k,
-                          base=base("fig3", primary, "beam"), progress=say)
+                          base=base("fig3", primary, "beam"), progress=say,
+                          history_seeds=params.history_seeds)
     curves += beam_rows
+    if params.history_seeds:
+        say("Fig. 3: beam without seeds (the paper's algorithm)")
+        curves += run_curve(p_state["retriever"], hist, target, p_state["bf_ids"], ms,
+                            method="beam", settings=b_points, k=params.k,
+                            base=base("fig3", primary, "beam, no seeds"), progress=say,
+                            history_seeds=False)
     curves += run_curve(p_state["retriever"], hist, target, p_state["bf_ids"], ms,
                         method="hnsw", settings=h_points, k=params.k,
                         base=base("fig3", primary, "hnsw"), progress=say)
@@ -381,11 +399,12 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
         c_state = prepared(compare)
         curves += run_curve(c_state["retriever"], hist, target, c_state["bf_ids"], ms,
                             method="beam", settings=b_points, k=params.k,
-                            base=base("fig4", compare, compare.label), progress=say)
+                            base=base("fig4", compare, compare.label), progress=say,
+                            history_seeds=params.history_seeds)
     for entry in eps_models:
         say(f"Fig. 7a: eps={entry.eps:g}")
         st = prepared(entry)
-        res = st["retriever"].beam(hist, params.ef, params.T, params.k)
+        res = st["retriever"].beam(hist, params.ef, params.T, params.k, params.history_seeds)
         summ = summarize(res.ids, st["bf_ids"], target, res.num_scored, ds.num_items, ms)
         row = dict(base("fig7a", entry, f"eps={entry.eps:g}"), method="beam",
                    start_level=params.start_level, ef=_fmt(params.ef), T=_fmt(params.T),

@@ -51,6 +51,39 @@ def queries(ci_dataset, ci_index_dir):
     return np.where(dense > 0, idx.raw_item_id[dense], 0).astype(np.int64), idx
 
 
+def test_history_seeds_on_by_default_and_same_as_the_offline_search(
+        tmp_path, v_tf, attention_model_dir, ci_index_dir, ci_dataset, queries):
+    """The export seeds each request's beam search with its own history (unless
+    --no-history-seeds): both exports return what the offline Retriever returns with the same
+    setting, and the two settings differ."""
+    from nann_tf.search.sweep import Retriever
+    from nann_tf.train import load_trained_model
+
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", tmp_path / "plain", "--visited", "tf", "--no-xla",
+                   "--no-history-seeds") == 0
+    v_plain = tmp_path / "plain" / "1"
+    assert json.loads((v_tf / EXPORT_INFO).read_text())["search"]["history_seeds"] is True
+    assert json.loads((v_plain / EXPORT_INFO).read_text())["search"]["history_seeds"] is False
+    hist, idx = queries
+    dense = Dataset.load(ci_dataset).test.hist[:len(hist)]
+    model, cfg, _ = load_trained_model(attention_model_dir)
+    sc = cfg.search
+    r = Retriever(model, idx, sc.start_level, "tf", batch_size=8)
+    ef = {int(a): int(b) for a, b in sc.ef.items()}
+    T = {int(a): int(b) for a, b in sc.T.items()}
+    served = {}
+    for version, seeds in ((v_tf, True), (v_plain, False)):
+        with SessionModel(version, load_ops=False) as m:
+            out = m.run("serving_default", {"hist_item_ids": hist})
+        offline = r.beam(dense, ef, T, sc.k, history_seeds=seeds)
+        raw = np.where(offline.ids > 0, idx.raw_item_id[offline.ids], 0)
+        assert (out["item_ids"] == raw).mean() >= 0.99, seeds
+        np.testing.assert_array_equal(out["num_scored"], offline.num_scored)
+        served[seeds] = out
+    assert (served[True]["num_scored"] != served[False]["num_scored"]).any()
+
+
 def test_signatures_and_dtypes(v_tf):
     with SessionModel(v_tf, load_ops=False) as m:
         meta = json.loads((v_tf / EXPORT_INFO).read_text())
@@ -158,7 +191,7 @@ def _retrieve(m, hist, k=None, ef=None, T=None, exclude=None):
         "hist_item_ids": hist,
         "k": np.full([b], 50 if k is None else k, np.int32),
         "ef": np.array(ef or [[200, 100]] * b, np.int32),
-        "T": np.array(T or [[3, 0]] * b, np.int32),
+        "T": np.array(T or [[4, 0]] * b, np.int32),
         "exclude_item_ids": np.zeros([b, 1], np.int64) if exclude is None else exclude})
 
 
@@ -175,7 +208,7 @@ def test_retrieve_parameters_and_exclusion(v_tf, queries):
         np.testing.assert_array_equal(r["item_ids"][:, :5], base_out["item_ids"][:, 3:8])
         r = _retrieve(m, hist[:4], k=10)
         assert r["item_ids"].shape == (4, 10)
-        bigger = _retrieve(m, hist[:4], ef=[[400, 200]] * 4, T=[[4, 0]] * 4)
+        bigger = _retrieve(m, hist[:4], ef=[[400, 200]] * 4, T=[[5, 0]] * 4)
         assert (bigger["num_scored"] >= r["num_scored"]).all()
 
 

@@ -68,22 +68,26 @@ def test_sweep_csv_is_consistent(sweep):
     figs, res = sweep
     rows = read_csv(figs / "sweep.csv")
     assert list(rows[0]) == CURVE_FIELDS + metric_fields([50])
-    beam = [r for r in rows if r["figure"] == "fig3" and r["method"] == "beam"]
-    hnsw = [r for r in rows if r["figure"] == "fig3" and r["method"] == "hnsw"]
-    assert len(beam) == 9 and len(hnsw) == 4
+    fig3 = [r for r in rows if r["figure"] == "fig3"]
+    beam = [r for r in fig3 if r["series"] == "beam"]  # seeded with the history (the default)
+    plain = [r for r in fig3 if r["series"] == "beam, no seeds"]
+    hnsw = [r for r in fig3 if r["method"] == "hnsw"]
+    assert len(beam) == 9 and len(plain) == 9 and len(hnsw) == 4
+    assert {r["method"] for r in beam + plain} == {"beam"}
     assert all(r["users"] == USERS for r in rows)
-    # Coverage grows with ef for a fixed T_0 (within a tolerance), and so does the cost.
-    for t in ("0=1", "0=2", "0=3"):
-        pts = sorted((r for r in beam if r["T"] == t),
-                     key=lambda r: parse_level_values(r["ef"], "ef")[0])
-        for a, b in zip(pts, pts[1:]):
-            assert b["coverage@50"] >= a["coverage@50"] - MONOTONE_TOLERANCE, (a, b)
-            assert b["items_scored"] >= a["items_scored"]
-    # ... with T_0 for a fixed ef (more rounds only add items) ...
-    for ef in {r["ef"] for r in beam}:
-        pts = sorted((r for r in beam if r["ef"] == ef), key=lambda r: r["T"])
-        for a, b in zip(pts, pts[1:]):
-            assert b["coverage@50"] >= a["coverage@50"] - MONOTONE_TOLERANCE, (a, b)
+    for series in (beam, plain):
+        # Coverage grows with ef for a fixed T_0 (within a tolerance), and so does the cost.
+        for t in ("0=1", "0=2", "0=3"):
+            pts = sorted((r for r in series if r["T"] == t),
+                         key=lambda r: parse_level_values(r["ef"], "ef")[0])
+            for a, b in zip(pts, pts[1:]):
+                assert b["coverage@50"] >= a["coverage@50"] - MONOTONE_TOLERANCE, (a, b)
+                assert b["items_scored"] >= a["items_scored"]
+        # ... with T_0 for a fixed ef (more rounds only add items) ...
+        for ef in {r["ef"] for r in series}:
+            pts = sorted((r for r in series if r["ef"] == ef), key=lambda r: r["T"])
+            for a, b in zip(pts, pts[1:]):
+                assert b["coverage@50"] >= a["coverage@50"] - MONOTONE_TOLERANCE, (a, b)
     # ... and with HNSW's ef0.
     hnsw.sort(key=lambda r: r["hnsw_ef"])
     for a, b in zip(hnsw, hnsw[1:]):
@@ -91,8 +95,10 @@ def test_sweep_csv_is_consistent(sweep):
         assert b["items_scored"] > a["items_scored"]
     # The sweep point at the evaluated parameters equals the table's beam row.
     centre = next(r for r in beam if r["ef"] == "1=50,0=100" and r["T"] == "0=2")
+    plain_centre = next(r for r in plain if r["ef"] == "1=50,0=100" and r["T"] == "0=2")
     for key in ("coverage@50", "recall_retrieval@50", "scored_fraction"):
         assert centre[key] == pytest.approx(res["rows"]["beam"][key], abs=1e-12)
+        assert plain_centre[key] == pytest.approx(res["rows"]["beam_no_seeds"][key], abs=1e-12)
     # Fig. 4: one curve per model, the same points; Fig. 7a: one point per eps.
     fig4 = [r for r in rows if r["figure"] == "fig4"]
     assert len({r["series"] for r in fig4}) == 2 and len(fig4) == 18

@@ -510,10 +510,11 @@ def test_saved_model_round_trip(impl, tmp_path):
 # --- pybind beam-search replay -----------------------------------------------------------------
 
 
-def reference_beam_search(levels, start_nodes, scores, ef, rounds, k):
+def reference_beam_search(levels, start_nodes, scores, ef, rounds, k, seeds=None):
     """ARCHITECTURE.md's beam retrieval, slowly: sets and sorted() with key (-score, id).
 
-    As in nann_tf.search.beam: an item scoring -inf or NaN is scored but never a result."""
+    As in nann_tf.search.beam: an item scoring -inf or NaN is scored but never a result; the
+    seeds (0 = none) are scored with the start level and join the first level-0 frontier."""
     start_level = max(ef)
     batch = scores.shape[0]
     out_ids = np.full((batch, k), -1, np.int64)
@@ -524,12 +525,13 @@ def reference_beam_search(levels, start_nodes, scores, ef, rounds, k):
             items = [i for i in items if s[i] > -np.inf]  # False for -inf and NaN
             return sorted(items, key=lambda i: (-s[i], i))[:count]
         visited = set()
-        results = [v for v in dict.fromkeys(start_nodes.tolist())]
+        q_seeds = [] if seeds is None else [v for v in seeds[q].tolist() if v != 0]
+        results = [v for v in dict.fromkeys(start_nodes.tolist() + q_seeds)]
         visited.update(results)
         results = best(results, ef[start_level])
         for level in range(start_level - 1, -1, -1):
             values, splits = levels[level]
-            frontier = list(results)
+            frontier = list(results) + (q_seeds if level == 0 else [])
             for _ in range(rounds[level]):
                 if not frontier:
                     break
@@ -579,10 +581,16 @@ def test_beam_search_replay_matches_reference():
         ef = {level: int(rng.integers(1, 12)) for level in range(start_level + 1)}
         rounds = {level: int(rng.integers(0, 4)) for level in range(start_level)}
         k = int(rng.integers(1, 15))
-        want = reference_beam_search(levels, start_nodes, scores, ef, rounds, k)
+        seeds = None
+        if case % 2:  # seeds with padding (0), repeats and start nodes among them
+            seeds = rng.integers(0, num_items, (batch, int(rng.integers(0, 6))))
+            seeds[rng.random(seeds.shape) < 0.3] = 0
+            if seeds.size:
+                seeds[0, 0] = start_nodes[0]
+        want = reference_beam_search(levels, start_nodes, scores, ef, rounds, k, seeds)
         for threads in (1, 2):
             got = core.beam_search_replay(levels, start_nodes, scores, ef, rounds, k,
-                                          num_threads=threads)
+                                          num_threads=threads, seeds=seeds)
             for g, w, part in zip(got, want, ("ids", "scores", "num_scored")):
                 np.testing.assert_array_equal(g, w, err_msg=f"case {case}: {part}")
 
@@ -619,9 +627,15 @@ def test_beam_search_replay_bad_input():
         (dict(T={}), "T has no entry for level 0"),
         (dict(ef={1: 1, 0: 0}), r"ef\[0\] = 0"),
         (dict(k=0), "k = 0"),
+        (dict(seeds=np.array([[1, 2]])), r"seeds\[0, 1\] = 2 is not an item"),
+        (dict(seeds=np.array([[-1]])), r"seeds\[0, 0\] = -1"),
+        (dict(seeds=np.array([1, 0])), r"seeds must be a 2-D array \[batch, num_seeds\]"),
+        (dict(seeds=np.zeros((2, 1), np.int64)), "batch = 1"),
     ]
     for change, message in cases:
         with pytest.raises(ValueError, match=message):
             core.beam_search_replay(**{**ok, **change})
     with pytest.raises(TypeError, match="floats"):
         core.beam_search_replay(**{**ok, "scores": np.zeros((1, 2), np.int64)})
+    with pytest.raises(TypeError, match="seeds must hold integers"):
+        core.beam_search_replay(**{**ok, "seeds": np.zeros((1, 1), np.float32)})

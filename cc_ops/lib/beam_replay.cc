@@ -42,7 +42,8 @@ class QueryReplayer {
         words_(static_cast<size_t>(NumWords(num_items, 64)), 0) {}
 
   void Run(const float* scores, const int64_t* start, int64_t num_start,
-           int64_t* out_ids, float* out_scores, int64_t* out_num_scored) {
+           const int64_t* seeds, int64_t num_seeds, int64_t* out_ids,
+           float* out_scores, int64_t* out_num_scored) {
     std::fill(words_.begin(), words_.end(), uint64_t{0});
     BitmapView<uint64_t> visited(words_.data(), 1,
                                  static_cast<int64_t>(words_.size()));
@@ -54,12 +55,23 @@ class QueryReplayer {
         Offer(scores[start[i]], start[i], false);
       }
     }
+    for (int64_t i = 0; i < num_seeds; ++i) {
+      if (seeds[i] != 0 && visited.TestAndSet(0, seeds[i])) {
+        ++num_scored;
+        Offer(scores[seeds[i]], seeds[i], false);
+      }
+    }
     KeepBest(&results_, params_.ef[params_.start_level]);
 
     for (int level = params_.start_level - 1; level >= 0; --level) {
       const CsrLevel& graph = levels_[level];
       frontier_.clear();
       for (const Candidate& c : results_) frontier_.push_back(c.id);
+      if (level == 0) {  // the seeds join the first level-0 frontier
+        for (int64_t i = 0; i < num_seeds; ++i) {
+          if (seeds[i] != 0) frontier_.push_back(seeds[i]);
+        }
+      }
       for (int64_t round = 0; round < params_.rounds[level]; ++round) {
         if (frontier_.empty()) break;
         for (int64_t node : frontier_) {
@@ -182,6 +194,7 @@ std::string ValidateBeamSearchParams(const BeamSearchParams& params,
 
 std::string BeamSearchReplay(const std::vector<CsrLevel>& levels,
                              const int64_t* start_nodes, int64_t num_start,
+                             const int64_t* seeds, int64_t num_seeds,
                              const float* scores, int64_t batch,
                              int64_t num_items, const BeamSearchParams& params,
                              int num_threads, int64_t* out_ids,
@@ -201,6 +214,17 @@ std::string BeamSearchReplay(const std::vector<CsrLevel>& levels,
                  " is not an item: expected 0 <= id < ", num_items);
     }
   }
+  if (num_seeds < 0) return Cat("num_seeds = ", num_seeds, ": expected >= 0");
+  for (int64_t q = 0; q < batch; ++q) {
+    for (int64_t j = 0; j < num_seeds; ++j) {
+      const int64_t id = seeds[q * num_seeds + j];
+      if (id < 0 || id >= num_items) {
+        return Cat("seeds[", q, ", ", j, "] = ", id,
+                   " is not an item: expected 0 <= id < ", num_items,
+                   " (0 = no seed)");
+      }
+    }
+  }
 
   if (num_threads <= 0) {
     num_threads = static_cast<int>(std::thread::hardware_concurrency());
@@ -215,7 +239,7 @@ std::string BeamSearchReplay(const std::vector<CsrLevel>& levels,
       const int64_t q = next_query.fetch_add(1);
       if (q >= batch) return;
       replayer.Run(scores + q * num_items, start_nodes, num_start,
-                   out_ids + q * params.k, out_scores + q * params.k,
+                   seeds + q * num_seeds, num_seeds, out_ids + q * params.k, out_scores + q * params.k,
                    out_num_scored + q);
     }
   };

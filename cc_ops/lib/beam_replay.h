@@ -6,7 +6,9 @@
 // exactly the algorithm of ARCHITECTURE.md ("Beam-retrieval"):
 //
 //   1. Score every node of the start level S (the `start_nodes` list; each
-//      counts as visited) and keep the best ef[S] as the results.
+//      counts as visited) and the query's seed items (optional entry points,
+//      e.g. the user's history; each item scored once), and keep the best
+//      ef[S] as the results.
 //   2. For each level l = S-1 .. 0: the frontier is the whole current result
 //      set; run at most rounds[l] (T_l) rounds of
 //        frontier -> neighbours of the frontier on level l
@@ -15,7 +17,9 @@
 //                 -> score the new items
 //                 -> results = best ef[l] of (results U new)
 //                 -> frontier = the new items that entered the results,
-//      stopping early when the frontier is empty. With rounds[l] = 0 the
+//      stopping early when the frontier is empty. On level 0 the first
+//      frontier also holds the seeds, whatever their score (so an excluded
+//      seed, scored -inf, still leads to its neighbours). With rounds[l] = 0 the
 //      results pass to the next level unchanged (not truncated to ef[l]).
 //   3. Return the best k of the level-0 results.
 //
@@ -83,12 +87,15 @@ std::string ValidateBeamSearchParams(const BeamSearchParams& params,
                                      int64_t num_levels);
 
 // Runs the replay for queries 0..batch-1 with up to `num_threads` threads
-// (<= 0: one per hardware thread). `scores` is row-major [batch, num_items];
+// (<= 0: one per hardware thread). `seeds` is row-major [batch, num_seeds]
+// (0 = no seed; num_seeds may be 0 and seeds null); `scores` is row-major
+// [batch, num_items];
 // `levels[l]` is used for l < start_level. Writes out_ids[batch * k],
 // out_scores[batch * k] and out_num_scored[batch]. Validates everything first;
 // returns an empty string on success or a message naming the bad input.
 std::string BeamSearchReplay(const std::vector<CsrLevel>& levels,
                              const int64_t* start_nodes, int64_t num_start,
+                             const int64_t* seeds, int64_t num_seeds,
                              const float* scores, int64_t batch,
                              int64_t num_items, const BeamSearchParams& params,
                              int num_threads, int64_t* out_ids,

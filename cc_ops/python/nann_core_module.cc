@@ -250,7 +250,8 @@ std::vector<int64_t> LevelParams(const py::dict& params, const char* name,
 
 py::tuple BeamSearchReplayPy(py::sequence levels_obj, py::handle start_obj,
                              py::handle scores_obj, py::dict ef_obj,
-                             py::dict rounds_obj, int64_t k, int num_threads) {
+                             py::dict rounds_obj, int64_t k, int num_threads,
+                             py::object seeds_obj) {
   py::array scores_any = py::array::ensure(scores_obj);
   if (!scores_any || scores_any.ndim() != 2) {
     throw py::value_error("scores must be a 2-D array [batch, num_items]");
@@ -266,6 +267,24 @@ py::tuple BeamSearchReplayPy(py::sequence levels_obj, py::handle start_obj,
   const int64_t batch = scores.shape(0);
   const int64_t num_items = scores.shape(1);
   Int64Array start = ToInt64Vector(start_obj, "start_nodes");
+  Int64Array seeds;
+  int64_t num_seeds = 0;
+  if (!seeds_obj.is_none()) {
+    py::array seeds_any = py::array::ensure(seeds_obj);
+    if (!seeds_any || seeds_any.ndim() != 2 || seeds_any.shape(0) != batch) {
+      throw py::value_error(internal::Cat(
+          "seeds must be a 2-D array [batch, num_seeds] with batch = ", batch,
+          " (the rows of scores)"));
+    }
+    const char kind = seeds_any.dtype().kind();
+    if (seeds_any.size() > 0 && kind != 'i' && kind != 'u') {
+      throw py::type_error(internal::Cat(
+          "seeds must hold integers, got dtype ",
+          std::string(py::str(seeds_any.dtype()))));
+    }
+    seeds = Int64Array::ensure(seeds_any);
+    num_seeds = seeds_any.shape(1);
+  }
 
   if (ef_obj.size() == 0) throw py::value_error("ef must not be empty");
   int64_t start_level = 0;
@@ -313,7 +332,9 @@ py::tuple BeamSearchReplayPy(py::sequence levels_obj, py::handle start_obj,
   std::string error;
   {
     py::gil_scoped_release release;
-    error = BeamSearchReplay(levels, start.data(), start.size(), scores.data(),
+    error = BeamSearchReplay(levels, start.data(), start.size(),
+                             num_seeds > 0 ? seeds.data() : nullptr, num_seeds,
+                             scores.data(),
                              batch, num_items, params, num_threads,
                              out_ids.mutable_data(), out_scores.mutable_data(),
                              out_num_scored.mutable_data());
@@ -382,11 +403,13 @@ Raises:
 
   m.def("beam_search_replay", &nann::BeamSearchReplayPy, py::arg("levels"),
         py::arg("start_nodes"), py::arg("scores"), py::arg("ef"), py::arg("T"),
-        py::arg("k"), py::arg("num_threads") = 1,
+        py::arg("k"), py::arg("num_threads") = 1, py::arg("seeds") = py::none(),
         R"doc(Replays NANN beam retrieval on precomputed scores.
 
-Score every start-level node and keep the best ef[S] (S = max(ef)); for each
-level l = S-1..0 the frontier starts as the whole result set, then at most T[l]
+Score every start-level node and the query's seeds (each item once) and keep
+the best ef[S] (S = max(ef)); for each level l = S-1..0 the frontier starts as
+the whole result set (on level 0 plus the seeds, whatever their score), then
+at most T[l]
 rounds of: neighbours on level l -> drop items already scored (start nodes
 count as scored) -> results = best ef[l] of results + new -> frontier = the new
 items that entered; stop when the frontier is empty. Returns the best k of the
@@ -404,6 +427,8 @@ Args:
   T: {level: rounds} for levels 0..S-1 (entries for levels >= S are ignored).
   k: number of results per query.
   num_threads: worker threads over queries (<= 0: one per CPU).
+  seeds: optional int array [B, E] of entry items per query (0 = none), e.g.
+    the user's history.
 
 Returns:
   (ids int64 [B, k], scores float32 [B, k], num_scored int64 [B]); rows with

@@ -136,13 +136,13 @@ void TestBeamReplay() {
   // Round 1: frontier {0} -> {1}; results {1, 0}. Round 2: frontier {1} -> {2};
   // results {2, 1}. T = 2 stops there: items 3 and 4 are never reached.
   std::string error =
-      nann::BeamSearchReplay({level}, start.data(), 1, scores.data(), 1, 5,
+      nann::BeamSearchReplay({level}, start.data(), 1, nullptr, 0, scores.data(), 1, 5,
                              params, 1, ids.data(), top.data(), &scored);
   EXPECT(error.empty());
   EXPECT((ids == std::vector<int64_t>{2, 1, -1}));
   EXPECT(scored == 3);
   params.rounds = {10};
-  error = nann::BeamSearchReplay({level}, start.data(), 1, scores.data(), 1, 5,
+  error = nann::BeamSearchReplay({level}, start.data(), 1, nullptr, 0, scores.data(), 1, 5,
                                  params, 1, ids.data(), top.data(), &scored);
   EXPECT(error.empty());
   EXPECT((ids == std::vector<int64_t>{3, 4, -1}));  // tie 5 = 5: smaller id first
@@ -150,22 +150,47 @@ void TestBeamReplay() {
   // -inf / NaN: scored and counted, never in the results (nor expanded).
   const std::vector<float> masked = {0.f, -std::numeric_limits<float>::infinity(),
                                      2.f, 5.f, 5.f};
-  error = nann::BeamSearchReplay({level}, start.data(), 1, masked.data(), 1, 5,
+  error = nann::BeamSearchReplay({level}, start.data(), 1, nullptr, 0, masked.data(), 1, 5,
                                  params, 1, ids.data(), top.data(), &scored);
   EXPECT(error.empty());
   EXPECT((ids == std::vector<int64_t>{0, -1, -1}));  // 1 blocks the path
   EXPECT(scored == 2);
   const std::vector<float> nan_start = {std::numeric_limits<float>::quiet_NaN(),
                                         1.f, 2.f, 5.f, 5.f};
-  error = nann::BeamSearchReplay({level}, start.data(), 1, nan_start.data(), 1,
+  error = nann::BeamSearchReplay({level}, start.data(), 1, nullptr, 0, nan_start.data(), 1,
                                  5, params, 1, ids.data(), top.data(), &scored);
   EXPECT(error.empty());
   EXPECT((ids == std::vector<int64_t>{-1, -1, -1}));
   EXPECT(scored == 1);
   params.ef = {2, 0};
-  error = nann::BeamSearchReplay({level}, start.data(), 1, scores.data(), 1, 5,
+  error = nann::BeamSearchReplay({level}, start.data(), 1, nullptr, 0, scores.data(), 1, 5,
                                  params, 1, ids.data(), top.data(), &scored);
   EXPECT(error.find("ef[1] = 0") != std::string::npos);
+  params.ef = {2, 1};
+  params.rounds = {1};
+  // A seed is scored with the start level and joins the first level-0
+  // frontier: seed 2 (score 2) leads to 3 in one round, which the start node
+  // alone cannot reach (0 -> 1 only).
+  const std::vector<int64_t> seeds = {2, 0};
+  error = nann::BeamSearchReplay({level}, start.data(), 1, seeds.data(), 2,
+                                 scores.data(), 1, 5, params, 1, ids.data(),
+                                 top.data(), &scored);
+  EXPECT(error.empty());
+  EXPECT((ids == std::vector<int64_t>{3, 2, -1}));
+  EXPECT(scored == 4);  // 0 and 2 at the start; 1 and 3 in the round
+  // An excluded seed (-inf) never enters the results but is still expanded.
+  const std::vector<float> seed_masked = {
+      0.f, 1.f, -std::numeric_limits<float>::infinity(), 5.f, 5.f};
+  error = nann::BeamSearchReplay({level}, start.data(), 1, seeds.data(), 2,
+                                 seed_masked.data(), 1, 5, params, 1,
+                                 ids.data(), top.data(), &scored);
+  EXPECT(error.empty());
+  EXPECT((ids == std::vector<int64_t>{3, 1, -1}));
+  const std::vector<int64_t> bad_seeds = {5, 0};
+  error = nann::BeamSearchReplay({level}, start.data(), 1, bad_seeds.data(), 2,
+                                 scores.data(), 1, 5, params, 1, ids.data(),
+                                 top.data(), &scored);
+  EXPECT(error.find("seeds[0, 0] = 5") != std::string::npos);
 }
 
 }  // namespace

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ef", help="beam widths per level, e.g. 2=100,1=200,0=400")
     p.add_argument("--T", help="rounds per level, e.g. 1=1,0=3")
     p.add_argument("-k", type=int, help="results per query")
+    p.add_argument("--history-seeds", action=argparse.BooleanOptionalAction, default=None,
+                   help="seed each query's beam search with its own history items (default: "
+                        "the config's search.history_seeds, true)")
     p.add_argument("--max-ef", type=int, help="largest ef a request may ask for "
                                                "(default 2x the largest default ef)")
     p.add_argument("--grid-ratio", type=float, default=1.25, help="XLA shape-grid step")
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.index, args.output, version=args.version, visited=args.visited,
             xla=args.xla, embedding_dtype=args.embedding_dtype, start_level=args.start_level,
             ef=parse_levels(args.ef, "ef"), T=parse_levels(args.T, "T"), k=args.k,
-            max_ef=args.max_ef, grid_ratio=args.grid_ratio, data_dir=args.data,
+            max_ef=args.max_ef, grid_ratio=args.grid_ratio, history_seeds=args.history_seeds,
+            data_dir=args.data,
             warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
             model_name=args.model_name,
             warmup_batch_sizes=_parse_sizes(args.warmup_batch_sizes))

@@ -142,6 +142,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    visited: str = "bitmap", xla: bool = True, embedding_dtype: str = "float32",
                    start_level: int | None = None, ef: dict | None = None, T: dict | None = None,
                    k: int | None = None, max_ef: int | None = None, grid_ratio: float = 1.25,
+                   history_seeds: bool | None = None,
                    data_dir: str | None = None, warmup_requests: str | None = None,
                    validation_users: int = 64, min_coverage: float = 0.8,
                    warmup_batch_sizes=(1, 8, 16),
@@ -175,7 +176,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     k = sc.k if k is None else k
     max_ef = max_ef or 2 * max(ef_d.values())
     try:
-        defaults = SearchDefaults(S, ef_d, T_d, k, max_ef)
+        defaults = SearchDefaults(S, ef_d, T_d, k, max_ef,
+                                  sc.history_seeds if history_seeds is None else history_seeds)
     except ValueError as e:
         raise ExportError(str(e)) from e
     version = next_version(base) if version is None else int(version)

@@ -15,6 +15,10 @@ Signatures take and return dense tensors only:
 * ``warmup_grid(hist_item_ids, width int32 [B])``: scores ``max(width)`` items per row; it exists so
   the warm-up file can compile every size of the XLA shape grid.
 
+Seeds: with ``SearchDefaults.history_seeds`` (the default) the items of each request's own
+history are extra entry points of its beam search (scored with the start level, expanded in the
+first level-0 round, returned only on their score and never when excluded).
+
 Padding convention: the history is RIGHT-aligned (most recent behaviour last); ``L' <= L`` (the
 export's ``max_len``) columns, shorter histories are left-padded with 0 to ``L``. Raw id 0 and
 negative ids are padding; unknown raw ids are ignored (masked) too. Output rows with fewer
@@ -43,9 +47,13 @@ CPU = "/CPU:0"
 
 
 class SearchDefaults:
-    """Export-time search parameters: start level S, ef/T per level, k, and the ef cap."""
+    """Export-time search parameters: start level S, ef/T per level, k, the ef cap, and whether
+    each query's own history seeds its beam search (see :func:`~nann_tf.search.beam.beam_search`
+    ``seed_ids``)."""
 
-    def __init__(self, start_level: int, ef: dict, T: dict, k: int, max_ef: int):
+    def __init__(self, start_level: int, ef: dict, T: dict, k: int, max_ef: int,
+                 history_seeds: bool = True):
+        self.history_seeds = bool(history_seeds)
         self.start_level = int(start_level)
         self.ef = {int(a): int(b) for a, b in ef.items()}
         self.T = {int(a): int(b) for a, b in T.items()}
@@ -67,7 +75,7 @@ class SearchDefaults:
 
     def to_dict(self) -> dict:
         return {"start_level": self.start_level, "ef": self.ef, "T": self.T, "k": self.k,
-                "max_ef": self.max_ef}
+                "max_ef": self.max_ef, "history_seeds": self.history_seeds}
 
 
 def _assert(cond, message):
@@ -115,7 +123,8 @@ class RetrievalModule(tf.Module):
         start_nodes = graph.start_nodes(S)
         M0 = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels[:1])
         max_deg = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels)
-        width_cap = max(len(start_nodes), search.max_ef * max(max_deg, M0, 1))
+        # The widest round: the start level plus one history of seeds, or ef x degree.
+        width_cap = max(len(start_nodes) + int(max_len), search.max_ef * max(max_deg, M0, 1))
         self.grid = ShapeGrid(max_size=max(16, min(width_cap, self.num_items + 1)),
                               ratio=grid_ratio) if xla else None
         with tf.device(CPU):
@@ -214,7 +223,8 @@ class RetrievalModule(tf.Module):
         state = self.encode(dense_hist)
         return beam_search(self.graph_tensors(), self.scorer.bind(state, batch), batch, ef, T,
                            k, visited_impl=self.visited_impl, exclude_ids=exclude_dense,
-                           traversal_device=CPU)
+                           traversal_device=CPU,
+                           seed_ids=dense_hist if self.search.history_seeds else None)
 
     def _serve(self, hist_item_ids):
         dense, b = self._prepare_history(hist_item_ids)

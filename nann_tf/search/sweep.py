@@ -100,6 +100,7 @@ class SearchParams:
       T: maximum rounds per level ``S-1..0`` (0 skips a level).
       k: results per query.
       hnsw_ef: HNSW-retrieval's ``ef0``.
+      history_seeds: Beam-retrieval seeds each query with its history items.
     """
 
     start_level: int
@@ -107,12 +108,14 @@ class SearchParams:
     T: Mapping[int, int]
     k: int
     hnsw_ef: int
+    history_seeds: bool = True
 
     @classmethod
     def from_config(cls, sc) -> "SearchParams":
         """From a :class:`nann_tf.config.SearchConfig` (keys of ``ef``/``T`` are strings)."""
         return cls(int(sc.start_level), {int(a): int(b) for a, b in sc.ef.items()},
-                   {int(a): int(b) for a, b in sc.T.items()}, int(sc.k), int(sc.hnsw_ef))
+                   {int(a): int(b) for a, b in sc.T.items()}, int(sc.k), int(sc.hnsw_ef),
+                   bool(sc.history_seeds))
 
     def replace(self, **changes) -> "SearchParams":
         return dataclasses.replace(self, **changes)
@@ -151,17 +154,18 @@ class SearchParams:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.hnsw_ef < 1:
             raise ValueError(f"hnsw_ef must be >= 1, got {self.hnsw_ef}")
-        return SearchParams(s, ef, T, int(self.k), int(self.hnsw_ef))
+        return SearchParams(s, ef, T, int(self.k), int(self.hnsw_ef), bool(self.history_seeds))
 
     def describe(self) -> str:
         return (f"S={self.start_level} ef={format_level_values(self.ef)} "
-                f"T={format_level_values(self.T) or '-'} k={self.k}")
+                f"T={format_level_values(self.T) or '-'} k={self.k}"
+                f"{' seeds=history' if self.history_seeds else ''}")
 
     def to_dict(self) -> dict:
         return {"start_level": self.start_level,
                 "ef": {str(k): v for k, v in sorted(self.ef.items(), reverse=True)},
                 "T": {str(k): v for k, v in sorted(self.T.items(), reverse=True)},
-                "k": self.k, "hnsw_ef": self.hnsw_ef}
+                "k": self.k, "hnsw_ef": self.hnsw_ef, "history_seeds": self.history_seeds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,15 +271,15 @@ class Retriever:
         scalar = tf.TensorSpec([], tf.int32)
 
         @tf.function(input_signature=[hist_spec, tf.TensorSpec([s + 1], tf.int32),
-                                      tf.TensorSpec([s], tf.int32), scalar])
-        def beam_fn(hist, ef, T, k):
+                                      tf.TensorSpec([s], tf.int32), scalar, hist_spec])
+        def beam_fn(hist, ef, T, k, seeds):
             from nann_tf.search.beam import beam_search
 
             b = tf.shape(hist)[0]
             scorer = self._scorer.bind(model.encode_user(hist), b)
             return beam_search(self._graph, scorer, b, ef={lv: ef[lv] for lv in range(s + 1)},
                                T={lv: T[lv] for lv in range(s)}, k=k,
-                               visited_impl=visited_impl)
+                               visited_impl=visited_impl, seed_ids=seeds)
 
         @tf.function(input_signature=[hist_spec, scalar, scalar])
         def hnsw_fn(hist, ef0, k):
@@ -288,17 +292,20 @@ class Retriever:
         self._beam_fn, self._hnsw_fn = beam_fn, hnsw_fn
         self._warm: set[str] = set()
 
-    def _run(self, name: str, fn, hist: np.ndarray, *params) -> RunResult:
+    def _run(self, name: str, fn, hist: np.ndarray, *params,
+             seeds: np.ndarray | None = None) -> RunResult:
         import tensorflow as tf
 
         hist = np.ascontiguousarray(hist, np.int32)
+        extra = () if seeds is None else (np.asarray(seeds, np.int32),)
         if name not in self._warm and len(hist):
-            fn(tf.constant(hist[:1]), *params)  # traces once; later calls reuse the graph
+            fn(tf.constant(hist[:1]), *params, *(tf.constant(x[:1]) for x in extra))  # traces once
             self._warm.add(name)
         ids, scored = [], []
         t0 = time.perf_counter()
         for i in range(0, len(hist), self.batch_size):
-            out_ids, _, n = fn(tf.constant(hist[i:i + self.batch_size]), *params)
+            out_ids, _, n = fn(tf.constant(hist[i:i + self.batch_size]), *params,
+                               *(tf.constant(x[i:i + self.batch_size]) for x in extra))
             ids.append(out_ids.numpy())
             scored.append(n.numpy())
         seconds = time.perf_counter() - t0
@@ -308,8 +315,9 @@ class Retriever:
                          seconds)
 
     def beam(self, hist: np.ndarray, ef: Mapping[int, int], T: Mapping[int, int],
-             k: int) -> RunResult:
-        """Beam-retrieval of the top ``k`` for every row of ``hist`` [U, L].
+             k: int, history_seeds: bool = True) -> RunResult:
+        """Beam-retrieval of the top ``k`` for every row of ``hist`` [U, L], each query seeded
+        with its own history items unless ``history_seeds`` is False.
 
         ``ef`` needs levels ``S..0`` and ``T`` levels ``S-1..0`` (validated by
         :meth:`SearchParams.checked`).
@@ -319,7 +327,10 @@ class Retriever:
         s = self.start_level
         ef_v = tf.constant([int(ef[lv]) for lv in range(s + 1)], tf.int32)
         t_v = tf.constant([int(T[lv]) for lv in range(s)], tf.int32, shape=[s])
-        return self._run("beam", self._beam_fn, hist, ef_v, t_v, tf.constant(int(k)))
+        hist = np.asarray(hist, np.int32)
+        seeds = hist if history_seeds else hist[:, :0]  # no seed columns: E = 0
+        return self._run("beam", self._beam_fn, hist, ef_v, t_v, tf.constant(int(k)),
+                         seeds=seeds)
 
     def hnsw(self, hist: np.ndarray, ef0: int, k: int) -> RunResult:
         """HNSW-retrieval (greedy upper levels, best-first level 0 with ``ef0``)."""
@@ -394,7 +405,7 @@ PERTURBATION_FIELDS = ["series", "model", "fgsm_eps", "radius", "top_m", "bin_lo
 
 def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids: np.ndarray,
               ms: Sequence[int], *, method: str, settings: Iterable, k: int,
-              base: Mapping[str, Any], progress=None) -> list[dict]:
+              base: Mapping[str, Any], progress=None, history_seeds: bool = True) -> list[dict]:
     """One row of metrics per parameter point.
 
     Args:
@@ -407,6 +418,7 @@ def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids
       k: results per query.
       base: fixed columns copied into every row (figure, series, model, fgsm_eps).
       progress: optional ``callable(str)`` told about each point.
+      history_seeds: beam points seed each query with its history.
 
     Returns:
       Rows with the keys :data:`CURVE_FIELDS` + :func:`metric_fields` ``(ms)``.
@@ -417,7 +429,7 @@ def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids
     for point in settings:
         if method == "beam":
             ef, T = point
-            res = retriever.beam(hist, ef, T, k)
+            res = retriever.beam(hist, ef, T, k, history_seeds)
             cols = {"ef": format_level_values(ef), "T": format_level_values(T), "hnsw_ef": ""}
         elif method == "hnsw":
             res = retriever.hnsw(hist, int(point), k)

@@ -86,8 +86,12 @@ def exact_topk(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def replay(graph, start_level: int, scores: np.ndarray, ef: Mapping[int, int],
-           T: Mapping[int, int], k: int, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+           T: Mapping[int, int], k: int, num_threads: int = 1,
+           seeds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The beam search's result on precomputed ``scores`` [U, N + 1].
+
+    ``seeds`` [U, E] (0 = none) are per-query entry items, as the beam search's ``seed_ids``
+    (the serving model seeds with the user's history).
 
     Returns:
       ``(ids int64 [U, k] (0 = padding), num_scored int64 [U])``.
@@ -103,7 +107,8 @@ def replay(graph, start_level: int, scores: np.ndarray, ef: Mapping[int, int],
     ids, _, scored = core.beam_search_replay(
         levels, graph.start_nodes(start_level).astype(np.int64), scores,
         {int(a): int(b) for a, b in ef.items() if int(a) <= start_level},
-        {int(a): int(b) for a, b in T.items() if int(a) < start_level}, int(k), num_threads)
+        {int(a): int(b) for a, b in T.items() if int(a) < start_level}, int(k), num_threads,
+        None if seeds is None else np.asarray(seeds, np.int64))
     return np.maximum(ids, 0), scored
 
 
@@ -188,8 +193,10 @@ def _coverage(ids: np.ndarray, exact: np.ndarray, k: int) -> float:
 
 
 def replay_grid(graph, start_level: int, scores: np.ndarray, exact: np.ndarray,
-                grid: Sequence[Setting], k: int, threads: int = 0, progress=None) -> list[dict]:
-    """Replays every setting; one row per setting.
+                grid: Sequence[Setting], k: int, threads: int = 0, progress=None,
+                seeds: np.ndarray | None = None) -> list[dict]:
+    """Replays every setting (with the per-query ``seeds``, see :func:`replay`); one row per
+    setting.
 
     Returns:
       Rows ``{"ef", "T", "coverage", "items_scored", "scored_fraction"}`` (items scored: mean
@@ -200,7 +207,7 @@ def replay_grid(graph, start_level: int, scores: np.ndarray, exact: np.ndarray,
 
     def one(setting):
         ef, T = setting
-        ids, scored = replay(graph, start_level, scores, ef, T, k, num_threads=1)
+        ids, scored = replay(graph, start_level, scores, ef, T, k, num_threads=1, seeds=seeds)
         mean = float(np.mean(scored))
         return {"ef": dict(ef), "T": dict(T), "coverage": _coverage(ids, exact, k),
                 "items_scored": mean, "scored_fraction": mean / n}
@@ -233,7 +240,7 @@ def choose(rows: Sequence[dict], target: float) -> dict | None:
 
 def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: float,
          grid: Sequence[Setting], threads: int = 0, visited_impl: str = "tf",
-         batch_size: int = 16, progress=None) -> dict:
+         batch_size: int = 16, progress=None, history_seeds: bool = True) -> dict:
     """Finds the cheapest setting of ``grid`` with coverage@k >= ``target`` on these users.
 
     Args:
@@ -246,6 +253,7 @@ def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: fl
       threads: replay threads (0: all cores).
       visited_impl / batch_size: for the TensorFlow check.
       progress: optional ``callable(str)``.
+      history_seeds: seed each user's search with their history (as the exported model does).
 
     Returns:
       ``{"users", "k", "target", "start_level", "num_items", "rows", "pareto", "chosen",
@@ -264,13 +272,14 @@ def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: fl
     exact = exact_topk(scores, k)
     t1 = time.perf_counter()
     say(f"replaying {len(grid)} settings")
+    seeds = np.asarray(hist, np.int64) if history_seeds else None
     rows = replay_grid(index.graph, start_level, scores, exact, grid, k, threads,
-                       progress=lambda d, t: say(f"  {d}/{t} settings"))
+                       progress=lambda d, t: say(f"  {d}/{t} settings"), seeds=seeds)
     t2 = time.perf_counter()
     chosen = choose(rows, target)
     check_row = chosen or max(rows, key=lambda r: (r["coverage"], -r["items_scored"]))
     retriever = Retriever(model, index, start_level, visited_impl, batch_size)
-    res = retriever.beam(hist, check_row["ef"], check_row["T"], k)
+    res = retriever.beam(hist, check_row["ef"], check_row["T"], k, history_seeds)
     check = {"ef": check_row["ef"], "T": check_row["T"],
              "tf_coverage": _coverage(res.ids, exact, k),
              "replay_coverage": check_row["coverage"],
@@ -279,6 +288,7 @@ def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: fl
              "tf_ms_per_query": res.ms_per_query}
     t3 = time.perf_counter()
     return {"users": int(len(hist)), "k": int(k), "target": float(target),
+            "history_seeds": bool(history_seeds),
             "start_level": int(start_level), "num_items": int(n), "rows": rows,
             "pareto": pareto_frontier(rows), "chosen": chosen, "check": check,
             "seconds": {"score": t1 - t0, "replay": t2 - t1, "tf_check": t3 - t2}}

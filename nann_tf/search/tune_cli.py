@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--T-grid", default=None,
                    help="T candidates per level below S, e.g. '0=1,2,3' (default 0=1,2,3,4,6,8,12; "
                         "1,2 above)")
+    p.add_argument("--history-seeds", action=argparse.BooleanOptionalAction, default=None,
+                   help="seed each query's beam search with its history items, as the exported "
+                        "model does (default: the model config's search.history_seeds)")
     p.add_argument("--threads", type=int, default=0, help="replay threads (0: all cores)")
     p.add_argument("--visited", choices=["tf", "bitmap"], default="tf",
                    help="visited set of the TensorFlow check")
@@ -108,10 +111,12 @@ def run(args: argparse.Namespace) -> int:
     if len(hist) == 0:
         raise CliError(f"--data {args.data} has no validation users to tune on")
 
+    seeds = sc.history_seeds if args.history_seeds is None else args.history_seeds
     res = tune(entry.model, entry.index, hist, start_level=s, k=k, target=args.target_coverage,
-               grid=grid, threads=args.threads, visited_impl=args.visited, progress=log.info)
+               grid=grid, threads=args.threads, visited_impl=args.visited, progress=log.info,
+               history_seeds=seeds)
     print(f"tuned on {res['users']} validation users, {res['num_items']} items, k={k}, start "
-          f"level {s}: {len(grid)} settings replayed in {res['seconds']['replay']:.1f}s "
+          f"level {s}, {'history seeds' if seeds else 'no seeds'}: {len(grid)} settings replayed in {res['seconds']['replay']:.1f}s "
           f"(scores {res['seconds']['score']:.1f}s)")
     print("Pareto frontier (items scored per query vs coverage@k against brute force):")
     print(format_frontier(res))
@@ -130,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
               f"{{ {', '.join(f'{json.dumps(str(a))} = {b}' for a, b in c['ef'].items())} }}")
         if c["T"]:
             print(f"    T = {{ {', '.join(f'{json.dumps(str(a))} = {b}' for a, b in c['T'].items())} }}")
+        print(f"    history_seeds = {'true' if seeds else 'false'}")
     print(f"TensorFlow beam search check (ef={_fmt(chk['ef'])} T={_fmt(chk['T'])}, visited "
           f"{args.visited}): coverage@{k} {chk['tf_coverage']:.4f} (replay "
           f"{chk['replay_coverage']:.4f}), items scored {chk['tf_items_scored']:.1f} (replay "
