@@ -155,12 +155,14 @@ def at_equal_cost(curves, m: int) -> list[dict]:
 
 
 def latency(model, index, hist, params, visited: str, batches, repeats: int,
-            ef=None, T=None, brute: bool = True, history_seeds=None) -> dict:
-    """Median ms per batch and per query for the beam search (and in-graph brute force)."""
+            ef=None, T=None, brute: bool = True, history_seeds=None, xla: bool = False) -> dict:
+    """Median ms per batch and per query for the beam search (and in-graph brute force with
+    the same scorer). ``xla``: both score with XLA over the exported model's shape grid (every
+    grid size compiled before timing), as TF Serving runs the export."""
     import tensorflow as tf
 
-    from nann_tf.model.scorer import ModelScorer
-    from nann_tf.search.brute_force import brute_force
+    from nann_tf.model.scorer import ModelScorer, ShapeGrid
+    from nann_tf.search.brute_force import DEFAULT_CHUNK_SIZE, brute_force
     from nann_tf.search.sweep import Retriever
 
     ef = params.ef if ef is None else ef
@@ -168,19 +170,33 @@ def latency(model, index, hist, params, visited: str, batches, repeats: int,
     seeds = params.history_seeds if history_seeds is None else history_seeds
     out = {}
     table = tf.constant(index.embeddings)
-    scorer = ModelScorer(model, table)
     n = index.num_items
+    grid = (ShapeGrid.for_search(index.graph, params.start_level, 2 * max(ef.values()),
+                                 hist.shape[1]) if xla else None)
+    scorer = ModelScorer(model, table, grid)
+    chunk = min(DEFAULT_CHUNK_SIZE, grid.max_size) if grid else DEFAULT_CHUNK_SIZE
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
     def bf_fn(h):
         b = tf.shape(h)[0]
-        return brute_force(scorer.bind(model.encode_user(h), b), b, n, params.k)
+        return brute_force(scorer.bind(model.encode_user(h), b), b, n, params.k,
+                           chunk_size=chunk)
 
     for b in batches:
-        r = Retriever(model, index, params.start_level, visited, batch_size=b)
+        def batch_of(i, b=b):  # the i-th batch of b users (wrapping around a small test set)
+            return hist[np.arange(i * b, (i + 1) * b) % len(hist)]
+
+        r = Retriever(model, index, params.start_level, visited, batch_size=b, grid=grid)
+        if grid is not None:
+            t0 = time.perf_counter()
+            r.warm_up(hist, [b])
+            if brute:
+                bf_fn(tf.constant(hist[:b]))  # its chunk widths: one full, one last
+            log(f"XLA: compiled {len(grid.sizes)} grid sizes at B={b} in "
+                f"{time.perf_counter() - t0:.0f}s")
         times = []
         for i in range(repeats):
-            res = r.beam(hist[(i + 1) * b:(i + 2) * b], ef, T, params.k, seeds)  # 0 warms up
+            res = r.beam(batch_of(i + 1), ef, T, params.k, seeds)  # batch 0 warms up
             times.append(res.seconds)
         row = {"beam_ms_per_batch": 1000 * float(np.median(times)),
                "beam_items_scored": float(np.mean(res.num_scored))}
@@ -190,14 +206,14 @@ def latency(model, index, hist, params, visited: str, batches, repeats: int,
             times = []
             for i in range(max(1, repeats // 2)):
                 t0 = time.perf_counter()
-                ids, _, _ = bf_fn(tf.constant(hist[(i + 1) * b:(i + 2) * b]))
+                ids, _, _ = bf_fn(tf.constant(batch_of(i + 1)))
                 ids.numpy()
                 times.append(time.perf_counter() - t0)
             row["brute_ms_per_batch"] = 1000 * float(np.median(times))
             row["brute_ms_per_query"] = row["brute_ms_per_batch"] / b
             row["speedup"] = row["brute_ms_per_query"] / row["beam_ms_per_query"]
         out[str(b)] = row
-        log(f"latency B={b}: {row}")
+        log(f"latency B={b}{' (XLA)' if xla else ''}: {row}")
     return out
 
 
@@ -273,6 +289,19 @@ def markdown(res: dict) -> str:
                  f"{fmt(row.get('brute_ms_per_query'), 1)} | {fmt(row.get('speedup'), 1)}x | "
                  + (f"{row['brute_ms_per_query'] / tuned['beam_ms_per_query']:.1f}x |"
                     if tuned and 'brute_ms_per_query' in row else "- |"))
+    if res["latency"].get("config_xla"):
+        L += ["", "With XLA scoring over the export's shape grid (as TF Serving runs the exported "
+              "model; every grid size compiled before timing), beam at the config's parameters "
+              "vs brute force with the same XLA scorer:", "",
+              "| batch | beam (config, XLA) | brute force (XLA) | speed-up | speed-up vs the faster "
+              "brute force |", "|---|---|---|---|---|"]
+        for b, row in res["latency"]["config_xla"].items():
+            fastest = min(x for x in (row.get("brute_ms_per_query"),
+                                      res["latency"]["config"].get(b, {}).get(
+                                          "brute_ms_per_query")) if x)
+            L.append(f"| {b} | {fmt(row['beam_ms_per_query'], 2)} | "
+                     f"{fmt(row.get('brute_ms_per_query'), 1)} | {fmt(row.get('speedup'), 1)}x | "
+                     f"{fastest / row['beam_ms_per_query']:.1f}x |")
     names = list(dict.fromkeys(r["series"] for r in res["equal_cost"]))
     L += ["", f"## Beam vs HNSW-retrieval at equal items scored (coverage@{m})", "",
           "Each series' upper envelope over the sweep (points no cheaper point of the same "
@@ -334,6 +363,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--latency-repeats", type=int, default=20,
                     help="timed batches per batch size (brute force: half as many)")
+    ap.add_argument("--no-xla-latency", action="store_true",
+                    help="skip the latency run with XLA scoring (as served)")
     ap.add_argument("--sweep-scales", default="0.5,1,2")
     ap.add_argument("--sweep-T0", default="1,2,3,6,10")
     ap.add_argument("--sweep-hnsw-ef", default=None,
@@ -470,6 +501,9 @@ def main(argv=None) -> int:
         lat["paper"] = latency(primary.model, primary.index, hist, params, visited, (1, 16),
                                args.latency_repeats, T={**params.T, 1: 1, 0: 3}, brute=False,
                                history_seeds=False)
+    if not args.no_xla_latency:
+        lat["config_xla"] = latency(primary.model, primary.index, hist, params, visited,
+                                    (1, 16), args.latency_repeats, xla=True)
     stages["latency"] = time.perf_counter() - t
     stages["total"] = time.perf_counter() - t_all
 
@@ -492,11 +526,12 @@ def main(argv=None) -> int:
              "value": round(tuned_eval["scored_fraction"], 4),
              "met": tuned_eval["scored_fraction"] <= TARGET_SCORED_FRACTION}]
     for b in ("1", "16"):
-        for which in ("config", "tuned"):
+        for which in ("config", "tuned", "config_xla"):
             row = lat.get(which, {}).get(b)
             if row is None:
                 continue
-            brute = lat["config"][b].get("brute_ms_per_query")
+            base_lat = lat["config_xla" if which == "config_xla" else "config"][b]
+            brute = base_lat.get("brute_ms_per_query")
             sp = brute / row["beam_ms_per_query"] if brute else None
             if sp is not None:
                 targets.append({"what": f"beam ({which}) >= {TARGET_SPEEDUP:g}x faster than "

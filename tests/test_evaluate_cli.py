@@ -1,8 +1,8 @@
 """``nann-tf evaluate --index``: the brute force / beam / HNSW / most-popular table on the CI model.
 
 The CI model (configs/ci-synth.toml, ~2000 items) is searched with its config's [search] table:
-start level 1, ef {1: 100, 0: 200}, T {0: 3}, k = 50, hnsw_ef = 200. When written, the beam
-reached coverage@50 0.99 scoring 59% of the corpus and HNSW-retrieval 0.99 scoring 28%.
+start level 1, ef {1: 100, 0: 200}, T {0: 4}, history seeds, k = 50, hnsw_ef = 200. Measured: the
+beam reached coverage@50 0.9996 scoring 56% of the corpus and HNSW-retrieval 0.99 scoring 28%.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from conftest import run_cli
 
 MIN_BEAM_COVERAGE_50 = 0.95   # beam vs brute force, CI search params
 MIN_HNSW_COVERAGE_50 = 0.90
+MIN_BEAM_COVERAGE_200 = 0.97  # the issue's target; measured 0.998 (k = 200, ef_0 = 200)
 MAX_BEAM_RECALL_DELTA_50 = 0.05
 NUMBER = r"(-?\d+\.\d+|-)"
 USERS = 160
@@ -94,6 +95,21 @@ def test_table_has_every_method_and_beam_matches_brute_force(evaluated):
     assert table["most popular"][3:] == ["-", "-"]
 
 
+def test_coverage_at_200_at_the_default_parameters(attention_model_dir, ci_dataset,
+                                                   ci_index_dir, tmp_path):
+    """Coverage@200 against brute force at the config's ef/T (k raised to 200 = ef_0, the
+    largest k these parameters allow; 10% of this corpus)."""
+    out = tmp_path / "eval200.json"
+    assert run_cli("evaluate", "--model", attention_model_dir, "--data", ci_dataset,
+                   "--index", ci_index_dir, "--users", USERS, "-k", 200, "--at", 200,
+                   "--output-json", out) == 0
+    res = json.loads(out.read_text())
+    assert res["params"]["T"] == {"0": 4} and res["params"]["history_seeds"] is True
+    beam = res["rows"]["beam"]
+    assert beam["coverage@200"] >= MIN_BEAM_COVERAGE_200, beam
+    assert beam["scored_fraction"] < 0.8
+
+
 def test_visited_tf_and_bitmap_give_the_same_results(attention_model_dir, ci_dataset,
                                                      ci_index_dir):
     if not _bitmap_available():
@@ -110,6 +126,28 @@ def test_visited_tf_and_bitmap_give_the_same_results(attention_model_dir, ci_dat
     for a, b in zip(runs["tf"], runs["bitmap"]):
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.num_scored, b.num_scored)
+
+
+def test_xla_grid_retriever_matches_the_plain_one(attention_model_dir, ci_dataset,
+                                                  ci_index_dir):
+    """Scoring with XLA over the export's shape grid (the latency benchmark's served setting)
+    returns what the plain scorer returns; the warm-up compiles through a graph call."""
+    from nann_tf.model.scorer import ShapeGrid
+
+    ds = Dataset.load(ci_dataset)
+    model, cfg, _ = load_trained_model(attention_model_dir)
+    index = load_index(ci_index_dir)
+    p = SearchParams.from_config(cfg.search).checked(index.graph.max_level)
+    hist = ds.test.hist[:24]
+    grid = ShapeGrid.for_search(index.graph, p.start_level, 2 * max(p.ef.values()),
+                                hist.shape[1])
+    assert grid.max_size >= len(index.graph.start_nodes(p.start_level)) + hist.shape[1]
+    xla = Retriever(model, index, p.start_level, "tf", batch_size=8, grid=grid)
+    xla.warm_up(hist, [8])
+    plain = Retriever(model, index, p.start_level, "tf", batch_size=8)
+    a, b = plain.beam(hist, p.ef, p.T, p.k), xla.beam(hist, p.ef, p.T, p.k)
+    assert (a.ids == b.ids).mean() >= 0.99
+    assert abs(int(a.num_scored.sum()) - int(b.num_scored.sum())) <= 0.01 * a.num_scored.sum()
 
 
 def _expect_error(capsys, *args, must_name):

@@ -121,12 +121,8 @@ class RetrievalModule(tf.Module):
         raw = np.asarray(index.raw_item_id, np.int64)
         order = np.argsort(raw[1:], kind="stable")
         start_nodes = graph.start_nodes(S)
-        M0 = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels[:1])
-        max_deg = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels)
-        # The widest round: the start level plus one history of seeds, or ef x degree.
-        width_cap = max(len(start_nodes) + int(max_len), search.max_ef * max(max_deg, M0, 1))
-        self.grid = ShapeGrid(max_size=max(16, min(width_cap, self.num_items + 1)),
-                              ratio=grid_ratio) if xla else None
+        self.grid = ShapeGrid.for_search(graph, S, search.max_ef, max_len,
+                                         grid_ratio) if xla else None
         with tf.device(CPU):
             self.item_table = tf.Variable(index.embeddings.astype(embedding_dtype),
                                           trainable=False, name="item_embeddings")

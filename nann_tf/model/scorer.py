@@ -77,6 +77,16 @@ class ShapeGrid:
     def to_list(self) -> list[int]:
         return list(self.sizes)
 
+    @classmethod
+    def for_search(cls, graph, start_level: int, max_ef: int, max_len: int,
+                   ratio: float = 1.25) -> "ShapeGrid":
+        """The grid a beam search over ``graph`` needs: up to the widest round, the start level
+        plus one history of seeds or ``max_ef`` x the largest degree (capped at the corpus)."""
+        max_deg = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels)
+        width_cap = max(len(graph.start_nodes(start_level)) + int(max_len),
+                        int(max_ef) * max(max_deg, 1))
+        return cls(max_size=max(16, min(width_cap, graph.num_items + 1)), ratio=ratio)
+
 
 class ModelScorer:
     """``scorer(row_ids, item_ids) -> scores`` for :func:`nann_tf.search.beam.beam_search`.

@@ -239,10 +239,13 @@ class Retriever:
       visited_impl: ``"tf"`` or ``"bitmap"`` (the C++ op).
       batch_size: queries per search call (bounds memory: a round scores up to
         ``batch_size x ef x neighbours`` candidates at once).
+      grid: score with XLA over this :class:`~nann_tf.model.scorer.ShapeGrid` (as the exported
+        model does; e.g. ``ShapeGrid.for_search(...)``; :meth:`warm_up` compiles it). None: no
+        XLA.
     """
 
     def __init__(self, model, index, start_level: int, visited_impl: str = "tf",
-                 batch_size: int = 16):
+                 batch_size: int = 16, grid=None):
         import tensorflow as tf
 
         from nann_tf.index.hnsw import graph_tensors
@@ -264,7 +267,8 @@ class Retriever:
         self.batch_size = int(batch_size)
         self.num_items = index.num_items
         self._graph = graph_tensors(index.graph, self.start_level)
-        self._scorer = ModelScorer(model, tf.constant(index.embeddings))
+        self.grid = grid
+        self._scorer = ModelScorer(model, tf.constant(index.embeddings), grid)
         self._bf = None
         s = self.start_level
         hist_spec = tf.TensorSpec([None, None], tf.int32)
@@ -290,7 +294,31 @@ class Retriever:
             return hnsw_search(self._graph, scorer, b, ef0=ef0, k=k, visited_impl=visited_impl)
 
         self._beam_fn, self._hnsw_fn = beam_fn, hnsw_fn
+        self._warm_fn = None
         self._warm: set[str] = set()
+
+    def warm_up(self, hist: np.ndarray, batch_sizes) -> None:
+        """With a grid: compiles the XLA score network for every grid size at these batch
+        sizes, through a graph call as the search makes it (else the first searches would pay
+        the compilations)."""
+        import tensorflow as tf
+
+        if self.grid is None:
+            return
+        if self._warm_fn is None:
+            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                          tf.TensorSpec([], tf.int32)])
+            def warm_fn(h, width):
+                b = tf.shape(h)[0]
+                rows = tf.repeat(tf.range(b), width)
+                ids = tf.tile(tf.range(1, width + 1), [b])
+                return self._scorer.score_pairs(self.model.encode_user(h), b, rows, ids)
+
+            self._warm_fn = warm_fn
+        for b in batch_sizes:
+            h = tf.constant(np.asarray(hist[:b], np.int32))
+            for w in self.grid.sizes:
+                self._warm_fn(h, tf.constant(min(w, self.num_items)))
 
     def _run(self, name: str, fn, hist: np.ndarray, *params,
              seeds: np.ndarray | None = None) -> RunResult:
