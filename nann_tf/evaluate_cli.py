@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search parameters (default: the model config's [search] table)")
     g.add_argument("--start-level", type=int, help="Beam-retrieval start level S")
     g.add_argument("--ef", help="beam width per level, e.g. 2=100,1=200,0=400")
-    g.add_argument("--T", help="max rounds per level below S, e.g. 1=1,0=3")
+    g.add_argument("--T", help="max rounds per level below S, e.g. 1=2,0=4")
     g.add_argument("-k", "--k", type=int, dest="k", help="items returned per query")
     g.add_argument("--hnsw-ef", type=int, help="HNSW-retrieval's level-0 beam ef0")
     g.add_argument("--history-seeds", action=argparse.BooleanOptionalAction, default=None,

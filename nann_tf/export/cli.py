@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--start-level", type=int, help="beam start level S (config default)")
     p.add_argument("--ef", help="beam widths per level, e.g. 2=100,1=200,0=400")
-    p.add_argument("--T", help="rounds per level, e.g. 1=1,0=3")
+    p.add_argument("--T", help="rounds per level, e.g. 1=2,0=4")
     p.add_argument("-k", type=int, help="results per query")
     p.add_argument("--history-seeds", action=argparse.BooleanOptionalAction, default=None,
                    help="seed each query's beam search with its own history items (default: "

@@ -69,7 +69,7 @@ def parse_level_values(text: str, name: str) -> dict[int, int]:
       ValueError: the text is not such a list, or a level appears twice.
     """
     out: dict[int, int] = {}
-    example = "2=100,1=200,0=400" if name.endswith("ef") else "1=1,0=3"
+    example = "2=100,1=200,0=400" if name.endswith("ef") else "1=2,0=4"
     for part in text.split(","):
         level, sep, value = part.strip().partition("=")
         try:
