@@ -276,7 +276,4 @@ class RetrievalModule(tf.Module):
         state = self.encode(dense)
         with tf.device(CPU):
             w = tf.clip_by_value(tf.reduce_max(width), 1, self.num_items)
-            rows = tf.repeat(tf.range(b), w)
-            ids = tf.tile(tf.range(1, w + 1), [b])
-        scores = self.scorer.score_pairs(state, b, rows, ids)
-        return {"scores": tf.reshape(scores, [b, -1])}
+        return {"scores": self.scorer.score_first_items(state, b, w)}

@@ -310,9 +310,7 @@ class Retriever:
                                           tf.TensorSpec([], tf.int32)])
             def warm_fn(h, width):
                 b = tf.shape(h)[0]
-                rows = tf.repeat(tf.range(b), width)
-                ids = tf.tile(tf.range(1, width + 1), [b])
-                return self._scorer.score_pairs(self.model.encode_user(h), b, rows, ids)
+                return self._scorer.score_first_items(self.model.encode_user(h), b, width)
 
             self._warm_fn = warm_fn
         for b in batch_sizes:
