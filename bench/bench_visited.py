@@ -257,7 +257,6 @@ def main(argv=None) -> int:
         sparse_rounds = [
             tf.RaggedTensor.from_value_rowids(r["ids"], r["rows"], nrows=batch).to_sparse()
             for r in rounds]
-        batch_t = batch  # static: the bitmap shape is known when tracing
         fused_args = (ids_list[0], rows_list[0], frontiers, frontier_rows, batch)
         methods = {
             "tf_sets": (sets_search(), (sparse_rounds, batch)),

@@ -23,6 +23,28 @@ def run_cli(*args: str) -> int:
     return cli_main([str(a) for a in args])
 
 
+def bitmap_available() -> bool:
+    """Whether the visited-bitmap op library is built (else its tests are skipped)."""
+    from nann_tf import ops
+
+    try:
+        ops.load_library()
+        return True
+    except ops.OpLibraryError:
+        return False
+
+
+def core_available() -> bool:
+    """Whether the pybind11 core (``nann_tf._nann_core``, the beam-search replay) is built."""
+    from nann_tf import ops
+
+    try:
+        ops.numpy_core()
+        return True
+    except ops.OpLibraryError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def ci_workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ci-pipeline")

@@ -12,18 +12,11 @@ from nann_tf.search.beam import beam_search, decode_keys, order_keys
 from nann_tf.search.brute_force import brute_force
 from nann_tf.search.metrics import coverage
 
+from conftest import bitmap_available, core_available
+
 N, DIM, B, K = 20000, 16, 48, 50
 
-
-def _bitmap_available() -> bool:
-    try:
-        ops.load_library()
-        return True
-    except ops.OpLibraryError:
-        return False
-
-
-BITMAP = _bitmap_available()
+BITMAP = bitmap_available()
 IMPLS = ["tf", pytest.param("bitmap", marks=pytest.mark.skipif(
     not BITMAP, reason="visited bitmap op library not built"))]
 
@@ -161,14 +154,6 @@ def test_no_item_scored_twice_and_num_scored_counts(corpus, impl):
     assert np.isin(returned, pairs).all()
 
 
-def _replay_available() -> bool:
-    try:
-        ops.numpy_core()
-        return True
-    except ops.OpLibraryError:
-        return False
-
-
 def history_like_seeds(rng, graph, batch, width=12):
     """Seeds as a history gives them: left padding (0), repeats, a start node, excluded items."""
     seeds = rng.integers(1, graph.num_items + 1, (batch, width)).astype(np.int32)
@@ -179,7 +164,7 @@ def history_like_seeds(rng, graph, batch, width=12):
     return seeds
 
 
-@pytest.mark.skipif(not _replay_available(), reason="nann_tf._nann_core not built")
+@pytest.mark.skipif(not core_available(), reason="nann_tf._nann_core not built")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("ef,T,k,seeded", [
     ({2: 100, 1: 200, 0: 400}, {1: 1, 0: 3}, K, False),

@@ -13,14 +13,13 @@ import re
 import numpy as np
 import pytest
 
-from nann_tf import ops
 from nann_tf.data.dataset import Dataset
 from nann_tf.index.hnsw import build_hnsw
 from nann_tf.index.store import ItemIndex, load_index, save_index
 from nann_tf.search.sweep import Retriever, SearchParams
 from nann_tf.train import load_trained_model
 
-from conftest import run_cli
+from conftest import bitmap_available, run_cli
 
 MIN_BEAM_COVERAGE_50 = 0.95   # beam vs brute force, CI search params
 MIN_HNSW_COVERAGE_50 = 0.90
@@ -28,14 +27,6 @@ MIN_BEAM_COVERAGE_200 = 0.97  # the issue's target; measured 0.993 (k = 200 = ef
 MAX_BEAM_RECALL_DELTA_50 = 0.05
 NUMBER = r"(-?\d+\.\d+|-)"
 USERS = 160
-
-
-def _bitmap_available() -> bool:
-    try:
-        ops.load_library()
-        return True
-    except ops.OpLibraryError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +103,7 @@ def test_coverage_at_200_at_the_default_parameters(attention_model_dir, ci_datas
 
 def test_visited_tf_and_bitmap_give_the_same_results(attention_model_dir, ci_dataset,
                                                      ci_index_dir):
-    if not _bitmap_available():
+    if not bitmap_available():
         pytest.skip("the visited bitmap op library is not built")
     ds = Dataset.load(ci_dataset)
     model, cfg, _ = load_trained_model(attention_model_dir)

@@ -7,25 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nann_tf import ops
 from nann_tf.index.hnsw import build_hnsw, graph_from_hnswlib, graph_tensors
 from nann_tf.search.brute_force import brute_force
 from nann_tf.search.hnsw_search import hnsw_search
 from nann_tf.search.metrics import coverage
 
+from conftest import bitmap_available
+
 NEG_INF = -np.inf
 
 
-def _bitmap_available() -> bool:
-    try:
-        ops.load_library()
-        return True
-    except ops.OpLibraryError:
-        return False
-
-
 IMPLS = ["tf", pytest.param("bitmap", marks=pytest.mark.skipif(
-    not _bitmap_available(), reason="visited bitmap op library not built"))]
+    not bitmap_available(), reason="visited bitmap op library not built"))]
 
 
 def table_scorer(table):

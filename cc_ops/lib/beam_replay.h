@@ -89,10 +89,10 @@ std::string ValidateBeamSearchParams(const BeamSearchParams& params,
 // Runs the replay for queries 0..batch-1 with up to `num_threads` threads
 // (<= 0: one per hardware thread). `seeds` is row-major [batch, num_seeds]
 // (0 = no seed; num_seeds may be 0 and seeds null); `scores` is row-major
-// [batch, num_items];
-// `levels[l]` is used for l < start_level. Writes out_ids[batch * k],
-// out_scores[batch * k] and out_num_scored[batch]. Validates everything first;
-// returns an empty string on success or a message naming the bad input.
+// [batch, num_items]; `levels[l]` is used for l < start_level. Writes
+// out_ids[batch * k], out_scores[batch * k] and out_num_scored[batch].
+// Validates everything first; returns an empty string on success or a message
+// naming the bad input.
 std::string BeamSearchReplay(const std::vector<CsrLevel>& levels,
                              const int64_t* start_nodes, int64_t num_start,
                              const int64_t* seeds, int64_t num_seeds,
