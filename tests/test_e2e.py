@@ -10,7 +10,6 @@ answer matters).
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import grpc
@@ -29,7 +28,7 @@ from nann_tf.serving.tensors import from_tensor_proto
 from nann_tf.serving.warmup import make_predict_request
 
 from conftest import run_cli
-from traffic import BackgroundTraffic, wait_for
+from traffic import BackgroundTraffic, fixed_load, wait_for
 
 MODEL = "nann"
 MAX_BATCH = 64
@@ -308,36 +307,8 @@ def test_at_least_twenty_kinds_of_bad_request():
 def test_eight_concurrent_clients_500_requests_each(served, v1, histories):
     pool = histories[:32]
     expected = [v1.run("serving_default", {"hist_item_ids": h[None]}) for h in pool]
-    errors, latencies = [], []
-    lock = threading.Lock()
-    barrier = threading.Barrier(9)
-
-    def client_thread(w):
-        mine = []
-        with RetrievalClient(served["address"], MODEL, timeout_s=60, retries=0) as client:
-            barrier.wait()
-            for i in range(500):
-                j = (7 * w + i) % len(pool)
-                t0 = time.perf_counter()
-                try:
-                    p = client.predict({"hist_item_ids": pool[j][None]}, version=1)
-                    mine.append(time.perf_counter() - t0)
-                    if not all(np.array_equal(p.outputs[a], expected[j][a]) for a in expected[j]):
-                        raise AssertionError(f"client {w} request {i}: wrong answer")
-                except Exception as e:  # collected, asserted below
-                    with lock:
-                        errors.append(repr(e))
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=client_thread, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    latencies, errors, elapsed = fixed_load(served["address"], MODEL, pool, expected, clients=8,
+                                            requests=500, stride=7, version=1, retries=0)
     assert errors == []
     assert len(latencies) == 8 * 500
     ms = np.asarray(latencies) * 1e3

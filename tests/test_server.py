@@ -26,7 +26,7 @@ from nann_tf.serving.tensors import from_tensor_proto
 from nann_tf.serving.toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
 from nann_tf.serving.warmup import make_predict_request
 
-from traffic import BackgroundTraffic
+from traffic import BackgroundTraffic, fixed_load, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
@@ -286,33 +286,8 @@ def test_concurrent_clients_get_correct_answers(served, eager):
     expected = [eager.signatures["serving_default"](hist_item_ids=tf.constant(h[None]))
                 for h in histories]
     expected = [{k: v.numpy() for k, v in e.items()} for e in expected]
-    errors, latencies = [], []
-    lock = threading.Lock()
-
-    def worker(w):
-        with RetrievalClient(served["address"], "toy", timeout_s=30) as client:
-            mine = []
-            for i in range(500):
-                j = (w + i) % len(histories)
-                t0 = time.perf_counter()
-                try:
-                    out = client.predict({"hist_item_ids": histories[j][None]}).outputs
-                    mine.append(time.perf_counter() - t0)
-                    if not all(np.array_equal(out[a], expected[j][a]) for a in expected[j]):
-                        raise AssertionError(f"wrong answer for history {j}")
-                except Exception as e:  # collected and asserted below
-                    with lock:
-                        errors.append(repr(e))
-            with lock:
-                latencies.extend(mine)
-
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    latencies, errors, elapsed = fixed_load(served["address"], "toy", histories, expected,
+                                            clients=8, requests=500, timeout_s=30)
     assert errors == []
     assert len(latencies) == 8 * 500
     ms = np.asarray(latencies) * 1e3
@@ -321,15 +296,6 @@ def test_concurrent_clients_get_correct_answers(served, eager):
 
 
 # --------------------------------------------------------------------------- versions
-def _wait_for(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_hot_swap_under_load_and_broken_version_refused(tmp_path):
     base = tmp_path / "toy"
     write_toy_model(base, 1, spec=SPEC, seed=5, score_offset=0.0)
@@ -343,18 +309,18 @@ def test_hot_swap_under_load_and_broken_version_refused(tmp_path):
     traffic = BackgroundTraffic(f"127.0.0.1:{port}", "toy", histories, clients=4, timeout_s=30)
     try:
         with traffic:
-            _wait_for(lambda: traffic.count(1) >= 50, 30, "requests on version 1")
+            wait_for(lambda: traffic.count(1) >= 50, 30, "requests on version 1")
             write_toy_model(base, 2, spec=SPEC, seed=6, score_offset=100.0)
-            _wait_for(lambda: traffic.count(2) >= 50, 60, "requests on version 2")
+            wait_for(lambda: traffic.count(2) >= 50, 60, "requests on version 2")
             corrupt_version(base, 3)
 
             def broken_refused():
                 rows = {r.version: r for r in server.manager.status("toy")}
                 return 3 in rows and rows[3].state == "END"
 
-            _wait_for(broken_refused, 30, "version 3 to be refused")
+            wait_for(broken_refused, 30, "version 3 to be refused")
             after_broken = traffic.count(2)
-            _wait_for(lambda: traffic.count(2) >= after_broken + 50, 30,
+            wait_for(lambda: traffic.count(2) >= after_broken + 50, 30,
                       "requests after the refusal")
     finally:
         status = {r.version: r for r in server.manager.status("toy")}

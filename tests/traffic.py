@@ -1,14 +1,62 @@
-"""Background gRPC traffic for hot-swap tests: clients query until stopped, recording which
-model version answered each request."""
+"""gRPC traffic for the serving tests: a fixed load checked against expected answers
+(:func:`fixed_load`), and background clients for hot-swap tests that query until stopped,
+recording which model version answered each request (:class:`BackgroundTraffic`)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import numpy as np
+
 from nann_tf.client import RetrievalClient
 
-__all__ = ["BackgroundTraffic", "wait_for"]
+__all__ = ["BackgroundTraffic", "fixed_load", "wait_for"]
+
+
+def fixed_load(address: str, model: str, histories, expected, *, clients: int = 8,
+               requests: int = 500, stride: int = 1, version: int | None = None,
+               timeout_s: float = 60, retries: int = 3) -> tuple[list, list, float]:
+    """``clients`` threads each send ``requests`` ``serving_default`` requests, one history row
+    each (client ``w``'s i-th request takes row ``(stride * w + i) % len(histories)``), and
+    compare every answer with ``expected[row]`` (a dict of output arrays).
+
+    Returns:
+      ``(latencies in seconds, errors, elapsed seconds)``; the clock starts once every client
+      is connected.
+    """
+    errors, latencies = [], []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+
+    def client_thread(w):
+        mine = []
+        with RetrievalClient(address, model, timeout_s=timeout_s, retries=retries) as client:
+            barrier.wait()
+            for i in range(requests):
+                j = (stride * w + i) % len(histories)
+                t0 = time.perf_counter()
+                try:
+                    out = client.predict({"hist_item_ids": histories[j][None]},
+                                         version=version).outputs
+                    mine.append(time.perf_counter() - t0)
+                    if not all(np.array_equal(out[a], expected[j][a]) for a in expected[j]):
+                        raise AssertionError(f"client {w} request {i}: wrong answer for "
+                                             f"history {j}")
+                except Exception as e:  # collected; the tests assert there are none
+                    with lock:
+                        errors.append(repr(e))
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client_thread, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return latencies, errors, time.perf_counter() - start
 
 
 def wait_for(predicate, timeout_s: float, what: str, errors: list | None = None) -> None:
