@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     for noisy in ("absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from nann_tf.cli import CliError
-    from nann_tf.demo_cli import format_table, run_demo
+    from nann_tf.cli.demo import format_table, run_demo
 
     name = os.path.splitext(os.path.basename(args.config))[0]
     out = args.out or os.path.join(REPO, "bench", "results", f"e2e-{name}.json")

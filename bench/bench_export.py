@@ -62,7 +62,7 @@ def main():
     ap.add_argument("--brute-requests", type=int, default=10,
                     help="brute_force signature requests per batch size (first variant)")
     args = ap.parse_args()
-    from nann_tf.export.cli import parse_levels
+    from nann_tf.cli.export import parse_levels
 
     variants = VARIANTS
     if args.variants:

@@ -23,8 +23,9 @@ from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
 from nann_tf.data.prepare import prepare_dataset
 from nann_tf.data.synth import generate_log, write_userbehavior_csv
-from nann_tf.evaluate_cli import evaluate_brute_force
-from nann_tf.train import load_trained_model, train
+from nann_tf.cli.evaluate import evaluate_brute_force
+from nann_tf.model.saved import load_trained_model
+from nann_tf.train import train
 
 VARIANTS = ("attention", "sum_pool", "two_tower")
 

@@ -83,7 +83,8 @@ def prepare(args, cfg, work: Path) -> dict:
 def train_model(cfg, work: Path, name: str, eps: float) -> dict:
     import copy
 
-    from nann_tf.train import MODEL_META, train
+    from nann_tf.model.saved import MODEL_META
+    from nann_tf.train import train
 
     out = work / name
     if (out / MODEL_META).is_file():
@@ -100,7 +101,7 @@ def train_model(cfg, work: Path, name: str, eps: float) -> dict:
 
 
 def build(work: Path, name: str) -> dict:
-    from nann_tf.index.cli import build_index
+    from nann_tf.cli.build_index import build_index
 
     out = work / f"index-{name}"
     reused = (out / "index.json").is_file()
@@ -163,7 +164,7 @@ def latency(model, index, hist, params, visited: str, batches, repeats: int,
 
     from nann_tf.model.scorer import ModelScorer, ShapeGrid
     from nann_tf.search.brute_force import DEFAULT_CHUNK_SIZE, brute_force
-    from nann_tf.search.sweep import Retriever
+    from nann_tf.evaluation.retriever import Retriever
 
     ef = params.ef if ef is None else ef
     T = params.T if T is None else T
@@ -377,10 +378,10 @@ def main(argv=None) -> int:
     from nann_tf import ops
     from nann_tf.config import load_config
     from nann_tf.data.dataset import Dataset
-    from nann_tf.evaluate_cli import (evaluate_retrieval, format_table, load_model_entry,
+    from nann_tf.cli.evaluate import (evaluate_retrieval, format_table, load_model_entry,
                                       run_sweep)
-    from nann_tf.search.metrics import summarize
-    from nann_tf.search.sweep import SearchParams, format_level_values
+    from nann_tf.evaluation.metrics import summarize
+    from nann_tf.evaluation.sweep import SearchParams, format_level_values
     from nann_tf.search.tune import default_grid, grid_from_lists, tune
 
     cfg = load_config(args.config)

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from nann_tf.search.beam import beam_search
     from nann_tf.search.brute_force import brute_force
     from nann_tf.search.hnsw_search import hnsw_search
-    from nann_tf.search.metrics import coverage
+    from nann_tf.evaluation.metrics import coverage
 
     rng = np.random.default_rng(0)
     n, d = args.items, args.dim

@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -109,20 +107,15 @@ def _request_pool(base: str | None, signature: str, batch: int, length: int, see
     return [rows[rng.integers(0, len(rows), size=batch)] for _ in range(256)]
 
 
-def _start_server(base: str, args) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "nann_tf.cli", "serve", "--host=127.0.0.1", "--port=0",
-           f"--model_name={args.model_name}", f"--model_base_path={base}",
-           f"--grpc_max_threads={args.grpc_max_threads}",
-           f"--max_batch_size={max(args.batch, 1024)}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=REPO)
-    for line in proc.stdout:
-        m = re.search(r"listening on ([\d.]+:\d+)", line)
-        if m:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, m.group(1)
-    raise SystemExit(f"server exited with status {proc.wait()} before listening: "
-                     f"{' '.join(cmd)}")
+def _start_server(base: str, args):
+    """``nann-tf serve`` on 127.0.0.1, a free port; returns the started ServerProcess."""
+    from nann_tf.serving.process import ServerProcess
+
+    server = ServerProcess(base, args.model_name, port=0, host="127.0.0.1",
+                           extra_args=[f"--grpc_max_threads={args.grpc_max_threads}",
+                                       f"--max_batch_size={max(args.batch, 1024)}"])
+    server.start(timeout_s=600)
+    return server
 
 
 def run_clients(address: str, args, pool) -> dict:
@@ -172,11 +165,12 @@ def main(argv=None) -> int:
     from nann_tf.serving.client import RetrievalClient
 
     with tempfile.TemporaryDirectory(prefix="nann-bench-") as tmp:
-        proc = None
+        server = None
         base = None
         model_desc = args.model_dir or args.server
         if args.toy:
-            from nann_tf.serving.toy_model import ToyModelSpec, write_toy_model
+            sys.path.insert(0, os.path.join(REPO, "tests"))  # the toy model is a test helper
+            from toy_model import ToyModelSpec, write_toy_model
 
             base = os.path.join(tmp, "toy")
             spec = ToyModelSpec(num_items=args.toy_items, dim=32, history_length=50,
@@ -189,7 +183,8 @@ def main(argv=None) -> int:
             if args.server:
                 address = args.server
             else:
-                proc, address = _start_server(base, args)
+                server = _start_server(base, args)
+                address = server.address
             with RetrievalClient(address, args.model_name, args.signature) as client:
                 version = client.wait_until_ready(timeout_s=600)
                 length = client.history_length(args.signature)
@@ -204,9 +199,8 @@ def main(argv=None) -> int:
                   flush=True)
             result = run_clients(address, args, pool)
         finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(60)
+            if server is not None:
+                server.stop(60)
     import tensorflow as tf
 
     report = {

@@ -26,8 +26,9 @@ from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
 from nann_tf.data.prepare import prepare_dataset
 from nann_tf.data.synth import generate_log, write_userbehavior_csv
-from nann_tf.model.trainer import NANNTrainer, NoiseDistribution
-from nann_tf.train import batch_generator, build_model
+from nann_tf.train.step import NANNTrainer, NoiseDistribution
+from nann_tf.model.saved import build_model
+from nann_tf.train import batch_generator
 
 import keras
 

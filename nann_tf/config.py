@@ -2,7 +2,9 @@
 
 A config file has one table per stage: ``[data]``, ``[model]``, ``[train]``, ``[index]``,
 ``[search]``. Every key is optional (the defaults below); an unknown key or a value of the wrong
-type is an error that names the file, the table and the key.
+type is an error that names the file, the table and the key. The ``[search]`` table is a
+:class:`nann_tf.search.params.SearchParams`, read and checked by that module's rules (the same
+ones every command applies to its ``--ef``/``--T`` flags).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from nann_tf.errors import UserError
+from nann_tf.search.params import SearchParams, SearchParamsError
+
 __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
     "IndexConfig",
-    "SearchConfig",
     "Config",
     "ConfigError",
     "load_config",
@@ -27,10 +31,10 @@ __all__ = [
     "CONFIG_DIR",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped as package data
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file is missing, malformed, or holds a bad value."""
 
 
@@ -116,35 +120,18 @@ class IndexConfig:
 
 
 @dataclasses.dataclass
-class SearchConfig:
-    """Beam-retrieval parameters. ef/T are keyed by level (as strings in TOML).
-
-    ``history_seeds``: each query's history items are extra entry points of its beam search.
-    The defaults (T one round more than the paper's on levels 1 and 0, with seeds) were chosen
-    on 300 validation users of the 1M synthetic corpus: coverage@200 0.992 there, against 0.70
-    with the paper's T and no seeds, at the same ~0.55% of the corpus scored
-    (bench/results/retrieval-synth-1m.md).
-    """
-
-    start_level: int = 2
-    ef: dict[str, int] = dataclasses.field(default_factory=lambda: {"2": 100, "1": 200, "0": 400})
-    T: dict[str, int] = dataclasses.field(default_factory=lambda: {"1": 2, "0": 4})
-    k: int = 200
-    hnsw_ef: int = 400
-    history_seeds: bool = True
-
-
-@dataclasses.dataclass
 class Config:
     name: str = "default"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
-    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    search: SearchParams = dataclasses.field(default_factory=SearchParams)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)
+               if f.name not in ("name", "search")}
+        return {"name": self.name, **out, "search": self.search.to_dict()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -155,7 +142,7 @@ _SECTIONS = {
     "model": ModelConfig,
     "train": TrainConfig,
     "index": IndexConfig,
-    "search": SearchConfig,
+    "search": SearchParams,
 }
 
 
@@ -191,7 +178,7 @@ def _validate(cfg: Config, src: str) -> None:
             f"{src}: [train] strategy must be default, mirrored or multi_worker, "
             f"got {cfg.train.strategy!r}")
     for section, key in [("data", "max_len"), ("model", "embedding_dim"), ("train", "batch_size"),
-                         ("train", "num_negatives"), ("index", "M"), ("search", "k")]:
+                         ("train", "num_negatives"), ("index", "M")]:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{src}: [{section}] {key} must be > 0")
     if cfg.train.fgsm_eps < 0:
@@ -225,6 +212,17 @@ def config_from_dict(raw: dict[str, Any], src: str = "<dict>", name: str = "cust
                               f"{', '.join(_SECTIONS)})")
         if not isinstance(value, dict):
             raise ConfigError(f"{src}: [{section}] must be a table")
+        if section == "search":
+            # One parser and one set of rules for search parameters, wherever they come from.
+            known = {k: v for k, v in value.items() if strict or k in SearchParams.FIELDS}
+            for key in sorted(set(value) - set(known)):
+                logging.getLogger(__name__).warning("%s: ignoring [search] %s (no longer a "
+                                                    "config key)", src, key)
+            try:
+                cfg.search = SearchParams.from_mapping(known, f"{src}: [search]")
+            except SearchParamsError as e:
+                raise ConfigError(str(e)) from e
+            continue
         obj = getattr(cfg, section)
         fields = {f.name for f in dataclasses.fields(obj)}
         for key, v in value.items():

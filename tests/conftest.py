@@ -1,7 +1,8 @@
 """Shared fixtures: one small generated dataset and trained models, built once per session.
 
-The CI-sized pipeline (synth -> prepare -> train) runs through the real CLI; later tests (index,
-search, export, serving) reuse its artefacts instead of training again.
+The CI-sized pipeline (synth -> prepare -> train -> build-index) runs once through
+:class:`nann_tf.pipeline.Pipeline`; later tests (index, search, export, serving) reuse its
+artefacts instead of training again.
 """
 
 from __future__ import annotations
@@ -51,43 +52,38 @@ def ci_workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ci_dataset(ci_workdir) -> Path:
-    """The CI-sized synthetic dataset directory."""
-    from nann_tf.config import load_config
+def ci_pipeline(ci_workdir):
+    """synth -> prepare -> train -> build-index of the CI config, through the pipeline runner
+    (the same one ``nann-tf demo`` and the bench scripts use; the CLI has its own tests)."""
+    from nann_tf.pipeline import Pipeline
 
-    dc = load_config(CI_CONFIG).data
-    log = ci_workdir / "log.csv"
-    assert run_cli("synth", "--users", dc.synth_users, "--items", dc.synth_items,
-                   "--categories", dc.synth_categories, "--events-per-user",
-                   dc.synth_events_per_user, "--seed", dc.synth_seed, "--output", log) == 0
-    out = ci_workdir / "data"
-    assert run_cli("prepare", "--format", "userbehavior", "--config", CI_CONFIG, "--input", log,
-                   "--output", out) == 0
-    return out
-
-
-def _train(ci_workdir: Path, ci_dataset: Path, variant: str) -> Path:
-    out = ci_workdir / f"model-{variant}"
-    assert run_cli("train", "--config", CI_CONFIG, "--data", ci_dataset, "--output", out,
-                   "--set", f"model.variant={variant}") == 0
-    return out
+    pipeline = Pipeline(ci_workdir, CI_CONFIG)
+    pipeline.run("build-index")
+    return pipeline
 
 
 @pytest.fixture(scope="session")
-def attention_model_dir(ci_workdir, ci_dataset) -> Path:
+def ci_dataset(ci_pipeline) -> Path:
+    """The CI-sized synthetic dataset directory."""
+    return ci_pipeline.paths["data"]
+
+
+@pytest.fixture(scope="session")
+def attention_model_dir(ci_pipeline) -> Path:
     """The NANN (attention) model trained with FGSM on the CI dataset."""
-    return _train(ci_workdir, ci_dataset, "attention")
+    return ci_pipeline.paths["model"]
 
 
 @pytest.fixture(scope="session")
 def two_tower_model_dir(ci_workdir, ci_dataset) -> Path:
-    return _train(ci_workdir, ci_dataset, "two_tower")
+    """The two-tower model on the same dataset (trained through the CLI)."""
+    out = ci_workdir / "model-two_tower"
+    assert run_cli("train", "--config", CI_CONFIG, "--data", ci_dataset, "--output", out,
+                   "--set", "model.variant=two_tower") == 0
+    return out
 
 
 @pytest.fixture(scope="session")
-def ci_index_dir(ci_workdir, ci_dataset, attention_model_dir) -> Path:
-    """The HNSW index of the attention model's item embeddings (built through the CLI)."""
-    out = ci_workdir / "index-attention"
-    assert run_cli("build-index", "--model", attention_model_dir, "--data", ci_dataset,
-                   "--output", out) == 0
-    return out
+def ci_index_dir(ci_pipeline) -> Path:
+    """The HNSW index of the attention model's item embeddings."""
+    return ci_pipeline.paths["index"]

@@ -10,7 +10,7 @@ from nann_tf import ops
 from nann_tf.index.hnsw import build_hnsw, graph_tensors, load
 from nann_tf.search.beam import beam_search, decode_keys, order_keys
 from nann_tf.search.brute_force import brute_force
-from nann_tf.search.metrics import coverage
+from nann_tf.evaluation.metrics import coverage
 
 from conftest import bitmap_available, core_available
 

@@ -9,11 +9,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-import nann_tf.client
 from nann_tf.cli import main
+from nann_tf.search.params import SearchParamsError
 from nann_tf.serving.client import RetrievalClient, ServingError, pad_histories
-from nann_tf.serving.server import ModelConfig, ModelServer, ServerOptions
-from nann_tf.serving.toy_model import ToyModelSpec, raw_item_ids, write_toy_model
+from nann_tf.serving.model_config import ServedModelConfig, ServerOptions
+from nann_tf.serving.server import ModelServer
+
+from toy_model import ToyModelSpec, raw_item_ids, write_toy_model
 
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
 RAW = raw_item_ids(SPEC.num_items)
@@ -23,7 +25,7 @@ RAW = raw_item_ids(SPEC.num_items)
 def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("models") / "toy"
     version_dir = write_toy_model(base, 4, spec=SPEC, seed=8)
-    server = ModelServer([ModelConfig("toy", str(base))],
+    server = ModelServer([ServedModelConfig("toy", str(base))],
                          ServerOptions(host="127.0.0.1", port=0,
                                        file_system_poll_wait_seconds=0))
     port = server.start()
@@ -45,12 +47,6 @@ def eager(served):
 def client(served):
     with RetrievalClient(served["address"], "toy", timeout_s=10) as c:
         yield c
-
-
-def test_nann_tf_client_re_exports_the_api():
-    assert nann_tf.client.RetrievalClient is RetrievalClient
-    assert nann_tf.client.ServingError is ServingError
-    assert set(nann_tf.client.__all__) >= {"RetrievalClient", "ServingError", "pad_histories"}
 
 
 def test_pad_histories_right_aligns_most_recent_last():
@@ -81,19 +77,19 @@ def test_retrieve_defaults_equal_the_in_process_model(client, eager):
 
 def test_retrieve_with_parameters_uses_the_retrieve_signature(client, eager):
     hist = [RAW[[2, 7]], RAW[[11, 12, 13]]]
-    item_ids, scores, num_scored = client.retrieve(hist, k=3, ef=[8, 4, 2], T=[2, 1, 0],
+    item_ids, scores, num_scored = client.retrieve(hist, k=3, ef="2=2,1=4,0=8", T="1=1,0=2",
                                                    exclude_item_ids=[[RAW[2]], []])
     padded = pad_histories(hist, SPEC.history_length)
     want = eager("retrieve", hist_item_ids=padded, k=np.full(2, 3, np.int32),
                  ef=np.tile(np.array([8, 4, 2], np.int32), (2, 1)),
-                 T=np.tile(np.array([2, 1, 0], np.int32), (2, 1)),
+                 T=np.tile(np.array([2, 1, 0], np.int32), (2, 1)),  # T[:, S] is unused
                  exclude_item_ids=np.array([[RAW[2]], [0]], np.int64))
     np.testing.assert_array_equal(item_ids, want["item_ids"])
     np.testing.assert_array_equal(scores, want["scores"])
     np.testing.assert_array_equal(num_scored, [SPEC.num_items - 1, SPEC.num_items])
     assert item_ids.shape == (2, 3) and RAW[2] not in item_ids[0]
     # One flat exclusion list applies to every row; per-row k.
-    ids, _, _ = client.retrieve(hist, k=[1, 2], ef=[8, 4, 2], T=[2, 1, 0],
+    ids, _, _ = client.retrieve(hist, k=[1, 2], ef={2: 2, 1: 4, 0: 8}, T={1: 1, 0: 2},
                                 exclude_item_ids=[int(item_ids[0, 0]), int(item_ids[1, 0])])
     assert ids[0, 0] not in item_ids[:, 0] and ids[0, 1] == 0  # row 0 asked for k=1
 
@@ -108,17 +104,19 @@ def test_brute_force_signature_has_no_num_scored(client, eager):
 def test_bad_arguments_are_caught_before_sending(client):
     with pytest.raises(ValueError, match="needs k, ef and T; missing ef, T"):
         client.retrieve([RAW[[1]]], k=3)
-    with pytest.raises(ValueError, match="ef must have shape"):
-        client.retrieve([RAW[[1]], RAW[[2]]], k=3, ef=[[8, 4, 2]] * 3, T=[1, 1, 1])
+    with pytest.raises(SearchParamsError, match="ef gives level 3, which the search does not use"):
+        client.retrieve([RAW[[1]], RAW[[2]]], k=3, ef="3=8,2=8,1=4,0=2", T="1=1,0=1")
+    with pytest.raises(SearchParamsError, match="ef '8,4,2': expected LEVEL=VALUE pairs"):
+        client.retrieve([RAW[[1]]], k=3, ef="8,4,2", T="1=1,0=1")
     with pytest.raises(ValueError, match="k does not fit in int32"):
-        client.retrieve([RAW[[1]]], k=2**40, ef=[8, 4, 2], T=[1, 1, 1])
+        client.retrieve([RAW[[1]]], k=2**40, ef="2=2,1=4,0=8", T="1=1,0=1")
     with pytest.raises(ValueError, match="need the retrieve signature"):
         client.retrieve([RAW[[1]]], k=3, signature="serving_default")
 
 
 def test_server_errors_carry_the_grpc_code(client):
     with pytest.raises(ServingError) as e:
-        client.retrieve([RAW[[1]]], k=0, ef=[8, 4, 2], T=[1, 1, 1])
+        client.retrieve([RAW[[1]], RAW[[2]]], k=[0, 3], ef="2=2,1=4,0=8", T="1=1,0=1")
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "k must be >= 1" in e.value.details
     with pytest.raises(ServingError) as e:
         client.predict({"hist_item_ids": np.zeros((1, 6), np.int64)}, version=99)
@@ -213,7 +211,7 @@ def test_query_cli_prints_the_ranking(served, eager, capsys):
     assert "3 items" in header and f"{SPEC.num_items} items scored" in header
 
     assert main(["query", "--server", served["address"], "--model", "toy", "--history",
-                 ",".join(map(str, hist)), "-k", "2", "--ef", "8,4,2", "--T", "2,1,0",
+                 ",".join(map(str, hist)), "-k", "2", "--ef", "2=2,1=4,0=8", "--T", "1=1,0=2",
                  "--exclude", str(ids[0])]) == 0
     header, ids2, _ = _query_rows(capsys.readouterr().out)
     assert ids2 == ids[1:3] and "signature retrieve" in header
@@ -234,7 +232,10 @@ def test_query_cli_truncates_a_long_history_to_the_most_recent_L(served, eager, 
     (["--history", "12,x"], "'x' is not an integer"),
     (["--history", "12", "--model", "nosuch"], "NOT_FOUND"),
     (["--history", "12", "-k", "3", "--signature", "retrieve"], "needs -k, --ef and --T"),
-    (["--history", "12", "--ef", "1,2,3", "--T", "1,1,1", "-k", "5"], "k must be <= ef"),
+    (["--history", "12", "--ef", "2=3,1=2,0=1", "--T", "1=1,0=1", "-k", "5"],
+     "ef for level 0 must be >= k"),
+    (["--history", "12", "--ef", "1,2,3", "--T", "1=1,0=1", "-k", "5"],
+     "--ef '1,2,3': expected LEVEL=VALUE pairs"),
     (["--history", "12", "--timeout", "0"], "--timeout"),
 ])
 def test_query_cli_errors_name_the_problem(served, capsys, argv, message):

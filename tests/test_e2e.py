@@ -19,11 +19,13 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from nann_tf import demo_cli
-from nann_tf.client import RetrievalClient
+from nann_tf import demo as demo_lib
+from nann_tf.pipeline import STATE_FILE, Pipeline
 from nann_tf.data.dataset import Dataset
 from nann_tf.export.export import EXPORT_INFO, export_version
+from nann_tf.serving.client import RetrievalClient
 from nann_tf.serving.loader import SessionModel
+from nann_tf.serving.process import ServerProcess
 from nann_tf.serving.tensors import from_tensor_proto
 from nann_tf.serving.warmup import make_predict_request
 
@@ -49,7 +51,7 @@ def exported(tmp_path_factory, attention_model_dir, ci_index_dir, ci_dataset):
 
 @pytest.fixture(scope="module")
 def served(exported, tmp_path_factory):
-    server = demo_cli.ServerProcess(
+    server = ServerProcess(
         exported, MODEL, log_path=tmp_path_factory.mktemp("e2e-log") / "serve.log",
         extra_args=[f"--max_batch_size={MAX_BATCH}", "--file_system_poll_wait_seconds=0.2",
                     "--max_num_load_retries=0"])
@@ -110,9 +112,10 @@ def _assert_same(got: dict, want: dict):
 def test_grpc_returns_exactly_the_in_process_search(served, v1, info, histories,
                                                     attention_model_dir, ci_index_dir):
     """gRPC == the same SavedModel in-process (SessionModel) == the in-memory module."""
-    from nann_tf.export.module import RetrievalModule, SearchDefaults
+    from nann_tf.export.module import RetrievalModule
+    from nann_tf.search.params import SearchParams
     from nann_tf.index.store import load_index
-    from nann_tf.train import load_trained_model
+    from nann_tf.model.saved import load_trained_model
 
     hist = histories[:8]
     top = v1.run("serving_default", {"hist_item_ids": hist})["item_ids"][:, :2]
@@ -126,9 +129,10 @@ def test_grpc_returns_exactly_the_in_process_search(served, v1, info, histories,
     model, _, meta = load_trained_model(attention_model_dir)
     s = info["search"]
     module = RetrievalModule(model, load_index(ci_index_dir), meta["max_len"],
-                             SearchDefaults(s["start_level"], s["ef"], s["T"], s["k"],
-                                            s["max_ef"]),
-                             info["visited"], info["xla"], info["embedding_dtype"])
+                             SearchParams.from_mapping({k: v for k, v in s.items()
+                                                        if k != "max_ef"}),
+                             max_ef=s["max_ef"], visited_impl=info["visited"], xla=info["xla"],
+                             embedding_dtype=info["embedding_dtype"])
     for signature, inputs in requests.items():
         got = _predict(served, signature, inputs)
         _assert_same(got, v1.run(signature, inputs))
@@ -416,14 +420,14 @@ def test_demo_runs_end_to_end_then_reuses_its_artefacts(tmp_path, capsys, monkey
     work = tmp_path / "work"
     assert run_cli("demo", "--workdir", work, "--config", config, "--queries", "30") == 0
     out = capsys.readouterr().out
-    for stage in demo_cli.STAGES:
+    for stage in demo_lib.STAGES:
         assert f"] {stage}: " in out
     for row in ("beam search (serving_default)", "brute force (brute_force)", "recall@20",
                 "coverage@20", "p50 ms", "p99 ms"):
         assert row in out
-    first = json.loads((work / demo_cli.RESULTS_FILE).read_text())
+    first = json.loads((work / demo_lib.RESULTS_FILE).read_text())
     assert {s: r["status"] for s, r in first["stages"].items()} == {s: "ran"
-                                                                     for s in demo_cli.STAGES}
+                                                                     for s in demo_lib.STAGES}
     assert first["server_exit_status"] == 0
     q = first["query"]
     assert q["users"] == 30 and q["k"] == 20 and q["model_versions"] == [1]
@@ -433,13 +437,13 @@ def test_demo_runs_end_to_end_then_reuses_its_artefacts(tmp_path, capsys, monkey
     assert 20 <= beam["items_scored"] <= q["num_items"]
     assert 0 <= beam["recall@20"] <= 1 and beam["p99_ms"] >= beam["p50_ms"] > 0
     for path in ("log.csv", "data/meta.json", "model/model.json", "index/index.json",
-                 "models/nann/1/saved_model.pb", "logs/serve.log", demo_cli.STATE_FILE):
+                 "models/nann/1/saved_model.pb", "logs/serve.log", STATE_FILE):
         assert (work / path).exists(), path
 
     # Second run: every artefact is reused, the same version is served again.
     assert run_cli("demo", "--workdir", work, "--config", config, "--queries", "30") == 0
     out = capsys.readouterr().out
-    second = json.loads((work / demo_cli.RESULTS_FILE).read_text())
+    second = json.loads((work / demo_lib.RESULTS_FILE).read_text())
     for stage in ("synth", "prepare", "train", "build-index", "export"):
         assert second["stages"][stage]["status"] == "reused", stage
         assert f"] {stage}: reusing" in out
@@ -451,12 +455,12 @@ def test_demo_runs_end_to_end_then_reuses_its_artefacts(tmp_path, capsys, monkey
     # A server that does not come up in time is stopped, and the demo says why.
     started = []
 
-    class Recording(demo_cli.ServerProcess):
+    class Recording(ServerProcess):
         def start(self, timeout_s=600.0):
             started.append(self)
             return super().start(timeout_s)
 
-    monkeypatch.setattr(demo_cli, "ServerProcess", Recording)
+    monkeypatch.setattr(demo_lib, "ServerProcess", Recording)
     assert run_cli("demo", "--workdir", work, "--config", config, "--server-timeout",
                    "0.3") == 2
     assert "did not start listening within" in capsys.readouterr().err
@@ -468,10 +472,10 @@ def test_demo_refuses_foreign_outputs_and_bad_arguments(tmp_path, capsys):
     work.mkdir()
     (work / "log.csv").write_text("precious,data\n")
     assert run_cli("demo", "--workdir", work) == 2
-    assert "not written by `nann-tf demo`" in capsys.readouterr().err
+    assert "not written by this pipeline" in capsys.readouterr().err
     assert (work / "log.csv").read_text() == "precious,data\n"
     assert run_cli("demo", "--workdir", tmp_path / "x", "--queries", "0") == 2
-    assert "--queries" in capsys.readouterr().err
+    assert "queries must be >= 1" in capsys.readouterr().err
     assert run_cli("demo", "--workdir", tmp_path / "x", "--config", "nosuchconfig") == 2
     assert "nosuchconfig" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
@@ -479,10 +483,13 @@ def test_demo_refuses_foreign_outputs_and_bad_arguments(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
-def test_stage_keys_invalidate_exactly_the_downstream_stages():
+def test_stage_keys_invalidate_exactly_the_downstream_stages(tmp_path):
     from nann_tf.config import load_config
 
-    base = demo_cli._stage_keys(load_config("ci-synth"), "nann")
+    def stage_keys(cfg, model_name):
+        return Pipeline(tmp_path, cfg, model_name=model_name).stage_keys()
+
+    base = stage_keys(load_config("ci-synth"), "nann")
     changed = {
         "search.k": ["export"],
         "index.M": ["build-index", "export"],
@@ -493,6 +500,6 @@ def test_stage_keys_invalidate_exactly_the_downstream_stages():
     for dotted, stages in changed.items():
         value = {"search.k": 40, "index.M": 16, "model.item_dim": 8, "data.max_len": 30,
                  "data.synth_seed": 9}[dotted]
-        keys = demo_cli._stage_keys(load_config("ci-synth", {dotted: value}), "nann")
+        keys = stage_keys(load_config("ci-synth", {dotted: value}), "nann")
         assert sorted(s for s in keys if keys[s] != base[s]) == sorted(stages), dotted
-    assert demo_cli._stage_keys(load_config("ci-synth"), "other")["export"] != base["export"]
+    assert stage_keys(load_config("ci-synth"), "other")["export"] != base["export"]

@@ -14,6 +14,7 @@ from nann_tf.export.export import EXPORT_INFO, ExportError, export_version
 from nann_tf.export.validate import graph_op_types
 from nann_tf.index.store import load_index
 from nann_tf.serving.loader import SessionModel
+from nann_tf.search.params import SearchParamsError
 from nann_tf.serving.warmup import read_warmup_requests
 
 from conftest import run_cli
@@ -54,8 +55,8 @@ def test_history_seeds_on_by_default_and_same_as_the_offline_search(
     """The export seeds each request's beam search with its own history (unless
     --no-history-seeds): both exports return what the offline Retriever returns with the same
     setting, and the two settings differ."""
-    from nann_tf.search.sweep import Retriever
-    from nann_tf.train import load_trained_model
+    from nann_tf.evaluation.retriever import Retriever
+    from nann_tf.model.saved import load_trained_model
 
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                    "--output", tmp_path / "plain", "--visited", "tf", "--no-xla",
@@ -137,13 +138,15 @@ def test_warmup_file_decodes_and_covers_every_grid_size(v_xla):
 
 def test_every_search_round_is_padded_to_a_grid_size(ci_index_dir, attention_model_dir, queries):
     """Counts the shapes the XLA scorer sees over many queries: all on the grid."""
-    from nann_tf.export.module import RetrievalModule, SearchDefaults
-    from nann_tf.train import load_trained_model
+    from nann_tf.export.module import RetrievalModule
+    from nann_tf.search.params import SearchParams
+    from nann_tf.model.saved import load_trained_model
 
     hist, idx = queries
     model, cfg, meta = load_trained_model(attention_model_dir)
     mod = RetrievalModule(model, idx, meta["max_len"],
-                          SearchDefaults(1, {1: 100, 0: 200}, {0: 3}, 50, 400), "tf", True)
+                          SearchParams(1, {1: 100, 0: 200}, {0: 3}, 50), max_ef=400,
+                          visited_impl="tf", xla=True)
     seen = []
     inner = mod.scorer._score
 
@@ -261,10 +264,10 @@ def test_existing_version_is_refused_and_failed_export_leaves_nothing(
     stale = base / ".tmp-9-999999"
     stale.mkdir()
     monkeypatch.undo()
-    with pytest.raises(ExportError, match="k=500 > ef"):
+    with pytest.raises(SearchParamsError, match="k = 500 is larger than ef for level 0"):
         export_version(attention_model_dir, ci_index_dir, base, k=500)
     assert stale.exists(), "parameters are checked before anything is written"
-    export_mod._clean_stale_tmp(base)
+    export_mod.clean_stale_tmp(base)
     assert not stale.exists()
     assert not any(p.name.startswith(".tmp") for p in base.iterdir())
 
@@ -279,7 +282,7 @@ def test_export_cli_bad_inputs(tmp_path, attention_model_dir, ci_index_dir, caps
     assert "index.json" in capsys.readouterr().err
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                    "--output", out, "--ef", "1:100") == 2
-    assert "LEVEL=VALUE" in capsys.readouterr().err
+    assert "--ef '1:100': expected LEVEL=VALUE" in capsys.readouterr().err
     assert not out.exists() or not any(p.name.isdigit() for p in out.iterdir())
 
 
@@ -291,7 +294,7 @@ def test_warmup_records_cover_grid_at_each_batch_size_and_replay_a_request_log(t
     write_warmup_requests(log, "nann", "serving_default",
                           [{"hist_item_ids": hist[:2]}, ("brute_force", {"hist_item_ids":
                                                                           hist[:1]})])
-    extra = export_mod._read_request_log(str(log), "nann")
+    extra = export_mod.read_request_log(str(log), "nann")
     assert [sig for sig, _ in extra] == ["serving_default", "brute_force"]
     recs = export_mod.warmup_inputs([16, 32, 48], hist, (1, 4), extra=extra)
     grid = [(len(i["width"]), int(i["width"][0])) for s, i in recs if s == "warmup_grid"]
@@ -302,4 +305,4 @@ def test_warmup_records_cover_grid_at_each_batch_size_and_replay_a_request_log(t
         export_mod.warmup_inputs(list(range(1, 600)), hist, (1, 8))
     (tmp_path / "junk").write_bytes(b"not a tfrecord")
     with pytest.raises(ExportError, match="--warmup-requests"):
-        export_mod._read_request_log(str(tmp_path / "junk"), "nann")
+        export_mod.read_request_log(str(tmp_path / "junk"), "nann")

@@ -207,9 +207,9 @@ def _rewrite(path, **changes):
 
 
 def _fix_checksum(path):
-    from nann_tf.index.hnsw import _sha256
+    from nann_tf.index.hnsw import file_sha256
     meta = json.loads((path / META_FILE).read_text())
-    meta["arrays_sha256"] = _sha256(path / ARRAYS_FILE)
+    meta["arrays_sha256"] = file_sha256(path / ARRAYS_FILE)
     (path / META_FILE).write_text(json.dumps(meta))
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from nann_tf.index.hnsw import build_hnsw, graph_from_hnswlib, graph_tensors
 from nann_tf.search.brute_force import brute_force
 from nann_tf.search.hnsw_search import hnsw_search
-from nann_tf.search.metrics import coverage
+from nann_tf.evaluation.metrics import coverage
 
 from conftest import bitmap_available
 

@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from nann_tf.serving.loader import (ModelLoadError, RequestError, SessionModel,
                                     replay_warmup)
-from nann_tf.serving.toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
 from nann_tf.serving.warmup import write_warmup_requests
+
+from toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
 
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
 

@@ -8,7 +8,7 @@ from nann_tf.config import ModelConfig
 from nann_tf.model import NANNModel
 from nann_tf.model.losses import (accidental_hit_mask, fgsm_perturb, kl_aux_loss, nce_logits,
                                   nce_loss)
-from nann_tf.model.trainer import NANNTrainer, NoiseDistribution
+from nann_tf.train import NANNTrainer, NoiseDistribution
 
 
 def _softplus(x):

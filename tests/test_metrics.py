@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nann_tf.search.metrics import (
+from nann_tf.evaluation.metrics import (
     coverage,
     format_summary,
     recall,

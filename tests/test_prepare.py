@@ -17,7 +17,7 @@ from nann_tf.cli import main
 from nann_tf.data import prepare as prepare_mod
 from nann_tf.data.dataset import DataError, Dataset
 from nann_tf.data.prepare import build_dataset, prepare_dataset
-from nann_tf.data.readers import (_Column, _read_delimited, read_csv_log, read_log,
+from nann_tf.data.readers import (Column, read_delimited, read_csv_log, read_log,
                                   read_movielens, read_userbehavior)
 from nann_tf.data.synth import generate_log, write_userbehavior_csv
 
@@ -110,15 +110,15 @@ def test_line_numbers_across_blocks(tmp_path):
     lines = [f"{i},{i + 1},3,pv,{1000 + i}" for i in range(1, 200)]
     lines[150] = "151,oops,3,pv,1151"
     path = _write(tmp_path / "x.csv", "\n".join(lines) + "\n")
-    cols = [_Column("user_id", "int"), _Column("item_id", "int"), _Column("c", "int"),
-            _Column("b", "skip"), _Column("timestamp", "int")]
+    cols = [Column("user_id", "int"), Column("item_id", "int"), Column("c", "int"),
+            Column("b", "skip"), Column("timestamp", "int")]
     with pytest.raises(DataError, match=r"x\.csv line 151 column 2 \(item_id\): expected an "
                                         r"integer, got 'oops'"):
-        _read_delimited(path, cols, b",", chunk_bytes=97)
+        read_delimited(path, cols, b",", chunk_bytes=97)
     lines[150] = "151,152,3,pv,1151"
     _write(path, "\n".join(lines) + "\n")
-    small, rows = _read_delimited(path, cols, b",", chunk_bytes=97)
-    big, _ = _read_delimited(path, cols, b",")
+    small, rows = read_delimited(path, cols, b",", chunk_bytes=97)
+    big, _ = read_delimited(path, cols, b",")
     assert rows == 199
     for k in big:
         np.testing.assert_array_equal(small[k], big[k])
@@ -273,9 +273,9 @@ def test_ties_survive_unstable_sort_at_scale():
     n = 200_000
     user = rng.integers(0, 50, n)
     ts = rng.integers(0, 20, n)  # many ties
-    order = prepare_mod._sort_by_user_time(user, ts)
+    order = prepare_mod.sort_by_user_time(user, ts)
     np.testing.assert_array_equal(order, np.lexsort((ts, user)))
-    order = prepare_mod._sort_by_user_time(user * 10**12, ts.astype(np.float64) / 3)
+    order = prepare_mod.sort_by_user_time(user * 10**12, ts.astype(np.float64) / 3)
     np.testing.assert_array_equal(order, np.lexsort((ts, user)))
 
 

@@ -18,14 +18,16 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc)
 
-from nann_tf.client import RetrievalClient, ServingError
+from nann_tf.serving.client import RetrievalClient, ServingError
 from nann_tf.serving.loader import SessionModel
-from nann_tf.serving.server import (ModelConfig, ModelConfigError, ModelServer, ServerOptions,
-                                    VersionPolicy, parse_model_config_text)
+from nann_tf.serving.model_config import (ModelConfigError, ServedModelConfig, ServerOptions,
+                                          VersionPolicy, parse_model_config_text)
+from nann_tf.serving.process import python_module_command
+from nann_tf.serving.server import ModelServer
 from nann_tf.serving.tensors import from_tensor_proto
-from nann_tf.serving.toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
 from nann_tf.serving.warmup import make_predict_request
 
+from toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
 from traffic import BackgroundTraffic, fixed_load, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +62,8 @@ def served(tmp_path_factory):
     version_dir = write_toy_model(base, 1, spec=SPEC, seed=11)
     options = ServerOptions(host="127.0.0.1", port=0, max_batch_size=MAX_BATCH,
                             file_system_poll_wait_seconds=0)
-    server = ModelServer([ModelConfig("toy", str(base), version_labels={"stable": 1})], options)
+    config = ServedModelConfig("toy", str(base), version_labels={"stable": 1})
+    server = ModelServer([config], options)
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield {"server": server, "address": f"127.0.0.1:{port}", "version_dir": version_dir,
@@ -303,7 +306,7 @@ def test_hot_swap_under_load_and_broken_version_refused(tmp_path):
     (base / ".tmp-8-abc").mkdir()
     options = ServerOptions(host="127.0.0.1", port=0, file_system_poll_wait_seconds=0.1,
                             max_num_load_retries=0)
-    server = ModelServer([ModelConfig("toy", str(base))], options)
+    server = ModelServer([ServedModelConfig("toy", str(base))], options)
     port = server.start()
     histories = _histories(6, seed=9)
     traffic = BackgroundTraffic(f"127.0.0.1:{port}", "toy", histories, clients=4, timeout_s=30)
@@ -349,10 +352,10 @@ def test_version_policies_and_labels(tmp_path):
     for v in (1, 2, 3):
         write_toy_model(base, v, spec=SPEC, seed=v, score_offset=float(v), warmup=False)
     configs = [
-        ModelConfig("all", str(base), VersionPolicy("all")),
-        ModelConfig("two", str(base), VersionPolicy("latest", 2)),
-        ModelConfig("pinned", str(base), VersionPolicy("specific", versions=(1, 3)),
-                    version_labels={"stable": 1, "canary": 3}),
+        ServedModelConfig("all", str(base), VersionPolicy("all")),
+        ServedModelConfig("two", str(base), VersionPolicy("latest", 2)),
+        ServedModelConfig("pinned", str(base), VersionPolicy("specific", versions=(1, 3)),
+                          version_labels={"stable": 1, "canary": 3}),
     ]
     server = ModelServer(configs, ServerOptions(host="127.0.0.1", port=0,
                                                 file_system_poll_wait_seconds=0))
@@ -383,7 +386,7 @@ def test_version_policies_and_labels(tmp_path):
 def test_a_model_without_versions_serves_once_one_appears(tmp_path):
     base = tmp_path / "toy"
     base.mkdir()
-    server = ModelServer([ModelConfig("toy", str(base))],
+    server = ModelServer([ServedModelConfig("toy", str(base))],
                          ServerOptions(host="127.0.0.1", port=0,
                                        file_system_poll_wait_seconds=0.1))
     port = server.start()
@@ -404,19 +407,19 @@ def test_a_model_without_versions_serves_once_one_appears(tmp_path):
 
 def test_initial_load_failure_and_missing_base_path_refuse_to_start(tmp_path):
     corrupt_version(tmp_path, 1)
-    server = ModelServer([ModelConfig("bad", str(tmp_path))],
+    server = ModelServer([ServedModelConfig("bad", str(tmp_path))],
                          ServerOptions(host="127.0.0.1", port=0))
     with pytest.raises(ModelConfigError, match="no version could be loaded.*version 1"):
         server.start()
     with pytest.raises(ModelConfigError, match="Could not find base path"):
-        ModelServer([ModelConfig("x", str(tmp_path / "absent"))],
+        ModelServer([ServedModelConfig("x", str(tmp_path / "absent"))],
                     ServerOptions(host="127.0.0.1", port=0)).start()
 
 
 # --------------------------------------------------------------------------- the CLI
 def _start_cli_server(args, env_extra=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "nann_tf.cli", "serve", *args],
+    proc = subprocess.Popen([*python_module_command("nann_tf.cli"), "serve", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=REPO)
     stderr_lines: list[str] = []

@@ -8,16 +8,15 @@ import math
 
 import pytest
 
-from nann_tf.search.sweep import (
+from nann_tf.evaluation.sweep import (
     CURVE_FIELDS,
-    SearchParams,
     beam_settings,
     hnsw_settings,
     metric_fields,
-    parse_level_values,
     read_csv,
     write_csv,
 )
+from nann_tf.search.params import SearchParams, parse_level_values
 
 from conftest import CI_CONFIG, run_cli
 
@@ -146,7 +145,7 @@ def test_settings_and_level_values():
     assert all(ef[0] >= 200 for ef, _ in pts), "ef_0 never below k"
     assert hnsw_settings(p) == [100, 200, 300, 400, 600]
     assert parse_level_values("2=100, 1=200,0=400", "--ef") == {2: 100, 1: 200, 0: 400}
-    for bad in ("2=100,2=3", "x=1", "1=", "-1=3", ""):
+    for bad in ("2=100,2=3", "x=1", "1=", "-1=3", "2=100,,0=3"):
         with pytest.raises(ValueError, match="--ef"):
             parse_level_values(bad, "--ef")
     with pytest.raises(ValueError, match="ef has no value for level 1"):

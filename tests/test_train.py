@@ -10,8 +10,9 @@ from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
 from nann_tf.data.prepare import prepare_dataset
 from nann_tf.data.synth import generate_log, write_userbehavior_csv
-from nann_tf.evaluate_cli import evaluate_brute_force
-from nann_tf.train import TrainError, load_trained_model, train
+from nann_tf.evaluation.evaluate import evaluate_brute_force
+from nann_tf.model.saved import ModelDirError, load_trained_model
+from nann_tf.train import TrainError, train
 
 from conftest import run_cli
 
@@ -127,5 +128,5 @@ def test_finished_model_is_not_overwritten(tiny_dataset, tmp_path, capsys):
         train(cfg, tiny_dataset, out, verbose=0)
     assert (out / "model.weights.h5").read_bytes() == before
     (out / "model.weights.h5").write_bytes(b"garbage")
-    with pytest.raises(TrainError, match="cannot load the weights"):
+    with pytest.raises(ModelDirError, match="cannot load the weights"):
         load_trained_model(out)

@@ -9,14 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from nann_tf.search.tune import (
-    choose,
-    default_grid,
-    exact_topk,
-    grid_from_lists,
-    pareto_frontier,
-    parse_grid,
-)
+from nann_tf.search.brute_force import topk_of_scores
+from nann_tf.search.params import SearchParamsError, parse_level_grid
+from nann_tf.search.tune import choose, default_grid, grid_from_lists, pareto_frontier
 
 from conftest import run_cli
 
@@ -67,19 +62,19 @@ def test_bad_input_exits_2_naming_the_option(capsys, attention_model_dir, ci_dat
     base = ["tune", "--model", attention_model_dir, "--index", ci_index_dir, "--data",
             ci_dataset]
     for flags, name in ((["--target-coverage", "1.5"], "--target-coverage"),
-                        (["--ef-grid", "1=10;x"], "--ef-grid"),
+                        (["--ef-grid", "1=10/x"], "--ef-grid '1=10/x': expected LEVEL=V1/V2/..."),
                         (["--ef-grid", "0=100"], "level 1"),
                         (["--start-level", "9"], "--start-level")):
         assert run_cli(*base, *flags) == 2
         assert name in capsys.readouterr().err
 
 
-def test_exact_topk_breaks_ties_by_smaller_id():
+def test_topk_of_scores_breaks_ties_by_smaller_id():
     s = np.array([[-np.inf, 1.0, 3.0, 3.0, 2.0, 3.0]], np.float32)
-    np.testing.assert_array_equal(exact_topk(s, 4), [[2, 3, 5, 4]])
+    np.testing.assert_array_equal(topk_of_scores(s, 4), [[2, 3, 5, 4]])
     rng = np.random.default_rng(0)
     s = rng.normal(size=(5, 300)).astype(np.float32)
-    np.testing.assert_array_equal(exact_topk(s, 20), np.argsort(-s, axis=1)[:, :20])
+    np.testing.assert_array_equal(topk_of_scores(s, 20), np.argsort(-s, axis=1)[:, :20])
 
 
 def test_grid_frontier_and_choice():
@@ -87,9 +82,11 @@ def test_grid_frontier_and_choice():
     assert ef_values == {2: [50, 90], 1: [100, 200, 400], 0: [200, 300, 400, 600]}
     assert t_values == {1: [1, 2], 0: [1, 2, 3, 4, 6, 8, 12]}
     assert len(grid_from_lists(2, ef_values, t_values)) == 2 * 3 * 4 * 2 * 7
-    assert parse_grid("1=25,50;0=100", "--ef-grid") == {1: [25, 50], 0: [100]}
-    with pytest.raises(ValueError, match="T grid for level 0"):
+    assert parse_level_grid("1=50/25,0=100", "--ef-grid") == {1: [25, 50], 0: [100]}
+    with pytest.raises(SearchParamsError, match="--T-grid '0=-1': the value for level 0 must be >= 0"):
         grid_from_lists(1, {1: [5], 0: [5]}, {0: [-1]})
+    with pytest.raises(SearchParamsError, match="ef for level 0 must be >= k"):
+        grid_from_lists(1, {1: [5], 0: [5, 50]}, {0: [1]}, k=10)
     rows = [{"items_scored": 10, "coverage": 0.5}, {"items_scored": 20, "coverage": 0.4},
             {"items_scored": 30, "coverage": 0.97}, {"items_scored": 30, "coverage": 0.99},
             {"items_scored": 50, "coverage": 0.995}]

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from nann_tf.client import RetrievalClient
+from nann_tf.serving.client import RetrievalClient
 
 __all__ = ["BackgroundTraffic", "fixed_load", "wait_for"]
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from nann_tf.errors import UserError
+
 __all__ = [
     "DataError",
     "DATASET_FORMAT",
@@ -45,7 +47,7 @@ _META_INT_KEYS = ("num_items", "num_categories", "max_len", "num_train_users",
                   "num_train_samples", "num_val_users", "num_test_users", "rows", "rows_kept")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data or a bad dataset directory; the message names the file and the place."""
 
 

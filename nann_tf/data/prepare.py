@@ -87,7 +87,7 @@ def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sv[new], inverse
 
 
-def _sort_by_user_time(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def sort_by_user_time(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Row order by (user, timestamp as a number); ties keep file order."""
     if len(user) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -161,7 +161,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         cat = cat[keep] if cat is not None else None
         log.info("min_rating %g: kept %d of %d rows", min_rating, int(keep.sum()), len(keep))
 
-    order = _sort_by_user_time(user, ts)
+    order = sort_by_user_time(user, ts)
     user = user[order]
     if len(user) == 0:
         raise DataError(f"{data.source}: no rows left after the rating filter")

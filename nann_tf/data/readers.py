@@ -83,7 +83,7 @@ class BehaviorLog:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Column:
+class Column:
     name: str
     kind: str  # "int", "float" or "skip"
 
@@ -93,7 +93,7 @@ def _decode(tok: bytes, limit: int = 40) -> str:
     return s if len(s) <= limit else s[:limit] + "..."
 
 
-def _parse_block_slow(data: bytes, delim: bytes, cols: list[_Column], first_line: int,
+def _parse_block_slow(data: bytes, delim: bytes, cols: list[Column], first_line: int,
                       src: str) -> tuple[dict[str, np.ndarray], int]:
     """Line-by-line parse of a block: the reference for what is valid, and the error reporter."""
     names = ",".join(c.name for c in cols)
@@ -133,7 +133,7 @@ def _parse_block_slow(data: bytes, delim: bytes, cols: list[_Column], first_line
              for c in cols if c.kind != "skip"}, rows)
 
 
-def _parse_block_fast(data: bytes, delim: bytes, cols: list[_Column]
+def _parse_block_fast(data: bytes, delim: bytes, cols: list[Column]
                       ) -> dict[str, np.ndarray] | None:
     """Vectorised parse of a block of whole lines, or None where it cannot vouch for it."""
     ncol = len(cols)
@@ -183,7 +183,7 @@ def _parse_block_fast(data: bytes, delim: bytes, cols: list[_Column]
     return out
 
 
-def _read_delimited(path: Path, cols: list[_Column], delim: bytes, skip_lines: int = 0,
+def read_delimited(path: Path, cols: list[Column], delim: bytes, skip_lines: int = 0,
                     chunk_bytes: int = 32 << 20) -> tuple[dict[str, np.ndarray], int]:
     """Parses a delimited file (after ``skip_lines`` header lines) into columns."""
     src = str(path)
@@ -261,10 +261,10 @@ def read_userbehavior(path: str | Path) -> BehaviorLog:
         timestamp (the message names the file, line and column).
     """
     path = _check_input_file(path, "UserBehavior log")
-    cols = [_Column("user_id", "int"), _Column("item_id", "int"),
-            _Column("category_id", "int"), _Column("behavior_type", "skip"),
-            _Column("timestamp", "int")]
-    data, rows = _read_delimited(path, cols, b",")
+    cols = [Column("user_id", "int"), Column("item_id", "int"),
+            Column("category_id", "int"), Column("behavior_type", "skip"),
+            Column("timestamp", "int")]
+    data, rows = read_delimited(path, cols, b",")
     return BehaviorLog(user=data["user_id"], item=data["item_id"],
                        timestamp=data["timestamp"], category=data["category_id"], rows=rows,
                        source=str(path.resolve()), input_format="userbehavior")
@@ -294,9 +294,9 @@ def read_csv_log(path: str | Path) -> BehaviorLog:
     # A header has no number in it; a first line with a bad value is data (and an error).
     first = [t.strip() for t in _first_line(path).split(b",")]
     header = not any(_FLOAT_RE.fullmatch(t) for t in first)
-    cols = [_Column("user", "int"), _Column("item", "int"), _Column("rating", "float"),
-            _Column("timestamp", "float")]
-    data, rows = _read_delimited(path, cols, b",", skip_lines=int(header))
+    cols = [Column("user", "int"), Column("item", "int"), Column("rating", "float"),
+            Column("timestamp", "float")]
+    data, rows = read_delimited(path, cols, b",", skip_lines=int(header))
     return BehaviorLog(user=data["user"], item=data["item"], timestamp=data["timestamp"],
                        rating=data["rating"], rows=rows, source=str(path.resolve()),
                        input_format="csv")
@@ -409,8 +409,8 @@ def read_movielens(inter_path: str | Path, item_path: str | Path | None = None) 
         raise DataError(f"{inter_path} line 1: header has no {', '.join(missing)} column "
                         f"(got {', '.join(names)})")
     kinds = {"user_id": "int", "item_id": "int", "rating": "float", "timestamp": "float"}
-    cols = [_Column(nm, kinds.get(nm, "skip")) for nm in names]
-    data, rows = _read_delimited(inter_path, cols, b"\t", skip_lines=1)
+    cols = [Column(nm, kinds.get(nm, "skip")) for nm in names]
+    data, rows = read_delimited(inter_path, cols, b"\t", skip_lines=1)
     item_category, cat_names, item_src = None, None, ""
     if item_path is not None:
         raw_item, raw_cat, cat_names = read_movielens_items(item_path)

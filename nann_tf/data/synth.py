@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from nann_tf.fsutil import atomic_path
 
 __all__ = [
     "BEHAVIOR_TYPES",
@@ -338,18 +339,7 @@ def write_userbehavior_csv(columns: dict[str, np.ndarray], path: str | os.PathLi
             raise ValueError(f"column {c} holds negative values; the writer takes ids >= 0")
     cols = {c: np.asarray(columns[c]).astype(np.int64 if c != "behavior_type" else np.intp,
                                               copy=False) for c in FILE_COLUMNS}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for lo in range(0, n, chunk_rows):
-                f.write(_format_rows(cols, lo, min(n, lo + chunk_rows)))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as f:
+        for lo in range(0, n, chunk_rows):
+            f.write(_format_rows(cols, lo, min(n, lo + chunk_rows)))
     return n

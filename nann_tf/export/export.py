@@ -15,12 +15,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from nann_tf.errors import UserError
+from nann_tf.serving.process import python_module_command
 
 __all__ = ["ExportError", "export_version", "next_version", "EXPORT_INFO", "warmup_inputs"]
 
@@ -30,7 +32,7 @@ EXPORT_INFO = "assets.extra/nann_tf_export.json"
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-(\d+)$")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The export cannot be written or did not validate."""
 
 
@@ -45,7 +47,7 @@ def next_version(base: Path) -> int:
     return (v[-1] + 1) if v else 1
 
 
-def _clean_stale_tmp(base: Path) -> None:
+def clean_stale_tmp(base: Path) -> None:
     for p in base.iterdir() if base.is_dir() else []:
         m = _TMP_RE.match(p.name)
         if m and not _pid_alive(int(m.group(2))):
@@ -119,7 +121,7 @@ def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray,
     return out[:limit]
 
 
-def _read_request_log(path: str, model_name: str) -> list:
+def read_request_log(path: str, model_name: str) -> list:
     """Records of a TF Serving request log / warm-up file (PredictionLog TFRecords)."""
     from nann_tf.serving.warmup import read_warmup_requests
 
@@ -140,7 +142,7 @@ def dir_size(path: Path) -> int:
 
 def export_version(model_dir, index_dir, base_dir, *, version: int | None = None,
                    visited: str = "bitmap", xla: bool = True, embedding_dtype: str = "float32",
-                   start_level: int | None = None, ef: dict | None = None, T: dict | None = None,
+                   start_level: int | None = None, ef=None, T=None,
                    k: int | None = None, max_ef: int | None = None, grid_ratio: float = 1.25,
                    history_seeds: bool | None = None,
                    data_dir: str | None = None, warmup_requests: str | None = None,
@@ -149,16 +151,22 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    model_name: str | None = None, validate: bool = True) -> dict:
     """Exports one version; returns its info dict (also saved as ``EXPORT_INFO``).
 
+    The default search parameters are the model config's ``[search]`` table with
+    ``start_level``/``ef``/``T``/``k``/``history_seeds`` replacing its values (``ef``/``T`` as
+    ``LEVEL=VALUE`` strings or mappings), checked against the index by
+    :meth:`~nann_tf.search.params.SearchParams.checked`.
+
     Raises:
+      SearchParamsError: bad search parameters (nothing is written).
       ExportError: bad parameters, an existing version, or a failed validation (nothing is
         left where TF Serving would load it).
     """
     import tensorflow as tf
 
-    from nann_tf.export.module import RetrievalModule, SearchDefaults
+    from nann_tf.export.module import RetrievalModule, default_max_ef
     from nann_tf.index.store import load_index
     from nann_tf.serving.warmup import write_warmup_requests
-    from nann_tf.train import load_trained_model
+    from nann_tf.model.saved import load_trained_model
 
     base = Path(base_dir)
     model, cfg, meta = load_trained_model(model_dir)
@@ -166,20 +174,11 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     if index.num_items != meta["num_items"]:
         raise ExportError(f"--index {index_dir} has {index.num_items} items but --model "
                           f"{model_dir} was trained on {meta['num_items']}")
-    sc = cfg.search
-    S = sc.start_level if start_level is None else start_level
-    S = index.graph.resolve_start_level(S)
-    ef_d = {int(a): int(b) for a, b in (ef or sc.ef).items()}
-    T_d = {int(a): int(b) for a, b in (T or sc.T).items()}
-    ef_d = {lv: ef_d.get(lv, max(ef_d.values())) for lv in range(S + 1)}
-    T_d = {lv: T_d.get(lv, 1) for lv in range(S)}
-    k = sc.k if k is None else k
-    max_ef = max_ef or 2 * max(ef_d.values())
-    try:
-        defaults = SearchDefaults(S, ef_d, T_d, k, max_ef,
-                                  sc.history_seeds if history_seeds is None else history_seeds)
-    except ValueError as e:
-        raise ExportError(str(e)) from e
+    # The config's [search] table with the given overrides, checked by the one set of rules:
+    # a level missing or unused, or a start level above the index's top, is an error.
+    defaults = cfg.search.overridden(start_level=start_level, ef=ef, T=T, k=k,
+                                     history_seeds=history_seeds).checked(index.graph.max_level)
+    max_ef = default_max_ef(defaults) if max_ef is None else int(max_ef)
     version = next_version(base) if version is None else int(version)
     if version < 1:
         raise ExportError(f"--version must be >= 1, got {version}")
@@ -187,14 +186,15 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         raise ExportError(f"{base / str(version)} already exists: versions are never "
                           "overwritten (pick another --version, or omit it for the next one)")
     base.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(base)
+    clean_stale_tmp(base)
     tmp = base / f".tmp-{version}-{os.getpid()}"
     max_len = int(meta["max_len"])
     model_name = model_name or base.name
     t0 = time.perf_counter()
     try:
-        module = RetrievalModule(model, index, max_len, defaults, visited, xla, embedding_dtype,
-                                 grid_ratio)
+        module = RetrievalModule(model, index, max_len, defaults, max_ef=max_ef,
+                                 visited_impl=visited, xla=xla, embedding_dtype=embedding_dtype,
+                                 grid_ratio=grid_ratio)
         hist = validation_histories(index, data_dir or meta.get("data_dir"), max_len,
                                     max(validation_users, 8))
         expected = {name: t.numpy() for name, t in
@@ -204,23 +204,23 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         # One call of each other signature, so that none pays its first-call cost in service.
         extra = [("retrieve", {
             "hist_item_ids": h1, "k": np.array([defaults.k], np.int32),
-            "ef": np.array([[defaults.ef[lv] for lv in range(S + 1)]], np.int32),
-            "T": np.array([[defaults.T.get(lv, 0) for lv in range(S + 1)]], np.int32),
+            "ef": np.array([defaults.ef_row()], np.int32),
+            "T": np.array([defaults.T_row()], np.int32),
             "exclude_item_ids": np.zeros([1, 1], np.int64)}),
             ("brute_force", {"hist_item_ids": h1})]
         if warmup_requests:
-            extra += _read_request_log(warmup_requests, model_name)
+            extra += read_request_log(warmup_requests, model_name)
         grid = module.grid.to_list() if module.grid else []
         records = warmup_inputs(grid, hist, tuple(warmup_batch_sizes), extra=extra)
-        wpath = write_warmup_requests(tmp / "assets.extra" / "tf_serving_warmup_requests",
+        write_warmup_requests(tmp / "assets.extra" / "tf_serving_warmup_requests",
                                       model_name, "serving_default", records)
-        os.chmod(wpath, 0o644)  # readable by a model server running as another user
         info = {
             "format": "nann-tf-export", "version": version, "model_name": model_name,
             "model_dir": str(model_dir), "index_dir": str(index_dir),
             "variant": cfg.model.variant, "visited": visited, "xla": xla,
             "embedding_dtype": embedding_dtype, "max_len": max_len,
-            "num_items": index.num_items, "search": defaults.to_dict(), "grid": grid,
+            "num_items": index.num_items, "search": {**defaults.to_dict(), "max_ef": max_ef},
+            "grid": grid,
             "warmup_records": len(records), "warmup_batch_sizes": list(warmup_batch_sizes),
             "tensorflow": tf.__version__,
             "signatures": sorted(module.signatures()),
@@ -247,7 +247,7 @@ def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, 
     with tempfile.TemporaryDirectory() as td:
         q = Path(td) / "queries.npz"
         np.savez(q, hist_item_ids=hist, **{f"expected_{k}": v for k, v in expected.items()})
-        cmd = [sys.executable, "-m", "nann_tf.export.validate", str(version_dir), str(q),
+        cmd = [*python_module_command("nann_tf.export.validate"), str(version_dir), str(q),
                "--min-coverage", str(min_coverage)]
         if visited == "tf":
             cmd.append("--stock-ops-only")

@@ -15,7 +15,7 @@ Signatures take and return dense tensors only:
 * ``warmup_grid(hist_item_ids, width int32 [B])``: scores ``max(width)`` items per row; it exists so
   the warm-up file can compile every size of the XLA shape grid.
 
-Seeds: with ``SearchDefaults.history_seeds`` (the default) the items of each request's own
+Seeds: with ``history_seeds`` in the search parameters (the default) the items of each request's own
 history are extra entry points of its beam search (scored with the start level, expanded in the
 first level-0 round, returned only on their score and never when excluded).
 
@@ -38,44 +38,19 @@ from nann_tf.index.hnsw import make_graph_tensors
 from nann_tf.model.scorer import ModelScorer, ShapeGrid
 from nann_tf.search.beam import beam_search
 from nann_tf.search.brute_force import brute_force
+from nann_tf.search.params import SearchParamsError, format_level_values
 
-__all__ = ["RetrievalModule", "SearchDefaults", "MAX_T"]
+__all__ = ["RetrievalModule", "MAX_T", "default_max_ef"]
 
 MAX_T = 64  # rounds per level a request may ask for
 
 CPU = "/CPU:0"
 
 
-class SearchDefaults:
-    """Export-time search parameters: start level S, ef/T per level, k, the ef cap, and whether
-    each query's own history seeds its beam search (see :func:`~nann_tf.search.beam.beam_search`
-    ``seed_ids``)."""
-
-    def __init__(self, start_level: int, ef: dict, T: dict, k: int, max_ef: int,
-                 history_seeds: bool = True):
-        self.history_seeds = bool(history_seeds)
-        self.start_level = int(start_level)
-        self.ef = {int(a): int(b) for a, b in ef.items()}
-        self.T = {int(a): int(b) for a, b in T.items()}
-        self.k = int(k)
-        self.max_ef = int(max_ef)
-        S = self.start_level
-        missing = [lv for lv in range(S + 1) if lv not in self.ef] + \
-                  [lv for lv in range(S) if lv not in self.T]
-        if missing:
-            raise ValueError(f"search parameters: ef needs levels 0..{S} and T levels 0..{S - 1}; "
-                             f"got ef {self.ef}, T {self.T}")
-        if min(self.ef.values()) < 1 or min(self.T.values(), default=0) < 0 or self.k < 1:
-            raise ValueError(f"search parameters: need ef >= 1, T >= 0, k >= 1; got ef {self.ef}, "
-                             f"T {self.T}, k {self.k}")
-        if self.k > self.ef[0]:
-            raise ValueError(f"search parameters: k={self.k} > ef[0]={self.ef[0]}")
-        if max(self.ef.values()) > self.max_ef:
-            raise ValueError(f"search parameters: ef {self.ef} exceeds max_ef={self.max_ef}")
-
-    def to_dict(self) -> dict:
-        return {"start_level": self.start_level, "ef": self.ef, "T": self.T, "k": self.k,
-                "max_ef": self.max_ef, "history_seeds": self.history_seeds}
+def default_max_ef(search) -> int:
+    """The largest ef a ``retrieve`` request may ask for, by default: twice the largest default
+    ef (it sizes the XLA shape grid and bounds a request's memory)."""
+    return 2 * max(search.ef.values())
 
 
 def _assert(cond, message):
@@ -89,14 +64,16 @@ class RetrievalModule(tf.Module):
       model: the trained :class:`~nann_tf.model.nann.NANNModel`.
       index: the :class:`~nann_tf.index.store.ItemIndex` built from it.
       max_len: L, the history length (longer histories are refused).
-      search: :class:`SearchDefaults`.
+      search: the default :class:`~nann_tf.search.params.SearchParams`, checked against the
+        index (every level from the start level down).
+      max_ef: the largest ef a request may ask for (>= every default ef).
       visited_impl: ``"bitmap"`` (C++ op) or ``"tf"`` (stock ops only).
       xla: compile the score network with XLA over a shape grid.
       embedding_dtype: ``"float32"`` or ``"float16"`` storage of e_v.
       grid_ratio: growth factor of the XLA shape grid.
     """
 
-    def __init__(self, model, index, max_len: int, search: SearchDefaults,
+    def __init__(self, model, index, max_len: int, search, max_ef: int | None = None,
                  visited_impl: str = "bitmap", xla: bool = True,
                  embedding_dtype: str = "float32", grid_ratio: float = 1.25):
         super().__init__(name="nann_retrieval")
@@ -106,22 +83,26 @@ class RetrievalModule(tf.Module):
             raise ValueError(f"embedding_dtype must be float32 or float16, got "
                              f"{embedding_dtype!r}")
         graph = index.graph
-        S = graph.resolve_start_level(search.start_level)
-        if S != search.start_level:
-            raise ValueError(f"start level {search.start_level} > the graph's top level "
-                             f"{graph.max_level}")
+        search = search.checked(graph.max_level)
+        S = search.start_level
+        max_ef = default_max_ef(search) if max_ef is None else int(max_ef)
+        if max(search.ef.values()) > max_ef:
+            raise SearchParamsError(f"max_ef {max_ef} is below the default ef "
+                                    f"{format_level_values(search.ef)}: requests could not even "
+                                    "ask for the defaults")
         self.model = model
         # The underlying tf.Variables, so the SavedModel checkpoint holds the weights.
         self.model_variables = [getattr(v, "value", v) for v in model.variables]
         self.num_items = int(index.num_items)
         self.max_len = int(max_len)
         self.search = search
+        self.max_ef = max_ef
         self.visited_impl = visited_impl
         self.xla = bool(xla)
         raw = np.asarray(index.raw_item_id, np.int64)
         order = np.argsort(raw[1:], kind="stable")
         start_nodes = graph.start_nodes(S)
-        self.grid = ShapeGrid.for_search(graph, S, search.max_ef, max_len,
+        self.grid = ShapeGrid.for_search(graph, S, max_ef, max_len,
                                          grid_ratio) if xla else None
         with tf.device(CPU):
             self.item_table = tf.Variable(index.embeddings.astype(embedding_dtype),
@@ -240,8 +221,8 @@ class RetrievalModule(tf.Module):
                         "hist_item_ids as their first dimension"),
                 _assert(tf.reduce_all(k >= 1), "k: every value must be >= 1"),
                 _assert(tf.reduce_all(ef >= 1), "ef: every value must be >= 1"),
-                _assert(tf.reduce_all(ef <= self.search.max_ef),
-                        f"ef: every value must be <= max_ef={self.search.max_ef} (the export's "
+                _assert(tf.reduce_all(ef <= self.max_ef),
+                        f"ef: every value must be <= max_ef={self.max_ef} (the export's "
                         "XLA shape grid and memory bound)"),
                 _assert(tf.reduce_all(k <= ef[:, 0]), "k: must be <= ef[:, 0] (the level-0 "
                                                       "beam width) in every row"),

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     try:
         import tensorflow  # noqa: F401
 
-        from nann_tf.search.metrics import coverage
+        from nann_tf.evaluation.metrics import coverage
         from nann_tf.serving.loader import SessionModel, replay_warmup
 
         ops = graph_op_types(args.version_dir)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from nann_tf.errors import UserError
 from nann_tf.fsutil import replace_dir
 
 __all__ = [
@@ -52,7 +53,7 @@ ARRAYS_FILE = "graph.npz"
 META_FILE = "meta.json"
 
 
-class HnswIndexError(ValueError):
+class HnswIndexError(UserError, ValueError):
     """An HNSW graph (in memory, in hnswlib, or on disk) is malformed or inconsistent."""
 
 
@@ -147,7 +148,7 @@ class HnswGraph:
                 "M": int(self.M),
                 "ef_construction": int(self.ef_construction),
                 "seed": int(self.seed),
-                "arrays_sha256": _sha256(tmp / ARRAYS_FILE),
+                "arrays_sha256": file_sha256(tmp / ARRAYS_FILE),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             replace_dir(tmp, target)
@@ -186,7 +187,7 @@ def load(directory: str | os.PathLike) -> HnswGraph:
         if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool):
             raise HnswIndexError(f"{meta_path}: {key!r} must be an integer, got "
                                  f"{meta.get(key)!r}")
-    digest = _sha256(arrays_path)
+    digest = file_sha256(arrays_path)
     if digest != meta.get("arrays_sha256"):
         raise HnswIndexError(f"{arrays_path}: checksum mismatch (sha256 {digest}, {META_FILE} "
                              f"records {meta.get('arrays_sha256')!r}): the file is corrupt or "
@@ -440,7 +441,7 @@ def _validate_arrays(levels: Sequence[tuple[np.ndarray, np.ndarray]], node_level
                                  "cover every item)")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from nann_tf.config import ModelConfig
 
-__all__ = ["NANNModel", "UserState", "MLP", "mlp"]
+__all__ = ["NANNModel", "UserState", "MLP", "mlp", "all_item_embeddings"]
 
 UserState = dict  # str -> tf.Tensor with leading batch dimension B
 
@@ -161,3 +161,14 @@ class NANNModel(keras.Model):
     def build_all(self, max_len: int = 4) -> None:
         """Creates every variable with a dummy forward pass."""
         self({"hist": tf.ones([1, max_len], tf.int32), "items": tf.ones([1, 2], tf.int32)})
+
+
+def all_item_embeddings(model: NANNModel, batch_size: int = 65536) -> np.ndarray:
+    """e_v for dense ids 0..N, float32 ``[N + 1, d]`` (row 0 is the padding id's embedding and is
+    never retrieved): the item table every search and the index use."""
+    n = model.num_items + 1
+    fn = tf.function(model.item_embedding,
+                     input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
+    out = [fn(tf.range(i, min(i + batch_size, n), dtype=tf.int32)).numpy()
+           for i in range(0, n, batch_size)]
+    return np.concatenate(out, axis=0).astype(np.float32)

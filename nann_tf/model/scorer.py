@@ -128,11 +128,17 @@ class ModelScorer:
     def score_first_items(self, user_state, batch_size, width):
         """Scores items ``1..width`` for every query, float32 ``[B, width]``: one scorer call of
         that width (used to compile a grid size ahead of the search; ``width <= N``)."""
+        return self.score_item_range(user_state, batch_size, 1, width + 1)
+
+    def score_item_range(self, user_state, batch_size, first, stop):
+        """Scores items ``first..stop-1`` for every query, float32 ``[B, stop - first]`` (the
+        exact search's chunks; with a grid the width is padded as in the search)."""
         with self._device():
             b = tf.cast(batch_size, tf.int32)
-            rows = tf.repeat(tf.range(b), width)
-            ids = tf.tile(tf.range(1, width + 1), [b])
-        return tf.reshape(self.score_pairs(user_state, b, rows, ids), [b, -1])
+            ids = tf.range(first, stop, dtype=tf.int32)
+            rows = tf.repeat(tf.range(b), tf.size(ids))
+            flat = tf.tile(ids, [b])
+        return tf.reshape(self.score_pairs(user_state, b, rows, flat), [b, -1])
 
     def score_pairs(self, user_state, batch_size, row_ids, item_ids):
         """Scores of ``item_ids[i]`` for query ``row_ids[i]``, float32 ``[n]``."""

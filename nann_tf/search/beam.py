@@ -54,18 +54,15 @@ import tensorflow as tf
 
 from nann_tf.index.hnsw import GraphTensors
 from nann_tf.search import visited
+from nann_tf.search.params import DEFAULT_EF, DEFAULT_T
 
 __all__ = [
-    "DEFAULT_EF",
-    "DEFAULT_T",
     "Scorer",
     "beam_search",
 ]
 
 Scorer = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
-DEFAULT_EF = {2: 100, 1: 200, 0: 400}
-DEFAULT_T = {1: 2, 0: 4}  # the paper's {1: 1, 0: 3} stops short on 1M items (see SearchConfig)
 _NEG_INF = float("-inf")
 _ID_MASK = 0xFFFFFFFF
 

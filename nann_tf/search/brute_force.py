@@ -1,19 +1,28 @@
-"""Brute force: the exact top-k over the whole corpus, the reference for every quality metric.
+"""Exact search: the top-k over the whole corpus, the reference for every quality metric.
 
-Scores the items ``1..N`` in chunks of ``chunk_size`` items (each chunk for all B queries in one
-scorer call) inside a ``tf.while_loop``, keeping a running top ``k``. Same conventions as
-:mod:`nann_tf.search.beam` (ordering score desc / id asc, padding, exclusion, NaN as -inf).
+One family, two drivers over the same scoring and the same top-k merge:
+
+- :func:`brute_force` (in-graph, served as the export's ``brute_force`` signature): scores the
+  items ``1..N`` in chunks of ``chunk_size`` items (each chunk for all B queries in one scorer
+  call) inside a ``tf.while_loop``, keeping a running top ``k`` with the search's own merge
+  (:func:`~nann_tf.search.beam.top_by_key`). Same conventions as :mod:`nann_tf.search.beam`
+  (ordering score desc / id asc, padding, exclusion, NaN as -inf).
+- :class:`ExactScorer` (eager, offline evaluation and tuning): runs :func:`brute_force` with the
+  model's :class:`~nann_tf.model.scorer.ModelScorer` for batches of users, and
+  :meth:`ExactScorer.full_scores` returns every item's score (the matrix the tuner replays on);
+  :func:`topk_of_scores` takes the exact top-k of such a matrix with the same tie rule.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from nann_tf.search.beam import Scorer, SearchContext, resize_results, top_by_key
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "brute_force"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ExactScorer", "brute_force", "topk_of_scores"]
 
 DEFAULT_CHUNK_SIZE = 16384
 _NEG_INF = float("-inf")
@@ -76,3 +85,98 @@ def brute_force(scorer: Scorer, batch_size: Any, num_items: int, k: Any = 200,
         res_ids = tf.where(res_scores > _NEG_INF, res_ids, 0)
         num_scored = tf.fill([b], tf.constant(num_items, tf.int32))
     return res_ids, res_scores, num_scored
+
+
+def topk_of_scores(scores: np.ndarray, k: int) -> np.ndarray:
+    """Row-wise top ``k`` column ids of a score matrix ``[U, N + 1]`` (score desc, ties by the
+    smaller id, as every search here), int64 ``[U, min(k, N + 1)]``."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    s = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -s), axis=1)
+    return np.take_along_axis(part, order, axis=1).astype(np.int64)
+
+
+class ExactScorer:
+    """Exact search for batches of user histories with a trained model, eagerly, in chunks.
+
+    Args:
+      model: the trained :class:`~nann_tf.model.nann.NANNModel`.
+      item_table: e_v for ids 0..N (:func:`~nann_tf.model.nann.all_item_embeddings` or the
+        index's embeddings).
+      pair_budget: users x items x history length scored per model call (bounds memory).
+      user_batch: users per call.
+    """
+
+    def __init__(self, model, item_table: np.ndarray, pair_budget: int = 2 ** 24,
+                 user_batch: int = 128):
+        from nann_tf.model.scorer import ModelScorer
+
+        self.model = model
+        self.num_items = int(item_table.shape[0]) - 1
+        self.pair_budget = int(pair_budget)
+        self.user_batch = int(user_batch)
+        self._scorer = ModelScorer(model, tf.constant(item_table), grid=None, gather_device=None)
+        self._spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)]
+        self._topk_fns: dict[int, Any] = {}
+
+        @tf.function(input_signature=self._spec + [tf.TensorSpec([], tf.int32)])
+        def range_fn(hist, first, stop):
+            b = tf.shape(hist)[0]
+            return self._scorer.score_item_range(model.encode_user(hist), b, first, stop)
+
+        self._range_fn = range_fn
+
+    def _chunk(self, hist: np.ndarray) -> int:
+        """Items per chunk: the pair budget over users x history length."""
+        return max(256, self.pair_budget // (self.user_batch * max(hist.shape[1], 1)))
+
+    def _topk_fn(self, chunk: int):
+        if chunk not in self._topk_fns:
+            @tf.function(input_signature=self._spec)
+            def topk_fn(hist, k):
+                b = tf.shape(hist)[0]
+                scorer = self._scorer.bind(self.model.encode_user(hist), b)
+                return brute_force(scorer, b, self.num_items, k, chunk_size=chunk,
+                                   traversal_device=None)[:2]
+
+            self._topk_fns[chunk] = topk_fn
+        return self._topk_fns[chunk]
+
+    def topk(self, hist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k dense ids (1..N) and scores for each row of ``hist`` [U, L].
+
+        Returns ``(ids int64 [U, k'], scores float32 [U, k'])`` with ``k' = min(k, N)``.
+        """
+        k = min(int(k), self.num_items)
+        hist = np.asarray(hist, np.int32)
+        ids = np.zeros((len(hist), k), np.int64)
+        scores = np.zeros((len(hist), k), np.float32)
+        fn = self._topk_fn(self._chunk(hist))
+        for u0 in range(0, len(hist), self.user_batch):
+            h = tf.constant(hist[u0:u0 + self.user_batch])
+            i, s = fn(h, tf.constant(k))
+            ids[u0:u0 + len(h)] = i.numpy()
+            scores[u0:u0 + len(h)] = s.numpy()
+        return ids, scores
+
+    def full_scores(self, hist: np.ndarray, progress=None) -> np.ndarray:
+        """``s_u(e_v)`` of every item for every user: float32 ``[U, N + 1]`` (column 0 = -inf).
+
+        Args:
+          hist: user histories [U, L].
+          progress: optional ``callable(done_users, total_users)``.
+        """
+        hist = np.asarray(hist, np.int32)
+        n1 = self.num_items + 1
+        chunk = self._chunk(hist)
+        out = np.empty((len(hist), n1), np.float32)
+        for u0 in range(0, len(hist), self.user_batch):
+            h = tf.constant(hist[u0:u0 + self.user_batch])
+            for i0 in range(1, n1, chunk):
+                i1 = min(i0 + chunk, n1)
+                out[u0:u0 + len(h), i0:i1] = self._range_fn(h, tf.constant(i0), tf.constant(i1))
+            if progress:
+                progress(min(u0 + self.user_batch, len(hist)), len(hist))
+        out[:, 0] = -np.inf
+        return out

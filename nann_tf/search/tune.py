@@ -2,7 +2,7 @@
 
 Running the TensorFlow beam search once per candidate setting would score the same items with the
 model again and again. Instead the model scores EVERY item once for a sample of users
-(:func:`full_scores`, a ``[U, N + 1]`` float32 matrix), and the C++ core replays the beam search
+(:meth:`nann_tf.search.brute_force.ExactScorer.full_scores`, a ``[U, N + 1]`` float32 matrix), and the C++ core replays the beam search
 on those scores for each setting of a grid (``nann_tf._nann_core.beam_search_replay``, the same
 algorithm and tie rule as :func:`nann_tf.search.beam.beam_search`; it releases the GIL, so the
 settings run on a thread pool). Each replay gives coverage@k against the exact top k of the
@@ -20,69 +20,21 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from nann_tf.search.params import (SearchParams, SearchParamsError, format_level_values,
+                                  parse_level_grid)
+
 __all__ = [
     "Setting",
     "choose",
     "default_grid",
-    "exact_topk",
-    "full_scores",
     "grid_from_lists",
     "pareto_frontier",
-    "parse_grid",
     "replay",
     "replay_grid",
     "tune",
 ]
 
 Setting = tuple[dict, dict]  # (ef {level: width}, T {level: rounds})
-
-
-def full_scores(model, item_table: np.ndarray, hist: np.ndarray, pair_budget: int = 2 ** 24,
-                user_batch: int = 64, progress=None) -> np.ndarray:
-    """``s_u(e_v)`` of every item for every user: float32 ``[U, N + 1]`` (column 0 = -inf).
-
-    Args:
-      model: the trained model.
-      item_table: e_v for ids 0..N (the index's embeddings).
-      hist: user histories [U, L].
-      pair_budget: users x items x history length per model call (bounds memory).
-      user_batch: users per call.
-      progress: optional ``callable(done_users, total_users)``.
-    """
-    import tensorflow as tf
-
-    hist = np.asarray(hist, np.int32)
-    n1 = item_table.shape[0]
-    items = tf.constant(item_table)
-    L = max(hist.shape[1], 1)
-    chunk = max(256, pair_budget // (user_batch * L))
-
-    @tf.function(reduce_retracing=True)
-    def chunk_scores(h, start, stop):
-        state = model.encode_user(h)
-        e = items[start:stop]
-        b = tf.shape(h)[0]
-        return model.score(state, tf.broadcast_to(e[None], tf.concat([[b], tf.shape(e)], 0)))
-
-    out = np.empty((len(hist), n1), np.float32)
-    for u0 in range(0, len(hist), user_batch):
-        h = tf.constant(hist[u0:u0 + user_batch])
-        for i0 in range(1, n1, chunk):
-            i1 = min(i0 + chunk, n1)
-            out[u0:u0 + len(h), i0:i1] = chunk_scores(h, tf.constant(i0), tf.constant(i1))
-        if progress:
-            progress(min(u0 + user_batch, len(hist)), len(hist))
-    out[:, 0] = -np.inf
-    return out
-
-
-def exact_topk(scores: np.ndarray, k: int) -> np.ndarray:
-    """Row-wise top ``k`` ids of a score matrix (score desc, ties by the smaller id), int64."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    s = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -s), axis=1)
-    return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
 
 def replay(graph, start_level: int, scores: np.ndarray, ef: Mapping[int, int],
@@ -113,23 +65,25 @@ def replay(graph, start_level: int, scores: np.ndarray, ef: Mapping[int, int],
 
 
 def grid_from_lists(start_level: int, ef_values: Mapping[int, Sequence[int]],
-                    t_values: Mapping[int, Sequence[int]]) -> list[Setting]:
-    """Every combination of the per-level candidate values (ef: levels S..0, T: S-1..0).
+                    t_values: Mapping[int, Sequence[int]], k: int | None = None) -> list[Setting]:
+    """Every combination of the per-level candidate values (ef: levels S..0, T: S-1..0); with
+    ``k``, every setting is checked by :meth:`~nann_tf.search.params.SearchParams.checked`'s
+    rules (so an ef for level 0 below k is refused here as everywhere).
 
     Raises:
-      ValueError: a level is missing or a value is out of range (ef >= 1, T >= 0).
+      SearchParamsError: a level missing or unused, or a value out of range.
     """
     ef_levels = list(range(start_level, -1, -1))
     t_levels = list(range(start_level - 1, -1, -1))
-    for name, values, levels, low in (("ef", ef_values, ef_levels, 1),
-                                      ("T", t_values, t_levels, 0)):
-        for lv in levels:
-            if not values.get(lv):
-                raise ValueError(f"the {name} grid has no values for level {lv} (start level "
-                                 f"{start_level} needs levels {levels[0]}..0)")
-            if min(values[lv]) < low:
-                raise ValueError(f"the {name} grid for level {lv} holds {min(values[lv])}: "
-                                 f"values must be >= {low}")
+    for name, values, low in (("--ef-grid", ef_values, 1), ("--T-grid", t_values, 0)):
+        text = format_level_values(values)
+        parse_level_grid(text, name, minimum=low)  # the value rules, with the same messages
+    lowest = SearchParams(start_level, {lv: min(v) for lv, v in ef_values.items() if v},
+                          {lv: min(v) for lv, v in t_values.items() if v}, k or 1)
+    try:
+        lowest.checked()
+    except SearchParamsError as e:
+        raise SearchParamsError(f"the grid (--ef-grid/--T-grid): {e}") from None
     out = []
     for efs in itertools.product(*[sorted(set(ef_values[lv])) for lv in ef_levels]):
         for ts in itertools.product(*[sorted(set(t_values[lv])) for lv in t_levels]):
@@ -165,29 +119,8 @@ def default_grid(start_level: int, k: int, num_start: int) -> tuple[dict, dict]:
     return ef_values, t_values
 
 
-def parse_grid(text: str, name: str) -> dict[int, list[int]]:
-    """``"1=25,50;0=100,200"`` -> ``{1: [25, 50], 0: [100, 200]}``.
-
-    Raises:
-      ValueError: naming ``name`` (the option) and the expected form.
-    """
-    out: dict[int, list[int]] = {}
-    for part in text.split(";"):
-        level, sep, values = part.strip().partition("=")
-        try:
-            lv = int(level)
-            vals = [int(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            lv, vals = -1, []
-        if not sep or lv < 0 or not vals or lv in out:
-            raise ValueError(f"{name} {text!r}: expected LEVEL=V1,V2,...;LEVEL=... with each "
-                             f"level once, e.g. 1=25,50,100;0=200,400")
-        out[lv] = vals
-    return out
-
-
 def _coverage(ids: np.ndarray, exact: np.ndarray, k: int) -> float:
-    from nann_tf.search.metrics import coverage
+    from nann_tf.evaluation.metrics import coverage
 
     return coverage(ids, exact, k)
 
@@ -261,15 +194,16 @@ def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: fl
       (the TF beam search with the chosen setting, else with the best-covering one) holds
       ``tf_coverage``, ``replay_coverage``, ``tf_items_scored``, ``replay_items_scored``.
     """
-    from nann_tf.search.sweep import Retriever
+    from nann_tf.evaluation.retriever import Retriever
+    from nann_tf.search.brute_force import ExactScorer, topk_of_scores
 
     say = progress or (lambda msg: None)
     n = index.num_items
     t0 = time.perf_counter()
     say(f"scoring all {n} items for {len(hist)} users")
-    scores = full_scores(model, index.embeddings, hist,
-                         progress=lambda d, t: say(f"  scored {d}/{t} users"))
-    exact = exact_topk(scores, k)
+    scores = ExactScorer(model, index.embeddings, user_batch=64).full_scores(
+        hist, progress=lambda d, t: say(f"  scored {d}/{t} users"))
+    exact = topk_of_scores(scores, k)
     t1 = time.perf_counter()
     say(f"replaying {len(grid)} settings")
     seeds = np.asarray(hist, np.int64) if history_seeds else None

@@ -1,6 +1,6 @@
 """gRPC client for a served nann-tf model (TF Serving or ``nann-tf serve``).
 
->>> from nann_tf.client import RetrievalClient
+>>> from nann_tf.serving.client import RetrievalClient
 >>> with RetrievalClient("localhost:8500", "nann") as client:   # doctest: +SKIP
 ...     client.wait_until_ready()
 ...     item_ids, scores, num_scored = client.retrieve([[12, 34, 56]])
@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import grpc
 import numpy as np
 
+from nann_tf.errors import UserError
+
 __all__ = [
     "ServingError",
     "Prediction",
@@ -35,7 +37,7 @@ PADDING_ID = 0
 _MAX_MESSAGE_BYTES = 2**31 - 1
 
 
-class ServingError(RuntimeError):
+class ServingError(UserError, RuntimeError):
     """A failed RPC.
 
     Attributes:
@@ -228,8 +230,7 @@ class RetrievalClient:
                           response.model_spec.signature_name)
 
     def retrieve(self, hist_item_ids, k: int | Sequence[int] | None = None,
-                 ef: Sequence[int] | None = None, T: Sequence[int] | None = None,
-                 exclude_item_ids=None, signature: str | None = None,
+                 ef=None, T=None, exclude_item_ids=None, signature: str | None = None,
                  version: int | None = None):
         """Top-k items for a batch of users.
 
@@ -241,8 +242,11 @@ class RetrievalClient:
             hist_item_ids: raw item ids, one history (flat list) or a batch; ragged histories
                 are left-padded with 0 to the model's ``L``; a 2-D int array is sent as is.
             k: results per query (an int, or one per row).
-            ef: beam widths per level, level 0 first (``S+1`` ints, or ``[B, S+1]``).
-            T: rounds per level, same layout as ``ef``.
+            ef: beam width per level, ``"LEVEL=VALUE,..."`` or ``{level: value}``, for levels
+                ``S..0`` (``S``: the served model's start level, :meth:`start_level`).
+            T: rounds per level ``S-1..0``, same forms. ``ef``/``T``/``k`` are checked by
+                :meth:`nann_tf.search.params.SearchParams.checked` (the rules of every
+                command), so a bad setting fails here with the same message as there.
             exclude_item_ids: raw ids never to return: one flat list for every row, or one
                 list per row (ragged lists are right-padded with 0).
             signature: override the signature choice.
@@ -253,11 +257,20 @@ class RetrievalClient:
             ``num_scored`` is ``None`` for a signature without it (``brute_force``).
 
         Raises:
-            ValueError: malformed arguments, or ``retrieve`` without k, ef and T.
+            SearchParamsError: bad ``ef``/``T``/``k``.
+            ValueError: other malformed arguments, or ``retrieve`` without k, ef and T.
             ServingError: the server refused or failed the request.
         """
+        from nann_tf.search.params import SearchParams
+
         params_given = any(p is not None for p in (k, ef, T, exclude_item_ids))
         signature = signature or ("retrieve" if params_given else self.signature_name)
+        if signature == "retrieve":
+            missing = [n for n, v in (("k", k), ("ef", ef), ("T", T)) if v is None]
+            if missing:
+                raise ValueError(f"the retrieve signature needs k, ef and T; missing "
+                                 f"{', '.join(missing)}")
+            parsed = SearchParams().overridden(ef=ef, T=T, prefix="")  # before any RPC
         if isinstance(hist_item_ids, np.ndarray) and hist_item_ids.ndim == 2 \
                 and np.issubdtype(hist_item_ids.dtype, np.integer):
             hist = hist_item_ids.astype(np.int64, copy=False)
@@ -266,13 +279,12 @@ class RetrievalClient:
         batch = hist.shape[0]
         inputs: dict[str, np.ndarray] = {"hist_item_ids": hist}
         if signature == "retrieve":
-            missing = [n for n, v in (("k", k), ("ef", ef), ("T", T)) if v is None]
-            if missing:
-                raise ValueError(f"the retrieve signature needs k, ef and T; missing "
-                                 f"{', '.join(missing)}")
-            inputs["k"] = _as_batch(k, batch, "k", np.int32, 1)
-            inputs["ef"] = _as_batch(ef, batch, "ef", np.int32, 2)
-            inputs["T"] = _as_batch(T, batch, "T", np.int32, 2)
+            ks = _as_batch(k, batch, "k", np.int32, 1)
+            params = parsed.replace(start_level=self.start_level(version),
+                                    k=int(ks.max()) if ks.size else 1).checked()
+            inputs["k"] = ks
+            inputs["ef"] = _as_batch(params.ef_row(), batch, "ef", np.int32, 2)
+            inputs["T"] = _as_batch(params.T_row(), batch, "T", np.int32, 2)
             inputs["exclude_item_ids"] = self._exclusions(exclude_item_ids, batch)
         elif params_given:
             raise ValueError(f"k/ef/T/exclude_item_ids need the retrieve signature, not "
@@ -342,6 +354,25 @@ class RetrievalClient:
             dims = inputs["hist_item_ids"].tensor_shape.dim
             self._history_length[key] = (int(dims[1].size) if len(dims) == 2
                                          and dims[1].size > 0 else None)
+        return self._history_length[key]
+
+    def start_level(self, version: int | None = None) -> int:
+        """The served beam search's start level ``S``: the ``retrieve`` signature's ``ef`` input
+        is ``[B, S + 1]`` (cached).
+
+        Raises:
+            ServingError: metadata unavailable; ValueError: the model has no ``retrieve``
+            signature with a static ``ef`` width.
+        """
+        key = ("retrieve:start_level", version)
+        if key not in self._history_length:
+            _, sigs = self.metadata(version)
+            sig = sigs.get("retrieve")
+            dims = sig.inputs["ef"].tensor_shape.dim if sig and "ef" in sig.inputs else []
+            if len(dims) != 2 or dims[1].size < 1:
+                raise ValueError(f"model {self.model_name} has no retrieve signature with an "
+                                 "ef input [B, S+1]: it takes no search parameters")
+            self._history_length[key] = int(dims[1].size) - 1
         return self._history_length[key]
 
     def status(self, version: int | None = None) -> list[ModelVersionState]:

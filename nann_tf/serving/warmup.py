@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Union
 
 import numpy as np
+
+from nann_tf.errors import UserError
+from nann_tf.fsutil import atomic_path
 
 __all__ = [
     "ASSETS_EXTRA_DIR",
@@ -39,7 +41,7 @@ MAX_WARMUP_RECORDS = 1000
 InputsOrPair = Union[Mapping[str, object], tuple[str, Mapping[str, object]]]
 
 
-class WarmupError(ValueError):
+class WarmupError(UserError, ValueError):
     """A warm-up file that cannot be written or read as TF Serving expects."""
 
 
@@ -158,19 +160,11 @@ def write_warmup_requests(path: str | os.PathLike, model_name: str, signature_na
         log = prediction_log_pb2.PredictionLog()
         log.predict_log.request.CopyFrom(request)
         records.append(log.SerializeToString())
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-warmup-", dir=directory)
-    os.close(fd)
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
+    # Readable by a model server running as another user.
+    with atomic_path(path, suffix="", mode=0o644) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
             for record in records:
                 writer.write(record)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

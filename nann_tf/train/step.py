@@ -1,4 +1,4 @@
-"""The training step (NCE + FGSM) and the noise distribution it samples negatives from."""
+"""The training step: NCE (logQ-corrected) + the FGSM auxiliary loss, as a Keras model."""
 
 from __future__ import annotations
 
@@ -10,27 +10,7 @@ from nann_tf.model.losses import (accidental_hit_mask, fgsm_perturb, kl_aux_loss
                                   nce_loss)
 from nann_tf.model.nann import NANNModel
 
-__all__ = ["NoiseDistribution", "NANNTrainer"]
-
-
-class NoiseDistribution:
-    """Unigram^alpha noise over dense ids 1..N.
-
-    Counts get add-one smoothing so that items never seen in training (they can still be
-    retrieved) are drawn as negatives too and their ``log q`` is finite.
-    """
-
-    def __init__(self, freq: np.ndarray, alpha: float):
-        w = (np.asarray(freq, np.float64)[1:] + 1.0) ** alpha
-        p = w / w.sum()
-        self.probs = np.concatenate([[0.0], p])  # index = dense id
-        self.log_q = np.log(np.maximum(self.probs, 1e-30)).astype(np.float32)
-        self._cdf = np.cumsum(p)
-        self._cdf[-1] = 1.0
-
-    def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
-        u = rng.random(shape)
-        return (np.searchsorted(self._cdf, u, side="right") + 1).astype(np.int32)
+__all__ = ["NANNTrainer"]
 
 
 class NANNTrainer(keras.Model):

@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from nann_tf.cli import CliError
+from nann_tf.cli.common import add_search_arguments, search_overrides
 
 __all__ = ["add_arguments", "run", "format_frontier"]
 
@@ -26,19 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="coverage@k to reach, in (0, 1] (default 0.99)")
     p.add_argument("--users", type=int, default=200,
                    help="validation users to tune on (default 200; 0: all)")
-    p.add_argument("--k", "-k", type=int, default=None,
-                   help="items returned per query (default: the model config's [search] k)")
-    p.add_argument("--start-level", type=int, default=None,
-                   help="start level S (default: the model config's [search] start_level)")
+    g = p.add_argument_group("the current setting, replayed and reported beside the tuned one "
+                             "(default: the model config's [search] table)")
+    add_search_arguments(g)
     p.add_argument("--ef-grid", default=None,
-                   help="ef candidates per level, e.g. '1=25,50;0=50,100,200' (default: "
-                        "around k, see nann_tf.search.tune.default_grid)")
+                   help="ef candidates per level, LEVEL=V1/V2/...,... e.g. 1=25/50,0=50/100/200 "
+                        "(default: around k, see nann_tf.search.tune.default_grid)")
     p.add_argument("--T-grid", default=None,
-                   help="T candidates per level below S, e.g. '0=1,2,3' (default 0=1,2,3,4,6,8,12; "
-                        "1,2 above)")
-    p.add_argument("--history-seeds", action=argparse.BooleanOptionalAction, default=None,
-                   help="seed each query's beam search with its history items, as the exported "
-                        "model does (default: the model config's search.history_seeds)")
+                   help="T candidates per level below S, e.g. 0=1/2/3 (default 0=1/2/3/4/6/8/12, "
+                        "1/2 above)")
     p.add_argument("--threads", type=int, default=0, help="replay threads (0: all cores)")
     p.add_argument("--visited", choices=["tf", "bitmap"], default="tf",
                    help="visited set of the TensorFlow check")
@@ -46,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fmt(values) -> str:
-    from nann_tf.search.sweep import format_level_values
+    from nann_tf.search.params import format_level_values
 
     return format_level_values(values) or "-"
 
@@ -65,53 +62,50 @@ def format_frontier(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from nann_tf import ops
-    from nann_tf.evaluate_cli import load_model_entry, _write_json_atomic
     from nann_tf.data.dataset import DataError, Dataset
-    from nann_tf.search.tune import default_grid, grid_from_lists, parse_grid, tune
+    from nann_tf.evaluation.retriever import load_model_entry
+    from nann_tf.fsutil import write_json_atomic
+    from nann_tf.search.params import SearchParams, parse_level_grid
+    from nann_tf.search.tune import default_grid, grid_from_lists, tune
 
     if not 0 < args.target_coverage <= 1:
         raise CliError(f"--target-coverage {args.target_coverage}: expected a value in (0, 1]")
     if args.users < 0:
         raise CliError(f"--users {args.users}: expected >= 0")
-    try:
-        ef_grid = parse_grid(args.ef_grid, "--ef-grid") if args.ef_grid else None
-        t_grid = parse_grid(args.T_grid, "--T-grid") if args.T_grid else None
-    except ValueError as e:
-        raise CliError(str(e)) from e
-    try:
-        ops.numpy_core()
-    except ops.OpLibraryError as e:
-        raise CliError(str(e)) from e
+    # Parsed before anything loads: a malformed --ef/--T or grid fails at once.
+    overrides = search_overrides(args)
+    SearchParams().overridden(ef=overrides["ef"], T=overrides["T"])
+    ef_grid = parse_level_grid(args.ef_grid, "--ef-grid", minimum=1) if args.ef_grid else None
+    t_grid = parse_level_grid(args.T_grid, "--T-grid", minimum=0) if args.T_grid else None
+    ops.numpy_core()  # OpLibraryError names the module and how to build it
     try:
         ds = Dataset.load(args.data)
     except DataError as e:
         raise CliError(f"--data: {e}") from e
-    entry = load_model_entry(args.model, args.index, ds, args.data, "--model", "--index")
-    sc = entry.cfg.search
-    k = sc.k if args.k is None else args.k
-    s = sc.start_level if args.start_level is None else args.start_level
+    entry = load_model_entry(args.model, args.index, ds, data_name=f"--data {args.data}",
+                             model_flag="--model", index_flag="--index")
     graph = entry.index.graph
-    if k < 1 or k > ds.num_items:
-        raise CliError(f"--k {k}: expected 1 <= k <= {ds.num_items} (the number of items)")
-    if not 0 <= s <= graph.max_level:
-        raise CliError(f"--start-level {s}: the index {args.index} has levels 0..{graph.max_level}")
+    current = entry.cfg.search.overridden(**overrides).checked(
+        graph.max_level, source="search parameters (--start-level/--ef/--T/-k over the model "
+        "config's [search] table)")
+    k, s = current.k, current.start_level
+    if k > ds.num_items:
+        raise CliError(f"-k {k}: expected k <= {ds.num_items} (the number of items)")
     ef_values, t_values = default_grid(s, k, len(graph.start_nodes(s)))
     if ef_grid:
         ef_values = ef_grid
     if t_grid:
         t_values = t_grid
-    try:
-        grid = grid_from_lists(s, ef_values, t_values)
-    except ValueError as e:
-        raise CliError(f"--ef-grid/--T-grid: {e}") from e
+    grid = grid_from_lists(s, ef_values, t_values, k)
+    current_setting = (dict(current.ef), dict(current.T))
+    if current_setting not in grid:
+        grid.append(current_setting)
     hist = ds.val.hist[:args.users] if args.users else ds.val.hist
     if len(hist) == 0:
         raise CliError(f"--data {args.data} has no validation users to tune on")
 
-    seeds = sc.history_seeds if args.history_seeds is None else args.history_seeds
+    seeds = current.history_seeds
     res = tune(entry.model, entry.index, hist, start_level=s, k=k, target=args.target_coverage,
                grid=grid, threads=args.threads, visited_impl=args.visited, progress=log.info,
                history_seeds=seeds)
@@ -121,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
     print("Pareto frontier (items scored per query vs coverage@k against brute force):")
     print(format_frontier(res))
     chk = res["check"]
+    cur = next(r for r in res["rows"] if (r["ef"], r["T"]) == current_setting)
+    print(f"current setting ef={_fmt(cur['ef'])} T={_fmt(cur['T'])}: coverage@{k} "
+          f"{cur['coverage']:.4f}, {cur['items_scored']:.1f} items scored "
+          f"({100 * cur['scored_fraction']:.2f}% of the corpus)")
     if res["chosen"] is None:
         best = max(r["coverage"] for r in res["rows"])
         print(f"no setting reaches coverage@{k} >= {args.target_coverage} (best {best:.4f}); "
@@ -131,10 +129,9 @@ def run(args: argparse.Namespace) -> int:
               f"T={_fmt(c['T'])}: {c['items_scored']:.1f} items scored "
               f"({100 * c['scored_fraction']:.2f}% of the corpus)")
         print("  as a config [search] table:")
-        print(f"    start_level = {s}\n    k = {k}\n    ef = "
-              f"{{ {', '.join(f'{json.dumps(str(a))} = {b}' for a, b in c['ef'].items())} }}")
+        print(f"    start_level = {s}\n    k = {k}\n    ef = \"{_fmt(c['ef'])}\"")
         if c["T"]:
-            print(f"    T = {{ {', '.join(f'{json.dumps(str(a))} = {b}' for a, b in c['T'].items())} }}")
+            print(f"    T = \"{_fmt(c['T'])}\"")
         print(f"    history_seeds = {'true' if seeds else 'false'}")
     print(f"TensorFlow beam search check (ef={_fmt(chk['ef'])} T={_fmt(chk['T'])}, visited "
           f"{args.visited}): coverage@{k} {chk['tf_coverage']:.4f} (replay "
@@ -146,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                    pareto=[_jsonable(r) for r in res["pareto"]],
                    chosen=_jsonable(res["chosen"]) if res["chosen"] else None,
                    check=_jsonable(chk))
-        _write_json_atomic(args.output_json, out)
+        write_json_atomic(args.output_json, out, sort_keys=False)
     return 0 if res["chosen"] is not None else 1
 
 

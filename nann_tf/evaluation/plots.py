@@ -1,14 +1,13 @@
 """The evaluation figures (paper Figs. 3, 4, 6, 7a) as PNG files, with matplotlib's Agg backend.
 
 Every function takes the rows that ``nann-tf evaluate --sweep`` also writes to CSV (see
-:mod:`nann_tf.search.sweep`), so a figure shows nothing that is not in the CSV. Files are written
+:mod:`nann_tf.evaluation.sweep`), so a figure shows nothing that is not in the CSV. Files are written
 to a temporary name and renamed into place.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,16 +24,12 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    from nann_tf.fsutil import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         _pyplot().close(fig)
     return path

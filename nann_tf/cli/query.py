@@ -47,10 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of results; sent to the model with the retrieve signature, "
                         "otherwise the first k of the model's answer are printed")
     parser.add_argument("--ef", default=None,
-                        help="beam widths per level, level 0 first, e.g. 400,200,100 "
+                        help="beam width per level, LEVEL=VALUE,... e.g. 2=100,1=200,0=400 "
                         "(selects the retrieve signature)")
     parser.add_argument("--T", dest="T", default=None,
-                        help="rounds per level, level 0 first, e.g. 3,1,0 (with --ef)")
+                        help="max rounds per level below the start level, LEVEL=VALUE,... e.g. "
+                        "1=2,0=4 (with --ef)")
     parser.add_argument("--exclude", default=None,
                         help="comma-separated raw item ids never to return (retrieve signature)")
     parser.add_argument("--signature", default=None,
@@ -72,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise CliError(f"-k must be >= 1, got {args.k}")
     history = parse_id_list(args.history, "--history")
-    ef = parse_id_list(args.ef, "--ef") if args.ef is not None else None
-    T = parse_id_list(args.T, "--T") if args.T is not None else None
+    ef, T = args.ef, args.T
+    if ef is not None or T is not None:  # the syntax is checked before any RPC
+        from nann_tf.search.params import SearchParams
+
+        SearchParams().overridden(ef=ef, T=T)
     exclude = parse_id_list(args.exclude, "--exclude") if args.exclude is not None else None
     search_params = ef is not None or T is not None or exclude is not None
     signature = args.signature or ("retrieve" if search_params else "serving_default")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             if signature == "retrieve":
                 if ef is None or T is None or args.k is None:
                     raise CliError("the retrieve signature needs -k, --ef and --T (e.g. -k 20 "
-                                   "--ef 400,200,100 --T 3,1,0)")
+                                   "--ef 2=100,1=200,0=400 --T 1=2,0=4)")
                 item_ids, scores, num_scored = client.retrieve(
                     [history], k=args.k, ef=ef, T=T, exclude_item_ids=exclude or [],
                     signature=signature, version=args.version)

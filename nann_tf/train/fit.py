@@ -3,7 +3,8 @@
 ``train(config, data_dir, output_dir)`` writes into ``output_dir``:
 
 * ``model.weights.h5`` and ``model.json`` (config, corpus sizes, dataset path): the trained
-  model, written atomically at the end (``load_trained_model`` reads them back);
+  model, written atomically at the end (:func:`nann_tf.model.saved.load_trained_model` reads
+  them back);
 * ``checkpoints/epoch-NNN.weights.h5`` after every epoch;
 * ``backup/``: Keras ``BackupAndRestore`` state; a run interrupted mid-way resumes from it when
   started again with the same ``output_dir``;
@@ -24,21 +25,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nann_tf.config import Config, config_from_json
+from nann_tf.errors import UserError
+from nann_tf.config import Config
 from nann_tf.data.dataset import Dataset, gather_histories
+from nann_tf.fsutil import atomic_path, write_json_atomic
 from nann_tf.model.nann import NANNModel
-from nann_tf.model.trainer import NANNTrainer, NoiseDistribution
+from nann_tf.model.saved import MODEL_META, build_model, save_trained_model
+from nann_tf.train.noise import NoiseDistribution
+from nann_tf.train.step import NANNTrainer
 
-__all__ = ["NoiseDistribution", "NANNTrainer", "train", "load_trained_model", "make_strategy",
-           "TrainError", "batch_generator"]
+__all__ = ["train", "make_strategy", "TrainError", "batch_generator", "remove_training_state"]
 
 log = logging.getLogger(__name__)
 
-MODEL_WEIGHTS = "model.weights.h5"
-MODEL_META = "model.json"
 
-
-class TrainError(ValueError):
+class TrainError(UserError, ValueError):
     """Bad training input (config, dataset, output directory)."""
 
 
@@ -71,18 +72,6 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def build_model(cfg: Config, num_items: int, num_categories: int, item_category) -> NANNModel:
-    model = NANNModel(num_items, num_categories, item_category, cfg.model)
-    model.build_all(max_len=cfg.data.max_len)
-    return model
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 class _EpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, model: NANNModel, directory: Path):
         super().__init__()
@@ -91,10 +80,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._dir.mkdir(parents=True, exist_ok=True)
-        final = self._dir / f"epoch-{epoch + 1:03d}.weights.h5"
-        tmp = self._dir / f".tmp-{os.getpid()}.weights.h5"
-        self._nann.save_weights(tmp)
-        os.replace(tmp, final)
+        with atomic_path(self._dir / f"epoch-{epoch + 1:03d}.weights.h5") as tmp:
+            self._nann.save_weights(tmp)
 
 
 def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose: int | None = None,
@@ -133,7 +120,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
             raise TrainError(f"{out}: holds an interrupted run of a different configuration "
                              f"({run_cfg}); use another --output or delete it")
         log.info("resuming the interrupted run in %s", out)
-    _write_json_atomic(run_cfg, json.loads(cfg.to_json()))
+    write_json_atomic(run_cfg, json.loads(cfg.to_json()))
 
     keras.utils.set_random_seed(tc.seed)
     noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
@@ -177,9 +164,6 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
                        verbose=verbose)
     seconds = time.perf_counter() - t0
 
-    tmp = out / f".tmp-{os.getpid()}.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, out / MODEL_WEIGHTS)
     epochs_run = len(hist.history.get("loss", []))
     summary = {
         "epochs_run_now": epochs_run,
@@ -188,43 +172,9 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         "examples_per_s": epochs_run * steps * tc.batch_size / max(seconds, 1e-9),
         "final": {k: float(v[-1]) for k, v in hist.history.items()} if epochs_run else {},
     }
-    meta = {
-        "format": "nann-tf-model", "version": 1,
-        "config": json.loads(cfg.to_json()),
-        "num_items": ds.num_items, "num_categories": ds.num_categories,
-        "max_len": ds.max_len, "data_dir": str(Path(data_dir).resolve()),
-        "train_summary": summary,
-    }
-    _write_json_atomic(out / MODEL_META, meta)
+    save_trained_model(model, cfg, out, max_len=ds.max_len, data_dir=data_dir,
+                       extra={"train_summary": summary})
     return summary
-
-
-def load_trained_model(model_dir: str | Path) -> tuple[NANNModel, Config, dict]:
-    """Reads a model written by :func:`train`.
-
-    Returns:
-      ``(model, config, meta)``.
-
-    Raises:
-      TrainError: the directory holds no finished model or its files are unreadable.
-    """
-    d = Path(model_dir)
-    meta_path, weights = d / MODEL_META, d / MODEL_WEIGHTS
-    if not meta_path.is_file() or not weights.is_file():
-        raise TrainError(f"{d}: not a trained model directory (expected {MODEL_META} and "
-                         f"{MODEL_WEIGHTS}; run `nann-tf train` first)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        cfg = config_from_json(json.dumps(meta["config"]), str(meta_path))
-        n, c = int(meta["num_items"]), int(meta["num_categories"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise TrainError(f"{meta_path}: unreadable model metadata: {e}") from e
-    model = build_model(cfg, n, c, np.zeros(n + 1, np.int32))
-    try:
-        model.load_weights(weights)
-    except Exception as e:  # h5py/keras raise several types for a damaged file
-        raise TrainError(f"{weights}: cannot load the weights: {e}") from e
-    return model, cfg, meta
 
 
 def remove_training_state(output_dir: str | Path) -> None:

@@ -16,8 +16,9 @@ import pytest
 from nann_tf.data.dataset import Dataset
 from nann_tf.index.hnsw import build_hnsw
 from nann_tf.index.store import ItemIndex, load_index, save_index
-from nann_tf.search.sweep import Retriever, SearchParams
-from nann_tf.train import load_trained_model
+from nann_tf.evaluation.retriever import Retriever
+from nann_tf.search.params import SearchParams
+from nann_tf.model.saved import load_trained_model
 
 from conftest import bitmap_available, run_cli
 
@@ -108,7 +109,7 @@ def test_visited_tf_and_bitmap_give_the_same_results(attention_model_dir, ci_dat
     ds = Dataset.load(ci_dataset)
     model, cfg, _ = load_trained_model(attention_model_dir)
     index = load_index(ci_index_dir)
-    p = SearchParams.from_config(cfg.search).checked(index.graph.max_level)
+    p = cfg.search.checked(index.graph.max_level)
     hist = ds.test.hist[:40]
     runs = {}
     for impl in ("tf", "bitmap"):
@@ -128,7 +129,7 @@ def test_xla_grid_retriever_matches_the_plain_one(attention_model_dir, ci_datase
     ds = Dataset.load(ci_dataset)
     model, cfg, _ = load_trained_model(attention_model_dir)
     index = load_index(ci_index_dir)
-    p = SearchParams.from_config(cfg.search).checked(index.graph.max_level)
+    p = cfg.search.checked(index.graph.max_level)
     hist = ds.test.hist[:24]
     grid = ShapeGrid.for_search(index.graph, p.start_level, 2 * max(p.ef.values()),
                                 hist.shape[1])
@@ -174,6 +175,7 @@ def test_index_of_another_dataset_is_refused(tmp_path, capsys, attention_model_d
 
 @pytest.mark.parametrize("flags,must_name", [
     (["--ef", "1=100"], ["--ef", "level 0"]),
+    (["--ef", "2=50,1=100,0=200"], ["--ef", "level 2, which the search does not use"]),
     (["--ef", "1:100,0:200"], ["--ef", "LEVEL=VALUE"]),
     (["--T", "0=-1"], ["--T", "must be >= 0"]),
     (["--start-level", "7"], ["--start-level", "top level"]),

@@ -161,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_num_load_retries < 0 or args.load_retry_interval_micros < 0:
         raise CliError("--max_num_load_retries and --load_retry_interval_micros must be >= 0")
 
-    from nann_tf.serving.server import (ModelConfig, ModelConfigError, ModelServer,
-                                        ServerOptions, load_model_config_file)
+    from nann_tf.serving.model_config import (ModelConfigError, ServedModelConfig,
+                                              ServerOptions, load_model_config_file)
+    from nann_tf.serving.server import ModelServer
 
     try:
         if args.model_config_file:
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
                             "ignored")
             configs = load_model_config_file(args.model_config_file)
         elif args.model_base_path:
-            configs = [ModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
+            configs = [ServedModelConfig(args.model_name, os.path.abspath(args.model_base_path))]
         else:
             raise CliError("give --model_base_path (and --model_name) or --model_config_file")
     except ModelConfigError as e:

@@ -4,36 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from nann_tf.cli import CliError
+from nann_tf.cli.common import add_search_arguments, parse_positive_list, search_overrides
 
-__all__ = ["add_arguments", "run", "parse_levels"]
-
-
-def parse_levels(text: str | None, name: str) -> dict[int, int] | None:
-    """``"2=100,1=200,0=400"`` -> ``{2: 100, 1: 200, 0: 400}``."""
-    if text is None:
-        return None
-    out = {}
-    for part in text.split(","):
-        lv, sep, val = part.partition("=")
-        try:
-            out[int(lv)] = int(val)
-        except ValueError:
-            raise CliError(f"--{name} {text!r}: expected LEVEL=VALUE pairs such as "
-                           f"2=100,1=200,0=400") from None
-        if not sep:
-            raise CliError(f"--{name} {text!r}: expected LEVEL=VALUE pairs")
-    return out
-
-
-def _parse_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise CliError(f"--warmup-batch-sizes {text!r}: expected positive integers like 1,8,16")
-    return sizes
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,13 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="XLA-compile the score network over a shape grid (TF Serving then "
                         "needs --xla_cpu_compilation_enabled / --xla_gpu_compilation_enabled)")
     p.add_argument("--embedding-dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--start-level", type=int, help="beam start level S (config default)")
-    p.add_argument("--ef", help="beam widths per level, e.g. 2=100,1=200,0=400")
-    p.add_argument("--T", help="rounds per level, e.g. 1=2,0=4")
-    p.add_argument("-k", type=int, help="results per query")
-    p.add_argument("--history-seeds", action=argparse.BooleanOptionalAction, default=None,
-                   help="seed each query's beam search with its own history items (default: "
-                        "the config's search.history_seeds, true)")
+    add_search_arguments(p.add_argument_group(
+        "default search parameters of the served model (default: the model config's [search] "
+        "table)"))
     p.add_argument("--max-ef", type=int, help="largest ef a request may ask for "
                                                "(default 2x the largest default ef)")
     p.add_argument("--grid-ratio", type=float, default=1.25, help="XLA shape-grid step")
@@ -74,23 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nann_tf.data.dataset import DataError
-    from nann_tf.export.export import ExportError, export_version
-    from nann_tf.index.hnsw import HnswIndexError
-    from nann_tf.train import TrainError
+    from nann_tf.export.export import export_version
+    from nann_tf.search.params import SearchParams
 
-    try:
-        info = export_version(
-            args.model, args.index, args.output, version=args.version, visited=args.visited,
-            xla=args.xla, embedding_dtype=args.embedding_dtype, start_level=args.start_level,
-            ef=parse_levels(args.ef, "ef"), T=parse_levels(args.T, "T"), k=args.k,
-            max_ef=args.max_ef, grid_ratio=args.grid_ratio, history_seeds=args.history_seeds,
-            data_dir=args.data,
-            warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
-            model_name=args.model_name,
-            warmup_batch_sizes=_parse_sizes(args.warmup_batch_sizes))
-    except (ExportError, TrainError, HnswIndexError, DataError) as e:
-        raise CliError(str(e)) from e
+    overrides = search_overrides(args)
+    SearchParams().overridden(ef=overrides["ef"], T=overrides["T"])  # fails before loading
+    overrides.pop("hnsw_ef")
+    info = export_version(
+        args.model, args.index, args.output, version=args.version, visited=args.visited,
+        xla=args.xla, embedding_dtype=args.embedding_dtype, **overrides,
+        max_ef=args.max_ef, grid_ratio=args.grid_ratio, data_dir=args.data,
+        warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
+        model_name=args.model_name,
+        warmup_batch_sizes=parse_positive_list(args.warmup_batch_sizes, "--warmup-batch-sizes"))
     v = info["validation"]
     print(f"exported {args.output}/{info['version']}: {info['size_bytes'] / 1e6:.1f} MB, "
           f"visited={info['visited']}, xla={info['xla']}, grid {len(info['grid'])} sizes, "

@@ -1,0 +1,89 @@
+"""The ``nann-tf`` command line.
+
+Each subcommand is one module of this package exposing ``add_arguments(parser)`` and
+``run(args)``: argparse -> a library call -> print. ``COMMANDS`` maps the subcommand name to
+that module and a one-line description. Argument definitions import nothing heavy, so
+``nann-tf --help`` stays fast (no TensorFlow import); a subcommand module that fails to import
+is an error naming it, never a missing entry.
+
+The library never imports this package. Its errors a user can fix derive from
+:class:`nann_tf.errors.UserError` and are printed here as ``nann-tf <cmd>: error: <message>``
+(exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from nann_tf.errors import UserError
+
+__all__ = ["main", "build_parser", "COMMANDS", "CliError", "CommandImportError"]
+
+# name -> (module, help). Order is the pipeline order shown by --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("nann_tf.cli.synth", "write a synthetic UserBehavior-format behaviour log"),
+    "prepare": ("nann_tf.cli.prepare", "behaviour log -> dataset directory"),
+    "train": ("nann_tf.cli.train", "train the NANN model (NCE + FGSM)"),
+    "build-index": ("nann_tf.cli.build_index", "item embeddings + HNSW levels"),
+    "evaluate": ("nann_tf.cli.evaluate", "recall / coverage of brute force and graph search"),
+    "tune": ("nann_tf.cli.tune", "cheapest beam parameters meeting a coverage target"),
+    "export": ("nann_tf.cli.export", "write a TF Serving SavedModel version"),
+    "serve": ("nann_tf.cli.serve", "local gRPC server with TF Serving's API"),
+    "query": ("nann_tf.cli.query", "send a gRPC Predict request"),
+    "demo": ("nann_tf.cli.demo", "the whole pipeline on generated data"),
+}
+
+
+class CliError(UserError):
+    """A bad command line: printed as ``nann-tf <cmd>: error: <message>``, exit status 2."""
+
+
+class CommandImportError(ImportError):
+    """A subcommand's module failed to import (a broken install): names the module."""
+
+
+def _command_module(name: str, module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CommandImportError(f"nann-tf {name}: its module {module} failed to import ({e}); "
+                                 "the installation is broken: reinstall nann-tf") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nann-tf",
+        description="Retrieval under a neural similarity metric (NANN) on TensorFlow.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (mod, helptext) in COMMANDS.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.set_defaults(_module=mod)
+        # Argument definitions are cheap modules without heavy imports at top level.
+        _command_module(name, mod).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(args._module)
+    try:
+        rc = module.run(args)
+    except UserError as e:
+        print(f"nann-tf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nann-tf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""``nann-tf evaluate``: retrieval quality of a trained model on held-out users.
+
+Two modes:
+
+- ``--brute-force`` alone scores the whole corpus for every test user (exact top-M:
+  recall-all@M) and prints it beside the most-popular baseline.
+- ``--index I`` (the model's ``nann-tf build-index`` output) prints one table comparing brute
+  force, Beam-retrieval, HNSW-retrieval and most popular: recall@M (recall-all for brute force,
+  recall-retrieval for the rest), recall-delta@M, coverage@M against brute force, the fraction
+  of the corpus scored per query and the search time per query. Search parameters default to the
+  model config's ``[search]`` table; ``--start-level/--ef/--T/-k/--hnsw-ef`` override them.
+
+``--sweep OUTDIR`` (with ``--index``) also writes the paper's figures as PNG and their numbers as
+CSV (``sweep.csv``, ``perturbation.csv``):
+
+- Fig. 3 (``fig3_beam_vs_hnsw.png``): coverage@M and recall-retrieval@M against the fraction of
+  the corpus scored, Beam-retrieval (``ef`` scaled by ``--sweep-scales`` x ``T_0`` in
+  ``--sweep-T0``) vs HNSW-retrieval (``ef0`` in ``--sweep-hnsw-ef``);
+- Fig. 4 (``fig4_fgsm.png``, with ``--compare-model/--compare-index``, e.g. a model trained with
+  ``--set train.fgsm_eps=0``): the Beam-retrieval curves of both models;
+- Fig. 7a (``fig7a_eps.png``, with ``--eps-models eps:model:index,...``): coverage@M and
+  recall-all@M at the search parameters against the FGSM eps;
+- Fig. 6 (``fig6_perturbation.png``): histograms of ``|s_u(e_v) - s_u(e_v + delta)|`` over the
+  brute-force top-M items of the users, ``delta`` random with l2 norm ``--perturb-r``, for every
+  model given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from nann_tf.cli import CliError
+from nann_tf.cli.common import add_search_arguments, parse_positive_list, search_overrides
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory from `nann-tf train`")
+    p.add_argument("--data", required=True, help="dataset directory from `nann-tf prepare`")
+    p.add_argument("--brute-force", action="store_true",
+                   help="exact top-M over the whole corpus (recall-all@M) vs most popular")
+    p.add_argument("--index", help="the model's index from `nann-tf build-index`: compare brute "
+                                   "force, Beam-retrieval, HNSW-retrieval and most popular")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--users", type=int, default=0,
+                   help="evaluate the first N held-out users only (0: all)")
+    p.add_argument("--at", default=None,
+                   help="comma-separated M values (default 50,200; with --index those <= k, "
+                        "and k)")
+    p.add_argument("--output-json", help="also write the results to this JSON file")
+    g = p.add_argument_group("search parameters (default: the model config's [search] table)")
+    add_search_arguments(g, hnsw=True)
+    g.add_argument("--visited", choices=["tf", "bitmap"], default="tf",
+                   help="visited set: stock TF ops or the C++ bitmap op (same results)")
+    g.add_argument("--batch-size", type=int, default=16, help="queries per search call")
+    s = p.add_argument_group("sweep (paper Figs. 3, 4, 6, 7a)")
+    s.add_argument("--sweep", metavar="OUTDIR", help="write the figures (PNG) and CSV here")
+    s.add_argument("--compare-model", help="a second model (e.g. trained without FGSM) for Fig. 4")
+    s.add_argument("--compare-index", help="the second model's own index")
+    s.add_argument("--eps-models", metavar="EPS:MODEL:INDEX,...",
+                   help="models trained with different train.fgsm_eps, for Fig. 7a")
+    s.add_argument("--sweep-scales", default="0.5,1,2",
+                   help="Beam-retrieval: factors applied to every ef (default 0.5,1,2)")
+    s.add_argument("--sweep-T0", default="1,2,3,5",
+                   help="Beam-retrieval: T_0 values (default 1,2,3,5)")
+    s.add_argument("--sweep-hnsw-ef", default=None,
+                   help="HNSW-retrieval ef0 values (default k x 0.5,1,1.5,2,3 and --hnsw-ef)")
+    s.add_argument("--perturb-r", type=float, default=None,
+                   help="Fig. 6: l2 norm of the random perturbation (default 0.1 x the median "
+                        "|e_v| of --model's index)")
+
+
+def _parse_eps_models(text: str) -> list[tuple[float, str, str]]:
+    out = []
+    for item in text.split(","):
+        eps, sep1, rest = item.strip().partition(":")
+        model, sep2, index = rest.partition(":")
+        try:
+            value = float(eps)
+        except ValueError:
+            value = -1.0
+        if not (sep1 and sep2 and model and index) or value < 0:
+            raise CliError(f"--eps-models entry {item!r}: expected EPS:MODEL_DIR:INDEX_DIR with "
+                           f"EPS >= 0, e.g. 0.01:models/eps0.01:indexes/eps0.01")
+        out.append((value, model, index))
+    return out
+
+
+def _default_ms(k: int) -> list[int]:
+    return sorted({m for m in (50, 200) if m <= k} | {k})
+
+
+def run(args: argparse.Namespace) -> int:
+    from nann_tf.data.dataset import DataError, Dataset
+    from nann_tf.evaluation.evaluate import evaluate_brute_force, evaluate_retrieval, format_table
+    from nann_tf.evaluation.retriever import load_model_entry
+    from nann_tf.evaluation.sweep import run_sweep
+    from nann_tf.fsutil import write_json_atomic
+    from nann_tf.model.saved import load_trained_model
+    from nann_tf.search.params import SearchParams
+
+    if args.index is None:
+        for flag in ("sweep", "compare_model", "eps_models"):
+            if getattr(args, flag):
+                raise CliError(f"--{flag.replace('_', '-')} needs --index (the model's index)")
+        if not args.brute_force:
+            raise CliError("nothing to evaluate: pass --index INDEX_DIR (graph search vs brute "
+                           "force) or --brute-force")
+    if (args.compare_model is None) != (args.compare_index is None):
+        raise CliError("--compare-model and --compare-index go together (the second model needs "
+                       "its own index)")
+    if args.users < 0:
+        raise CliError(f"--users {args.users}: expected >= 0")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size {args.batch_size}: expected >= 1")
+    # Parsed before anything loads: a malformed --ef/--T fails at once.
+    overrides = search_overrides(args)
+    SearchParams().overridden(ef=overrides["ef"], T=overrides["T"])
+    try:
+        ds = Dataset.load(args.data)
+    except DataError as e:
+        raise CliError(f"--data: {e}") from e
+
+    if args.index is None:
+        ms = parse_positive_list(args.at or "50,200", "--at")
+        model, cfg, meta = load_trained_model(args.model)
+        if meta["num_items"] != ds.num_items:
+            raise CliError(f"--model {args.model} was trained on {meta['num_items']} items but "
+                           f"--data {args.data} has {ds.num_items}: not the same dataset")
+        res = evaluate_brute_force(model, ds, args.split, args.users, ms)
+        res["variant"] = cfg.model.variant
+        print(f"{args.split} users: {res['users']}, items: {res['num_items']}, "
+              f"model: {cfg.model.variant}")
+        print(f"{'method':<24}" + "".join(f"{'recall-all@' + str(m):>16}" for m in ms))
+        for name, row in [(f"brute force ({cfg.model.variant})", res["model"]),
+                          ("most popular", res["most_popular"])]:
+            print(f"{name:<24}" + "".join(f"{row[f'recall_all@{m}']:>16.4f}" for m in ms))
+        if args.output_json:
+            write_json_atomic(args.output_json, res, sort_keys=False)
+        return 0
+
+    # Cheap checks of the sweep options before anything slow runs.
+    scales = parse_positive_list(args.sweep_scales, "--sweep-scales", float)
+    t0s = parse_positive_list(args.sweep_T0, "--sweep-T0")
+    hnsw_efs = (parse_positive_list(args.sweep_hnsw_ef, "--sweep-hnsw-ef")
+                if args.sweep_hnsw_ef else None)
+    eps_list = _parse_eps_models(args.eps_models) if args.eps_models else []
+    if args.perturb_r is not None and args.perturb_r <= 0:
+        raise CliError(f"--perturb-r {args.perturb_r}: expected > 0")
+
+    data_name = f"--data {args.data}"
+    primary = load_model_entry(args.model, args.index, ds, data_name=data_name,
+                               model_flag="--model", index_flag="--index")
+    params = primary.cfg.search.overridden(**overrides).checked(
+        primary.index.graph.max_level, source="search parameters (--start-level/--ef/--T/-k/"
+        "--hnsw-ef over the model config's [search] table)")
+    ms = parse_positive_list(args.at, "--at") if args.at else _default_ms(params.k)
+    if max(ms) > params.k:
+        raise CliError(f"--at {','.join(map(str, ms))}: M = {max(ms)} is larger than -k "
+                       f"{params.k}, the number of items the search returns")
+    if args.visited == "bitmap":
+        from nann_tf import ops
+
+        ops.load_library()  # OpLibraryError names the library and how to rebuild it
+    compare = (load_model_entry(args.compare_model, args.compare_index, ds, data_name=data_name,
+                                model_flag="--compare-model", index_flag="--compare-index")
+               if args.compare_model else None)
+    eps_entries = []
+    for eps, mdir, idir in eps_list:
+        entry = load_model_entry(mdir, idir, ds, data_name=data_name,
+                                 model_flag=f"--eps-models {mdir}",
+                                 index_flag=f"--eps-models {idir}")
+        if abs(entry.eps - eps) > 1e-12 * max(1.0, eps):
+            raise CliError(f"--eps-models entry {eps:g}:{mdir}:{idir}: the model was trained "
+                           f"with train.fgsm_eps={entry.eps:g}, not {eps:g}")
+        eps_entries.append(entry)
+
+    t0 = time.perf_counter()
+    result, arrays = evaluate_retrieval(primary.model, primary.index, ds, params, args.split,
+                                        args.users, ms, args.visited, args.batch_size)
+    result.update(variant=primary.cfg.model.variant, model=args.model, index=args.index,
+                  fgsm_eps=primary.eps)
+    print(f"{args.split} users: {result['users']}, items: {result['num_items']}, model: "
+          f"{primary.cfg.model.variant} (fgsm_eps={primary.eps:g}), visited: {args.visited}, "
+          f"search: {params.describe()} hnsw_ef={params.hnsw_ef}")
+    print(format_table(result))
+    log.info("evaluation took %.1fs", time.perf_counter() - t0)
+
+    if args.sweep:
+        sweep = run_sweep(primary, ds, params, args.sweep, compare=compare,
+                          eps_models=eps_entries, split=args.split, users=args.users, ms=ms,
+                          visited=args.visited, batch_size=args.batch_size, scales=scales,
+                          t0s=t0s, hnsw_efs=hnsw_efs, perturb_r=args.perturb_r,
+                          primary_state=arrays, progress=log.info)
+        result["sweep"] = {"dir": args.sweep, "files": sweep["files"],
+                           "perturb_r": sweep["perturb_r"],
+                           "perturbation_summary": sweep["perturbation_summary"]}
+        print(f"sweep -> {args.sweep}: " + ", ".join(Path(f).name for f in sweep["files"]))
+        for label, s in sweep["perturbation_summary"].items():
+            print(f"  |s(e_v) - s(e_v + delta)| (r={sweep['perturb_r']:.3g}) {label}: "
+                  f"mean {s['mean']:.4g}, median {s['median']:.4g}, p90 {s['p90']:.4g}")
+    if args.output_json:
+        write_json_atomic(args.output_json, result, sort_keys=False)
+    return 0

@@ -1,0 +1,295 @@
+"""A trained model and its index, searched for a matrix of user histories, in batches, timed.
+
+:class:`Retriever` runs the searches of :mod:`nann_tf.search` with the model's own score:
+
+- :meth:`Retriever.beam`: Beam-retrieval (paper Alg. 1/2) with per-level ``ef`` and ``T``;
+- :meth:`Retriever.hnsw`: HNSW-retrieval (the SL2G baseline) with beam ``ef0`` on level 0;
+- :meth:`Retriever.brute_force`: the exact top-k (every item scored), the reference.
+
+The beam and HNSW searches are traced once into ``tf.function`` s whose search parameters are
+tensors, so a sweep over ``ef``/``T``/``ef0`` never retraces.
+
+:func:`load_model_entry` loads a model with its index and checks that they belong together and
+to the dataset (:func:`check_index_matches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from nann_tf.errors import UserError
+
+__all__ = ["IndexMismatchError", "ModelEntry", "Retriever", "RunResult", "check_index_matches",
+           "load_model_entry"]
+
+
+class IndexMismatchError(UserError, ValueError):
+    """An index was not built from this model or this dataset."""
+
+
+def check_index_matches(model, ds, index, *, index_name: str = "index", model_name: str = "model",
+                        data_name: str = "data", sample: int = 512) -> None:
+    """Checks that ``index`` holds ``ds``'s items embedded by ``model``.
+
+    Compares the item count and raw ids with the dataset, and the stored ``e_v`` of a sample of
+    items with the model's item network.
+
+    Raises:
+      IndexMismatchError: naming the index and the model or dataset it does not belong to.
+    """
+    n = index.num_items
+    if n != ds.num_items:
+        raise IndexMismatchError(f"{index_name} holds {n} items but {data_name} has "
+                                 f"{ds.num_items}: the index was built for another dataset")
+    if not np.array_equal(index.raw_item_id, ds.raw_item_id):
+        raise IndexMismatchError(f"{index_name}: its item ids differ from those of {data_name}: "
+                                 "the index was built for another dataset")
+    if model.num_items != n:
+        raise IndexMismatchError(f"{model_name} was trained on {model.num_items} items but "
+                                 f"{index_name} holds {n}")
+    if index.embeddings.shape[1] != model.cfg.embedding_dim:
+        raise IndexMismatchError(f"{index_name} has {index.embeddings.shape[1]}-d embeddings but "
+                                 f"{model_name} makes {model.cfg.embedding_dim}-d ones: the index "
+                                 "was built from another model")
+    rng = np.random.default_rng(0)
+    ids = np.unique(np.concatenate([[1, n], rng.integers(1, n + 1, size=min(sample, n))]))
+    mine = np.asarray(model.item_embedding(ids.astype(np.int32)))
+    stored = index.embeddings[ids]
+    scale = float(np.abs(stored).max()) + 1e-12
+    err = float(np.abs(mine - stored).max())
+    if err > 1e-4 * scale + 1e-6:
+        raise IndexMismatchError(
+            f"{index_name} was not built from {model_name}: its stored e_v differ from the "
+            f"model's item network by up to {err:.3g} (run `nann-tf build-index` for this model)")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One search over a set of users.
+
+    Attributes:
+      ids: int64 ``[U, k]`` dense item ids, best first (0 = padding).
+      num_scored: int64 ``[U]`` items scored per query.
+      seconds: wall time of the search (tracing excluded).
+    """
+
+    ids: np.ndarray
+    num_scored: np.ndarray
+    seconds: float
+
+    @property
+    def ms_per_query(self) -> float:
+        return 1000.0 * self.seconds / max(len(self.ids), 1)
+
+
+class Retriever:
+    """A trained model and its index, searched for batches of user histories.
+
+    Args:
+      model: the trained :class:`~nann_tf.model.nann.NANNModel`.
+      index: its :class:`~nann_tf.index.store.ItemIndex`.
+      start_level: Beam-retrieval's start level S (at most the index's top level).
+      visited_impl: ``"tf"`` or ``"bitmap"`` (the C++ op).
+      batch_size: queries per search call (bounds memory: a round scores up to
+        ``batch_size x ef x neighbours`` candidates at once).
+      grid: score with XLA over this :class:`~nann_tf.model.scorer.ShapeGrid` (as the exported
+        model does; e.g. ``ShapeGrid.for_search(...)``; :meth:`warm_up` compiles it). None: no
+        XLA.
+    """
+
+    def __init__(self, model, index, start_level: int, visited_impl: str = "tf",
+                 batch_size: int = 16, grid=None):
+        import tensorflow as tf
+
+        from nann_tf.index.hnsw import graph_tensors
+        from nann_tf.model.scorer import ModelScorer
+
+        if not 0 <= start_level <= index.graph.max_level:
+            raise ValueError(f"start_level {start_level} is outside the index's levels "
+                             f"0..{index.graph.max_level}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if visited_impl == "bitmap":
+            from nann_tf import ops
+
+            ops.load_library()  # OpLibraryError (with the rebuild command) if it is missing
+        self.model = model
+        self.index = index
+        self.start_level = int(start_level)
+        self.visited_impl = visited_impl
+        self.batch_size = int(batch_size)
+        self.num_items = index.num_items
+        self._graph = graph_tensors(index.graph, self.start_level)
+        self.grid = grid
+        self._scorer = ModelScorer(model, tf.constant(index.embeddings), grid)
+        self._bf = None
+        s = self.start_level
+        hist_spec = tf.TensorSpec([None, None], tf.int32)
+        scalar = tf.TensorSpec([], tf.int32)
+
+        @tf.function(input_signature=[hist_spec, tf.TensorSpec([s + 1], tf.int32),
+                                      tf.TensorSpec([s], tf.int32), scalar, hist_spec])
+        def beam_fn(hist, ef, T, k, seeds):
+            from nann_tf.search.beam import beam_search
+
+            b = tf.shape(hist)[0]
+            scorer = self._scorer.bind(model.encode_user(hist), b)
+            return beam_search(self._graph, scorer, b, ef={lv: ef[lv] for lv in range(s + 1)},
+                               T={lv: T[lv] for lv in range(s)}, k=k,
+                               visited_impl=visited_impl, seed_ids=seeds)
+
+        @tf.function(input_signature=[hist_spec, scalar, scalar])
+        def hnsw_fn(hist, ef0, k):
+            from nann_tf.search.hnsw_search import hnsw_search
+
+            b = tf.shape(hist)[0]
+            scorer = self._scorer.bind(model.encode_user(hist), b)
+            return hnsw_search(self._graph, scorer, b, ef0=ef0, k=k, visited_impl=visited_impl)
+
+        self._beam_fn, self._hnsw_fn = beam_fn, hnsw_fn
+        self._warm_fn = None
+        self._warm: set[str] = set()
+
+    def warm_up(self, hist: np.ndarray, batch_sizes) -> None:
+        """With a grid: compiles the XLA score network for every grid size at these batch
+        sizes, through a graph call as the search makes it (else the first searches would pay
+        the compilations)."""
+        import tensorflow as tf
+
+        if self.grid is None:
+            return
+        if self._warm_fn is None:
+            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                          tf.TensorSpec([], tf.int32)])
+            def warm_fn(h, width):
+                b = tf.shape(h)[0]
+                return self._scorer.score_first_items(self.model.encode_user(h), b, width)
+
+            self._warm_fn = warm_fn
+        for b in batch_sizes:
+            h = tf.constant(np.asarray(hist[:b], np.int32))
+            for w in self.grid.sizes:
+                self._warm_fn(h, tf.constant(min(w, self.num_items)))
+
+    def _run(self, name: str, fn, hist: np.ndarray, *params,
+             seeds: np.ndarray | None = None) -> RunResult:
+        import tensorflow as tf
+
+        hist = np.ascontiguousarray(hist, np.int32)
+        extra = () if seeds is None else (np.asarray(seeds, np.int32),)
+        if name not in self._warm and len(hist):
+            fn(tf.constant(hist[:1]), *params, *(tf.constant(x[:1]) for x in extra))  # traces once
+            self._warm.add(name)
+        ids, scored = [], []
+        t0 = time.perf_counter()
+        for i in range(0, len(hist), self.batch_size):
+            out_ids, _, n = fn(tf.constant(hist[i:i + self.batch_size]), *params,
+                               *(tf.constant(x[i:i + self.batch_size]) for x in extra))
+            ids.append(out_ids.numpy())
+            scored.append(n.numpy())
+        seconds = time.perf_counter() - t0
+        k = int(params[-1])
+        return RunResult(np.concatenate(ids).astype(np.int64) if ids else np.zeros((0, k), np.int64),
+                         np.concatenate(scored).astype(np.int64) if scored else np.zeros(0, np.int64),
+                         seconds)
+
+    def beam(self, hist: np.ndarray, ef: Mapping[int, int], T: Mapping[int, int],
+             k: int, history_seeds: bool = True) -> RunResult:
+        """Beam-retrieval of the top ``k`` for every row of ``hist`` [U, L], each query seeded
+        with its own history items unless ``history_seeds`` is False.
+
+        ``ef`` needs levels ``S..0`` and ``T`` levels ``S-1..0`` (validated by
+        :meth:`nann_tf.search.params.SearchParams.checked`).
+        """
+        import tensorflow as tf
+
+        s = self.start_level
+        ef_v = tf.constant([int(ef[lv]) for lv in range(s + 1)], tf.int32)
+        t_v = tf.constant([int(T[lv]) for lv in range(s)], tf.int32, shape=[s])
+        hist = np.asarray(hist, np.int32)
+        seeds = hist if history_seeds else hist[:, :0]  # no seed columns: E = 0
+        return self._run("beam", self._beam_fn, hist, ef_v, t_v, tf.constant(int(k)),
+                         seeds=seeds)
+
+    def hnsw(self, hist: np.ndarray, ef0: int, k: int) -> RunResult:
+        """HNSW-retrieval (greedy upper levels, best-first level 0 with ``ef0``)."""
+        import tensorflow as tf
+
+        return self._run("hnsw", self._hnsw_fn, hist, tf.constant(int(ef0)),
+                         tf.constant(int(k)))
+
+    def brute_force(self, hist: np.ndarray, k: int) -> RunResult:
+        """The exact top ``k`` (every item scored; ties by the smaller id)."""
+        from nann_tf.search.brute_force import ExactScorer
+
+        if self._bf is None:
+            self._bf = ExactScorer(self.model, self.index.embeddings)
+            if len(hist):
+                self._bf.topk(hist[:1], k)  # traces the chunk scorer outside the timing
+        t0 = time.perf_counter()
+        ids, _ = self._bf.topk(hist, k)
+        seconds = time.perf_counter() - t0
+        return RunResult(ids.astype(np.int64), np.full(len(ids), self.num_items, np.int64),
+                         seconds)
+
+
+@dataclasses.dataclass
+class ModelEntry:
+    """A trained model with its index and config (:func:`load_model_entry`)."""
+
+    label: str
+    model_dir: str
+    index_dir: str
+    model: object
+    cfg: object
+    index: object
+
+    @property
+    def eps(self) -> float:
+        return float(self.cfg.train.fgsm_eps)
+
+
+def load_model_entry(model_dir, index_dir, ds, *, data_name: str = "the dataset",
+                     model_flag: str = "model", index_flag: str = "index",
+                     label: str | None = None) -> ModelEntry:
+    """Loads a trained model and its index, and checks they belong to each other and to ``ds``.
+
+    Args:
+      model_dir / index_dir: the directories.
+      ds: the dataset (:class:`~nann_tf.data.dataset.Dataset`).
+      data_name / model_flag / index_flag: how errors name the three inputs (e.g. ``--data
+        DIR``, ``--model``, ``--index``).
+      label: the model's name in tables and plots (default: its directory and eps).
+
+    Raises:
+      UserError: a directory is missing or unreadable (ModelDirError, HnswIndexError), or
+        IndexMismatchError: the three do not belong together.
+    """
+    from nann_tf.index.hnsw import HnswIndexError
+    from nann_tf.index.store import load_index
+    from nann_tf.model.saved import ModelDirError, load_trained_model
+
+    try:
+        model, cfg, meta = load_trained_model(model_dir)
+    except ModelDirError as e:
+        raise ModelDirError(f"{model_flag}: {e}") from e
+    if meta["num_items"] != ds.num_items:
+        raise IndexMismatchError(f"{model_flag} {model_dir} was trained on {meta['num_items']} "
+                                 f"items but {data_name} has {ds.num_items}: not the same "
+                                 "dataset")
+    try:
+        index = load_index(index_dir)
+    except OSError as e:
+        raise HnswIndexError(f"{index_flag} {index_dir}: {e}") from e
+    except HnswIndexError as e:
+        raise HnswIndexError(f"{index_flag} {index_dir}: {e}") from e
+    check_index_matches(model, ds, index, index_name=f"{index_flag} {index_dir}",
+                        model_name=f"{model_flag} {model_dir}", data_name=data_name)
+    if label is None:
+        label = f"{Path(model_dir).name} (eps={cfg.train.fgsm_eps:g})"
+    return ModelEntry(label, str(model_dir), str(index_dir), model, cfg, index)

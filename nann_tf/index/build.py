@@ -1,0 +1,54 @@
+"""``build_index``: a trained model + its dataset -> an index directory (e_v + HNSW levels)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from nann_tf.index.hnsw import HnswIndexError, build_hnsw
+from nann_tf.index.store import ItemIndex, save_index
+
+__all__ = ["build_index"]
+
+log = logging.getLogger(__name__)
+
+
+def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threads=None):
+    """e_v of every item with the trained item network, the HNSW graph over them, saved as an
+    index directory (atomically); returns its metadata.
+
+    Raises:
+      HnswIndexError: bad HNSW parameters, or a model trained on another dataset.
+      ModelDirError / DataError: the model or dataset directory is missing or unreadable.
+    """
+    from nann_tf.data.dataset import Dataset
+    from nann_tf.model.nann import all_item_embeddings
+    from nann_tf.model.saved import load_trained_model
+
+    ds = Dataset.load(data_dir)
+    model, cfg, meta = load_trained_model(model_dir)
+    if meta["num_items"] != ds.num_items:
+        raise HnswIndexError(f"--model {model_dir} was trained on {meta['num_items']} items but "
+                             f"--data {data_dir} has {ds.num_items}: not the same dataset")
+    ic = cfg.index
+    M = ic.M if M is None else M
+    efc = ic.ef_construction if ef_construction is None else ef_construction
+    threads = ic.num_threads if threads is None else threads
+    if M < 2 or efc < 1 or threads < 0:
+        raise HnswIndexError(f"need --M >= 2, --ef-construction >= 1, --threads >= 0; got {M}, "
+                             f"{efc}, {threads}")
+    t0 = time.perf_counter()
+    emb = all_item_embeddings(model)
+    t1 = time.perf_counter()
+    log.info("e_v for %d items (d=%d) in %.1fs; building HNSW (M=%d, ef_construction=%d)",
+             ds.num_items, emb.shape[1], t1 - t0, M, efc)
+    graph = build_hnsw(emb, M=M, ef_construction=efc, num_threads=threads, seed=ic.seed)
+    t2 = time.perf_counter()
+    info = {"model_dir": str(model_dir), "config": cfg.to_dict(), "embed_seconds": t1 - t0,
+            "hnsw_build_seconds": t2 - t1, "M": M, "ef_construction": efc,
+            "max_level": graph.max_level,
+            "nodes_per_level": [int((graph.node_level >= lv).sum())
+                                for lv in range(graph.max_level + 1)]}
+    save_index(ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info), output)
+    log.info("HNSW built in %.1fs: levels %s -> %s", t2 - t1, info["nodes_per_level"], output)
+    return info
