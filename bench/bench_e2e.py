@@ -38,8 +38,8 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from nann_tf.cli import CliError
-    from nann_tf.cli.demo import format_table, run_demo
+    from nann_tf.demo import format_table, run_demo
+    from nann_tf.errors import UserError
 
     name = os.path.splitext(os.path.basename(args.config))[0]
     out = args.out or os.path.join(REPO, "bench", "results", f"e2e-{name}.json")
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         workdir = args.workdir or os.path.join(tmp, "work")
         try:
             report = run_demo(workdir, args.config, queries=args.queries, fresh=args.fresh)
-        except CliError as e:
+        except UserError as e:
             print(f"bench_e2e: {e}", file=sys.stderr)
             return 2
     import tensorflow as tf

@@ -62,8 +62,6 @@ def main():
     ap.add_argument("--brute-requests", type=int, default=10,
                     help="brute_force signature requests per batch size (first variant)")
     args = ap.parse_args()
-    from nann_tf.cli.export import parse_levels
-
     variants = VARIANTS
     if args.variants:
         variants = []
@@ -77,8 +75,8 @@ def main():
         for n_variant, (visited, xla, dtype) in enumerate(variants):
             info = export_version(args.model, args.index, base, visited=visited, xla=xla,
                                   embedding_dtype=dtype, data_dir=args.data,
-                                  min_coverage=0.0, ef=parse_levels(args.ef, "ef"),
-                                  T=parse_levels(args.T, "T"), history_seeds=args.history_seeds,
+                                  min_coverage=0.0, ef=args.ef,
+                                  T=args.T, history_seeds=args.history_seeds,
                                   validation_users=args.validation_users)
             vdir = base / str(info["version"])
             hist = validation_histories(idx, args.data or info.get("data_dir"),

@@ -22,9 +22,9 @@ from pathlib import Path
 from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
 from nann_tf.data.prepare import prepare_dataset
-from nann_tf.data.synth import generate_log, write_userbehavior_csv
-from nann_tf.cli.evaluate import evaluate_brute_force
+from nann_tf.evaluation.evaluate import evaluate_brute_force
 from nann_tf.model.saved import load_trained_model
+from nann_tf.pipeline import Pipeline
 from nann_tf.train import train
 
 VARIANTS = ("attention", "sum_pool", "two_tower")
@@ -42,15 +42,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        src = args.input
-        if src is None:
-            src = work / "log.csv"
-            write_userbehavior_csv(generate_log(dc.synth_users, dc.synth_items,
-                                                dc.synth_categories, dc.synth_events_per_user,
-                                                dc.synth_seed), src)
-        prepare_dataset(src, work / "data", args.format, max_len=dc.max_len, min_len=dc.min_len,
-                        val_users=dc.val_users, test_users=dc.test_users, seed=dc.split_seed,
-                        overwrite=True)
+        if args.input is None:  # generated from the config, through the pipeline runner
+            Pipeline(work, cfg).run("prepare")
+        else:
+            prepare_dataset(args.input, work / "data", args.format, max_len=dc.max_len,
+                            min_len=dc.min_len, val_users=dc.val_users,
+                            test_users=dc.test_users, seed=dc.split_seed, overwrite=True)
         ds = Dataset.load(work / "data")
         rows = {}
         for variant in VARIANTS:

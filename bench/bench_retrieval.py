@@ -101,7 +101,7 @@ def train_model(cfg, work: Path, name: str, eps: float) -> dict:
 
 
 def build(work: Path, name: str) -> dict:
-    from nann_tf.cli.build_index import build_index
+    from nann_tf.index.build import build_index
 
     out = work / f"index-{name}"
     reused = (out / "index.json").is_file()
@@ -378,10 +378,11 @@ def main(argv=None) -> int:
     from nann_tf import ops
     from nann_tf.config import load_config
     from nann_tf.data.dataset import Dataset
-    from nann_tf.cli.evaluate import (evaluate_retrieval, format_table, load_model_entry,
-                                      run_sweep)
+    from nann_tf.evaluation.evaluate import evaluate_retrieval, format_table
+    from nann_tf.evaluation.retriever import load_model_entry
+    from nann_tf.evaluation.sweep import run_sweep
     from nann_tf.evaluation.metrics import summarize
-    from nann_tf.evaluation.sweep import SearchParams, format_level_values
+    from nann_tf.search.params import format_level_values
     from nann_tf.search.tune import default_grid, grid_from_lists, tune
 
     cfg = load_config(args.config)
@@ -420,12 +421,12 @@ def main(argv=None) -> int:
         stages["index (no FGSM)"] = _took(t, index_info["nofgsm"])
 
     data_dir = str(work / "data")
-    primary = load_model_entry(str(work / fgsm_name), str(work / f"index-{fgsm_name}"), ds,
-                               data_dir, "--model", "--index", label=f"FGSM eps={eps:g}")
+    primary = load_model_entry(work / fgsm_name, work / f"index-{fgsm_name}", ds,
+                               data_name=str(data_dir), label=f"FGSM eps={eps:g}")
     compare = None if args.no_compare else load_model_entry(
-        str(work / "model-nofgsm"), str(work / "index-model-nofgsm"), ds, data_dir,
-        "--compare-model", "--compare-index", label="no FGSM (eps=0)")
-    params = SearchParams.from_config(cfg.search).checked(primary.index.graph.max_level)
+        work / "model-nofgsm", work / "index-model-nofgsm", ds, data_name=str(data_dir),
+        label="no FGSM (eps=0)")
+    params = cfg.search.checked(primary.index.graph.max_level)
     s_level = params.start_level
     ms = sorted({x for x in (50, 200) if x <= params.k} | {params.k})
 

@@ -24,11 +24,9 @@ import tensorflow as tf
 
 from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
-from nann_tf.data.prepare import prepare_dataset
-from nann_tf.data.synth import generate_log, write_userbehavior_csv
-from nann_tf.train.step import NANNTrainer, NoiseDistribution
 from nann_tf.model.saved import build_model
-from nann_tf.train import batch_generator
+from nann_tf.pipeline import Pipeline
+from nann_tf.train import NANNTrainer, NoiseDistribution, batch_generator
 
 import keras
 
@@ -40,15 +38,11 @@ def main():
     ap.add_argument("--output", default="bench/results/train.json")
     args = ap.parse_args()
     cfg = load_config(args.config)
-    dc, tc = cfg.data, cfg.train
+    tc = cfg.train
     with tempfile.TemporaryDirectory() as tmp:
-        cols = generate_log(dc.synth_users, dc.synth_items, dc.synth_categories,
-                            dc.synth_events_per_user, dc.synth_seed)
-        write_userbehavior_csv(cols, Path(tmp) / "log.csv")
-        prepare_dataset(Path(tmp) / "log.csv", Path(tmp) / "data", "userbehavior",
-                        max_len=dc.max_len, min_len=dc.min_len, val_users=dc.val_users,
-                        test_users=dc.test_users, seed=dc.split_seed)
-        ds = Dataset.load(Path(tmp) / "data")
+        pipeline = Pipeline(tmp, cfg)
+        pipeline.run("prepare")
+        ds = Dataset.load(pipeline.paths["data"])
         noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
         rows = []
         for variant in ("attention", "sum_pool", "two_tower"):

@@ -14,14 +14,29 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nann_tf.cli import main as cli_main  # noqa: E402
+from importlib.metadata import entry_points  # noqa: E402
+
+# The installed `nann-tf` console script's function: tests drive the command line exactly as
+# the entry point does, without importing the CLI package.
+cli_main = entry_points(group="console_scripts")["nann-tf"].load()
 
 CI_CONFIG = "ci-synth"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def run_cli(*args: str) -> int:
+def run_cli(*args) -> int:
     return cli_main([str(a) for a in args])
+
+
+def run_cli_output(*args) -> tuple[int, str]:
+    """``run_cli`` with its standard output captured: ``(exit status, stdout)``."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = run_cli(*args)
+    return rc, buf.getvalue()
 
 
 def bitmap_available() -> bool:

@@ -9,13 +9,14 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from nann_tf.cli import main
 from nann_tf.search.params import SearchParamsError
 from nann_tf.serving.client import RetrievalClient, ServingError, pad_histories
 from nann_tf.serving.model_config import ServedModelConfig, ServerOptions
 from nann_tf.serving.server import ModelServer
 
 from toy_model import ToyModelSpec, raw_item_ids, write_toy_model
+
+from conftest import run_cli
 
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
 RAW = raw_item_ids(SPEC.num_items)
@@ -202,7 +203,7 @@ def _query_rows(out: str):
 
 def test_query_cli_prints_the_ranking(served, eager, capsys):
     hist = [int(RAW[5]), int(RAW[9]), int(RAW[1])]
-    assert main(["query", "--server", served["address"], "--model", "toy",
+    assert run_cli(*["query", "--server", served["address"], "--model", "toy",
                  "--history", ",".join(map(str, hist)), "-k", "3"]) == 0
     header, ids, scores = _query_rows(capsys.readouterr().out)
     want = eager("serving_default", hist_item_ids=pad_histories([hist], SPEC.history_length))
@@ -210,7 +211,7 @@ def test_query_cli_prints_the_ranking(served, eager, capsys):
     np.testing.assert_allclose(scores, want["scores"][0, :3], rtol=1e-5)
     assert "3 items" in header and f"{SPEC.num_items} items scored" in header
 
-    assert main(["query", "--server", served["address"], "--model", "toy", "--history",
+    assert run_cli(*["query", "--server", served["address"], "--model", "toy", "--history",
                  ",".join(map(str, hist)), "-k", "2", "--ef", "2=2,1=4,0=8", "--T", "1=1,0=2",
                  "--exclude", str(ids[0])]) == 0
     header, ids2, _ = _query_rows(capsys.readouterr().out)
@@ -219,7 +220,7 @@ def test_query_cli_prints_the_ranking(served, eager, capsys):
 
 def test_query_cli_truncates_a_long_history_to_the_most_recent_L(served, eager, capsys):
     hist = [int(x) for x in RAW[:SPEC.history_length + 2]]
-    assert main(["query", "--server", served["address"], "--model", "toy",
+    assert run_cli(*["query", "--server", served["address"], "--model", "toy",
                  "--history", ",".join(map(str, hist))]) == 0
     captured = capsys.readouterr()
     assert "most recent 6" in captured.err
@@ -240,5 +241,5 @@ def test_query_cli_truncates_a_long_history_to_the_most_recent_L(served, eager, 
 ])
 def test_query_cli_errors_name_the_problem(served, capsys, argv, message):
     base = ["query", "--server", served["address"], "--model", "toy"]
-    assert main(base + argv) == 2
+    assert run_cli(*base + argv) == 2
     assert message in capsys.readouterr().err

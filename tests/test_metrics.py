@@ -1,4 +1,4 @@
-"""Paper 5.1.2 metrics (nann_tf/search/metrics.py) on hand-computed examples."""
+"""Paper 5.1.2 metrics (nann_tf/evaluation/metrics.py) on hand-computed examples."""
 
 from __future__ import annotations
 

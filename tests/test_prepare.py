@@ -13,13 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nann_tf.cli import main
 from nann_tf.data import prepare as prepare_mod
 from nann_tf.data.dataset import DataError, Dataset
 from nann_tf.data.prepare import build_dataset, prepare_dataset
 from nann_tf.data.readers import (Column, read_delimited, read_csv_log, read_log,
                                   read_movielens, read_userbehavior)
 from nann_tf.data.synth import generate_log, write_userbehavior_csv
+
+from conftest import run_cli
 
 ML100K = Path(__file__).parents[1].parent / "shared/data/movielens-100k"
 
@@ -344,7 +345,7 @@ def test_csv_format_one_category_and_min_rating(tmp_path):
 @pytest.mark.skipif(not ML100K.is_dir(), reason="../shared/data/movielens-100k not present")
 def test_movielens_100k(tmp_path):
     out = tmp_path / "ml"
-    assert main(["prepare", "--format", "movielens", "--input", str(ML100K), "--output",
+    assert run_cli(*["prepare", "--format", "movielens", "--input", str(ML100K), "--output",
                  str(out), "--config", "movielens-100k"]) == 0
     ds = Dataset.load(out)
     assert ds.meta["rows"] == ds.meta["rows_kept"] == 100_000
@@ -360,7 +361,7 @@ def test_movielens_100k(tmp_path):
     assert ds.item_freq.sum() == len(ds.train_items)
     # Explicit files and a rating filter.
     out4 = tmp_path / "ml4"
-    assert main(["prepare", "--format", "movielens", "--input", str(ML100K / "ml-100k.inter"),
+    assert run_cli(*["prepare", "--format", "movielens", "--input", str(ML100K / "ml-100k.inter"),
                  "--item-file", str(ML100K / "ml-100k.item"), "--output", str(out4),
                  "--min-rating", "4", "--val-users", "50", "--test-users", "50"]) == 0
     m4 = Dataset.load(out4).meta
@@ -383,7 +384,7 @@ def test_movielens_items_missing_from_item_file(tmp_path):
 # ----------------------------------------------------------------------------- CLI errors
 
 def _prepare(args):
-    return main(["prepare"] + [str(a) for a in args])
+    return run_cli(*["prepare"] + [str(a) for a in args])
 
 
 @pytest.mark.parametrize("text,message", [
@@ -473,6 +474,9 @@ def test_cli_config_and_flags(tmp_path, synth_log):
     assert meta["num_val_users"] <= 40  # ci-synth asks 300: capped at 10%
 
 
-def test_cli_formats_match_readers():
-    from nann_tf.data import prepare_cli, readers
-    assert prepare_cli.FORMATS == readers.INPUT_FORMATS
+def test_cli_offers_exactly_the_readers_formats(capsys):
+    from nann_tf.data import readers
+
+    assert run_cli("prepare", "--format", "nosuch", "--input", "x", "--output", "y") == 2
+    err = capsys.readouterr().err
+    assert f"expected one of {', '.join(readers.INPUT_FORMATS)})" in err

@@ -30,6 +30,8 @@ from nann_tf.serving.warmup import make_predict_request
 from toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
 from traffic import BackgroundTraffic, fixed_load, wait_for
 
+from conftest import run_cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
 L = SPEC.history_length
@@ -507,14 +509,12 @@ def test_cli_server_finishes_in_flight_requests_on_sigterm(tmp_path):
 
 
 def test_cli_reports_bad_configuration(tmp_path):
-    from nann_tf.cli import main
-
-    assert main(["serve", f"--model_base_path={tmp_path / 'absent'}", "--port=0"]) == 2
+    assert run_cli(*["serve", f"--model_base_path={tmp_path / 'absent'}", "--port=0"]) == 2
     bad = tmp_path / "models.config"
     bad.write_text("model_config_list { config { name: 'x' base_path: '/m' "
                    "model_platform: 'pytorch' } }")
-    assert main(["serve", f"--model_config_file={bad}", "--port=0"]) == 2
-    assert main(["serve", "--port=0"]) == 2
+    assert run_cli(*["serve", f"--model_config_file={bad}", "--port=0"]) == 2
+    assert run_cli(*["serve", "--port=0"]) == 2
 
 
 # --------------------------------------------------------------------------- model config

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nann_tf.cli import main
 from nann_tf.data import synth
 from nann_tf.data.readers import read_userbehavior
 from nann_tf.data.synth import BEHAVIOR_TYPES, FILE_COLUMNS, generate_log, write_userbehavior_csv
+
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +177,8 @@ def test_cli_writes_deterministic_file(tmp_path, capsys):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     args = ["synth", "--users", "60", "--items", "80", "--categories", "5",
             "--events-per-user", "15", "--seed", "7"]
-    assert main(args + ["--output", str(a)]) == 0
-    assert main(args + ["--output", str(b)]) == 0
+    assert run_cli(*args + ["--output", str(a)]) == 0
+    assert run_cli(*args + ["--output", str(b)]) == 0
     assert a.read_bytes() == b.read_bytes()
     assert "wrote" in capsys.readouterr().out
     users = {line.split(",")[0] for line in a.read_text().splitlines()}
@@ -186,7 +187,7 @@ def test_cli_writes_deterministic_file(tmp_path, capsys):
 
 def test_cli_takes_counts_from_config(tmp_path):
     path = tmp_path / "ci.csv"
-    assert main(["synth", "--config", "ci-synth", "--output", str(path)]) == 0
+    assert run_cli(*["synth", "--config", "ci-synth", "--output", str(path)]) == 0
     users = np.unique(read_userbehavior(path).user)
     assert len(users) == 3000
 
@@ -198,7 +199,7 @@ def test_cli_takes_counts_from_config(tmp_path):
 ])
 def test_cli_bad_arguments(tmp_path, capsys, extra, message):
     out = tmp_path / "x.csv"
-    assert main(["synth", "--users", "5", "--items", "5", "--output", str(out)] + extra) == 2
+    assert run_cli(*["synth", "--users", "5", "--items", "5", "--output", str(out)] + extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
 
@@ -207,15 +208,15 @@ def test_cli_refuses_existing_file_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "x.csv"
     out.write_text("keep me\n")
     args = ["synth", "--users", "5", "--items", "5", "--output", str(out)]
-    assert main(args) == 2
+    assert run_cli(*args) == 2
     assert "exists" in capsys.readouterr().err and out.read_text() == "keep me\n"
-    assert main(args + ["--overwrite"]) == 0
+    assert run_cli(*args + ["--overwrite"]) == 0
     assert out.read_text() != "keep me\n"
 
 
 def test_cli_missing_directory(tmp_path, capsys):
     out = tmp_path / "nope" / "x.csv"
-    assert main(["synth", "--users", "5", "--items", "5", "--output", str(out)]) == 2
+    assert run_cli(*["synth", "--users", "5", "--items", "5", "--output", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -225,6 +226,6 @@ def test_cli_write_failure_leaves_nothing(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(synth, "_format_rows", fail)
     out = tmp_path / "x.csv"
-    assert main(["synth", "--users", "5", "--items", "5", "--output", str(out)]) == 2
+    assert run_cli(*["synth", "--users", "5", "--items", "5", "--output", str(out)]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

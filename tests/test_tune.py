@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 
+from nann_tf.config import load_config
 from nann_tf.search.brute_force import topk_of_scores
 from nann_tf.search.params import SearchParamsError, parse_level_grid
 from nann_tf.search.tune import choose, default_grid, grid_from_lists, pareto_frontier
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_output
 
 TARGET = 0.95  # coverage@50 target on the CI model (its default search reaches ~0.99)
 USERS = 120
@@ -23,19 +22,22 @@ REPLAY_VS_TF = 0.01
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, attention_model_dir, ci_dataset, ci_index_dir):
     out = tmp_path_factory.mktemp("tune") / "tune.json"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = run_cli("tune", "--model", attention_model_dir, "--index", ci_index_dir,
-                     "--data", ci_dataset, "--target-coverage", TARGET, "--users", USERS,
-                     "--k", 50, "--output-json", out)
+    rc, stdout = run_cli_output("tune", "--model", attention_model_dir, "--index", ci_index_dir,
+                                "--data", ci_dataset, "--target-coverage", TARGET, "--users",
+                                USERS, "--k", 50, "--output-json", out)
     assert rc == 0
-    return buf.getvalue(), json.loads(out.read_text())
+    return stdout, json.loads(out.read_text())
 
 
-def test_chosen_setting_meets_target_and_is_the_cheapest(tuned):
+def test_chosen_setting_meets_target_and_is_the_cheapest(tuned, tmp_path):
     text, res = tuned
     chosen, rows = res["chosen"], res["rows"]
-    assert res["users"] == USERS and res["k"] == 50 and len(rows) == 84  # 3 x 4 x 7 default grid
+    # 3 x 4 x 7 default grid + the config's own setting (ef 1=100,0=200, T 0=4), reported too
+    assert res["users"] == USERS and res["k"] == 50 and len(rows) == 84 + 1
+    current = [r for r in rows if r["ef"] == {"1": 100, "0": 200} and r["T"] == {"0": 4}]
+    assert len(current) == 1
+    assert f"current setting ef=1=100,0=200 T=0=4: coverage@50 {current[0]['coverage']:.4f}" \
+        in text
     assert chosen["coverage"] >= TARGET
     cheaper = [r for r in rows if r["items_scored"] < chosen["items_scored"]]
     assert cheaper, "the grid holds cheaper settings, so the choice is not trivial"
@@ -46,7 +48,12 @@ def test_chosen_setting_meets_target_and_is_the_cheapest(tuned):
                for a, b in zip(front, front[1:]))
     assert chosen in front
     assert "cheapest setting with coverage@50 >= 0.95" in text
-    assert f'ef = {{ "1" = {chosen["ef"]["1"]}, "0" = {chosen["ef"]["0"]} }}' in text
+    # The printed [search] table is a config a user can paste: it loads to the chosen setting.
+    table = text.split("as a config [search] table:\n", 1)[1].split("TensorFlow beam", 1)[0]
+    (tmp_path / "tuned.toml").write_text("[search]\n" + table)
+    params = load_config(tmp_path / "tuned.toml").search
+    assert params.ef == {int(a): b for a, b in chosen["ef"].items()}
+    assert params.T == {int(a): b for a, b in chosen["T"].items()} and params.k == 50
 
 
 def test_replay_agrees_with_the_tensorflow_search(tuned):

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-__all__ = ["add_arguments", "run", "FORMATS"]
+from nann_tf.data.readers import INPUT_FORMATS as FORMATS  # numpy only, no TensorFlow
+
+__all__ = ["add_arguments", "run"]
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("userbehavior", "movielens", "csv")  # kept equal to readers.INPUT_FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

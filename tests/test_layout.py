@@ -1,0 +1,100 @@
+"""The package's shape: one home per concept, the CLI on top, nothing imported from below it.
+
+Static checks over the source (ast, no imports), plus the command line's own promise that a
+subcommand whose module fails to import is an error naming it, never a missing entry.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "nann_tf"
+
+
+def _imports(path: Path):
+    """(module, names) of every import statement in a file."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module, [a.name for a in node.names]
+
+
+def _py_files(*dirs: Path):
+    for d in dirs:
+        yield from sorted(d.rglob("*.py"))
+
+
+def test_no_cli_modules_outside_the_cli_package():
+    strays = [p.relative_to(ROOT) for p in _py_files(PACKAGE) if p.name.endswith("_cli.py")
+              or (p.name == "cli.py")]
+    assert strays == []
+
+
+def test_the_library_bench_and_tests_never_import_the_cli():
+    offenders = []
+    for path in _py_files(PACKAGE, ROOT / "bench", ROOT / "tests"):
+        if PACKAGE / "cli" in path.parents:
+            continue
+        for module, names in _imports(path):
+            if module == "nann_tf.cli" or module.startswith("nann_tf.cli.") or \
+                    (module == "nann_tf" and "cli" in names):
+                offenders.append(f"{path.relative_to(ROOT)}: {module}")
+    assert offenders == []
+
+
+def test_tests_and_bench_import_no_private_name():
+    offenders = []
+    for path in _py_files(ROOT / "tests", ROOT / "bench"):
+        for module, names in _imports(path):
+            if module.startswith("nann_tf"):
+                offenders += [f"{path.relative_to(ROOT)}: {module}.{n}" for n in names
+                              if n.startswith("_")]
+                if any(part.startswith("_") for part in module.split(".")):
+                    offenders.append(f"{path.relative_to(ROOT)}: {module}")
+    assert offenders == []
+
+
+def test_library_errors_derive_from_user_error():
+    """Every error class the library defines for bad input is printed by the CLI, not traced."""
+    from nann_tf.errors import UserError
+
+    missing = []
+    for path in _py_files(PACKAGE):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                internal = node.name in {"RequestError", "ModelLoadError", "TensorDecodeError",
+                                         "CommandImportError", "UserError"}
+                if not internal and not bases & {"UserError", "CliError"} and \
+                        not any(b.endswith("Error") and b not in {"ValueError", "RuntimeError",
+                                                                   "ImportError", "Exception"}
+                                for b in bases):
+                    missing.append(f"{path.relative_to(ROOT)}: {node.name}({', '.join(bases)})")
+    assert missing == [], f"not UserError subclasses: {missing}"
+    assert issubclass(UserError, Exception)
+
+
+def test_a_subcommand_that_fails_to_import_is_named(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "nann_tf.cli.tune", None)  # import now raises ImportError
+    assert run_cli("--help") == 1
+    err = capsys.readouterr().err
+    assert "nann-tf tune" in err and "nann_tf.cli.tune failed to import" in err
+
+
+@pytest.mark.parametrize("command", ["synth", "prepare", "train", "build-index", "evaluate",
+                                     "tune", "export", "serve", "query", "demo"])
+def test_every_subcommand_is_listed(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli("--help")
+    assert e.value.code == 0
+    assert command in capsys.readouterr().out
