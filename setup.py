@@ -1,14 +1,30 @@
 """nann-tf: retrieval under a neural similarity metric, served by TensorFlow Serving."""
 
 import os
+import sys
+from importlib import metadata
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
+TF_REQUIREMENT = "tensorflow==2.21.*"  # keep equal to pyproject.toml's [build-system] pin
+
+
+def _runtime_tensorflow_requirement():
+    """The op library only loads into the TensorFlow it was compiled against (nann_tf/ops.py
+    compares versions exactly), so a wheel requires exactly the build environment's TensorFlow
+    when that is a 2.21 release; otherwise (no TensorFlow yet, e.g. an sdist) the minor pin."""
+    try:
+        version = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        return TF_REQUIREMENT
+    return f"tensorflow=={version}" if version.startswith("2.21.") else TF_REQUIREMENT
+
+
 INSTALL_REQUIRES = [
-    # The op library is compiled against one TensorFlow minor version; the full
-    # `tensorflow` package (not tensorflow-cpu) so tensorflow-serving-api adds no second TF.
-    "tensorflow==2.21.*",
+    # The full `tensorflow` package (not tensorflow-cpu) so tensorflow-serving-api, which
+    # requires `tensorflow`, adds no second TF.
+    _runtime_tensorflow_requirement(),
     "tensorflow-serving-api==2.21.*",
     "numpy",
     "hnswlib",
@@ -19,13 +35,18 @@ INSTALL_REQUIRES = [
 # ---------------------------------------------------------------------------------------------
 # Native build: the TensorFlow op library (nann_tf/_nann_ops.so, loaded by nann_tf/ops.py with
 # tf.load_op_library) and the pybind11 module nann_tf._nann_core, both over the TF-free core in
-# cc_ops/lib/. Both need the build environment's packages (TensorFlow headers and ABI flags,
-# pybind11 headers), hence `pip install --no-build-isolation -e .`.
+# cc_ops/lib/. Both need TensorFlow's headers and ABI flags and pybind11's headers at build time:
+# `pip install .` gets them through build isolation (pyproject.toml's [build-system] requires
+# pins tensorflow==2.21.* and pybind11); a developer checkout uses the environment's own
+# TensorFlow with `pip install --no-build-isolation -e .` (after installing tensorflow==2.21.*,
+# pybind11, setuptools and wheel, as scripts/test.sh does).
 # ---------------------------------------------------------------------------------------------
 CC_OPS = "cc_ops"
 OPS_EXTENSION = "nann_tf._nann_ops"
 CORE_EXTENSION = "nann_tf._nann_core"
-REBUILD_HINT = "pip install --no-build-isolation -e ."
+REBUILD_HINT = ("`pip install .` brings TensorFlow 2.21 and pybind11 through build isolation; "
+                "for `pip install --no-build-isolation -e .` install tensorflow==2.21.* and "
+                "pybind11 into the environment first")
 # -g0 overrides the interpreter's -g: debug info triples the build time of the TF headers.
 COMMON_FLAGS = ["-std=c++17", "-O3", "-g0", "-fvisibility=hidden", "-Wno-deprecated-declarations"]
 
@@ -38,16 +59,15 @@ class BuildNannExtensions(build_ext):
             import tensorflow as tf
         except ImportError as error:
             raise SystemExit(
-                f"nann-tf compiles a TensorFlow op library and needs TensorFlow installed in the "
-                f"build environment: install tensorflow==2.21.* first, then `{REBUILD_HINT}` "
-                f"({error})"
+                f"nann-tf compiles a TensorFlow op library and needs TensorFlow in the build "
+                f"environment: {REBUILD_HINT} ({error})"
             ) from error
         try:
             import pybind11
         except ImportError as error:
             raise SystemExit(
-                f"nann-tf's NumPy module needs pybind11 at build time: `pip install pybind11`, "
-                f"then `{REBUILD_HINT}` ({error})"
+                f"nann-tf's NumPy module needs pybind11 at build time: {REBUILD_HINT} "
+                f"({error})"
             ) from error
         for ext in self.extensions:
             if ext.name == OPS_EXTENSION:
@@ -59,7 +79,31 @@ class BuildNannExtensions(build_ext):
             elif ext.name == CORE_EXTENSION:
                 ext.include_dirs.append(pybind11.get_include())
                 ext.extra_compile_args = list(COMMON_FLAGS)
+        stamp = self._build_env_stamp(tf, pybind11)
+        for ext in self.extensions:
+            ext.depends = [*ext.depends, stamp]
         super().build_extensions()
+
+    def _build_env_stamp(self, tf, pybind11):
+        """A file in build_temp naming what the binaries were compiled against, rewritten when
+        that changes. Every extension depends on it, so a build/ directory left by a build with
+        another TensorFlow, pybind11 or Python is recompiled instead of reused (distutils
+        otherwise only compares the timestamps of the sources)."""
+        flags = [f for f in tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
+                 if not f.startswith(("-I", "-L"))]  # paths differ per isolated build env
+        text = "\n".join([f"tensorflow {tf.__version__}", f"pybind11 {pybind11.__version__}",
+                          f"python {sys.version}", *flags, *COMMON_FLAGS]) + "\n"
+        path = os.path.join(self.build_temp, "nann_tf_build_env.txt")
+        os.makedirs(self.build_temp, exist_ok=True)
+        try:
+            with open(path) as f:
+                unchanged = f.read() == text
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            with open(path, "w") as f:
+                f.write(text)
+        return path
 
     def get_ext_filename(self, fullname):
         # A TF op library is not a Python module: a fixed name, no ABI tag. distutils asks both
@@ -90,8 +134,13 @@ setup(
     name="nann-tf",
     version="0.1.0",
     description="NANN retrieval (HNSW + neural score, beam search) exported as one TF Serving SavedModel",
-    python_requires=">=3.10",
-    packages=find_packages(include=["nann_tf", "nann_tf.*"]),
+    python_requires=">=3.11",
+    # Namespace discovery so that a subpackage directory without __init__.py still ships
+    # (nann_tf.configs holds only the named configs, shipped as package data).
+    packages=find_namespace_packages(include=["nann_tf", "nann_tf.*"],
+                                     exclude=["*.__pycache__", "*.__pycache__.*"]),
+    package_data={"nann_tf.configs": ["*.toml"]},
+    include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest", "hypothesis", "pytest-timeout"]},
     entry_points={"console_scripts": ["nann-tf=nann_tf.cli:main"]},

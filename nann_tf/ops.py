@@ -24,8 +24,11 @@ from types import ModuleType
 
 import tensorflow as tf
 
+from nann_tf.errors import UserError
+
 __all__ = [
     "REBUILD_COMMAND",
+    "DEVELOP_COMMAND",
     "LIBRARY_ENV",
     "OpLibraryError",
     "library_path",
@@ -37,7 +40,11 @@ __all__ = [
     "numpy_core",
 ]
 
-REBUILD_COMMAND = "pip install --no-build-isolation -e ."
+# Installing compiles the native code: `pip install .` in the source directory builds against the
+# TensorFlow pinned by pyproject.toml (build isolation) and installs that same TensorFlow; an
+# editable development checkout builds against the environment's own TensorFlow instead.
+REBUILD_COMMAND = "pip install ."
+DEVELOP_COMMAND = "pip install --no-build-isolation -e ."
 LIBRARY_ENV = "NANN_TF_OPS_LIBRARY"
 _BUILD_INFO = re.compile(rb"NANN_BUILD_INFO\{tf_version=([^;}]*);\}")
 
@@ -45,8 +52,14 @@ _lock = threading.Lock()
 _library: ModuleType | None = None
 
 
-class OpLibraryError(ImportError):
+class OpLibraryError(UserError, ImportError):
     """The op library (or the NumPy core) is missing or was built for another TensorFlow."""
+
+
+def _rebuild_hint() -> str:
+    return (f"reinstall nann-tf with `{REBUILD_COMMAND}` in the nann-tf source directory (it "
+            f"compiles against and installs TensorFlow 2.21); in a development checkout run "
+            f"`{DEVELOP_COMMAND}` with tensorflow==2.21.* and pybind11 installed")
 
 
 def library_path() -> str:
@@ -83,18 +96,16 @@ def check_library(path: str, tf_version: str | None = None) -> None:
     if not os.path.isfile(path):
         raise OpLibraryError(
             f"nann-tf op library not found at {path}: it is compiled when the package is "
-            f"installed; run `{REBUILD_COMMAND}` in the nann-tf source directory "
-            f"(TensorFlow {tf_version} must be installed first)")
+            f"installed; {_rebuild_hint()}")
     built = built_tf_version(path)
     if built is None:
         raise OpLibraryError(
-            f"{path} is not a nann-tf op library (no build record); rebuild it with "
-            f"`{REBUILD_COMMAND}`")
+            f"{path} is not a nann-tf op library (no build record); {_rebuild_hint()}")
     if built != tf_version:
         raise OpLibraryError(
             f"nann-tf op library {path} was built against TensorFlow {built} but TensorFlow "
             f"{tf_version} is installed; custom ops only work with the TensorFlow they were "
-            f"compiled for: rebuild with `{REBUILD_COMMAND}`")
+            f"compiled for: {_rebuild_hint()}")
 
 
 def load_library() -> ModuleType:
@@ -117,7 +128,7 @@ def load_library() -> ModuleType:
             except (tf.errors.NotFoundError, tf.errors.AlreadyExistsError, OSError) as error:
                 raise OpLibraryError(
                     f"TensorFlow could not load the nann-tf op library {path} ({error}); "
-                    f"rebuild it with `{REBUILD_COMMAND}`") from error
+                    f"{_rebuild_hint()}") from error
         return _library
 
 
@@ -154,6 +165,6 @@ def numpy_core() -> ModuleType:
         from nann_tf import _nann_core
     except ImportError as error:
         raise OpLibraryError(
-            f"nann-tf's NumPy core (nann_tf._nann_core) is not built ({error}); run "
-            f"`{REBUILD_COMMAND}` (needs pybind11)") from error
+            f"nann-tf's NumPy core (nann_tf._nann_core) is not built ({error}); "
+            f"{_rebuild_hint()}") from error
     return _nann_core

@@ -206,9 +206,11 @@ class SessionModel:
             self._session.close()
             text = str(e)
             if "Op type not registered" in text:
+                from nann_tf.ops import REBUILD_COMMAND
+
                 hint = ("the model uses an op this process does not have. A model exported "
-                        "with the nann custom op needs the op library (build it with "
-                        "`pip install --no-build-isolation -e .`) here and a "
+                        "with the nann custom op needs the op library (it is compiled by "
+                        f"`{REBUILD_COMMAND}`) here and a "
                         "tensorflow_model_server built with the op (see serving/README.md); "
                         "or export with stock ops only (--visited tf).")
                 if op_library_problem:
