@@ -54,30 +54,28 @@ def log(msg: str) -> None:
 
 
 def prepare(args, cfg, work: Path) -> dict:
+    """The dataset in ``work/data``: generated through the pipeline runner (reused when its
+    fingerprint matches), or prepared from ``--input``."""
     from nann_tf.data.prepare import prepare_dataset
-    from nann_tf.data.synth import generate_log, write_userbehavior_csv
+    from nann_tf.pipeline import Pipeline
 
+    dc = cfg.data
+    t0 = time.perf_counter()
+    if args.input is None:
+        overrides = {"data.synth_items": args.items or dc.synth_items,
+                     "data.synth_users": args.synth_users or dc.synth_users}
+        stages = Pipeline(work, args.config, overrides=overrides, say=log).run("prepare")
+        return {"reused": all(r["status"] == "reused" for r in stages.values()),
+                "generate_s": stages["synth"]["seconds"],
+                "prepare_s": stages["prepare"]["seconds"]}
     data = work / "data"
     if (data / "meta.json").is_file():
         log(f"dataset: reusing {data}")
         return {"reused": True}
-    dc = cfg.data
-    t0 = time.perf_counter()
-    src = args.input
-    if src is None:
-        items = args.items or dc.synth_items
-        users = args.synth_users or dc.synth_users
-        log(f"generating {users} users x {dc.synth_events_per_user} events over {items} items")
-        src = work / "log.csv"
-        write_userbehavior_csv(generate_log(users, items, dc.synth_categories,
-                                            dc.synth_events_per_user, dc.synth_seed), src)
-    t1 = time.perf_counter()
-    prepare_dataset(src, data, args.format, max_len=dc.max_len, min_len=dc.min_len,
+    prepare_dataset(args.input, data, args.format, max_len=dc.max_len, min_len=dc.min_len,
                     val_users=dc.val_users, test_users=dc.test_users, seed=dc.split_seed,
                     overwrite=True)
-    if args.input is None:
-        os.remove(src)
-    return {"reused": False, "generate_s": t1 - t0, "prepare_s": time.perf_counter() - t1}
+    return {"reused": False, "generate_s": 0.0, "prepare_s": time.perf_counter() - t0}
 
 
 def train_model(cfg, work: Path, name: str, eps: float) -> dict:

@@ -63,8 +63,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     g = parser.add_argument_group("model server flags (same meaning as tensorflow_model_server)")
-    g.add_argument("--port", metavar="N", type=int, default=8500,
-                   help="gRPC port; 0 picks a free one (default 8500)")
+    # Numeric flags: (name, metavar, type, default, help).
+    numbers = [
+        ("port", "N", int, 8500, "gRPC port; 0 picks a free one (default 8500)"),
+        ("num_request_iterations_for_warmup", "N", int, 1,
+         "times each warm-up record runs (default 1)"),
+        ("file_system_poll_wait_seconds", "S", float, 1.0,
+         "seconds between polls of the base paths for new versions; 0 = only at start "
+         "(default 1)"),
+        ("max_num_load_retries", "N", int, 5, "retries of a version that failed to load "
+                                              "(default 5)"),
+        ("load_retry_interval_micros", "US", int, 60_000_000,
+         "microseconds between load retries (default 60000000)"),
+        ("tensorflow_intra_op_parallelism", "N", int, 0,
+         "intra-op threads per session (0 = TensorFlow's default)"),
+        ("tensorflow_inter_op_parallelism", "N", int, 0,
+         "inter-op threads per session (0 = TensorFlow's default)"),
+        ("grpc_max_threads", "N", int, 16,
+         "gRPC worker threads, i.e. concurrent requests (default 16)"),
+    ]
+    for name, metavar, kind, default, helptext in numbers:
+        g.add_argument(f"--{name}", metavar=metavar, type=kind, default=default, help=helptext)
     g.add_argument("--model_name", metavar="NAME", default="default",
                    help="name of the model (ignored with --model_config_file)")
     g.add_argument("--model_base_path", metavar="DIR", default="",
@@ -74,26 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "labels); overrides --model_name/--model_base_path")
     _flag_bool(g, "enable_model_warmup", True,
                "replay assets.extra/tf_serving_warmup_requests before a version serves")
-    g.add_argument("--num_request_iterations_for_warmup", metavar="N", type=int, default=1,
-                   help="times each warm-up record runs (default 1)")
-    g.add_argument("--file_system_poll_wait_seconds", metavar="S", type=float, default=1.0,
-                   help="seconds between polls of the base paths for new versions; 0 = only "
-                   "at start (default 1)")
-    g.add_argument("--max_num_load_retries", metavar="N", type=int, default=5,
-                   help="retries of a version that failed to load (default 5)")
-    g.add_argument("--load_retry_interval_micros", metavar="US", type=int, default=60_000_000,
-                   help="microseconds between load retries (default 60000000)")
     g.add_argument("--saved_model_tags", metavar="TAGS", default="serve",
                    help="comma-separated MetaGraph tags to load (default serve)")
     g.add_argument("--tensorflow_session_config_file", metavar="FILE", default="",
                    help="text-format ConfigProto for every session (soft placement is "
                    "always on here)")
-    g.add_argument("--tensorflow_intra_op_parallelism", metavar="N", type=int, default=0,
-                   help="intra-op threads per session (0 = TensorFlow's default)")
-    g.add_argument("--tensorflow_inter_op_parallelism", metavar="N", type=int, default=0,
-                   help="inter-op threads per session (0 = TensorFlow's default)")
-    g.add_argument("--grpc_max_threads", metavar="N", type=int, default=16,
-                   help="gRPC worker threads, i.e. concurrent requests (default 16)")
     g.add_argument("--version", action="store_true",
                    help="print the version and exit")
     own = parser.add_argument_group("flags of this development server")
