@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "tensorflow-serving-api==2.21.*",
     "numpy",
     "hnswlib",
+    "pyarrow",  # the table input format (CSV/TSV/Parquet with a column mapping)
     "tensorboard",
     "matplotlib",
 ]

@@ -5,7 +5,9 @@ Run from the repository root::
     /work/venv/bin/python bench/bench_prepare.py --rows 10000000
 
 It generates a log of about ``--rows`` behaviours (users = rows / events-per-user), writes it
-as UserBehavior CSV, prepares a dataset from it, and writes ``bench/results/prepare.json``
+as UserBehavior CSV, prepares a dataset from it, reads the same log through the ``table``
+format as CSV and as a Parquet copy (checking all three give the same columns), and writes
+``bench/results/prepare.json``
 (also printed): rows, wall seconds and rows/s of each stage, CPU seconds (the cost when other
 jobs share the cores: see ``load_avg_1m``), and the machine. The log and dataset go
 to a temporary directory that is deleted afterwards (``--workdir`` to keep them). The 10M-row
@@ -35,6 +37,7 @@ from nann_tf.data.prepare import build_dataset, write_dataset  # noqa: E402
 from nann_tf.data.readers import read_log  # noqa: E402
 from nann_tf.data import synth  # noqa: E402
 from nann_tf.data.synth import generate_log, write_userbehavior_csv  # noqa: E402
+from nann_tf.data.table import TableSpec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
 
@@ -55,6 +58,18 @@ def _rate(rows: int, clocks: list[_Clock]) -> dict:
     wall, cpu = sum(c.wall for c in clocks), sum(c.cpu for c in clocks)
     return {"rows": rows, "seconds": round(wall, 3), "rows_per_s": round(rows / wall),
             "cpu_seconds": round(cpu, 3), "rows_per_cpu_s": round(rows / cpu)}
+
+
+def _write_parquet(csv_path: Path, out: Path) -> None:
+    """The UserBehavior CSV as Parquet, streamed (row groups of 1M rows)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    names = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
+    reader = pacsv.open_csv(csv_path, pacsv.ReadOptions(column_names=names))
+    with pq.ParquetWriter(out, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch, row_group_size=1 << 20)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,6 +103,21 @@ def main(argv: list[str] | None = None) -> dict:
 
         with _Clock() as c_read:
             data = read_log("userbehavior", log_path)
+        # The same log through the table format: the CSV with a positional mapping, and a
+        # Parquet copy (row groups of 1M rows) with named columns; both must read the same.
+        spec = TableSpec("user=1,item=2,category=3,time=5")
+        with _Clock() as c_tcsv:
+            tcsv = read_log("table", log_path, table=spec)
+        pq_path = work / "log.parquet"
+        with _Clock() as c_topq:
+            _write_parquet(log_path, pq_path)
+        with _Clock() as c_tpq:
+            tpq = read_log("table", pq_path, table=TableSpec(
+                "user=user_id,item=item_id,category=category_id,time=timestamp"))
+        for other in (tcsv, tpq):
+            for col in ("user", "item", "timestamp", "category"):
+                assert np.array_equal(getattr(other, col), getattr(data, col)), col
+        del tcsv, tpq
         with _Clock() as c_build:
             ds = build_dataset(data, max_len=50, min_len=10, val_users=10000, test_users=10000)
         del data
@@ -109,6 +139,12 @@ def main(argv: list[str] | None = None) -> dict:
                         "read_s": round(c_read.wall, 3), "build_s": round(c_build.wall, 3),
                         "write_s": round(c_save.wall, 3)},
             "load_s": round(c_load.wall, 3),
+            "table_format_read": {
+                "csv": _rate(rows, [c_tcsv]),
+                "parquet": {**_rate(rows, [c_tpq]), "bytes": pq_path.stat().st_size,
+                            "csv_to_parquet_s": round(c_topq.wall, 3)},
+                "userbehavior_reader": _rate(rows, [c_read]),
+            },
             "dataset": {k: loaded.meta[k] for k in ("num_items", "num_categories",
                                                     "num_train_users", "num_train_samples",
                                                     "num_val_users", "num_test_users",

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"input format: {', '.join(FORMATS)}")
     parser.add_argument("--input", required=True,
                         help="the log file (movielens: the .inter file or its directory)")
-    parser.add_argument("--item-file", help="movielens: the .item file (categories)")
+    parser.add_argument("--item-file", help="movielens: the .item file (categories); table: an "
+                        "item table (with --item-columns)")
     parser.add_argument("--output", required=True, help="dataset directory to write")
     parser.add_argument("--config", help="config name or .toml path for the defaults")
     parser.add_argument("--max-len", type=int, help="history length L (config: max_len)")
@@ -42,9 +43,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-users", type=int, help="test users (config: test_users)")
     parser.add_argument("--seed", type=int, help="seed of the held-out split (config: split_seed)")
     parser.add_argument("--min-rating", type=float,
-                        help="movielens/csv: keep only ratings >= this")
+                        help="movielens/csv/table: keep only ratings >= this")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing non-empty output directory")
+    t = parser.add_argument_group(
+        "the table format: any CSV/TSV/Parquet log, with a column mapping")
+    t.add_argument("--columns", metavar="ROLE=COLUMN,...",
+                   help="e.g. user=userId,item=movieId,time=timestamp,rating=rating,"
+                        "category=genres; roles user and item are required; a column is a "
+                        "header name or a 1-based position")
+    t.add_argument("--item-columns", metavar="item=COLUMN,category=COLUMN",
+                   help="the columns of --item-file (its categories, e.g. genres)")
+    t.add_argument("--table-format", choices=["csv", "tsv", "parquet"],
+                   help="default: from the file name (.parquet/.pq, .tsv/.tab, else csv)")
+    t.add_argument("--delimiter", help="CSV field separator (default: sniffed); \\t for a tab")
+    t.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the first line is a header (default: yes when --columns "
+                        "names columns, no when it gives positions)")
+    t.add_argument("--category-sep", default="|",
+                   help="separator of a multi-valued category field (default |; '' = none)")
+    t.add_argument("--category-rule", default="first", choices=["first", "most-frequent"],
+                   help="a multi-valued category's value: the first, or per item the most "
+                        "frequent (default first)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +86,27 @@ def run(args: argparse.Namespace) -> int:
     def pick(value, default):
         return default if value is None else value
 
+    table = None
+    table_flags = {"--item-columns": args.item_columns, "--table-format": args.table_format,
+                   "--delimiter": args.delimiter, "--header": args.header}
+    if args.format == "table":
+        if not args.columns:
+            raise CliError("--format table needs --columns ROLE=COLUMN,... (e.g. "
+                           "user=userId,item=movieId,time=timestamp)")
+        from nann_tf.data.table import TableSpec
+
+        delimiter = args.delimiter.replace("\\t", "\t") if args.delimiter else None
+        if delimiter is not None and len(delimiter) != 1:
+            raise CliError(f"--delimiter {args.delimiter!r}: expected one character")
+        table = TableSpec(args.columns, file_format=args.table_format, delimiter=delimiter,
+                          header=args.header, item_columns=args.item_columns,
+                          category_sep=args.category_sep, category_rule=args.category_rule)
+    else:
+        given = [flag for flag, v in [("--columns", args.columns), *table_flags.items()]
+                 if v is not None]
+        if given:
+            raise CliError(f"{', '.join(given)}: only for --format table")
+
     try:
         meta = prepare_dataset(
             args.input, args.output, args.format, item_file=args.item_file,
@@ -73,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             val_users=pick(args.val_users, cfg.val_users),
             test_users=pick(args.test_users, cfg.test_users),
             seed=pick(args.seed, cfg.split_seed), min_rating=args.min_rating,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, table=table)
     except DataError as e:
         raise CliError(str(e)) from e
     except OSError as e:  # unreadable input, full disk ...: nothing was left half-written

@@ -324,14 +324,15 @@ def prepare_dataset(input_path: str | Path, output_dir: str | Path,
                     input_format: str = "userbehavior", *, item_file: str | Path | None = None,
                     max_len: int = 50, min_len: int = 10, val_users: int = 10000,
                     test_users: int = 10000, seed: int = 0, min_rating: float | None = None,
-                    overwrite: bool = False) -> dict[str, Any]:
+                    overwrite: bool = False, table=None) -> dict[str, Any]:
     """Reads a behaviour log and writes a dataset directory (``nann-tf prepare``).
 
     Args:
       input_path: the log file (a directory for ``movielens``: its ``*.inter``/``*.item``).
       output_dir: the dataset directory to write.
-      input_format: ``userbehavior``, ``movielens`` or ``csv``.
-      item_file: the MovieLens ``.item`` file (categories).
+      input_format: ``userbehavior``, ``movielens``, ``csv`` or ``table``.
+      item_file: the MovieLens ``.item`` file, or the table format's item table (categories).
+      table: the ``table`` format's :class:`~nann_tf.data.table.TableSpec` (column mapping).
       max_len / min_len / val_users / test_users / seed / min_rating: see
         :func:`build_dataset`.
       overwrite: replace an existing non-empty output directory.
@@ -345,7 +346,7 @@ def prepare_dataset(input_path: str | Path, output_dir: str | Path,
     """
     t0 = time.perf_counter()
     _check_destination(Path(output_dir), overwrite)  # fail before the work
-    data = read_log(input_format, input_path, item_file)
+    data = read_log(input_format, input_path, item_file, table)
     ds = build_dataset(data, max_len=max_len, min_len=min_len, val_users=val_users,
                        test_users=test_users, seed=seed, min_rating=min_rating)
     t1 = time.perf_counter()

@@ -38,7 +38,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INPUT_FORMATS = ("userbehavior", "movielens", "csv")
+INPUT_FORMATS = ("userbehavior", "movielens", "csv", "table")
 USERBEHAVIOR_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestamp")
 CSV_COLUMNS = ("user", "item", "rating", "timestamp")
 NO_CATEGORY_NAME = "(none)"
@@ -426,8 +426,11 @@ def read_movielens(inter_path: str | Path, item_path: str | Path | None = None) 
 
 
 def read_log(input_format: str, path: str | Path,
-             item_file: str | Path | None = None) -> BehaviorLog:
+             item_file: str | Path | None = None, table=None) -> BehaviorLog:
     """Reads a log in one of :data:`INPUT_FORMATS`.
+
+    Args:
+      table: a :class:`nann_tf.data.table.TableSpec` (the column mapping), for ``table``.
 
     Raises:
       DataError: unknown format, or any error of the format's reader.
@@ -435,11 +438,18 @@ def read_log(input_format: str, path: str | Path,
     if input_format not in INPUT_FORMATS:
         raise DataError(f"unknown input format {input_format!r} (expected one of "
                         f"{', '.join(INPUT_FORMATS)})")
-    if item_file is not None and input_format != "movielens":
-        raise DataError(f"an item file is only read with the movielens format, not "
+    if item_file is not None and input_format not in ("movielens", "table"):
+        raise DataError(f"an item file is only read with the movielens and table formats, not "
                         f"{input_format!r}")
+    if (table is None) != (input_format != "table"):
+        raise DataError("the table format needs a column mapping (--columns), and only it "
+                        "takes one")
     t0 = time.perf_counter()
-    if input_format == "userbehavior":
+    if input_format == "table":
+        from nann_tf.data.table import read_table
+
+        out = read_table(path, table, item_file)
+    elif input_format == "userbehavior":
         out = read_userbehavior(path)
     elif input_format == "movielens":
         out = read_movielens(path, item_file)

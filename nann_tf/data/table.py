@@ -1,0 +1,476 @@
+"""The ``table`` input format: a behaviour log as it comes (CSV, TSV or Parquet), with a mapping.
+
+    nann-tf prepare --format table --input ratings.csv \\
+        --columns user=userId,item=movieId,time=timestamp,rating=rating \\
+        --item-file movies.csv --item-columns item=movieId,category=genres --min-rating 3.5
+
+Roles: ``user`` and ``item`` (integer ids, required), ``time`` (integers, decimals or ISO 8601
+strings such as ``2017-11-25T10:00:00`` / ``2017-11-25``; optional: file order otherwise),
+``category`` (a label, possibly multi-valued like ``Animation|Children|Drama``) and ``rating``
+(alias ``weight``; a number, for ``--min-rating``). A column is named as in the header, or given
+by its 1-based position (``item=2``), the only way when the file has no header.
+
+- Format: from ``file_format`` or the file name (``.parquet``/``.pq``, ``.tsv``/``.tab``, else
+  CSV). The delimiter is sniffed from the first lines unless given. The header is assumed when
+  the mapping names columns and not when it gives positions, unless ``header`` says otherwise.
+- Streaming: CSV is read by Arrow's streaming reader in blocks, Parquet one row group at a time;
+  only the mapped columns are decoded, and every block is converted to NumPy before the next is
+  read, so the file is never held in memory in several copies.
+- Categories: a multi-valued field is split on ``category_sep`` and reduced per
+  ``category_rule``: ``first`` (each row's first value), or ``most-frequent`` (per item, the
+  value given most often over all its rows; ties go to the value that is more frequent over the
+  whole file, then to the smaller name). Labels are numbered 1..C in sorted order and their names
+  kept; labels that are all integers (category ids) keep their values. From an item table (``item_file`` + ``item_columns`` with ``item`` and ``category``) the
+  same rules apply to each item's row(s).
+- Errors name the file, the line (CSV) or row group and row (Parquet), the column and what was
+  expected: a mapped column missing from the header, a role mapped twice, a non-numeric id, an
+  unreadable time, a row with the wrong number of fields, an empty file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import re
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from nann_tf.data.dataset import DataError
+
+__all__ = ["ROLES", "CATEGORY_RULES", "ColumnMapping", "TableSpec", "read_table"]
+
+ROLES = ("user", "item", "time", "category", "rating")
+_ALIASES = {"weight": "rating", "timestamp": "time"}
+CATEGORY_RULES = ("first", "most-frequent")
+_DELIMITERS = ",\t;|"
+_INT_RE = r"^\s*[+-]?[0-9]+\s*$"
+_BLOCK_SIZE = 16 << 20
+NO_CATEGORY_NAME = "(none)"  # the label of an empty category field
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnMapping:
+    """``role -> column``: a header name (str) or a 1-based position (int)."""
+
+    columns: Mapping[str, str | int]
+
+    @classmethod
+    def parse(cls, text: str, name: str = "--columns",
+              required: tuple[str, ...] = ("user", "item")) -> "ColumnMapping":
+        """``"user=userId,item=2"`` -> the mapping.
+
+        Raises:
+          DataError: not ``ROLE=COLUMN`` pairs, an unknown role, a role mapped twice, or a
+            required role missing (naming ``name``).
+        """
+        out: dict[str, str | int] = {}
+        for part in str(text).split(","):
+            role, sep, column = part.strip().partition("=")
+            role, column = _ALIASES.get(role.strip(), role.strip()), column.strip()
+            if not sep or not role or not column:
+                raise DataError(f"{name} {text!r}: expected ROLE=COLUMN pairs such as "
+                                f"user=userId,item=movieId,time=timestamp (roles: "
+                                f"{', '.join(ROLES)}; a column is a header name or a 1-based "
+                                "position)")
+            if role not in ROLES:
+                raise DataError(f"{name} {text!r}: unknown role {role!r} (roles: "
+                                f"{', '.join(ROLES)}, weight = rating)")
+            if role in out:
+                raise DataError(f"{name} {text!r}: role {role} is mapped twice")
+            if column.isdigit():
+                if int(column) < 1:
+                    raise DataError(f"{name} {text!r}: column positions start at 1, got "
+                                    f"{role}={column}")
+                out[role] = int(column)
+            else:
+                out[role] = column
+        missing = [r for r in required if r not in out]
+        if missing:
+            raise DataError(f"{name} {text!r}: no {' or '.join(missing)} column (required "
+                            f"roles: {', '.join(required)})")
+        return cls(out)
+
+    @property
+    def by_position(self) -> bool:
+        return all(isinstance(c, int) for c in self.columns.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """How to read a ``table`` log (see the module docstring)."""
+
+    columns: str
+    file_format: str | None = None  # csv, tsv, parquet; None: from the file name
+    delimiter: str | None = None
+    header: bool | None = None
+    item_columns: str | None = None
+    category_sep: str = "|"
+    category_rule: str = "first"
+    block_size: int = _BLOCK_SIZE
+
+
+# --------------------------------------------------------------------------------- sources
+def _file_format(path: Path, given: str | None) -> str:
+    if given:
+        if given not in ("csv", "tsv", "parquet"):
+            raise DataError(f"{path}: unknown table format {given!r} (expected csv, tsv or "
+                            "parquet)")
+        return given
+    suffix = path.suffix.lower()
+    return "parquet" if suffix in (".parquet", ".pq") else \
+        "tsv" if suffix in (".tsv", ".tab") else "csv"
+
+
+def _first_lines(path: Path, n: int = 20) -> list[str]:
+    with open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
+        return [line for _, line in zip(range(n), f)]
+
+
+def _sniff_delimiter(path: Path, lines: list[str]) -> str:
+    sample = "".join(lines)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_DELIMITERS).delimiter
+    except csv.Error:
+        counts = {d: lines[0].count(d) for d in _DELIMITERS} if lines else {}
+        best = max(counts, key=counts.get) if counts else ","
+        return best if counts.get(best) else ","
+
+
+class _Source:
+    """One table file: its header names and mapped columns, read in blocks of strings or
+    values, each block with the file position of its first row (for error messages)."""
+
+    def __init__(self, path: Path, mapping: ColumnMapping, spec: TableSpec, flag: str):
+        self.path, self.mapping, self.flag = path, mapping, flag
+        self.format = _file_format(path, spec.file_format)
+        self.block_size = spec.block_size
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        if not path.is_file():
+            raise DataError(f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (expected rows with the columns of {flag})")
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                self._pq = pq.ParquetFile(path)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types
+                raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+            self.names = list(self._pq.schema_arrow.names)
+            self.header = True
+        else:
+            lines = _first_lines(path)
+            if not any(line.strip() for line in lines):
+                raise DataError(f"{path}: empty file (no rows)")
+            self.delimiter = spec.delimiter or ("\t" if self.format == "tsv"
+                                                else _sniff_delimiter(path, lines))
+            self.header = (not mapping.by_position) if spec.header is None else spec.header
+            first = next(csv.reader(io.StringIO(lines[0]), delimiter=self.delimiter))
+            self.width = len(first)
+            self.names = [c.strip() for c in first] if self.header else \
+                [f"column {i + 1}" for i in range(self.width)]
+        self.fields = {role: self._resolve(role, col) for role, col in mapping.columns.items()}
+
+    def _resolve(self, role: str, column: str | int) -> str:
+        if isinstance(column, int):
+            if column > len(self.names):
+                raise DataError(f"{self.flag} {role}={column}: {self.path} has "
+                                f"{len(self.names)} columns")
+            return self.names[column - 1]
+        if not self.header:
+            raise DataError(f"{self.flag} {role}={column}: {self.path} is read without a "
+                            "header, so columns are given by 1-based position")
+        if column not in self.names:
+            raise DataError(f"{self.flag} {role}={column}: no column {column!r} in the header "
+                            f"of {self.path} (columns: {', '.join(self.names)})")
+        return column
+
+    def where(self, row: int, group: int | None) -> str:
+        """The place of data row ``row`` (0-based, counting from the start of the file or of
+        its Parquet row group)."""
+        if self.format == "parquet":
+            return f"{self.path} row group {group} row {row + 1}"
+        return f"{self.path} line {row + 1 + int(self.header)}"
+
+    def blocks(self) -> Iterator[tuple[dict[str, Any], int, int | None]]:
+        """``({role: pyarrow array}, first row, row group)`` per block."""
+        import pyarrow as pa
+
+        fields = sorted(set(self.fields.values()))
+        if self.format == "parquet":
+            for g in range(self._pq.num_row_groups):
+                table = self._pq.read_row_group(g, columns=fields)
+                yield {r: table.column(f).combine_chunks() for r, f in self.fields.items()}, 0, g
+            return
+        import pyarrow.csv as pacsv
+
+        names = self.names if self.header else [f"f{i}" for i in range(self.width)]
+        index = {n: names[self.names.index(n)] for n in fields}
+        read = pacsv.ReadOptions(block_size=self.block_size, column_names=names,
+                                 skip_rows=int(self.header))
+        parse = pacsv.ParseOptions(delimiter=self.delimiter)
+        convert = pacsv.ConvertOptions(include_columns=[index[f] for f in fields],
+                                       column_types={index[f]: pa.string() for f in fields},
+                                       strings_can_be_null=False)
+        row = 0
+        try:
+            reader = pacsv.open_csv(self.path, read, parse, convert)
+            for batch in reader:
+                yield ({r: batch.column(index[f]) for r, f in self.fields.items()}, row, None)
+                row += batch.num_rows
+        except pa.ArrowInvalid as e:
+            raise DataError(self._parse_error(str(e))) from None
+
+    def _parse_error(self, message: str) -> str:
+        """Arrow's parse error, with the line found by a line-by-line scan."""
+        with open(self.path, "r", encoding="utf-8", errors="replace", newline="") as f:
+            for lineno, fields in enumerate(csv.reader(f, delimiter=self.delimiter), start=1):
+                if fields and len(fields) != self.width:
+                    return (f"{self.path} line {lineno}: expected {self.width} fields "
+                            f"({self.delimiter!r}-separated, as on line 1), got {len(fields)}")
+        return f"{self.path}: {message.splitlines()[0]}"
+
+
+# ------------------------------------------------------------------------------ conversion
+def _fail(source: _Source, role: str, values, ok, first_row: int, group, expected: str):
+    """Raises the DataError for the first value of ``values`` that ``ok`` marks bad."""
+    bad = int(np.flatnonzero(~np.asarray(ok, dtype=bool))[0])
+    value = values[bad].as_py()
+    column = source.fields[role]
+    raise DataError(f"{source.where(first_row + bad, group)}, column {column} ({role}): "
+                    f"expected {expected}, got {value!r}") from None
+
+
+def _ints(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_integer(arr.type):
+        if arr.null_count:
+            _fail(source, role, arr, pc.is_valid(arr), first_row, group, "an integer id")
+        return arr.to_numpy().astype(np.int64, copy=False)
+    text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+    try:
+        return pc.cast(text, pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ok = pc.fill_null(pc.match_substring_regex(text, _INT_RE), False)
+        if pc.all(ok).as_py():  # digits but out of the int64 range
+            ok = np.ones(len(text), bool)
+            ok[0] = False
+        _fail(source, role, text, ok, first_row, group, "an integer id")
+
+
+def _numbers(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        return arr.to_numpy(zero_copy_only=False).astype(np.float64)
+    text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+    try:
+        return pc.cast(text, pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
+        ok = [_is_float(v) for v in text.to_pylist()]
+        _fail(source, role, text, ok, first_row, group, "a number")
+
+
+def _is_float(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _times(source: _Source, arr, first_row: int, group) -> np.ndarray:
+    """int64 (integers, or ISO 8601 strings as seconds since the epoch) or float64."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
+        return pc.cast(arr.cast(pa.timestamp("s")), pa.int64()).to_numpy()
+    if pa.types.is_integer(arr.type):
+        return arr.to_numpy().astype(np.int64, copy=False)
+    if pa.types.is_floating(arr.type):
+        return arr.to_numpy().astype(np.float64, copy=False)
+    text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+    for kind in (pa.int64(), pa.float64()):
+        try:
+            return pc.cast(text, kind).to_numpy()
+        except pa.ArrowInvalid:
+            pass
+    try:
+        return pc.cast(pc.cast(text, pa.timestamp("s")), pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        ok = []
+        for v in text.to_pylist():
+            try:
+                pc.cast(pa.array([v]), pa.timestamp("s"))
+                ok.append(True)
+            except pa.ArrowInvalid:
+                ok.append(_is_float(v))
+        _fail(source, "time", text, ok, first_row, group,
+              "a number or an ISO 8601 time such as 2017-11-25T10:00:00")
+
+
+class _Labels:
+    """Category labels -> provisional codes (first appearance), renumbered in sorted order."""
+
+    def __init__(self):
+        self.codes: dict[str, int] = {}
+
+    def encode(self, arr) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        enc = pc.dictionary_encode(pc.utf8_trim_whitespace(arr.cast(pa.string())))
+        lut = np.array([self.codes.setdefault(s or NO_CATEGORY_NAME, len(self.codes))
+                        for s in enc.dictionary.to_pylist()] or [0], np.int64)
+        return lut[enc.indices.to_numpy(zero_copy_only=False)]
+
+    def finish(self) -> tuple[np.ndarray, dict[int, str] | None]:
+        """``(provisional code -> raw id, {raw id: name})``: labels that are all integers keep
+        their value as the raw id (and have no names), others are numbered 1..C in sorted
+        order."""
+        if all(re.fullmatch(r"[+-]?[0-9]{1,18}", name) for name in self.codes):
+            remap = np.zeros(max(len(self.codes), 1), np.int64)
+            for name, code in self.codes.items():
+                remap[code] = int(name)
+            return remap, None
+        names = sorted(self.codes)
+        raw = {name: i + 1 for i, name in enumerate(names)}
+        remap = np.zeros(max(len(self.codes), 1), np.int64)
+        for name, code in self.codes.items():
+            remap[code] = raw[name]
+        return remap, {i + 1: name for i, name in enumerate(names)}
+
+
+def _category_pairs(arr, sep: str, rule: str, labels: _Labels):
+    """Per row: its first label code (``first``), or (row index, code) of every value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = arr.cast(pa.string())
+    if sep:
+        lists = pc.split_pattern(text, sep)
+        if rule == "first":
+            return labels.encode(pc.list_element(lists, 0)), None
+        flat = pc.list_flatten(lists)
+        return labels.encode(flat), pc.list_parent_indices(lists).to_numpy()
+    codes = labels.encode(text)
+    return codes, (None if rule == "first" else np.arange(len(codes)))
+
+
+def _most_frequent(items: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per distinct item: the code given most often; ties -> more frequent overall, then the
+    smaller code (codes are in sorted name order)."""
+    overall = np.bincount(codes)
+    pairs, counts = np.unique(np.stack([items, codes], axis=1), axis=0, return_counts=True)
+    # Sort by item, then count desc, overall frequency desc, code asc; keep each item's first.
+    order = np.lexsort((pairs[:, 1], -overall[pairs[:, 1]], -counts, pairs[:, 0]))
+    pairs = pairs[order]
+    first = np.concatenate([[True], pairs[1:, 0] != pairs[:-1, 0]])
+    return pairs[first, 0], pairs[first, 1]
+
+
+# ---------------------------------------------------------------------------------- reader
+def _read_item_table(path: Path, spec: TableSpec, labels: _Labels):
+    mapping = ColumnMapping.parse(spec.item_columns or "", "--item-columns",
+                                  required=("item", "category"))
+    extra = sorted(set(mapping.columns) - {"item", "category"})
+    if extra:
+        raise DataError(f"--item-columns {spec.item_columns!r}: only item and category are "
+                        f"read from the item file, not {', '.join(extra)}")
+    src = _Source(path, mapping, dataclasses.replace(spec, file_format=None, delimiter=None,
+                                                     header=None), "--item-columns")
+    items, codes = [], []
+    for cols, row, group in src.blocks():
+        ids = _ints(src, "item", cols["item"], row, group)
+        c, parent = _category_pairs(cols["category"], spec.category_sep, spec.category_rule,
+                                    labels)
+        items.append(ids if parent is None else ids[parent])
+        codes.append(c)
+    if not items:
+        raise DataError(f"{path}: no item rows")
+    return np.concatenate(items), np.concatenate(codes)
+
+
+def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None = None):
+    """Reads a ``table`` log; returns a :class:`~nann_tf.data.readers.BehaviorLog`.
+
+    Raises:
+      DataError: see the module docstring.
+    """
+    from nann_tf.data.readers import BehaviorLog
+
+    path = Path(path)
+    if spec.category_rule not in CATEGORY_RULES:
+        raise DataError(f"--category-rule {spec.category_rule!r}: expected one of "
+                        f"{', '.join(CATEGORY_RULES)}")
+    mapping = ColumnMapping.parse(spec.columns)
+    if item_file is not None and "category" in mapping.columns:
+        raise DataError(f"--columns maps category and --item-file {item_file} gives categories "
+                        "too: take them from one of the two")
+    if item_file is None and spec.item_columns:
+        raise DataError("--item-columns needs --item-file (the item table to read them from)")
+    src = _Source(path, mapping, spec, "--columns")
+    labels = _Labels()
+    cols: dict[str, list] = {r: [] for r in ("user", "item", "time", "rating", "category")}
+    pair_items, pair_codes = [], []
+    rows = 0
+    for block, row, group in src.blocks():
+        n = len(block["user"])
+        rows += n
+        user = _ints(src, "user", block["user"], row, group)
+        item = _ints(src, "item", block["item"], row, group)
+        cols["user"].append(user)
+        cols["item"].append(item)
+        if "time" in block:
+            cols["time"].append(_times(src, block["time"], row, group))
+        if "rating" in block:
+            cols["rating"].append(_numbers(src, "rating", block["rating"], row, group))
+        if "category" in block:
+            codes, parent = _category_pairs(block["category"], spec.category_sep,
+                                            spec.category_rule, labels)
+            if parent is None:
+                cols["category"].append(codes)
+            else:
+                pair_items.append(item[parent])
+                pair_codes.append(codes)
+    if rows == 0:
+        raise DataError(f"{path}: no rows{' after the header' if src.header else ''}")
+    user, item = np.concatenate(cols["user"]), np.concatenate(cols["item"])
+    if cols["time"]:
+        kinds = {c.dtype.kind for c in cols["time"]}
+        ts = np.concatenate([c.astype(np.float64) if "f" in kinds else c for c in cols["time"]])
+    else:
+        ts = np.arange(rows, dtype=np.int64)  # file order
+    rating = np.concatenate(cols["rating"]) if cols["rating"] else None
+    category = item_category = names = None
+    item_src = ""
+    if item_file is not None:
+        tab_items, tab_codes = _read_item_table(Path(item_file), spec, labels)
+        pair_items, pair_codes = [tab_items], [tab_codes]
+        item_src = str(Path(item_file).resolve())
+    if labels.codes:
+        remap, names = labels.finish()
+        if cols["category"]:
+            category = remap[np.concatenate(cols["category"])]
+        if pair_items:
+            if spec.category_rule == "first":
+                tab_items = np.concatenate(pair_items)
+                _, first = np.unique(tab_items, return_index=True)
+                item_category = (tab_items[np.sort(first)],
+                                 remap[np.concatenate(pair_codes)][np.sort(first)])
+            else:
+                it, code = _most_frequent(np.concatenate(pair_items),
+                                          remap[np.concatenate(pair_codes)])
+                item_category = (it, code)
+    return BehaviorLog(user=user, item=item, timestamp=ts, category=category, rating=rating,
+                       rows=rows, source=str(path.resolve()), item_source=item_src,
+                       input_format="table", item_category=item_category,
+                       category_names=names)
