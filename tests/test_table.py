@@ -130,9 +130,10 @@ def test_item_table_join_gives_item_categories(tmp_path):
     (RATINGS, "user=userId,item=movieId,user=rating", "role user is mapped twice"),
     (RATINGS, "user=userId,time=timestamp", "no item column"),
     (RATINGS, "user=userId,item=title", "{path} line 2, column title (item): expected an "
-                                        "integer id, got 'Alpha'"),
+                                        "integer, got 'Alpha'"),
     (RATINGS.replace("8,5.0,964982300", "8,5.0,964982300,extra"), MAPPING,
-     "{path} line 5: expected 7 fields"),
+     "{path} line 5: expected 7 columns (movieId,title,year,genres,userId,rating,timestamp), "
+     "got 8"),
     (RATINGS.replace("964981247", "yesterday"), MAPPING,
      "{path} line 3, column timestamp (time): expected a number or an ISO 8601 time"),
     ("", MAPPING, "{path}: empty file"),
@@ -156,7 +157,7 @@ def test_bad_parquet_value_names_the_row_group(tmp_path):
     table = pa.table({"u": ["1", "2", "3", "x4"], "i": [1, 2, 3, 4], "t": [1, 2, 3, 4]})
     pq.write_table(table, tmp_path / "b.parquet", row_group_size=2)
     with pytest.raises(DataError, match=r"b.parquet row group 1 row 2, column u \(user\): "
-                                        r"expected an integer id, got 'x4'"):
+                                        r"expected an integer, got 'x4'"):
         read_table(tmp_path / "b.parquet", TableSpec("user=u,item=i,time=t"))
 
 
@@ -170,44 +171,73 @@ def test_mapping_parser():
             ColumnMapping.parse(bad)
 
 
-def _dataset_files(d: Path) -> dict[str, bytes]:
+# The datasets today's readers wrote before they became presets of the table reader (their own
+# parsers, commit e8822cc), as digests of every array and of meta.json without its paths: the
+# presets, and the table format with the same mapping, must write exactly these.
+BEFORE_PRESETS = {
+    "userbehavior": {
+        "items.npz": "491c85a8ef8e6455",
+        "meta.json": "f94383863513592c",
+        "test.npz": "64fc6a0f15028a5d",
+        "train.npz": "b339d2a553469e7e",
+        "val.npz": "05cdc794fdd099e8"
+    },
+    "movielens": {
+        "items.npz": "03e4c8d6c2e615b6",
+        "meta.json": "6c684c119c153c9a",
+        "test.npz": "41c7bcaa8bb9ca85",
+        "train.npz": "4936dca3efbb2274",
+        "val.npz": "11ad88c12d9ac7ec"
+    }
+}
+UB_KW = dict(min_len=5, max_len=20, val_users=20, test_users=20, seed=1)
+ML_KW = dict(min_len=5, max_len=20, val_users=50, test_users=50, seed=0, min_rating=3.0)
+
+
+def _digest(d: Path) -> dict[str, str]:
+    """sha256 (16 hex) of each file's content: every array of an .npz (name, dtype, shape,
+    bytes; the zip container carries a write time), meta.json without paths."""
+    import hashlib
+
     out = {}
     for p in sorted(d.iterdir()):
         if p.name == "meta.json":
             meta = json.loads(p.read_text())
-            for k in ("source", "input_format", "item_source", "created", "prepare_seconds"):
+            for k in ("input", "source", "input_format", "item_source", "created",
+                      "prepare_seconds"):
                 meta.pop(k, None)
-            out[p.name] = json.dumps(meta, sort_keys=True).encode()
+            data = json.dumps(meta, sort_keys=True).encode()
+        elif p.suffix == ".npz":
+            with np.load(p) as z:
+                data = b"".join(k.encode() + str(z[k].dtype).encode() + str(z[k].shape).encode()
+                                + z[k].tobytes() for k in sorted(z.files))
         else:
-            out[p.name] = p.read_bytes()
+            data = p.read_bytes()
+        out[p.name] = hashlib.sha256(data).hexdigest()[:16]
     return out
 
 
-def test_table_reads_a_userbehavior_log_exactly_as_its_reader(tmp_path):
+def test_userbehavior_preset_and_table_write_what_the_old_reader_wrote(tmp_path):
     log = tmp_path / "ub.csv"
     write_userbehavior_csv(generate_log(300, 200, 7, 30, 3), log)
-    kw = dict(min_len=5, max_len=20, val_users=20, test_users=20, seed=1)
-    prepare_dataset(log, tmp_path / "a", "userbehavior", **kw)
+    prepare_dataset(log, tmp_path / "a", "userbehavior", **UB_KW)
     prepare_dataset(log, tmp_path / "b", "table", table=TableSpec(
-        "user=1,item=2,category=3,time=5"), **kw)
-    a, b = _dataset_files(tmp_path / "a"), _dataset_files(tmp_path / "b")
-    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), \
-        [k for k in a if a[k] != b.get(k)]
+        "user=1,item=2,category=3,time=5"), **UB_KW)
+    assert _digest(tmp_path / "a") == BEFORE_PRESETS["userbehavior"]
+    assert _digest(tmp_path / "b") == BEFORE_PRESETS["userbehavior"]
 
 
 @pytest.mark.skipif(not ML100K.is_dir(), reason="shared MovieLens-100K data not present")
-def test_table_reads_movielens_100k_exactly_as_its_reader(tmp_path):
-    kw = dict(min_len=5, max_len=20, val_users=50, test_users=50, seed=0, min_rating=3.0)
-    prepare_dataset(ML100K, tmp_path / "a", "movielens", **kw)
+def test_movielens_preset_and_table_write_what_the_old_reader_wrote(tmp_path):
+    prepare_dataset(ML100K, tmp_path / "a", "movielens", **ML_KW)
     spec = TableSpec("user=user_id:token,item=item_id:token,rating=rating:float,"
                      "time=timestamp:float", delimiter="\t",
                      item_columns="item=item_id:token,category=class:token_seq",
                      category_sep=" ")
     prepare_dataset(ML100K / "ml-100k.inter", tmp_path / "b", "table",
-                    item_file=ML100K / "ml-100k.item", table=spec, **kw)
-    a, b = _dataset_files(tmp_path / "a"), _dataset_files(tmp_path / "b")
-    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), \
-        [k for k in a if a[k] != b.get(k)]
+                    item_file=ML100K / "ml-100k.item", table=spec, **ML_KW)
+    assert _digest(tmp_path / "a") == BEFORE_PRESETS["movielens"]
+    assert _digest(tmp_path / "b") == BEFORE_PRESETS["movielens"]
 
 
 def test_cli_table_format_and_its_flags(tmp_path, capsys):
@@ -219,6 +249,16 @@ def test_cli_table_format_and_its_flags(tmp_path, capsys):
                    "most-frequent", "--min-len", "3", "--val-users", "0", "--test-users",
                    "0") == 0
     assert Dataset.load(out).meta["num_items"] == 3
+    # The README's MovieLens example: ratings joined with an item table's genres.
+    movies = _write(tmp_path / "movies.csv", 'movieId,title,genres\n10,A,Drama|War\n'
+                    '30,"B, the",Comedy|Drama\n60,C,War\n')
+    assert run_cli("prepare", "--format", "table", "--input", path, "--output", tmp_path / "m",
+                   "--columns", MAPPING, "--min-rating", "3.5", "--item-file", movies,
+                   "--item-columns", "item=movieId,category=genres", "--category-rule",
+                   "most-frequent", "--min-len", "3", "--val-users", "0", "--test-users",
+                   "0") == 0
+    meta = Dataset.load(tmp_path / "m").meta
+    assert meta["rows_kept"] == 6 and meta["num_items"] == 2  # ratings >= 3.5: items 10 and 30
     assert run_cli("prepare", "--format", "table", "--input", path, "--output",
                    tmp_path / "x") == 2
     assert "needs --columns" in capsys.readouterr().err

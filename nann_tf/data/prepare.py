@@ -26,7 +26,8 @@ import numpy as np
 from nann_tf.fsutil import replace_dir
 
 from nann_tf.data.dataset import DATASET_FORMAT, DATASET_VERSION, DataError, gather_histories
-from nann_tf.data.readers import NO_CATEGORY_NAME, BehaviorLog, read_log
+from nann_tf.data.readers import BehaviorLog, read_log
+from nann_tf.data.table import NO_CATEGORY_NAME
 
 __all__ = [
     "PreparedDataset",

@@ -107,9 +107,14 @@ class TableSpec:
     delimiter: str | None = None
     header: bool | None = None
     item_columns: str | None = None
+    item_delimiter: str | None = None  # the item file's; None: sniffed
     category_sep: str = "|"
     category_rule: str = "first"
     block_size: int = _BLOCK_SIZE
+    # For the presets of fixed layouts (nann_tf.data.readers):
+    names: tuple[str, ...] | None = None  # the columns of a headerless file (fixes its width)
+    quoting: bool = True  # '"' quotes fields; off: every delimiter separates
+    integer_roles: tuple[str, ...] = ()  # roles besides user/item that must be integers
 
 
 # --------------------------------------------------------------------------------- sources
@@ -161,7 +166,7 @@ class _Source:
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types
                 raise DataError(f"{path}: not a readable Parquet file ({e})") from e
             self.names = list(self._pq.schema_arrow.names)
-            self.header = True
+            self.header = self.named = True
         else:
             lines = _first_lines(path)
             if not any(line.strip() for line in lines):
@@ -169,10 +174,22 @@ class _Source:
             self.delimiter = spec.delimiter or ("\t" if self.format == "tsv"
                                                 else _sniff_delimiter(path, lines))
             self.header = (not mapping.by_position) if spec.header is None else spec.header
-            first = next(csv.reader(io.StringIO(lines[0]), delimiter=self.delimiter))
-            self.width = len(first)
-            self.names = [c.strip() for c in first] if self.header else \
-                [f"column {i + 1}" for i in range(self.width)]
+            self.quoting = spec.quoting
+            first_line = next(line for line in lines if line.strip())
+            first = next(csv.reader(io.StringIO(first_line), delimiter=self.delimiter,
+                                    quoting=csv.QUOTE_MINIMAL if spec.quoting
+                                    else csv.QUOTE_NONE))
+            self.named = spec.names is not None and not self.header
+            if self.named:
+                self.names = list(spec.names)
+                self.width = len(self.names)
+            else:
+                self.width = len(first)
+                self.names = [c.strip() for c in first] if self.header else \
+                    [f"column {i + 1}" for i in range(self.width)]
+        if self.format != "parquet" and len(first) != self.width:
+            raise DataError(f"{path} line 1: expected {self.width} columns "
+                            f"({','.join(self.names)}), got {len(first)}")
         self.fields = {role: self._resolve(role, col) for role, col in mapping.columns.items()}
 
     def _resolve(self, role: str, column: str | int) -> str:
@@ -181,7 +198,7 @@ class _Source:
                 raise DataError(f"{self.flag} {role}={column}: {self.path} has "
                                 f"{len(self.names)} columns")
             return self.names[column - 1]
-        if not self.header:
+        if not self.header and not self.named:
             raise DataError(f"{self.flag} {role}={column}: {self.path} is read without a "
                             "header, so columns are given by 1-based position")
         if column not in self.names:
@@ -212,7 +229,13 @@ class _Source:
         index = {n: names[self.names.index(n)] for n in fields}
         read = pacsv.ReadOptions(block_size=self.block_size, column_names=names,
                                  skip_rows=int(self.header))
-        parse = pacsv.ParseOptions(delimiter=self.delimiter)
+
+        def invalid_row(row):  # a line of only spaces is blank; any other bad row is an error
+            return "skip" if not row.text.strip() else "error"
+
+        parse = pacsv.ParseOptions(delimiter=self.delimiter,
+                                   quote_char='"' if self.quoting else False,
+                                   invalid_row_handler=invalid_row)
         convert = pacsv.ConvertOptions(include_columns=[index[f] for f in fields],
                                        column_types={index[f]: pa.string() for f in fields},
                                        strings_can_be_null=False)
@@ -227,11 +250,15 @@ class _Source:
 
     def _parse_error(self, message: str) -> str:
         """Arrow's parse error, with the line found by a line-by-line scan."""
+        quoting = csv.QUOTE_MINIMAL if self.quoting else csv.QUOTE_NONE
+        named = f" ({','.join(self.names)})" if self.header or not self.names[0].startswith(
+            "column ") else f" ({self.delimiter!r}-separated, as on the first line)"
         with open(self.path, "r", encoding="utf-8", errors="replace", newline="") as f:
-            for lineno, fields in enumerate(csv.reader(f, delimiter=self.delimiter), start=1):
-                if fields and len(fields) != self.width:
-                    return (f"{self.path} line {lineno}: expected {self.width} fields "
-                            f"({self.delimiter!r}-separated, as on line 1), got {len(fields)}")
+            for lineno, fields in enumerate(csv.reader(f, delimiter=self.delimiter,
+                                                       quoting=quoting), start=1):
+                if any(x.strip() for x in fields) and len(fields) != self.width:
+                    return (f"{self.path} line {lineno}: expected {self.width} columns{named}, "
+                            f"got {len(fields)}")
         return f"{self.path}: {message.splitlines()[0]}"
 
 
@@ -251,17 +278,20 @@ def _ints(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
 
     if pa.types.is_integer(arr.type):
         if arr.null_count:
-            _fail(source, role, arr, pc.is_valid(arr), first_row, group, "an integer id")
+            _fail(source, role, arr, pc.is_valid(arr), first_row, group, "an integer")
         return arr.to_numpy().astype(np.int64, copy=False)
     text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
     try:
         return pc.cast(text, pa.int64()).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         ok = pc.fill_null(pc.match_substring_regex(text, _INT_RE), False)
-        if pc.all(ok).as_py():  # digits but out of the int64 range
-            ok = np.ones(len(text), bool)
-            ok[0] = False
-        _fail(source, role, text, ok, first_row, group, "an integer id")
+        if pc.all(ok).as_py():  # digits, but a value out of the int64 range
+            big = [not -(2**63) <= int(v) < 2**63 for v in text.to_pylist()]
+            k = big.index(True)
+            raise DataError(f"{source.where(first_row + k, group)}, column "
+                            f"{source.fields[role]} ({role}): integer {text[k].as_py()} does not "
+                            "fit in int64") from None
+        _fail(source, role, text, ok, first_row, group, "an integer")
 
 
 def _numbers(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
@@ -272,25 +302,34 @@ def _numbers(source: _Source, role: str, arr, first_row: int, group) -> np.ndarr
         return arr.to_numpy(zero_copy_only=False).astype(np.float64)
     text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
     try:
-        return pc.cast(text, pa.float64()).to_numpy()
+        out = pc.cast(text, pa.float64()).to_numpy()
     except pa.ArrowInvalid:
         ok = [_is_float(v) for v in text.to_pylist()]
         _fail(source, role, text, ok, first_row, group, "a number")
+    _finite(source, role, text, out, first_row, group)
+    return out
+
+
+def _finite(source, role, values, out: np.ndarray, first_row: int, group) -> None:
+    if not np.isfinite(out).all():
+        _fail(source, role, values, np.isfinite(out), first_row, group, "a finite number")
 
 
 def _is_float(v) -> bool:
     try:
-        float(v)
-        return True
+        return np.isfinite(float(v))
     except (TypeError, ValueError):
         return False
 
 
-def _times(source: _Source, arr, first_row: int, group) -> np.ndarray:
-    """int64 (integers, or ISO 8601 strings as seconds since the epoch) or float64."""
+def _times(source: _Source, arr, first_row: int, group, kind: str = "any") -> np.ndarray:
+    """int64 (integers, or ISO 8601 strings as seconds since the epoch) or float64;
+    ``kind="int"``: integers only."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if kind == "int":
+        return _ints(source, "time", arr, first_row, group)
     if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
         return pc.cast(arr.cast(pa.timestamp("s")), pa.int64()).to_numpy()
     if pa.types.is_integer(arr.type):
@@ -298,11 +337,16 @@ def _times(source: _Source, arr, first_row: int, group) -> np.ndarray:
     if pa.types.is_floating(arr.type):
         return arr.to_numpy().astype(np.float64, copy=False)
     text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
-    for kind in (pa.int64(), pa.float64()):
-        try:
-            return pc.cast(text, kind).to_numpy()
-        except pa.ArrowInvalid:
-            pass
+    try:
+        return pc.cast(text, pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        pass
+    try:
+        out = pc.cast(text, pa.float64()).to_numpy()
+        _finite(source, "time", text, out, first_row, group)
+        return out
+    except pa.ArrowInvalid:
+        pass
     try:
         return pc.cast(pc.cast(text, pa.timestamp("s")), pa.int64()).to_numpy()
     except pa.ArrowInvalid:
@@ -327,6 +371,11 @@ class _Labels:
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        if pa.types.is_integer(arr.type) and not arr.null_count:  # category ids as they are
+            uniq, inv = np.unique(arr.to_numpy(), return_inverse=True)
+            lut = np.array([self.codes.setdefault(str(int(u)), len(self.codes)) for u in uniq]
+                           or [0], np.int64)
+            return lut[inv]
         enc = pc.dictionary_encode(pc.utf8_trim_whitespace(arr.cast(pa.string())))
         lut = np.array([self.codes.setdefault(s or NO_CATEGORY_NAME, len(self.codes))
                         for s in enc.dictionary.to_pylist()] or [0], np.int64)
@@ -354,14 +403,14 @@ def _category_pairs(arr, sep: str, rule: str, labels: _Labels):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    text = arr.cast(pa.string())
-    if sep:
+    if sep and not pa.types.is_integer(arr.type):
+        text = arr.cast(pa.string())
         lists = pc.split_pattern(text, sep)
         if rule == "first":
             return labels.encode(pc.list_element(lists, 0)), None
         flat = pc.list_flatten(lists)
         return labels.encode(flat), pc.list_parent_indices(lists).to_numpy()
-    codes = labels.encode(text)
+    codes = labels.encode(arr)
     return codes, (None if rule == "first" else np.arange(len(codes)))
 
 
@@ -385,8 +434,9 @@ def _read_item_table(path: Path, spec: TableSpec, labels: _Labels):
     if extra:
         raise DataError(f"--item-columns {spec.item_columns!r}: only item and category are "
                         f"read from the item file, not {', '.join(extra)}")
-    src = _Source(path, mapping, dataclasses.replace(spec, file_format=None, delimiter=None,
-                                                     header=None), "--item-columns")
+    src = _Source(path, mapping, dataclasses.replace(spec, file_format=None,
+                                                     delimiter=spec.item_delimiter, header=None,
+                                                     names=None), "--item-columns")
     items, codes = [], []
     for cols, row, group in src.blocks():
         ids = _ints(src, "item", cols["item"], row, group)
@@ -430,12 +480,17 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
         cols["user"].append(user)
         cols["item"].append(item)
         if "time" in block:
-            cols["time"].append(_times(src, block["time"], row, group))
+            cols["time"].append(_times(src, block["time"], row, group,
+                                       "int" if "time" in spec.integer_roles else "any"))
         if "rating" in block:
             cols["rating"].append(_numbers(src, "rating", block["rating"], row, group))
         if "category" in block:
-            codes, parent = _category_pairs(block["category"], spec.category_sep,
-                                            spec.category_rule, labels)
+            arr = block["category"]
+            if "category" in spec.integer_roles:
+                import pyarrow as pa
+
+                arr = pa.array(_ints(src, "category", arr, row, group))
+            codes, parent = _category_pairs(arr, spec.category_sep, spec.category_rule, labels)
             if parent is None:
                 cols["category"].append(codes)
             else:
