@@ -265,3 +265,13 @@ def test_cli_table_format_and_its_flags(tmp_path, capsys):
     assert run_cli("prepare", "--format", "csv", "--input", path, "--output", tmp_path / "y",
                    "--columns", MAPPING) == 2
     assert "--columns: only for --format table" in capsys.readouterr().err
+
+
+def test_blank_lines_are_skipped_but_keep_line_numbers_exact(tmp_path):
+    path = _write(tmp_path / "b.csv", "u,i,t\n1,2,3\n\n4,5,6\n\n\n7,x,9\n")
+    with pytest.raises(DataError, match=r"b\.csv line 7, column i \(item\): expected an "
+                                        r"integer, got 'x'"):
+        read_table(path, TableSpec("user=u,item=i,time=t"))
+    _write(path, "u,i,t\n1,2,3\n\n4,5,6\n\n\n7,8,9\n")
+    log = read_table(path, TableSpec("user=u,item=i,time=t"))
+    assert log.rows == 3 and log.user.tolist() == [1, 4, 7]

@@ -213,16 +213,20 @@ class _Source:
             return f"{self.path} row group {group} row {row + 1}"
         return f"{self.path} line {row + 1 + int(self.header)}"
 
-    def blocks(self) -> Iterator[tuple[dict[str, Any], int, int | None]]:
-        """``({role: pyarrow array}, first row, row group)`` per block."""
+    def blocks(self) -> Iterator[tuple[dict[str, Any], np.ndarray, int | None]]:
+        """``({role: pyarrow array}, rows, row group)`` per block; ``rows`` holds each row's
+        0-based position in the file (or its row group), for error messages. Blank CSV lines
+        (every mapped field empty) are dropped but keep their place in the numbering."""
         import pyarrow as pa
 
         fields = sorted(set(self.fields.values()))
         if self.format == "parquet":
             for g in range(self._pq.num_row_groups):
                 table = self._pq.read_row_group(g, columns=fields)
-                yield {r: table.column(f).combine_chunks() for r, f in self.fields.items()}, 0, g
+                yield ({r: table.column(f).combine_chunks() for r, f in self.fields.items()},
+                       np.arange(table.num_rows), g)
             return
+        import pyarrow.compute as pc
         import pyarrow.csv as pacsv
 
         names = self.names if self.header else [f"f{i}" for i in range(self.width)]
@@ -233,9 +237,11 @@ class _Source:
         def invalid_row(row):  # a line of only spaces is blank; any other bad row is an error
             return "skip" if not row.text.strip() else "error"
 
+        # Empty lines are kept as rows of empty fields, so that line numbers stay exact; they are
+        # dropped below.
         parse = pacsv.ParseOptions(delimiter=self.delimiter,
                                    quote_char='"' if self.quoting else False,
-                                   invalid_row_handler=invalid_row)
+                                   invalid_row_handler=invalid_row, ignore_empty_lines=False)
         convert = pacsv.ConvertOptions(include_columns=[index[f] for f in fields],
                                        column_types={index[f]: pa.string() for f in fields},
                                        strings_can_be_null=False)
@@ -243,8 +249,18 @@ class _Source:
         try:
             reader = pacsv.open_csv(self.path, read, parse, convert)
             for batch in reader:
-                yield ({r: batch.column(index[f]) for r, f in self.fields.items()}, row, None)
+                cols = {r: batch.column(index[f]) for r, f in self.fields.items()}
+                rows = np.arange(row, row + batch.num_rows)
                 row += batch.num_rows
+                blank = np.ones(batch.num_rows, bool)
+                for arr in cols.values():
+                    blank &= np.asarray(pc.equal(pc.utf8_length(arr), 0), bool)
+                if blank.any():
+                    keep = pa.array(~blank)
+                    cols = {r: arr.filter(keep) for r, arr in cols.items()}
+                    rows = rows[~blank]
+                if len(rows):
+                    yield cols, rows, None
         except pa.ArrowInvalid as e:
             raise DataError(self._parse_error(str(e))) from None
 
@@ -268,7 +284,7 @@ def _fail(source: _Source, role: str, values, ok, first_row: int, group, expecte
     bad = int(np.flatnonzero(~np.asarray(ok, dtype=bool))[0])
     value = values[bad].as_py()
     column = source.fields[role]
-    raise DataError(f"{source.where(first_row + bad, group)}, column {column} ({role}): "
+    raise DataError(f"{source.where(int(first_row[bad]), group)}, column {column} ({role}): "
                     f"expected {expected}, got {value!r}") from None
 
 
@@ -288,7 +304,7 @@ def _ints(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
         if pc.all(ok).as_py():  # digits, but a value out of the int64 range
             big = [not -(2**63) <= int(v) < 2**63 for v in text.to_pylist()]
             k = big.index(True)
-            raise DataError(f"{source.where(first_row + k, group)}, column "
+            raise DataError(f"{source.where(int(first_row[k]), group)}, column "
                             f"{source.fields[role]} ({role}): integer {text[k].as_py()} does not "
                             "fit in int64") from None
         _fail(source, role, text, ok, first_row, group, "an integer")
