@@ -92,6 +92,9 @@ class TrainConfig:
     Attributes:
       num_negatives: K noise samples per positive, from unigram^noise_alpha.
       fgsm_eps: FGSM step on e_v (0 turns the auxiliary loss off).
+      fgsm_eps_mode: ``absolute`` (the step is ``fgsm_eps``, the paper's parametrisation) or
+        ``relative`` (``fgsm_eps`` x the RMS of the batch's e_v coordinates, so a value means
+        the same whatever the embeddings' scale).
       fgsm_lambda: weight of the auxiliary KL loss.
       strategy: "default", "mirrored" (one host, all GPUs) or "multi_worker" (TF_CONFIG).
     """
@@ -104,6 +107,7 @@ class TrainConfig:
     num_negatives: int = 200
     noise_alpha: float = 0.75
     fgsm_eps: float = 3e-5
+    fgsm_eps_mode: str = "absolute"
     fgsm_lambda: float = 1.0
     strategy: str = "default"
     seed: int = 0
@@ -181,6 +185,9 @@ def _validate(cfg: Config, src: str) -> None:
                          ("train", "num_negatives"), ("index", "M")]:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{src}: [{section}] {key} must be > 0")
+    if cfg.train.fgsm_eps_mode not in ("absolute", "relative"):
+        raise ConfigError(f"{src}: [train] fgsm_eps_mode must be absolute or relative, got "
+                          f"{cfg.train.fgsm_eps_mode!r}")
     if cfg.train.fgsm_eps < 0:
         raise ConfigError(f"{src}: [train] fgsm_eps must be >= 0, got {cfg.train.fgsm_eps}")
 

@@ -34,3 +34,12 @@ def test_saved_config_with_a_removed_key_still_loads():
     raw["train"]["a_key_from_an_older_version"] = 1
     cfg = config_from_json(json.dumps(raw), "model.json")
     assert cfg.train.epochs == load_config("ci-synth").train.epochs
+
+
+def test_fgsm_eps_mode_is_checked():
+    assert load_config("ci-synth").train.fgsm_eps_mode == "absolute"  # the paper's, by default
+    assert load_config("ci-synth", {"train.fgsm_eps_mode": "relative"}).train.fgsm_eps_mode == \
+        "relative"
+    with pytest.raises(ConfigError, match=r"\[train\] fgsm_eps_mode must be absolute or "
+                                          r"relative, got 'scaled'"):
+        load_config("ci-synth", {"train.fgsm_eps_mode": "scaled"})

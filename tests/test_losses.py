@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from nann_tf.config import ModelConfig
 from nann_tf.model import NANNModel
-from nann_tf.model.losses import (accidental_hit_mask, fgsm_perturb, kl_aux_loss, nce_logits,
-                                  nce_loss)
+from nann_tf.model.losses import (accidental_hit_mask, fgsm_perturb, fgsm_step_size,
+                                  kl_aux_loss, nce_logits, nce_loss)
 from nann_tf.train import NANNTrainer, NoiseDistribution
 
 
@@ -86,15 +86,18 @@ def _trainer(eps, variant="attention"):
     return NANNTrainer(model, noise.log_q, 6, eps, 1.0), rng, noise
 
 
-def test_training_step_losses_match_numpy_fgsm_reference():
-    """The whole step: FGSM direction from the NCE gradient, KL against the perturbed scores."""
-    eps = 0.05
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_training_step_losses_match_numpy_fgsm_reference(mode):
+    """The whole step: FGSM direction from the NCE gradient, KL against the perturbed scores;
+    a relative eps steps by eps x the RMS of the batch's e_v coordinates."""
+    eps = 0.05 if mode == "absolute" else 0.3
     trainer, rng, noise = _trainer(eps)
+    trainer.fgsm_eps_mode = mode
     m = trainer.model
     hist = tf.constant(rng.integers(0, 31, size=(3, 5)), tf.int32)
     pos = tf.constant(rng.integers(1, 31, size=3), tf.int32)
     neg = tf.constant(noise.sample(rng, (3, 6)))
-    total, l_nce, l_aux = trainer.compute_losses(hist, pos, neg)
+    total, l_nce, l_aux, step = trainer.compute_losses(hist, pos, neg, return_step=True)
 
     items = tf.concat([pos[:, None], neg], 1)
     state = m.encode_user(hist)
@@ -107,7 +110,9 @@ def test_training_step_losses_match_numpy_fgsm_reference():
         loss = nce_loss(nce_logits(s, tf.constant(log_q), 6), tf.constant(mask))
     g = tape.gradient(loss, e_v).numpy()
     assert np.abs(g).sum() > 0
-    e_adv = e_v.numpy() + eps * np.sign(g)
+    ref_step = eps if mode == "absolute" else eps * np.sqrt(np.mean(e_v.numpy() ** 2))
+    np.testing.assert_allclose(float(step), ref_step, rtol=1e-5)
+    e_adv = e_v.numpy() + ref_step * np.sign(g)
     s_adv = m.score(state, tf.constant(e_adv)).numpy()
     _, ref_nce = np_nce(s.numpy(), log_q, 6, mask)
     ref_aux = np_kl(s.numpy(), s_adv, mask)
@@ -138,3 +143,13 @@ def test_noise_distribution_follows_unigram_alpha():
     assert draws.min() >= 1 and draws.max() <= 4
     emp = np.bincount(draws, minlength=5)[1:] / len(draws)
     np.testing.assert_allclose(emp, want, atol=0.01)
+
+
+def test_relative_step_scales_with_the_embeddings_and_absolute_does_not():
+    e = tf.constant(np.random.default_rng(0).normal(size=(4, 7, 8)).astype(np.float32))
+    r = float(fgsm_step_size(e, 0.1, "relative"))
+    assert r == pytest.approx(0.1 * float(tf.sqrt(tf.reduce_mean(e * e))))
+    assert float(fgsm_step_size(10 * e, 0.1, "relative")) == pytest.approx(10 * r, rel=1e-5)
+    assert float(fgsm_step_size(10 * e, 0.1, "absolute")) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="absolute or relative"):
+        fgsm_step_size(e, 0.1, "scaled")

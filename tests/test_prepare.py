@@ -465,3 +465,26 @@ def test_cli_offers_exactly_the_readers_formats(capsys):
     assert run_cli("prepare", "--format", "nosuch", "--input", "x", "--output", "y") == 2
     err = capsys.readouterr().err
     assert f"expected one of {', '.join(readers.INPUT_FORMATS)})" in err
+
+
+def test_explicit_held_out_sizes_are_honoured_or_refused_naming_the_flag(tmp_path, capsys):
+    """A real log of 671 users asked for 100 + 200: kept exactly (the 10% cap would give 67 +
+    67); asking for more than half of the users is an error; config defaults still scale."""
+    path = tmp_path / "log.csv"
+    write_userbehavior_csv(generate_log(700, 300, 5, 30, seed=4), path)
+    base = ["--format", "userbehavior", "--input", path, "--min-len", "10", "--max-len", "20"]
+    assert _prepare(base + ["--output", tmp_path / "a", "--val-users", "100",
+                            "--test-users", "200"]) == 0
+    meta = Dataset.load(tmp_path / "a").meta
+    kept = meta["num_train_users"] + meta["num_val_users"] + meta["num_test_users"]
+    assert (meta["num_val_users"], meta["num_test_users"]) == (100, 200) and kept > 600
+    assert _prepare(base + ["--output", tmp_path / "b", "--val-users", str(kept // 2),
+                            "--test-users", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--val-users {kept // 2} and --test-users 1" in err and "more than half" in err
+    assert not (tmp_path / "b").exists()
+    # Only one flag given: that one is exact, the other is the config default scaled to 10%.
+    assert _prepare(base + ["--output", tmp_path / "c", "--test-users", "150",
+                            "--config", "ci-synth"]) == 0
+    meta = Dataset.load(tmp_path / "c").meta
+    assert meta["num_test_users"] == 150 and meta["num_val_users"] == kept // 10

@@ -39,8 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, help="history length L (config: max_len)")
     parser.add_argument("--min-len", type=int,
                         help="drop users with fewer behaviours (config: min_len)")
-    parser.add_argument("--val-users", type=int, help="validation users (config: val_users)")
-    parser.add_argument("--test-users", type=int, help="test users (config: test_users)")
+    parser.add_argument("--val-users", type=int,
+                        help="validation users, honoured exactly (default: the config's "
+                             "val_users, scaled to at most 10%% of the users)")
+    parser.add_argument("--test-users", type=int,
+                        help="test users, honoured exactly (default: the config's test_users, "
+                             "scaled to at most 10%% of the users)")
     parser.add_argument("--seed", type=int, help="seed of the held-out split (config: split_seed)")
     parser.add_argument("--min-rating", type=float,
                         help="movielens/csv/table: keep only ratings >= this")
@@ -114,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             val_users=pick(args.val_users, cfg.val_users),
             test_users=pick(args.test_users, cfg.test_users),
             seed=pick(args.seed, cfg.split_seed), min_rating=args.min_rating,
-            overwrite=args.overwrite, table=table)
+            overwrite=args.overwrite, table=table,
+            explicit_held_out=(args.val_users is not None, args.test_users is not None))
     except DataError as e:
         raise CliError(str(e)) from e
     except OSError as e:  # unreadable input, full disk ...: nothing was left half-written

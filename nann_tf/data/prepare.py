@@ -52,10 +52,29 @@ class PreparedDataset:
     arrays: dict[str, dict[str, np.ndarray]]
 
 
-def held_out_sizes(num_users: int, val_users: int, test_users: int) -> tuple[int, int]:
-    """Validation and test sizes: as asked, but at most 10% of the users each."""
+def held_out_sizes(num_users: int, val_users: int, test_users: int,
+                   explicit: tuple[bool, bool] = (False, False)) -> tuple[int, int]:
+    """Validation and test sizes.
+
+    A size the user asked for explicitly (``explicit``) is honoured exactly; a default (the
+    config's) is scaled down to at most 10% of the users. Explicit sizes that would hold out
+    more than half of the users leave too few to train on: an error naming the flags.
+
+    Raises:
+      DataError: explicit held-out sizes above half of ``num_users``.
+    """
     cap = num_users // 10
-    return min(val_users, cap), min(test_users, cap)
+    n_val = val_users if explicit[0] else min(val_users, cap)
+    n_test = test_users if explicit[1] else min(test_users, cap)
+    if any(explicit) and 2 * (n_val + n_test) > num_users:
+        asked = " and ".join(f"{flag} {n}" for flag, n, e in
+                             (("--val-users", n_val, explicit[0]),
+                              ("--test-users", n_test, explicit[1])) if e)
+        raise DataError(f"{asked}: {n_val} validation + {n_test} test users would hold out "
+                        f"more than half of the {num_users} users kept, leaving "
+                        f"{num_users - n_val - n_test} to train on; ask for at most "
+                        f"{num_users // 2} in all (the config's defaults scale to 10% each)")
+    return n_val, n_test
 
 
 def _argsort_ties_in_order(key: np.ndarray) -> np.ndarray:
@@ -128,15 +147,18 @@ def _join_item_table(raw_items: np.ndarray, tab_item: np.ndarray, tab_cat: np.nd
 
 def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
                   val_users: int = 10000, test_users: int = 10000, seed: int = 0,
-                  min_rating: float | None = None) -> PreparedDataset:
+                  min_rating: float | None = None,
+                  explicit_held_out: tuple[bool, bool] = (False, False)) -> PreparedDataset:
     """Builds the dataset arrays from a log.
 
     Args:
       data: the log (any input format).
       max_len: L, history length of samples and held-out users.
       min_len: users with fewer behaviours (after the rating filter) are dropped.
-      val_users / test_users: held-out users, at most 10% of the kept users each.
+      val_users / test_users: held-out users (see :func:`held_out_sizes`).
       seed: seed of the held-out user choice.
+      explicit_held_out: whether ``val_users`` / ``test_users`` were asked for explicitly
+        (honoured exactly) rather than config defaults (scaled to at most 10% each).
       min_rating: keep only rows with rating >= this (needs a rating column).
 
     Returns:
@@ -202,7 +224,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         item_cat_raw = np.zeros(n_items, dtype=np.int64)  # one category: raw id 0
     raw_cats, cat_dense = np.unique(item_cat_raw, return_inverse=True)
 
-    n_val, n_test = held_out_sizes(n_kept, val_users, test_users)
+    n_val, n_test = held_out_sizes(n_kept, val_users, test_users, explicit_held_out)
     if (n_val, n_test) != (val_users, test_users):
         log.info("held-out users scaled down to at most 10%% of %d users: val %d (asked %d), "
                  "test %d (asked %d)", n_kept, n_val, val_users, n_test, test_users)
@@ -325,7 +347,8 @@ def prepare_dataset(input_path: str | Path, output_dir: str | Path,
                     input_format: str = "userbehavior", *, item_file: str | Path | None = None,
                     max_len: int = 50, min_len: int = 10, val_users: int = 10000,
                     test_users: int = 10000, seed: int = 0, min_rating: float | None = None,
-                    overwrite: bool = False, table=None) -> dict[str, Any]:
+                    overwrite: bool = False, table=None,
+                    explicit_held_out: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
     """Reads a behaviour log and writes a dataset directory (``nann-tf prepare``).
 
     Args:
@@ -349,7 +372,8 @@ def prepare_dataset(input_path: str | Path, output_dir: str | Path,
     _check_destination(Path(output_dir), overwrite)  # fail before the work
     data = read_log(input_format, input_path, item_file, table)
     ds = build_dataset(data, max_len=max_len, min_len=min_len, val_users=val_users,
-                       test_users=test_users, seed=seed, min_rating=min_rating)
+                       test_users=test_users, seed=seed, min_rating=min_rating,
+                       explicit_held_out=explicit_held_out)
     t1 = time.perf_counter()
     write_dataset(ds, output_dir, overwrite=overwrite)
     dt = time.perf_counter() - t0

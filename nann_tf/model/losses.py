@@ -49,9 +49,21 @@ def nce_loss(logits, mask):
     return tf.reduce_mean(pos + neg)
 
 
-def fgsm_perturb(e_v, grad, eps: float):
+def fgsm_perturb(e_v, grad, eps):
     """``e_v + eps * sign(grad)`` with the perturbation held constant (stop_gradient)."""
     return e_v + tf.stop_gradient(eps * tf.sign(grad))
+
+
+def fgsm_step_size(e_v, eps: float, mode: str = "absolute"):
+    """The FGSM step: ``eps`` itself (``absolute``, the paper's parametrisation), or ``eps``
+    times the root mean square of the batch's ``e_v`` coordinates (``relative``: a step of
+    ``r`` moves every coordinate by ``r`` x the embeddings' own scale, whatever that scale is;
+    held constant)."""
+    if mode == "absolute":
+        return tf.constant(eps, e_v.dtype)
+    if mode == "relative":
+        return eps * tf.stop_gradient(tf.sqrt(tf.reduce_mean(tf.square(e_v))))
+    raise ValueError(f"fgsm eps mode must be absolute or relative, got {mode!r}")
 
 
 def kl_aux_loss(scores, adv_scores, mask):

@@ -132,7 +132,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     strategy = make_strategy(tc.strategy)
     with strategy.scope():
         model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category)
-        trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, tc.fgsm_eps, tc.fgsm_lambda)
+        trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, tc.fgsm_eps, tc.fgsm_lambda,
+                              fgsm_eps_mode=tc.fgsm_eps_mode)
         opt_kwargs = dict(learning_rate=tc.learning_rate)
         if tc.weight_decay > 0:
             optimizer = keras.optimizers.AdamW(weight_decay=tc.weight_decay, **opt_kwargs)
@@ -157,8 +158,9 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     if verbose is None:
         verbose = 1 if os.isatty(1) else 2
     log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d, "
-             "eps=%g", cfg.model.variant, num_samples, ds.num_items, tc.epochs, steps,
-             tc.batch_size, K, tc.fgsm_eps)
+             "FGSM eps=%g (%s; fgsm_step and aux in the progress line show it acting)",
+             cfg.model.variant, num_samples, ds.num_items, tc.epochs, steps, tc.batch_size, K,
+             tc.fgsm_eps, tc.fgsm_eps_mode)
     t0 = time.perf_counter()
     hist = trainer.fit(dataset, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
                        verbose=verbose)
