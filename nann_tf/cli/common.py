@@ -30,9 +30,20 @@ def add_search_arguments(group, *, hnsw: bool = False, k: bool = True) -> None:
 
 def search_overrides(args: argparse.Namespace) -> dict:
     """The search flags of :func:`add_search_arguments` as keyword arguments of
-    ``SearchParams.overridden`` (absent flags are None: keep the config's value)."""
-    return {key: getattr(args, key, None)
-            for key in ("start_level", "ef", "T", "k", "hnsw_ef", "history_seeds")}
+    ``SearchParams.overridden`` (absent flags are None: keep the config's value). ``--ef`` and
+    ``--T`` are parsed here, so a malformed value fails before anything loads.
+
+    Raises:
+      SearchParamsError: naming ``--ef`` or ``--T``.
+    """
+    from nann_tf.search.params import level_values
+
+    out = {key: getattr(args, key, None)
+           for key in ("start_level", "ef", "T", "k", "hnsw_ef", "history_seeds")}
+    for key, minimum in (("ef", 1), ("T", 0)):
+        if out[key] is not None:
+            out[key] = level_values(out[key], f"--{key}", minimum=minimum)
+    return out
 
 
 def parse_positive_list(text: str, name: str, kind=int) -> list:

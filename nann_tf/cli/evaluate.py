@@ -102,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     from nann_tf.evaluation.sweep import run_sweep
     from nann_tf.fsutil import write_json_atomic
     from nann_tf.model.saved import load_trained_model
-    from nann_tf.search.params import SearchParams
 
     if args.index is None:
         for flag in ("sweep", "compare_model", "eps_models"):
@@ -119,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CliError(f"--batch-size {args.batch_size}: expected >= 1")
     # Parsed before anything loads: a malformed --ef/--T fails at once.
-    overrides = search_overrides(args)
-    SearchParams().overridden(ef=overrides["ef"], T=overrides["T"])
+    overrides = search_overrides(args)  # parses --ef/--T before anything loads
     try:
         ds = Dataset.load(args.data)
     except DataError as e:

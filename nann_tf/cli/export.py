@@ -44,10 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nann_tf.export.export import export_version
-    from nann_tf.search.params import SearchParams
 
-    overrides = search_overrides(args)
-    SearchParams().overridden(ef=overrides["ef"], T=overrides["T"])  # fails before loading
+    overrides = search_overrides(args)  # parses --ef/--T before anything loads
     overrides.pop("hnsw_ef")
     info = export_version(
         args.model, args.index, args.output, version=args.version, visited=args.visited,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nann_tf.cli.common import search_overrides
+
 __all__ = ["add_arguments", "run", "parse_id_list"]
 
 
@@ -73,11 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise CliError(f"-k must be >= 1, got {args.k}")
     history = parse_id_list(args.history, "--history")
-    ef, T = args.ef, args.T
-    if ef is not None or T is not None:  # the syntax is checked before any RPC
-        from nann_tf.search.params import SearchParams
-
-        SearchParams().overridden(ef=ef, T=T)
+    overrides = search_overrides(args)  # parses --ef/--T before any RPC
+    ef, T = overrides["ef"], overrides["T"]
     exclude = parse_id_list(args.exclude, "--exclude") if args.exclude is not None else None
     search_params = ef is not None or T is not None or exclude is not None
     signature = args.signature or ("retrieve" if search_params else "serving_default")

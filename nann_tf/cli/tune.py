@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from nann_tf.data.dataset import DataError, Dataset
     from nann_tf.evaluation.retriever import load_model_entry
     from nann_tf.fsutil import write_json_atomic
-    from nann_tf.search.params import SearchParams, parse_level_grid
+    from nann_tf.search.params import parse_level_grid
     from nann_tf.search.tune import default_grid, grid_from_lists, tune
 
     if not 0 < args.target_coverage <= 1:
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.users < 0:
         raise CliError(f"--users {args.users}: expected >= 0")
     # Parsed before anything loads: a malformed --ef/--T or grid fails at once.
-    overrides = search_overrides(args)
-    SearchParams().overridden(ef=overrides["ef"], T=overrides["T"])
+    overrides = search_overrides(args)  # parses --ef/--T before anything loads
     ef_grid = parse_level_grid(args.ef_grid, "--ef-grid", minimum=1) if args.ef_grid else None
     t_grid = parse_level_grid(args.T_grid, "--T-grid", minimum=0) if args.T_grid else None
     ops.numpy_core()  # OpLibraryError names the module and how to build it
