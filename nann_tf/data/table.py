@@ -267,8 +267,8 @@ class _Source:
     def _parse_error(self, message: str) -> str:
         """Arrow's parse error, with the line found by a line-by-line scan."""
         quoting = csv.QUOTE_MINIMAL if self.quoting else csv.QUOTE_NONE
-        named = f" ({','.join(self.names)})" if self.header or not self.names[0].startswith(
-            "column ") else f" ({self.delimiter!r}-separated, as on the first line)"
+        named = f" ({','.join(self.names)})" if self.header or self.named \
+            else f" ({self.delimiter!r}-separated, as on the first line)"
         with open(self.path, "r", encoding="utf-8", errors="replace", newline="") as f:
             for lineno, fields in enumerate(csv.reader(f, delimiter=self.delimiter,
                                                        quoting=quoting), start=1):
@@ -279,22 +279,23 @@ class _Source:
 
 
 # ------------------------------------------------------------------------------ conversion
-def _fail(source: _Source, role: str, values, ok, first_row: int, group, expected: str):
-    """Raises the DataError for the first value of ``values`` that ``ok`` marks bad."""
+def _fail(source: _Source, role: str, values, ok, rows: np.ndarray, group, expected: str):
+    """Raises the DataError for the first value of ``values`` that ``ok`` marks bad (``rows``:
+    each value's row position, from :meth:`_Source.blocks`)."""
     bad = int(np.flatnonzero(~np.asarray(ok, dtype=bool))[0])
     value = values[bad].as_py()
     column = source.fields[role]
-    raise DataError(f"{source.where(int(first_row[bad]), group)}, column {column} ({role}): "
+    raise DataError(f"{source.where(int(rows[bad]), group)}, column {column} ({role}): "
                     f"expected {expected}, got {value!r}") from None
 
 
-def _ints(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
+def _ints(source: _Source, role: str, arr, rows: np.ndarray, group) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if pa.types.is_integer(arr.type):
         if arr.null_count:
-            _fail(source, role, arr, pc.is_valid(arr), first_row, group, "an integer")
+            _fail(source, role, arr, pc.is_valid(arr), rows, group, "an integer")
         return arr.to_numpy().astype(np.int64, copy=False)
     text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
     try:
@@ -304,13 +305,13 @@ def _ints(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
         if pc.all(ok).as_py():  # digits, but a value out of the int64 range
             big = [not -(2**63) <= int(v) < 2**63 for v in text.to_pylist()]
             k = big.index(True)
-            raise DataError(f"{source.where(int(first_row[k]), group)}, column "
+            raise DataError(f"{source.where(int(rows[k]), group)}, column "
                             f"{source.fields[role]} ({role}): integer {text[k].as_py()} does not "
                             "fit in int64") from None
-        _fail(source, role, text, ok, first_row, group, "an integer")
+        _fail(source, role, text, ok, rows, group, "an integer")
 
 
-def _numbers(source: _Source, role: str, arr, first_row: int, group) -> np.ndarray:
+def _numbers(source: _Source, role: str, arr, rows: np.ndarray, group) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -321,14 +322,14 @@ def _numbers(source: _Source, role: str, arr, first_row: int, group) -> np.ndarr
         out = pc.cast(text, pa.float64()).to_numpy()
     except pa.ArrowInvalid:
         ok = [_is_float(v) for v in text.to_pylist()]
-        _fail(source, role, text, ok, first_row, group, "a number")
-    _finite(source, role, text, out, first_row, group)
+        _fail(source, role, text, ok, rows, group, "a number")
+    _finite(source, role, text, out, rows, group)
     return out
 
 
-def _finite(source, role, values, out: np.ndarray, first_row: int, group) -> None:
+def _finite(source, role, values, out: np.ndarray, rows: np.ndarray, group) -> None:
     if not np.isfinite(out).all():
-        _fail(source, role, values, np.isfinite(out), first_row, group, "a finite number")
+        _fail(source, role, values, np.isfinite(out), rows, group, "a finite number")
 
 
 def _is_float(v) -> bool:
@@ -338,14 +339,14 @@ def _is_float(v) -> bool:
         return False
 
 
-def _times(source: _Source, arr, first_row: int, group, kind: str = "any") -> np.ndarray:
+def _times(source: _Source, arr, rows: np.ndarray, group, kind: str = "any") -> np.ndarray:
     """int64 (integers, or ISO 8601 strings as seconds since the epoch) or float64;
     ``kind="int"``: integers only."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if kind == "int":
-        return _ints(source, "time", arr, first_row, group)
+        return _ints(source, "time", arr, rows, group)
     if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
         return pc.cast(arr.cast(pa.timestamp("s")), pa.int64()).to_numpy()
     if pa.types.is_integer(arr.type):
@@ -359,7 +360,7 @@ def _times(source: _Source, arr, first_row: int, group, kind: str = "any") -> np
         pass
     try:
         out = pc.cast(text, pa.float64()).to_numpy()
-        _finite(source, "time", text, out, first_row, group)
+        _finite(source, "time", text, out, rows, group)
         return out
     except pa.ArrowInvalid:
         pass
@@ -373,7 +374,7 @@ def _times(source: _Source, arr, first_row: int, group, kind: str = "any") -> np
                 ok.append(True)
             except pa.ArrowInvalid:
                 ok.append(_is_float(v))
-        _fail(source, "time", text, ok, first_row, group,
+        _fail(source, "time", text, ok, rows, group,
               "a number or an ISO 8601 time such as 2017-11-25T10:00:00")
 
 
@@ -402,16 +403,14 @@ class _Labels:
         their value as the raw id (and have no names), others are numbered 1..C in sorted
         order."""
         if all(re.fullmatch(r"[+-]?[0-9]{1,18}", name) for name in self.codes):
-            remap = np.zeros(max(len(self.codes), 1), np.int64)
-            for name, code in self.codes.items():
-                remap[code] = int(name)
-            return remap, None
-        names = sorted(self.codes)
-        raw = {name: i + 1 for i, name in enumerate(names)}
+            raw, names = {name: int(name) for name in self.codes}, None
+        else:
+            names = {i + 1: name for i, name in enumerate(sorted(self.codes))}
+            raw = {name: i for i, name in names.items()}
         remap = np.zeros(max(len(self.codes), 1), np.int64)
         for name, code in self.codes.items():
             remap[code] = raw[name]
-        return remap, {i + 1: name for i, name in enumerate(names)}
+        return remap, names
 
 
 def _category_pairs(arr, sep: str, rule: str, labels: _Labels):
@@ -454,8 +453,8 @@ def _read_item_table(path: Path, spec: TableSpec, labels: _Labels):
                                                      delimiter=spec.item_delimiter, header=None,
                                                      names=None), "--item-columns")
     items, codes = [], []
-    for cols, row, group in src.blocks():
-        ids = _ints(src, "item", cols["item"], row, group)
+    for cols, at, group in src.blocks():
+        ids = _ints(src, "item", cols["item"], at, group)
         c, parent = _category_pairs(cols["category"], spec.category_sep, spec.category_rule,
                                     labels)
         items.append(ids if parent is None else ids[parent])
@@ -483,50 +482,49 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
                         "too: take them from one of the two")
     if item_file is None and spec.item_columns:
         raise DataError("--item-columns needs --item-file (the item table to read them from)")
+    import pyarrow as pa
+
     src = _Source(path, mapping, spec, "--columns")
     labels = _Labels()
     cols: dict[str, list] = {r: [] for r in ("user", "item", "time", "rating", "category")}
     pair_items, pair_codes = [], []
-    rows = 0
-    for block, row, group in src.blocks():
-        n = len(block["user"])
-        rows += n
-        user = _ints(src, "user", block["user"], row, group)
-        item = _ints(src, "item", block["item"], row, group)
+    item_src = ""
+    if item_file is not None:  # small: read first, so that a bad item file fails at once
+        tab_items, tab_codes = _read_item_table(Path(item_file), spec, labels)
+        pair_items, pair_codes = [tab_items], [tab_codes]
+        item_src = str(Path(item_file).resolve())
+    n_rows = 0
+    for block, at, group in src.blocks():
+        n_rows += len(block["user"])
+        user = _ints(src, "user", block["user"], at, group)
+        item = _ints(src, "item", block["item"], at, group)
         cols["user"].append(user)
         cols["item"].append(item)
         if "time" in block:
-            cols["time"].append(_times(src, block["time"], row, group,
+            cols["time"].append(_times(src, block["time"], at, group,
                                        "int" if "time" in spec.integer_roles else "any"))
         if "rating" in block:
-            cols["rating"].append(_numbers(src, "rating", block["rating"], row, group))
+            cols["rating"].append(_numbers(src, "rating", block["rating"], at, group))
         if "category" in block:
             arr = block["category"]
             if "category" in spec.integer_roles:
-                import pyarrow as pa
-
-                arr = pa.array(_ints(src, "category", arr, row, group))
+                arr = pa.array(_ints(src, "category", arr, at, group))
             codes, parent = _category_pairs(arr, spec.category_sep, spec.category_rule, labels)
             if parent is None:
                 cols["category"].append(codes)
             else:
                 pair_items.append(item[parent])
                 pair_codes.append(codes)
-    if rows == 0:
+    if n_rows == 0:
         raise DataError(f"{path}: no rows{' after the header' if src.header else ''}")
     user, item = np.concatenate(cols["user"]), np.concatenate(cols["item"])
     if cols["time"]:
         kinds = {c.dtype.kind for c in cols["time"]}
         ts = np.concatenate([c.astype(np.float64) if "f" in kinds else c for c in cols["time"]])
     else:
-        ts = np.arange(rows, dtype=np.int64)  # file order
+        ts = np.arange(n_rows, dtype=np.int64)  # file order
     rating = np.concatenate(cols["rating"]) if cols["rating"] else None
     category = item_category = names = None
-    item_src = ""
-    if item_file is not None:
-        tab_items, tab_codes = _read_item_table(Path(item_file), spec, labels)
-        pair_items, pair_codes = [tab_items], [tab_codes]
-        item_src = str(Path(item_file).resolve())
     if labels.codes:
         remap, names = labels.finish()
         if cols["category"]:
@@ -534,14 +532,13 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
         if pair_items:
             if spec.category_rule == "first":
                 tab_items = np.concatenate(pair_items)
-                _, first = np.unique(tab_items, return_index=True)
-                item_category = (tab_items[np.sort(first)],
-                                 remap[np.concatenate(pair_codes)][np.sort(first)])
+                first = np.sort(np.unique(tab_items, return_index=True)[1])
+                item_category = (tab_items[first], remap[np.concatenate(pair_codes)][first])
             else:
                 it, code = _most_frequent(np.concatenate(pair_items),
                                           remap[np.concatenate(pair_codes)])
                 item_category = (it, code)
     return BehaviorLog(user=user, item=item, timestamp=ts, category=category, rating=rating,
-                       rows=rows, source=str(path.resolve()), item_source=item_src,
+                       rows=n_rows, source=str(path.resolve()), item_source=item_src,
                        input_format="table", item_category=item_category,
                        category_names=names)
