@@ -48,21 +48,6 @@ class DemoError(UserError, RuntimeError):
     """A bad demo argument, a failed query, or a server that did not stop cleanly."""
 
 
-class _Progress:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-
-    def start(self, i: int, name: str, what: str) -> float:
-        print(f"[{i}/{len(STAGES)}] {name}: {what}", flush=True)
-        return time.perf_counter()
-
-    def done(self, i: int, name: str, t: float, how: str) -> float:
-        seconds = time.perf_counter() - t
-        print(f"[{i}/{len(STAGES)}] {name}: {how} in {seconds:.1f} s "
-              f"(total {time.perf_counter() - self.t0:.1f} s)", flush=True)
-        return seconds
-
-
 def _query(address: str, model_name: str, ds, num_queries: int, k: int, num_items: int,
            timeout_s: float = 60.0) -> dict:
     """Test users over gRPC: beam search (serving_default) and brute force, one per request."""
@@ -164,7 +149,7 @@ def run_demo(workdir, config: str = "ci-synth", *, port: int = 0, host: str = "1
       DemoError: a bad argument, a failed stage, or a server that failed to start or to stop
         cleanly (the server is stopped in every case).
     """
-    from nann_tf.pipeline import Pipeline
+    from nann_tf.pipeline import Pipeline, StageLog
 
     if queries < 1:
         raise DemoError(f"queries must be >= 1, got {queries}")
@@ -178,10 +163,10 @@ def run_demo(workdir, config: str = "ci-synth", *, port: int = 0, host: str = "1
         print(f"note: config {config} has model variant {cfg.model.variant}; the demo trains "
               "it as given", flush=True)
     paths = dict(pipeline.paths, serve_log=work / "logs" / "serve.log")
-    progress = _Progress()
+    progress = StageLog(len(STAGES), lambda line: print(line, flush=True))
     report: dict = {"workdir": str(work), "config": str(config), "stages": {}}
     print(f"nann-tf demo: config {cfg.name}, work directory {work}", flush=True)
-    report["stages"] = pipeline.run("export", total=len(STAGES))
+    report["stages"] = pipeline.run("export", log=progress)
     report["model_version"] = report["stages"]["export"]["version"]
 
     from nann_tf.data.dataset import Dataset

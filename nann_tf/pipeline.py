@@ -30,7 +30,7 @@ from nann_tf.config import Config, load_config
 from nann_tf.errors import UserError
 from nann_tf.fsutil import write_json_atomic
 
-__all__ = ["STAGES", "STATE_FILE", "Pipeline", "PipelineError", "fingerprint"]
+__all__ = ["STAGES", "STATE_FILE", "Pipeline", "PipelineError", "StageLog", "fingerprint"]
 
 STAGES = ("synth", "prepare", "train", "build-index", "export")
 STATE_FILE = "pipeline.json"
@@ -44,6 +44,29 @@ class PipelineError(UserError, RuntimeError):
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able parts."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StageLog:
+    """Numbered progress lines, ``[i/total] stage: ...``, with each stage's time and the total
+    since the log was made (the pipeline's stages, and the demo's after them)."""
+
+    def __init__(self, total: int, say: Callable[[str], None]):
+        self.total, self.say = total, say
+        self.t0 = time.perf_counter()
+
+    def line(self, i: int, stage: str, text: str) -> None:
+        self.say(f"[{i}/{self.total}] {stage}: {text}")
+
+    def start(self, i: int, stage: str, what: str) -> float:
+        self.line(i, stage, what)
+        return time.perf_counter()
+
+    def done(self, i: int, stage: str, t: float, how: str) -> float:
+        """Prints ``how in S s (total T s)``; returns the stage's seconds since ``t``."""
+        seconds = time.perf_counter() - t
+        self.line(i, stage, f"{how} in {seconds:.1f} s (total "
+                            f"{time.perf_counter() - self.t0:.1f} s)")
+        return seconds
 
 
 class _State:
@@ -189,12 +212,13 @@ class Pipeline:
         return {"version": int(info["version"]),
                 "coverage": float(info["validation"]["coverage_vs_brute_force"])}
 
-    def run(self, until: str = "export", *, total: int | None = None) -> dict[str, dict]:
+    def run(self, until: str = "export", *, log: StageLog | None = None) -> dict[str, dict]:
         """Runs (or reuses) every stage up to and including ``until``.
 
         Args:
           until: the last stage (one of :data:`STAGES`).
-          total: the number shown as ``[i/total]`` in progress lines (default: the stages run).
+          log: where the progress lines go (default: a :class:`StageLog` numbering the stages
+            run, printed with ``say``).
 
         Returns:
           Per stage: ``status`` ("ran" or "reused"), ``seconds`` and the stage's details
@@ -207,17 +231,16 @@ class Pipeline:
         if until not in STAGES:
             raise ValueError(f"until must be one of {STAGES}, got {until!r}")
         stages = STAGES[:STAGES.index(until) + 1]
-        total = total or len(stages)
+        log = log or StageLog(len(stages), self.say)
         keys = self.stage_keys()
         redo = self.fresh
-        t_all = time.perf_counter()
         for i, stage in enumerate(stages, start=1):
             entry = self._state.get(stage)
             out = self.output(stage)
             if not redo and entry and entry.get("key") == keys[stage] and \
                     self._output_valid(stage, entry):
                 detail = f" (version {entry['version']})" if stage == "export" else ""
-                self.say(f"[{i}/{total}] {stage}: reusing {out}{detail}")
+                log.line(i, stage, f"reusing {out}{detail}")
                 self.report[stage] = {**{k: v for k, v in entry.items()
                                          if k not in ("key", "status", "started_key")},
                                       "status": "reused", "seconds": 0.0}
@@ -235,14 +258,11 @@ class Pipeline:
                 remove_training_state(self.paths["model"])
             self._state.set(stage, {"key": None, "status": "started",
                                     "started_key": keys[stage]})
-            self.say(f"[{i}/{total}] {stage}: {self._describe(stage)}")
-            t = time.perf_counter()
+            t = log.start(i, stage, self._describe(stage))
             details = self._run_stage(stage)
-            seconds = time.perf_counter() - t
             extra = (f" (version {details['version']}, validation coverage "
                      f"{details['coverage']:.3f})" if stage == "export" else "")
-            self.say(f"[{i}/{total}] {stage}: done{extra} in {seconds:.1f} s (total "
-                     f"{time.perf_counter() - t_all:.1f} s)")
+            seconds = log.done(i, stage, t, f"done{extra}")
             self._state.set(stage, {"key": keys[stage], "status": "done", "seconds": seconds,
                                     **details})
             self.report[stage] = {"status": "ran", "seconds": seconds, **details}
