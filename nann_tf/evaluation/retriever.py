@@ -284,9 +284,7 @@ def load_model_entry(model_dir, index_dir, ds, *, data_name: str = "the dataset"
                                  "dataset")
     try:
         index = load_index(index_dir)
-    except OSError as e:
-        raise HnswIndexError(f"{index_flag} {index_dir}: {e}") from e
-    except HnswIndexError as e:
+    except (OSError, HnswIndexError) as e:
         raise HnswIndexError(f"{index_flag} {index_dir}: {e}") from e
     check_index_matches(model, ds, index, index_name=f"{index_flag} {index_dir}",
                         model_name=f"{model_flag} {model_dir}", data_name=data_name)
