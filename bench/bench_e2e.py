@@ -12,7 +12,6 @@ p50/p99 gRPC latency over the local development server), the host and its load a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -21,6 +20,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from nann_tf.fsutil import write_json_atomic  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -69,11 +70,7 @@ def main(argv=None) -> int:
                  "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=float)
-        f.write("\n")
-    os.replace(out + ".tmp", out)
+    write_json_atomic(out, result, sort_keys=False, default=float)
     print(f"total {result['total_seconds']} s -> {out}")
     return 0
 

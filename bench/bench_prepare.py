@@ -38,6 +38,7 @@ from nann_tf.data.readers import read_log  # noqa: E402
 from nann_tf.data import synth  # noqa: E402
 from nann_tf.data.synth import generate_log, write_userbehavior_csv  # noqa: E402
 from nann_tf.data.table import TableSpec  # noqa: E402
+from nann_tf.fsutil import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare.json"
 
@@ -157,11 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json_atomic(args.output, result, sort_keys=False)
     print(json.dumps(result, indent=2))
     return result
 

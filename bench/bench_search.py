@@ -35,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nann_tf.fsutil import write_json_atomic  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
 
 
@@ -148,10 +150,7 @@ def main(argv=None) -> int:
                     "tensorflow": tf.__version__,
                     "gpus": len(tf.config.list_physical_devices("GPU"))},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, result, sort_keys=False)
     print(json.dumps(result, indent=2))
     return 0
 

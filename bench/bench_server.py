@@ -32,6 +32,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from nann_tf.fsutil import write_json_atomic  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -60,7 +62,6 @@ def parse_args(argv=None):
 def _export_max_len(model_dir: str | None) -> int | None:
     """``max_len`` recorded by ``nann-tf export`` in the newest version of ``model_dir``."""
     import glob
-    import json
 
     if not model_dir:
         return None
@@ -212,12 +213,7 @@ def main(argv=None) -> int:
                  "python": platform.python_version(), "tensorflow": tf.__version__},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, report, sort_keys=False)
     lat = result["latency_ms"]
     print(f"{result['qps']} QPS ({result['queries_per_second']} queries/s), p50 {lat['p50']} ms, "
           f"p90 {lat['p90']} ms, p99 {lat['p99']} ms, errors {result['errors']} -> {args.out}")

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -160,6 +159,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
+    from nann_tf.fsutil import write_text_atomic
     from nann_tf.search import visited as V
 
     rng = np.random.default_rng(args.seed)
@@ -304,8 +304,8 @@ def main(argv=None) -> int:
 
     results["load_average_at_end"] = os.getloadavg()
     os.makedirs(args.out, exist_ok=True)
-    write_atomic(os.path.join(args.out, "visited.json"), json.dumps(results, indent=2) + "\n")
-    write_atomic(os.path.join(args.out, "visited.md"), markdown(results))
+    write_text_atomic(os.path.join(args.out, "visited.json"), json.dumps(results, indent=2) + "\n")
+    write_text_atomic(os.path.join(args.out, "visited.md"), markdown(results))
     print(markdown(results))
     return 0
 
@@ -347,13 +347,6 @@ def markdown(results) -> str:
                          f"{s['ms_per_query']:.3f} | {s['time_vs_bitmap_op']:.1f}x |")
         lines.append("")
     return "\n".join(lines)
-
-
-def write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
