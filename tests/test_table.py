@@ -184,7 +184,7 @@ BEFORE_PRESETS = {
     },
     "movielens": {
         "items.npz": "03e4c8d6c2e615b6",
-        "meta.json": "6c684c119c153c9a",
+        "meta.json": "631aa4dd57b95792",
         "test.npz": "41c7bcaa8bb9ca85",
         "train.npz": "4936dca3efbb2274",
         "val.npz": "11ad88c12d9ac7ec"
@@ -196,7 +196,8 @@ ML_KW = dict(min_len=5, max_len=20, val_users=50, test_users=50, seed=0, min_rat
 
 def _digest(d: Path) -> dict[str, str]:
     """sha256 (16 hex) of each file's content: every array of an .npz (name, dtype, shape,
-    bytes; the zip container carries a write time), meta.json without paths."""
+    bytes; the zip container carries a write time), meta.json without paths (the item
+    file by its name only)."""
     import hashlib
 
     out = {}
@@ -206,6 +207,8 @@ def _digest(d: Path) -> dict[str, str]:
             for k in ("input", "source", "input_format", "item_source", "created",
                       "prepare_seconds"):
                 meta.pop(k, None)
+            if "item_file" in meta:  # where the checkout lies differs between machines
+                meta["item_file"] = Path(meta["item_file"]).name
             data = json.dumps(meta, sort_keys=True).encode()
         elif p.suffix == ".npz":
             with np.load(p) as z:
