@@ -11,6 +11,7 @@ import pytest
 from nann_tf.evaluation.sweep import (
     CURVE_FIELDS,
     beam_settings,
+    diff_fields,
     hnsw_settings,
     metric_fields,
     read_csv,
@@ -66,7 +67,7 @@ def test_sweep_writes_every_figure_and_csv(sweep):
 def test_sweep_csv_is_consistent(sweep):
     figs, res = sweep
     rows = read_csv(figs / "sweep.csv")
-    assert list(rows[0]) == CURVE_FIELDS + metric_fields([50])
+    assert list(rows[0]) == CURVE_FIELDS + metric_fields([50]) + diff_fields([50])
     fig3 = [r for r in rows if r["figure"] == "fig3"]
     beam = [r for r in fig3 if r["series"] == "beam"]  # seeded with the history (the default)
     plain = [r for r in fig3 if r["series"] == "beam, no seeds"]
@@ -107,6 +108,44 @@ def test_sweep_csv_is_consistent(sweep):
     for r in rows:
         for key in metric_fields([50]):
             assert math.isnan(r[key]) or 0.0 <= r[key] <= 1.0 or key.startswith("recall_delta")
+            if "_ci95" not in key and not math.isnan(r[key]):
+                assert r[key + "_ci95_lo"] <= r[key] <= r[key + "_ci95_hi"], (key, r)
+
+
+def test_comparisons_carry_paired_differences(sweep):
+    """Fig. 4's second model and Fig. 7a's eps series are compared user by user: each row's
+    diff_<metric> is its metric minus that of the model named in `vs` (mean differences equal
+    differences of means), with the paired interval around it."""
+    figs, res = sweep
+    rows = read_csv(figs / "sweep.csv")
+    fig4 = [r for r in rows if r["figure"] == "fig4"]
+    first = [r for r in fig4 if r["vs"] == ""]
+    second = [r for r in fig4 if r["vs"] != ""]
+    assert len(first) == len(second) == 9
+    for a, b in zip(first, second):
+        assert (a["ef"], a["T"]) == (b["ef"], b["T"]) and b["vs"] == a["series"]
+        assert b["diff_coverage@50"] == pytest.approx(b["coverage@50"] - a["coverage@50"],
+                                                      abs=1e-9)
+        assert b["diff_coverage@50_ci95_lo"] <= b["diff_coverage@50"] <= \
+            b["diff_coverage@50_ci95_hi"]
+    fig7 = sorted((r for r in rows if r["figure"] == "fig7a"), key=lambda r: r["fgsm_eps"])
+    assert fig7[0]["vs"] == "" and fig7[1]["vs"] == "eps=0", "paired against FGSM off"
+    for key in ("coverage@50", "recall_all@50"):
+        assert fig7[1][f"diff_{key}"] == pytest.approx(fig7[1][key] - fig7[0][key], abs=1e-9)
+    (eps_diff,) = res["sweep"]["eps_differences"]
+    assert eps_diff["series"] == "eps=0.0003" and eps_diff["vs"] == "eps=0"
+    assert eps_diff["coverage@50"] == pytest.approx(fig7[1]["diff_coverage@50"], abs=1e-12)
+    # --compare-model on its own: the second model's table and the paired difference.
+    comp = res["compare"]
+    assert comp["fgsm_eps"] == 0.0
+    for method in ("brute_force", "beam", "beam_no_seeds", "hnsw"):
+        d = comp["difference"][method]
+        for key in ("recall_retrieval@50", "coverage@50"):
+            assert d[key] == pytest.approx(res["rows"][method][key]
+                                           - comp["rows"][method][key], abs=1e-12)
+            lo, hi = d[key + "_ci95"]
+            assert lo <= d[key] <= hi
+    assert comp["difference"]["brute_force"]["coverage@50_ci95"] == [0.0, 0.0]
 
 
 def test_perturbation_csv_counts_every_top_item(sweep):

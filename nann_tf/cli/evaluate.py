@@ -9,6 +9,14 @@ Two modes:
   recall-retrieval for the rest), recall-delta@M, coverage@M against brute force, the fraction
   of the corpus scored per query and the search time per query. Search parameters default to the
   model config's ``[search]`` table; ``--start-level/--ef/--T/-k/--hnsw-ef`` override them.
+- ``--compare-model M2 --compare-index I2`` (with ``--index``) also evaluates a second model
+  (e.g. trained with ``--set train.fgsm_eps=0``) on the same users and prints the paired
+  difference, first model minus second, per method.
+
+Every recall, recall-delta and coverage figure is printed with its 95% interval (``+/-`` half
+its width; the JSON has ``<metric>_ci95: [lo, hi]`` beside each metric): a bootstrap over the
+evaluated users (``--bootstrap`` resamples, ``--bootstrap-seed``). Differences between methods
+or models on the same users use the paired bootstrap.
 
 ``--sweep OUTDIR`` (with ``--index``) also writes the paper's figures as PNG and their numbers as
 CSV (``sweep.csv``, ``perturbation.csv``):
@@ -53,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated M values (default 50,200; with --index those <= k, "
                         "and k)")
     p.add_argument("--output-json", help="also write the results to this JSON file")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples over users behind the 95%% intervals "
+                        "(default 1000, at least 100)")
+    p.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="seed of the bootstrap (default 0: the same intervals on every run)")
     g = p.add_argument_group("search parameters (default: the model config's [search] table)")
     add_search_arguments(g, hnsw=True)
     g.add_argument("--visited", choices=["tf", "bitmap"], default="tf",
@@ -60,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=16, help="queries per search call")
     s = p.add_argument_group("sweep (paper Figs. 3, 4, 6, 7a)")
     s.add_argument("--sweep", metavar="OUTDIR", help="write the figures (PNG) and CSV here")
-    s.add_argument("--compare-model", help="a second model (e.g. trained without FGSM) for Fig. 4")
+    s.add_argument("--compare-model", help="a second model (e.g. trained without FGSM): paired "
+                                           "differences on the same users, and Fig. 4")
     s.add_argument("--compare-index", help="the second model's own index")
     s.add_argument("--eps-models", metavar="EPS:MODEL:INDEX,...",
                    help="models trained with different train.fgsm_eps, for Fig. 7a")
@@ -97,7 +111,9 @@ def _default_ms(k: int) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from nann_tf.data.dataset import DataError, Dataset
-    from nann_tf.evaluation.evaluate import evaluate_brute_force, evaluate_retrieval, format_table
+    from nann_tf.evaluation.evaluate import (compare_models, evaluate_brute_force,
+                                             evaluate_retrieval, format_difference,
+                                             format_interval, format_table)
     from nann_tf.evaluation.retriever import load_model_entry
     from nann_tf.evaluation.sweep import run_sweep
     from nann_tf.fsutil import write_json_atomic
@@ -117,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--users {args.users}: expected >= 0")
     if args.batch_size < 1:
         raise CliError(f"--batch-size {args.batch_size}: expected >= 1")
+    if args.bootstrap < 100:
+        raise CliError(f"--bootstrap {args.bootstrap}: expected >= 100 resamples (1000 gives "
+                       f"intervals stable to about 0.005)")
+    boot = {"resamples": args.bootstrap, "seed": args.bootstrap_seed}
     # Parsed before anything loads: a malformed --ef/--T fails at once.
     overrides = search_overrides(args)  # parses --ef/--T before anything loads
     try:
@@ -130,14 +150,21 @@ def run(args: argparse.Namespace) -> int:
         if meta["num_items"] != ds.num_items:
             raise CliError(f"--model {args.model} was trained on {meta['num_items']} items but "
                            f"--data {args.data} has {ds.num_items}: not the same dataset")
-        res = evaluate_brute_force(model, ds, args.split, args.users, ms)
+        res = evaluate_brute_force(model, ds, args.split, args.users, ms, **boot)
         res["variant"] = cfg.model.variant
         print(f"{args.split} users: {res['users']}, items: {res['num_items']}, "
               f"model: {cfg.model.variant}")
-        print(f"{'method':<24}" + "".join(f"{'recall-all@' + str(m):>16}" for m in ms))
+        print(f"{'method':<24}" + "".join(f"{'recall-all@' + str(m):>20}" for m in ms))
         for name, row in [(f"brute force ({cfg.model.variant})", res["model"]),
                           ("most popular", res["most_popular"])]:
-            print(f"{name:<24}" + "".join(f"{row[f'recall_all@{m}']:>16.4f}" for m in ms))
+            print(f"{name:<24}" + "".join(f"{format_interval(row, f'recall_all@{m}'):>20}"
+                                          for m in ms))
+        d = res["model_minus_most_popular"]
+        print(f"{'model - most popular':<24}" + "".join(
+            f"{'{:+.4f} [{:+.4f}, {:+.4f}]'.format(d[f'recall_all@{m}'], *d[f'recall_all@{m}_ci95']):>28}"
+            for m in ms))
+        print(f"+/-: half the 95% interval; [lo, hi]: paired 95% interval (bootstrap over the "
+              f"{res['users']} users, {args.bootstrap} resamples)")
         if args.output_json:
             write_json_atomic(args.output_json, res, sort_keys=False)
         return 0
@@ -180,13 +207,28 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     result, arrays = evaluate_retrieval(primary.model, primary.index, ds, params, args.split,
-                                        args.users, ms, args.visited, args.batch_size)
+                                        args.users, ms, args.visited, args.batch_size, **boot)
     result.update(variant=primary.cfg.model.variant, model=args.model, index=args.index,
                   fgsm_eps=primary.eps)
     print(f"{args.split} users: {result['users']}, items: {result['num_items']}, model: "
           f"{primary.cfg.model.variant} (fgsm_eps={primary.eps:g}), visited: {args.visited}, "
           f"search: {params.describe()} hnsw_ef={params.hnsw_ef}")
     print(format_table(result))
+    compare_state = None
+    if compare is not None:
+        other, compare_state = evaluate_retrieval(compare.model, compare.index, ds, params,
+                                                  args.split, args.users, ms, args.visited,
+                                                  args.batch_size, **boot)
+        diff = compare_models(arrays, compare_state)
+        result["compare"] = {"model": args.compare_model, "index": args.compare_index,
+                             "variant": compare.cfg.model.variant, "fgsm_eps": compare.eps,
+                             "rows": other["rows"], "difference": diff}
+        print(f"\n--compare-model {args.compare_model} (fgsm_eps={compare.eps:g}), same users "
+              f"and search parameters:")
+        print(format_table(other))
+        print()
+        print(format_difference(diff, ms, f"paired difference, --model minus --compare-model "
+                                          f"(fgsm_eps {primary.eps:g} - {compare.eps:g}):"))
     log.info("evaluation took %.1fs", time.perf_counter() - t0)
 
     if args.sweep:
@@ -194,11 +236,18 @@ def run(args: argparse.Namespace) -> int:
                           eps_models=eps_entries, split=args.split, users=args.users, ms=ms,
                           visited=args.visited, batch_size=args.batch_size, scales=scales,
                           t0s=t0s, hnsw_efs=hnsw_efs, perturb_r=args.perturb_r,
-                          primary_state=arrays, progress=log.info)
+                          primary_state=arrays, compare_state=compare_state,
+                          progress=log.info, **boot)
         result["sweep"] = {"dir": args.sweep, "files": sweep["files"],
                            "perturb_r": sweep["perturb_r"],
                            "perturbation_summary": sweep["perturbation_summary"]}
         print(f"sweep -> {args.sweep}: " + ", ".join(Path(f).name for f in sweep["files"]))
+        result["sweep"]["eps_differences"] = sweep["eps_differences"]
+        m = ms[-1]
+        for d in sweep["eps_differences"]:
+            print(f"  Fig. 7a {d['series']} minus {d['vs']} (paired, 95%): " + ", ".join(
+                f"{key} {d[key]:+.4f} [{d[key + '_ci95'][0]:+.4f}, {d[key + '_ci95'][1]:+.4f}]"
+                for key in (f"coverage@{m}", f"recall_all@{m}")))
         for label, s in sweep["perturbation_summary"].items():
             print(f"  |s(e_v) - s(e_v + delta)| (r={sweep['perturb_r']:.3g}) {label}: "
                   f"mean {s['mean']:.4g}, median {s['median']:.4g}, p90 {s['p90']:.4g}")

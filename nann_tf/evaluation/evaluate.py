@@ -4,7 +4,12 @@
 baseline; :func:`evaluate_retrieval` compares brute force, Beam-retrieval (with and without
 history seeds), HNSW-retrieval and most popular on the same users (recall, recall-delta,
 coverage against brute force, corpus fraction scored, time per query); :func:`format_table`
-prints that comparison.
+prints that comparison. :func:`compare_models` gives the paired difference of two models on
+the same users.
+
+Every recall, recall-delta and coverage figure carries a 95% interval (``<metric>_ci95``), from
+a seeded bootstrap over the evaluated users (:class:`~nann_tf.evaluation.metrics.Bootstrap`);
+differences between methods or models on the same users use the paired bootstrap.
 """
 
 from __future__ import annotations
@@ -14,9 +19,14 @@ import time
 import numpy as np
 
 from nann_tf.data.dataset import popularity_topk
-from nann_tf.evaluation.metrics import recall, summarize
+from nann_tf.evaluation.metrics import (Bootstrap, paired_difference, per_user_metrics,
+                                        summarize_per_user)
 
-__all__ = ["METHODS", "evaluate_brute_force", "evaluate_retrieval", "format_table", "held_out"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "METHODS", "compare_models", "evaluate_brute_force",
+           "evaluate_retrieval", "format_difference", "format_interval", "format_table",
+           "held_out"]
+
+BOOTSTRAP_RESAMPLES = 1000
 
 METHODS = {"brute_force": "brute force", "beam": "beam (Beam-retrieval)",
            "beam_no_seeds": "beam, no seeds", "hnsw": "HNSW-retrieval",
@@ -34,8 +44,10 @@ def held_out(ds, split: str, users: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
-                         ms=(50, 200)) -> dict:
-    """recall-all@M of the model (exact top-M) and of most-popular on a held-out split."""
+                         ms=(50, 200), resamples: int = BOOTSTRAP_RESAMPLES,
+                         seed: int = 0) -> dict:
+    """recall-all@M of the model (exact top-M) and of most-popular on a held-out split, each
+    with its 95% interval, and their paired difference (``model_minus_most_popular``)."""
     from nann_tf.model.nann import all_item_embeddings
     from nann_tf.search.brute_force import ExactScorer
 
@@ -43,19 +55,30 @@ def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
     t0 = time.perf_counter()
     ids, _ = ExactScorer(model, all_item_embeddings(model)).topk(hist, max(ms))
     seconds = time.perf_counter() - t0
-    pop = popularity_topk(ds, max(ms))
-    out = {"split": split, "users": int(len(target)), "num_items": int(ds.num_items),
-           "brute_force_seconds": seconds, "model": {}, "most_popular": {}}
-    for m in ms:
-        out["model"][f"recall_all@{m}"] = recall(ids, target, m)
-        out["most_popular"][f"recall_all@{m}"] = recall(
-            np.broadcast_to(pop, (len(target), len(pop))), target, m)
-    return out
+    pop = np.broadcast_to(popularity_topk(ds, max(ms)), (len(target), max(ms)))
+    boot = Bootstrap(len(target), resamples, seed)
+
+    def recall_all(top):  # per user: the exact list is its own "brute force"
+        return {k: v for k, v in per_user_metrics(top, top, target, ms).items()
+                if k.startswith("recall_all")}
+
+    pu_model, pu_pop = recall_all(ids), recall_all(pop)
+    return {"split": split, "users": int(len(target)), "num_items": int(ds.num_items),
+            "brute_force_seconds": seconds, "bootstrap": _boot_info(boot),
+            "model": summarize_per_user(pu_model, boot),
+            "most_popular": summarize_per_user(pu_pop, boot),
+            "model_minus_most_popular": paired_difference(pu_model, pu_pop, boot)}
+
+
+def _boot_info(boot: Bootstrap) -> dict:
+    return {"resamples": boot.resamples, "seed": boot.seed, "level": boot.level,
+            "unit": "user"}
 
 
 def evaluate_retrieval(model, index, ds, params, split: str = "test", users: int = 0,
                        ms=(50, 200), visited: str = "tf", batch_size: int = 16,
-                       retriever=None) -> tuple[dict, dict]:
+                       retriever=None, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> tuple[dict, dict]:
     """Brute force vs Beam-retrieval vs HNSW-retrieval vs most popular on held-out users.
 
     Args:
@@ -65,11 +88,14 @@ def evaluate_retrieval(model, index, ds, params, split: str = "test", users: int
       ms: the M values of the metrics.
       visited / batch_size: see :class:`~nann_tf.evaluation.retriever.Retriever`.
       retriever: reuse this retriever (else one is built).
+      resamples / seed: the bootstrap over users behind the ``_ci95`` intervals.
 
     Returns:
       ``(result, arrays)``: ``result`` is JSON-ready (``rows`` maps brute_force / beam / hnsw /
-      most_popular to their metrics, ``ms_per_query`` and ``items_scored``); ``arrays`` holds
-      the users' ``hist``, ``target``, the brute-force ids and the retriever, for further runs.
+      most_popular to their metrics with ``_ci95`` intervals, ``ms_per_query`` and
+      ``items_scored``); ``arrays`` holds the users' ``hist``, ``target``, the brute-force ids,
+      the retriever, the ``bootstrap`` and each method's ``per_user`` metrics, for further runs
+      and paired comparisons.
     """
     from nann_tf.evaluation.retriever import Retriever
 
@@ -87,26 +113,59 @@ def evaluate_retrieval(model, index, ds, params, split: str = "test", users: int
         runs.append(("beam_no_seeds", retriever.beam(hist, params.ef, params.T, params.k, False)))
     runs.append(("hnsw", retriever.hnsw(hist, params.hnsw_ef, params.k)))
     pop = np.broadcast_to(popularity_topk(ds, max(ms)), (len(hist), max(ms)))
-    rows = {}
+    runs.append(("most_popular", None))
+    boot = Bootstrap(len(hist), resamples, seed)
+    rows, per_user = {}, {}
     for name, res in runs:
-        r = summarize(res.ids, bf.ids, target, res.num_scored, n, ms)
-        r.update(ms_per_query=res.ms_per_query, items_scored=float(np.mean(res.num_scored)))
+        per_user[name] = per_user_metrics(pop if res is None else res.ids, bf.ids, target, ms)
+        r = {"users": int(len(hist)), **summarize_per_user(per_user[name], boot)}
+        if res is not None:
+            r.update(scored_fraction=float(np.mean(res.num_scored)) / n,
+                     ms_per_query=res.ms_per_query, items_scored=float(np.mean(res.num_scored)))
         rows[name] = r
-    rows["most_popular"] = summarize(pop, bf.ids, target, m=ms)
     result = {"split": split, "users": int(len(hist)), "num_items": int(n),
               "at": list(ms), "params": params.to_dict(), "visited": visited,
-              "batch_size": retriever.batch_size, "rows": rows}
-    arrays = {"hist": hist, "target": target, "bf_ids": bf.ids, "retriever": retriever}
+              "batch_size": retriever.batch_size, "bootstrap": _boot_info(boot), "rows": rows}
+    arrays = {"hist": hist, "target": target, "bf_ids": bf.ids, "retriever": retriever,
+              "bootstrap": boot, "per_user": per_user}
     return result, arrays
 
 
+def compare_models(arrays: dict, other_arrays: dict) -> dict:
+    """Paired differences (first model minus second) per method, on the same users:
+    ``{method: {"coverage@M": d, "coverage@M_ci95": [lo, hi], ...}}``. Both ``arrays`` come
+    from :func:`evaluate_retrieval` on the same split and users (the first one's bootstrap is
+    used for both sides)."""
+    if not np.array_equal(arrays["target"], other_arrays["target"]) or \
+            not np.array_equal(arrays["hist"], other_arrays["hist"]):
+        raise ValueError("compare_models: the two evaluations are not on the same users")
+    boot = arrays["bootstrap"]
+    return {name: paired_difference(pu, other_arrays["per_user"][name], boot)
+            for name, pu in arrays["per_user"].items()
+            if name in other_arrays["per_user"] and name != "most_popular"}
+
+
+def format_interval(row: dict, key: str, digits: int = 4) -> str:
+    """``0.8850 +/-0.0190``: the value and half the width of its 95% interval (asymmetric
+    intervals are given exactly in the JSON's ``_ci95``); ``-`` when missing."""
+    value = row.get(key)
+    if value is None:
+        return "-"
+    ci = row.get(f"{key}_ci95")
+    if ci is None or not np.all(np.isfinite(ci)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} +/-{(ci[1] - ci[0]) / 2:.{digits}f}"
+
+
 def format_table(result: dict) -> str:
-    """The evaluation table: one line per method."""
+    """The evaluation table: one line per method, each figure with its 95% interval
+    (``value +/-half-width``)."""
     ms = result["at"]
+    w = 20
     head = [f"{'method':<22}"]
     for m in ms:
-        head += [f"{'recall@' + str(m):>11}", f"{'recall-delta@' + str(m):>16}",
-                 f"{'coverage@' + str(m):>13}"]
+        head += [f"{'recall@' + str(m):>{w}}", f"{'recall-delta@' + str(m):>{w}}",
+                 f"{'coverage@' + str(m):>{w}}"]
     head += [f"{'scored':>9}", f"{'ms/query':>9}"]
     lines = ["".join(head)]
     for key, label in METHODS.items():
@@ -115,13 +174,39 @@ def format_table(result: dict) -> str:
         r = result["rows"][key]
         cells = [f"{label:<22}"]
         for m in ms:
-            rec = r.get(f"recall_retrieval@{m}", r.get(f"recall_all@{m}"))
-            cells += [f"{rec:>11.4f}", f"{r[f'recall_delta@{m}']:>16.4f}",
-                      f"{r[f'coverage@{m}']:>13.4f}"]
+            rec = f"recall_retrieval@{m}" if f"recall_retrieval@{m}" in r else f"recall_all@{m}"
+            cells += [f"{format_interval(r, k):>{w}}"
+                      for k in (rec, f"recall_delta@{m}", f"coverage@{m}")]
         frac = r.get("scored_fraction")
         cells += [f"{frac:>9.4f}" if frac is not None else f"{'-':>9}",
                   f"{r['ms_per_query']:>9.2f}" if "ms_per_query" in r else f"{'-':>9}"]
         lines.append("".join(cells))
+    boot = result.get("bootstrap", {})
     lines.append("recall@M: recall-all@M for brute force, recall-retrieval@M for the others; "
-                 "scored: fraction of the corpus scored per query")
+                 "scored: fraction of the corpus scored per query; +/-: half the 95% interval "
+                 f"(bootstrap over the {result['users']} users, "
+                 f"{boot.get('resamples', '?')} resamples)")
+    return "\n".join(lines)
+
+
+def format_difference(diff: dict, ms, title: str) -> str:
+    """A table of paired differences (:func:`compare_models`): one line per method, each
+    difference with its 95% interval ``[lo, hi]``."""
+    w = 26
+    head = [f"{'method':<22}"] + [f"{name + '@' + str(m):>{w}}" for m in ms
+                                   for name in ("recall", "recall-delta", "coverage")]
+    lines = [title, "".join(head)]
+    for key, label in METHODS.items():
+        if key not in diff:
+            continue
+        d = diff[key]
+        cells = [f"{label:<22}"]
+        for m in ms:
+            rec = f"recall_retrieval@{m}" if f"recall_retrieval@{m}" in d else f"recall_all@{m}"
+            for k in (rec, f"recall_delta@{m}", f"coverage@{m}"):
+                lo, hi = d[f"{k}_ci95"]
+                cells.append(f"{f'{d[k]:+.4f} [{lo:+.4f}, {hi:+.4f}]':>{w}}")
+        lines.append("".join(cells))
+    lines.append("an interval that excludes 0 is a difference the users support (paired "
+                 "bootstrap, 95%)")
     return "\n".join(lines)

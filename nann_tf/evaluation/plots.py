@@ -92,15 +92,28 @@ def plot_curves(rows: Sequence[Mapping], ms: Sequence[int], path: str | os.PathL
     return _save(fig, path)
 
 
+def _yerr(pts: Sequence[Mapping], key: str):
+    """Error bars from the ``<key>_ci95_lo/_hi`` columns (None when a row has none)."""
+    try:
+        lo = [r[key] - float(r[f"{key}_ci95_lo"]) for r in pts]
+        hi = [float(r[f"{key}_ci95_hi"]) - r[key] for r in pts]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return [lo, hi]
+
+
 def plot_eps(rows: Sequence[Mapping], ms: Sequence[int], path: str | os.PathLike) -> Path:
-    """coverage@M and recall-all@M against the FGSM eps (Fig. 7a; symlog x axis, 0 allowed)."""
+    """coverage@M and recall-all@M against the FGSM eps (Fig. 7a; symlog x axis, 0 allowed),
+    with their 95% intervals as error bars."""
     plt = _pyplot()
     pts = sorted(rows, key=lambda r: r["fgsm_eps"])
     eps = [float(r["fgsm_eps"]) for r in pts]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for m in ms:
-        axes[0].plot(eps, [r[f"coverage@{m}"] for r in pts], "o-", label=f"coverage@{m}")
-        axes[1].plot(eps, [r[f"recall_all@{m}"] for r in pts], "o-", label=f"recall-all@{m}")
+        for ax, key, label in ((axes[0], f"coverage@{m}", f"coverage@{m}"),
+                               (axes[1], f"recall_all@{m}", f"recall-all@{m}")):
+            ax.errorbar(eps, [r[key] for r in pts], yerr=_yerr(pts, key), fmt="o-",
+                        capsize=3, label=label)
     positive = [e for e in eps if e > 0]
     for ax, label in zip(axes, ("coverage", "recall-all")):
         if positive:
@@ -111,7 +124,8 @@ def plot_eps(rows: Sequence[Mapping], ms: Sequence[int], path: str | os.PathLike
         ax.legend(fontsize=8)
     if pts:
         r = pts[0]
-        fig.suptitle(f"Sensitivity to eps (Fig. 7a): beam ef={r['ef']} T={r['T']}")
+        fig.suptitle(f"Sensitivity to eps (Fig. 7a): beam ef={r['ef']} T={r['T']}; "
+                     f"bars: 95% intervals over {r['users']} users")
     return _save(fig, path)
 
 

@@ -4,6 +4,12 @@
 each point into one row of metrics (:data:`CURVE_FIELDS`), :func:`run_sweep` runs every figure's
 series and writes ``sweep.csv``, ``perturbation.csv`` and the PNGs. Rows are written to and read
 back from CSV with :func:`write_csv` / :func:`read_csv`.
+
+Every metric column has its 95% interval beside it (``<metric>_ci95_lo`` / ``_hi``, a bootstrap
+over the users shared by every row). The comparison rows (Fig. 4's second model, Fig. 7a's eps
+series) also carry the paired difference to the model named in ``vs`` (``diff_<metric>`` with
+its paired-bootstrap interval): Fig. 4 against ``--model`` at the same point, Fig. 7a against
+the series' eps = 0 model (else ``--model``).
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from nann_tf.evaluation.metrics import (METRICS, Bootstrap, paired_difference, per_user_metrics,
+                                        summarize_per_user)
 from nann_tf.evaluation.retriever import ModelEntry, Retriever
 from nann_tf.fsutil import atomic_path
 from nann_tf.search.params import SearchParams, format_level_values
 
-__all__ = ["CURVE_FIELDS", "beam_settings", "hnsw_settings", "metric_fields", "read_csv",
-           "run_curve", "run_sweep", "write_csv"]
+__all__ = ["CURVE_FIELDS", "beam_settings", "diff_fields", "hnsw_settings", "metric_fields",
+           "read_csv", "run_curve", "run_sweep", "write_csv"]
 
 
 def beam_settings(params: SearchParams, scales: Sequence[float] = (0.5, 1.0, 2.0),
@@ -59,9 +67,28 @@ def hnsw_settings(params: SearchParams,
 
 
 def metric_fields(ms: Sequence[int]) -> list[str]:
-    """The metric columns for the M values ``ms``."""
-    return [f"{name}@{m}" for m in ms
-            for name in ("recall_all", "recall_retrieval", "recall_delta", "coverage")]
+    """The metric columns for the M values ``ms``, each followed by its 95% interval."""
+    return [f"{name}@{m}{part}" for m in ms for name in METRICS
+            for part in ("", "_ci95_lo", "_ci95_hi")]
+
+
+def diff_fields(ms: Sequence[int]) -> list[str]:
+    """The paired-difference columns: ``vs`` and ``diff_<metric>`` with their intervals."""
+    return ["vs"] + [f"diff_{f}" for f in metric_fields(ms)]
+
+
+def _cells(summary: Mapping[str, Any], ms: Sequence[int], prefix: str = "") -> dict:
+    """CSV cells of :func:`metric_fields` from a summary with ``_ci95`` pairs."""
+    out = {}
+    for m in ms:
+        for name in METRICS:
+            key = f"{name}@{m}"
+            if key not in summary:
+                continue
+            lo, hi = summary.get(f"{key}_ci95", (float("nan"), float("nan")))
+            out.update({f"{prefix}{key}": summary[key], f"{prefix}{key}_ci95_lo": lo,
+                        f"{prefix}{key}_ci95_hi": hi})
+    return out
 
 
 CURVE_FIELDS = ["figure", "series", "model", "fgsm_eps", "method", "start_level", "ef", "T",
@@ -70,7 +97,8 @@ CURVE_FIELDS = ["figure", "series", "model", "fgsm_eps", "method", "start_level"
 
 def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids: np.ndarray,
               ms: Sequence[int], *, method: str, settings: Iterable, k: int,
-              base: Mapping[str, Any], progress=None, history_seeds: bool = True) -> list[dict]:
+              base: Mapping[str, Any], progress=None, history_seeds: bool = True,
+              bootstrap: Bootstrap | None = None, per_user_out: list | None = None) -> list[dict]:
     """One row of metrics per parameter point.
 
     Args:
@@ -84,12 +112,15 @@ def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids
       base: fixed columns copied into every row (figure, series, model, fgsm_eps).
       progress: optional ``callable(str)`` told about each point.
       history_seeds: beam points seed each query with its history.
+      bootstrap: the bootstrap over these users for the ``_ci95`` columns (default: a seeded
+        one with 1000 resamples).
+      per_user_out: if given, each point's per-user metrics are appended (for paired
+        comparisons).
 
     Returns:
       Rows with the keys :data:`CURVE_FIELDS` + :func:`metric_fields` ``(ms)``.
     """
-    from nann_tf.evaluation.metrics import summarize
-
+    boot = bootstrap or Bootstrap(len(hist))
     rows = []
     for point in settings:
         if method == "beam":
@@ -101,12 +132,15 @@ def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids
             cols = {"ef": "", "T": "", "hnsw_ef": int(point)}
         else:
             raise ValueError(f"method must be 'beam' or 'hnsw', got {method!r}")
-        summ = summarize(res.ids, bf_ids, target, res.num_scored, retriever.num_items, ms)
+        pu = per_user_metrics(res.ids, bf_ids, target, ms)
+        if per_user_out is not None:
+            per_user_out.append(pu)
         row = dict(base, method=method, start_level=retriever.start_level if method == "beam"
                    else "", k=k, users=len(hist),
                    items_scored=float(np.mean(res.num_scored)),
-                   scored_fraction=summ["scored_fraction"], ms_per_query=res.ms_per_query, **cols)
-        row.update({f: summ[f] for f in metric_fields(ms)})
+                   scored_fraction=float(np.mean(res.num_scored)) / retriever.num_items,
+                   ms_per_query=res.ms_per_query, **cols)
+        row.update(_cells(summarize_per_user(pu, boot), ms))
         rows.append(row)
         if progress:
             progress(f"{base.get('series', '')} {method} {cols['ef'] or cols['hnsw_ef']} "
@@ -120,6 +154,7 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
               split: str = "test", users: int = 0, ms=(50, 200), visited: str = "tf",
               batch_size: int = 16, scales=(0.5, 1.0, 2.0), t0s=(1, 2, 3, 5),
               hnsw_efs=None, perturb_r: float | None = None, primary_state: dict | None = None,
+              compare_state: dict | None = None, resamples: int = 1000, seed: int = 0,
               progress=None) -> dict:
     """Runs the sweeps and writes ``sweep.csv``, ``perturbation.csv`` and the PNGs to ``outdir``.
 
@@ -135,15 +170,17 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
       scales / t0s: Beam-retrieval points (:func:`~nann_tf.evaluation.sweep.beam_settings`).
       hnsw_efs: HNSW-retrieval ef0 values (default :func:`~nann_tf.evaluation.sweep.hnsw_settings`).
       perturb_r: Fig. 6's perturbation norm (default 0.1 x the median |e_v| of ``primary``).
-      primary_state: the ``arrays`` of :func:`evaluate_retrieval` for ``primary`` (reused).
+      primary_state / compare_state: the ``arrays`` of :func:`evaluate_retrieval` for
+        ``primary`` / ``compare`` (reused; the primary's bootstrap is used for every row).
+      resamples / seed: the bootstrap, when ``primary_state`` brings none.
       progress: optional ``callable(str)``.
 
     Returns:
-      ``{"curves": rows, "perturbation": rows, "perturbation_summary": {...}, "files": [...]}``.
+      ``{"curves": rows, "perturbation": rows, "perturbation_summary": {...},
+      "eps_differences": [{"series", "vs", <paired differences>}], "files": [...]}``.
     """
     from nann_tf.evaluation import plots
     from nann_tf.evaluation.evaluate import held_out
-    from nann_tf.evaluation.metrics import summarize
     from nann_tf.evaluation.perturbation import (PERTURBATION_FIELDS, histogram_rows,
                                                  perturbation_deltas)
 
@@ -158,6 +195,8 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
         if key not in state:
             if entry is primary and primary_state is not None:
                 state[key] = primary_state
+            elif entry is compare and compare_state is not None:
+                state[key] = compare_state
             else:
                 r = Retriever(entry.model, entry.index, params.start_level, visited, batch_size)
                 bf = r.brute_force(hist, max(params.k, max(ms)))
@@ -172,41 +211,73 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
     h_points = hnsw_efs or hnsw_settings(params)
     curves = []
     p_state = prepared(primary)
+    boot = p_state.get("bootstrap") or Bootstrap(len(hist), resamples, seed)
     say(f"Fig. 3: {len(b_points)} beam points, {len(h_points)} HNSW points")
+    beam_pu: list = []
     beam_rows = run_curve(p_state["retriever"], hist, target, p_state["bf_ids"], ms,
                           method="beam", settings=b_points, k=params.k,
                           base=base("fig3", primary, "beam"), progress=say,
-                          history_seeds=params.history_seeds)
+                          history_seeds=params.history_seeds, bootstrap=boot,
+                          per_user_out=beam_pu)
     curves += beam_rows
     if params.history_seeds:
         say("Fig. 3: beam without seeds (the paper's algorithm)")
         curves += run_curve(p_state["retriever"], hist, target, p_state["bf_ids"], ms,
                             method="beam", settings=b_points, k=params.k,
                             base=base("fig3", primary, "beam, no seeds"), progress=say,
-                            history_seeds=False)
+                            history_seeds=False, bootstrap=boot)
     curves += run_curve(p_state["retriever"], hist, target, p_state["bf_ids"], ms,
                         method="hnsw", settings=h_points, k=params.k,
-                        base=base("fig3", primary, "hnsw"), progress=say)
+                        base=base("fig3", primary, "hnsw"), progress=say, bootstrap=boot)
     if compare is not None:
         say("Fig. 4: the comparison model")
         curves += [dict(r, figure="fig4", series=primary.label) for r in beam_rows]
         c_state = prepared(compare)
-        curves += run_curve(c_state["retriever"], hist, target, c_state["bf_ids"], ms,
-                            method="beam", settings=b_points, k=params.k,
-                            base=base("fig4", compare, compare.label), progress=say,
-                            history_seeds=params.history_seeds)
+        compare_pu: list = []
+        c_rows = run_curve(c_state["retriever"], hist, target, c_state["bf_ids"], ms,
+                           method="beam", settings=b_points, k=params.k,
+                           base=base("fig4", compare, compare.label), progress=say,
+                           history_seeds=params.history_seeds, bootstrap=boot,
+                           per_user_out=compare_pu)
+        for row, pu_c, pu_p in zip(c_rows, compare_pu, beam_pu):
+            row.update(vs=primary.label,
+                       **_cells(paired_difference(pu_c, pu_p, boot), ms, prefix="diff_"))
+        curves += c_rows
+    eps_rows, eps_pu = [], []
     for entry in eps_models:
         say(f"Fig. 7a: eps={entry.eps:g}")
         st = prepared(entry)
         res = st["retriever"].beam(hist, params.ef, params.T, params.k, params.history_seeds)
-        summ = summarize(res.ids, st["bf_ids"], target, res.num_scored, ds.num_items, ms)
+        pu = per_user_metrics(res.ids, st["bf_ids"], target, ms)
         row = dict(base("fig7a", entry, f"eps={entry.eps:g}"), method="beam",
-                   start_level=params.start_level, ef=format_level_values(params.ef), T=format_level_values(params.T),
-                   hnsw_ef="", k=params.k, users=len(hist),
+                   start_level=params.start_level, ef=format_level_values(params.ef),
+                   T=format_level_values(params.T), hnsw_ef="", k=params.k, users=len(hist),
                    items_scored=float(np.mean(res.num_scored)),
-                   scored_fraction=summ["scored_fraction"], ms_per_query=res.ms_per_query)
-        row.update({f: summ[f] for f in metric_fields(ms)})
-        curves.append(row)
+                   scored_fraction=float(np.mean(res.num_scored)) / ds.num_items,
+                   ms_per_query=res.ms_per_query)
+        row.update(_cells(summarize_per_user(pu, boot), ms))
+        eps_rows.append(row)
+        eps_pu.append(pu)
+    eps_differences = []
+    if eps_rows:
+        # Paired against the series' eps = 0 model (FGSM off), else against --model.
+        ref = next((i for i, e in enumerate(eps_models) if e.eps == 0), None)
+        ref_pu = p_state.get("per_user", {}).get("beam") if ref is None else None
+        if ref is None and ref_pu is None:
+            res = p_state["retriever"].beam(hist, params.ef, params.T, params.k,
+                                            params.history_seeds)
+            ref_pu = per_user_metrics(res.ids, p_state["bf_ids"], target, ms)
+        if ref is None:
+            ref_label = primary.label
+        else:
+            ref_pu, ref_label = eps_pu[ref], eps_rows[ref]["series"]
+        for i, (row, pu) in enumerate(zip(eps_rows, eps_pu)):
+            if i == ref:
+                continue
+            diff = paired_difference(pu, ref_pu, boot)
+            row.update(vs=ref_label, **_cells(diff, ms, prefix="diff_"))
+            eps_differences.append({"series": row["series"], "vs": ref_label, **diff})
+        curves += eps_rows
 
     # Fig. 6: every model given, on its own brute-force top M (M = the largest --at).
     entries = [primary] + ([compare] if compare is not None else []) + list(eps_models)
@@ -230,7 +301,7 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
                        "p90": float(np.quantile(v, 0.9)), "pairs": int(len(v))}
                for label, v in deltas.items()}
 
-    fields = CURVE_FIELDS + metric_fields(ms)
+    fields = CURVE_FIELDS + metric_fields(ms) + diff_fields(ms)
     files = [write_csv(outdir / "sweep.csv", curves, fields),
              write_csv(outdir / "perturbation.csv", pert_rows, PERTURBATION_FIELDS)]
     files.append(plots.plot_curves([r for r in curves if r["figure"] == "fig3"], ms,
@@ -245,7 +316,8 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
                                     outdir / "fig7a_eps.png"))
     files.append(plots.plot_perturbation(pert_rows, outdir / "fig6_perturbation.png"))
     return {"curves": curves, "perturbation": pert_rows, "perturbation_summary": summary,
-            "perturb_r": perturb_r, "files": [str(f) for f in files]}
+            "perturb_r": perturb_r, "eps_differences": eps_differences,
+            "files": [str(f) for f in files]}
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
