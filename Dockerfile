@@ -23,8 +23,9 @@ ARG TF_SERVING_VARIANT=""
 FROM tensorflow/serving:${TF_SERVING_VERSION}-devel${TF_SERVING_VARIANT} AS build
 ARG TF_SERVING_VERSION
 ARG TF_SERVING_VARIANT
-# The op's cc_library: cc_ops/BUILD, copied to the root of the Serving workspace so that
-# includes relative to the repository root ("cc_ops/lib/...") keep working.
+# The op's cc_library in cc_ops/BUILD; cc_ops/ is copied to the root of the Serving workspace,
+# so the package is //cc_ops. Its sources include "lib/..." relative to the package
+# (includes = ["."] on nann_core), so the package path does not matter to them.
 ARG NANN_OPS_TARGET=//cc_ops:nann_ops
 # The official images' build options: --config=release for CPU; the GPU devel image adds the
 # CUDA toolchain config (Dockerfile.devel-gpu: --config=cuda_clang --copt=-fPIC).
@@ -36,11 +37,18 @@ ARG BAZEL_RAM_MB=16384
 # The -devel images keep the Serving sources of their release in /tensorflow-serving.
 WORKDIR /tensorflow-serving
 COPY cc_ops/ /tensorflow-serving/cc_ops/
-COPY serving/docker/patch_model_servers_build.py /tmp/patch_model_servers_build.py
+COPY serving/docker/patch_model_servers_build.py serving/docker/check_build.py /tmp/
 RUN python3 /tmp/patch_model_servers_build.py \
         tensorflow_serving/model_servers/BUILD "${NANN_OPS_TARGET}" && \
     grep -n -A12 "^SUPPORTED_TENSORFLOW_OPS" tensorflow_serving/model_servers/BUILD
 
+# 1. Fetch and analyse only (--nobuild), then check that the Serving tree builds against the
+#    TensorFlow minor the models are exported with: the -devel images default to Serving's
+#    master branch, so a tag can hold other source (tensorflow/serving#2153); fail in minutes,
+#    not after hours of compiling.
+# 2. Build the server.
+# 3. Prove the op is in it (every REGISTER_OP name of cc_ops/ops is in the binary) and that
+#    `--version` reports the expected TensorFlow Library; otherwise the build fails.
 RUN set -eux; \
     gpu_options=""; \
     if [ "${TF_SERVING_VARIANT}" = "-gpu" ]; then \
@@ -48,13 +56,18 @@ RUN set -eux; \
         ln -sf /usr/local/cuda/lib64/stubs/libcuda.so /usr/local/cuda/lib64/stubs/libcuda.so.1; \
         export LD_LIBRARY_PATH="/usr/local/cuda/lib64/stubs:${LD_LIBRARY_PATH:-}"; \
     fi; \
-    bazel build --color=no --curses=no --verbose_failures \
-        --local_ram_resources="${BAZEL_RAM_MB}" \
-        ${gpu_options} ${TF_SERVING_BAZEL_OPTIONS} ${TF_SERVING_BUILD_OPTIONS} \
+    bazel_flags="--color=no --curses=no --verbose_failures \
+        --local_ram_resources=${BAZEL_RAM_MB} \
+        ${gpu_options} ${TF_SERVING_BAZEL_OPTIONS} ${TF_SERVING_BUILD_OPTIONS}"; \
+    bazel build ${bazel_flags} --nobuild \
         tensorflow_serving/model_servers:tensorflow_model_server; \
+    python3 /tmp/check_build.py versions /tensorflow-serving \
+        "$(bazel info output_base)/external/org_tensorflow" "${TF_SERVING_VERSION}"; \
+    bazel build ${bazel_flags} tensorflow_serving/model_servers:tensorflow_model_server; \
     cp bazel-bin/tensorflow_serving/model_servers/tensorflow_model_server \
         /usr/local/bin/tensorflow_model_server_nann; \
-    /usr/local/bin/tensorflow_model_server_nann --version
+    python3 /tmp/check_build.py server /usr/local/bin/tensorflow_model_server_nann \
+        /tensorflow-serving/cc_ops/ops "${TF_SERVING_VERSION}"
 
 # ----------------------------------------------------------------------------- runtime stage
 FROM tensorflow/serving:${TF_SERVING_VERSION}${TF_SERVING_VARIANT}

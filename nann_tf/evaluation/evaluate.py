@@ -45,9 +45,11 @@ def held_out(ds, split: str, users: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
                          ms=(50, 200), resamples: int = BOOTSTRAP_RESAMPLES,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, per_user_out: dict | None = None) -> dict:
     """recall-all@M of the model (exact top-M) and of most-popular on a held-out split, each
-    with its 95% interval, and their paired difference (``model_minus_most_popular``)."""
+    with its 95% interval, and their paired difference (``model_minus_most_popular``).
+    ``per_user_out``, if given, receives the per-user values (``"model"``, ``"most_popular"``)
+    and the ``"bootstrap"``, for paired comparisons with other models on the same users."""
     from nann_tf.model.nann import all_item_embeddings
     from nann_tf.search.brute_force import ExactScorer
 
@@ -63,6 +65,8 @@ def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
                 if k.startswith("recall_all")}
 
     pu_model, pu_pop = recall_all(ids), recall_all(pop)
+    if per_user_out is not None:
+        per_user_out.update(model=pu_model, most_popular=pu_pop, bootstrap=boot)
     return {"split": split, "users": int(len(target)), "num_items": int(ds.num_items),
             "brute_force_seconds": seconds, "bootstrap": _boot_info(boot),
             "model": summarize_per_user(pu_model, boot),
