@@ -26,7 +26,27 @@ def base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def v_tf(base, attention_model_dir, ci_index_dir):
+def leftovers(base):
+    """Temporary export directories found in the base path before the first export: one of an
+    export whose process is gone, one of an export still running in another process."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    base.mkdir(parents=True)
+    paths = {"dead": base / f".tmp-7-{dead.pid}", "live": base / f".tmp-8-{live.pid}"}
+    for p in paths.values():
+        p.mkdir()
+        (p / "saved_model.pb").write_bytes(b"partial")
+    yield paths
+    live.kill()
+    live.wait()
+
+
+@pytest.fixture(scope="module")
+def v_tf(base, leftovers, attention_model_dir, ci_index_dir):
     """Stock ops only, no XLA (version 1)."""
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                    "--output", base, "--visited", "tf", "--no-xla") == 0
@@ -246,8 +266,56 @@ def test_history_too_long_and_empty_batch(v_tf, queries):
             m.run("serving_default", {"hist_item_ids": unknown})["item_ids"], full["item_ids"])
 
 
+def test_export_removes_dead_exports_leftovers_and_keeps_a_live_ones(leftovers, v_tf, base):
+    """Through export_version itself (the v_tf export ran with both directories present)."""
+    assert not leftovers["dead"].exists(), "the leftover of a dead export is removed"
+    assert leftovers["live"].is_dir() and (leftovers["live"] / "saved_model.pb").is_file(), \
+        "a concurrent export's temporary directory is not touched"
+    assert (v_tf / "saved_model.pb").is_file()
+
+
+def test_mixed_ef_T_rows_each_get_what_they_get_alone_at_the_batch_maximum(v_tf, queries):
+    """A batch runs with the element-wise maximum of its rows' ef and T (TF Serving batching
+    merges requests with different parameters): each row's answer equals that row's answer
+    alone at the maximum, not at its own, smaller, setting (nor at the minimum)."""
+    hist, _ = queries
+    ef = [[60, 30], [200, 100], [120, 150]]   # per row: ef at level 0, level 1
+    T = [[1, 0], [4, 0], [2, 0]]
+    ef_max, T_max = np.max(ef, axis=0).tolist(), np.max(T, axis=0).tolist()
+    assert ef_max == [200, 150] and T_max == [4, 0]  # no single row has both
+    with SessionModel(v_tf, load_ops=False) as m:
+        batch = _retrieve(m, hist[:3], ef=ef, T=T)
+        for i in range(3):
+            alone = _retrieve(m, hist[i:i + 1], ef=[ef_max], T=[T_max])
+            np.testing.assert_array_equal(batch["item_ids"][i], alone["item_ids"][0])
+            np.testing.assert_array_equal(batch["num_scored"][i], alone["num_scored"][0])
+            np.testing.assert_allclose(batch["scores"][i], alone["scores"][0], rtol=1e-6)
+        # The rows' own settings give other answers, so a batch run at the minimum, or per
+        # row, would fail the equalities above.
+        own = [_retrieve(m, hist[i:i + 1], ef=[ef[i]], T=[T[i]]) for i in range(3)]
+        low = _retrieve(m, hist[:1], ef=[np.min(ef, axis=0).tolist()],
+                        T=[np.min(T, axis=0).tolist()])
+    assert own[0]["num_scored"][0] < batch["num_scored"][0]
+    assert own[2]["num_scored"][0] < batch["num_scored"][2]
+    assert low["num_scored"][0] < batch["num_scored"][0]
+
+
+def test_a_failed_validation_leaves_nothing_behind(tmp_path, attention_model_dir,
+                                                   ci_index_dir, capsys):
+    """A real validation failure, not a simulated one: the export's own search at small
+    parameters falls short of --min-coverage; no version and no temporary directory stay."""
+    out = tmp_path / "m"
+    rc = run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                 "--output", out, "--visited", "tf", "--no-xla", "--ef", "1=8,0=12",
+                 "--T", "0=0", "-k", "10", "--no-history-seeds", "--min-coverage", "0.99")
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "--min-coverage 0.99" in err and "coverage" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_existing_version_is_refused_and_failed_export_leaves_nothing(
-        base, v_tf, v_xla, attention_model_dir, ci_index_dir, monkeypatch, capsys):
+        base, leftovers, v_tf, v_xla, attention_model_dir, ci_index_dir, monkeypatch, capsys):
     before = sorted(p.name for p in base.iterdir())
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                    "--output", base, "--version", "1") == 2
@@ -269,7 +337,7 @@ def test_existing_version_is_refused_and_failed_export_leaves_nothing(
     assert stale.exists(), "parameters are checked before anything is written"
     export_mod.clean_stale_tmp(base)
     assert not stale.exists()
-    assert not any(p.name.startswith(".tmp") for p in base.iterdir())
+    assert [p for p in base.iterdir() if p.name.startswith(".tmp")] == [leftovers["live"]]
 
 
 def test_export_cli_bad_inputs(tmp_path, attention_model_dir, ci_index_dir, capsys):

@@ -349,6 +349,139 @@ def test_hot_swap_under_load_and_broken_version_refused(tmp_path):
     assert 7 not in status and 8 not in status
 
 
+def _stage_version(base, version, staging, records, **toy):
+    """Writes a toy version with the given warm-up records in ``staging`` and renames it into
+    ``base`` complete, as an export publishes a version."""
+    from nann_tf.serving.warmup import write_warmup_requests
+
+    vdir = write_toy_model(staging, version, spec=SPEC, warmup=False, **toy)
+    write_warmup_requests(vdir, "toy", "serving_default", records)
+    os.replace(vdir, base / str(version))
+    return base / str(version)
+
+
+class _Observer:
+    """Polls GetModelStatus and a latest-version Predict every few ms from a thread, recording
+    ``(t_sent, t_received, {version: state}, answering version)`` with time.monotonic."""
+
+    def __init__(self, address, history):
+        self.address, self.history, self.rows, self.errors = address, history, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        channel = grpc.insecure_channel(self.address)
+        model = model_service_pb2_grpc.ModelServiceStub(channel)
+        with RetrievalClient(self.address, "toy", timeout_s=30, retries=0) as client:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    req = get_model_status_pb2.GetModelStatusRequest()
+                    req.model_spec.name = "toy"
+                    states = {s.version: get_model_status_pb2.ModelVersionStatus.State.Name(
+                        s.state) for s in model.GetModelStatus(req, timeout=30)
+                        .model_version_status}
+                    answered = client.predict({"hist_item_ids": self.history}).model_version
+                    self.rows.append((t0, time.monotonic(), states, answered))
+                except Exception as e:  # collected; the tests assert there are none
+                    self.errors.append(repr(e))
+                time.sleep(0.01)
+        channel.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_slow_warmup_keeps_the_new_version_unavailable_until_it_ends(tmp_path, monkeypatch):
+    """TF Serving marks a version AVAILABLE only after its warm-up replay: during a slow replay
+    GetModelStatus says LOADING and requests are answered by the old version."""
+    from nann_tf.serving import manager as manager_mod
+
+    spans = {}
+    real_replay = manager_mod.replay_warmup
+
+    def timed_replay(model, *a, **k):  # the real replay, timed
+        start = time.monotonic()
+        try:
+            return real_replay(model, *a, **k)
+        finally:
+            spans[os.path.basename(model.version_dir)] = (start, time.monotonic())
+
+    monkeypatch.setattr(manager_mod, "replay_warmup", timed_replay)
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, spec=SPEC, seed=5)
+    options = ServerOptions(host="127.0.0.1", port=0, file_system_poll_wait_seconds=0.05,
+                            max_num_load_retries=0)
+    server = ModelServer([ServedModelConfig("toy", str(base))], options)
+    port = server.start()
+    history = _histories(1, seed=3)
+    busy = [("busy", {"hist_item_ids": history, "spin": np.array([40000], np.int32)})] * 3
+    try:
+        with _Observer(f"127.0.0.1:{port}", history) as obs:
+            wait_for(lambda: len(obs.rows) >= 5, 30, "observations of version 1", obs.errors)
+            _stage_version(base, 2, tmp_path / "staging", busy, seed=6, busy_signature=True)
+            wait_for(lambda: any(r[2].get(2) == "AVAILABLE" and r[3] == 2 for r in obs.rows),
+                     120, "version 2 to serve", obs.errors)
+    finally:
+        server.stop(5.0)
+    assert obs.errors == []
+    start, end = spans["2"]
+    assert end - start > 0.3, "the warm-up was meant to be slow"
+    during = [r for r in obs.rows if r[0] >= start and r[1] <= end]
+    assert len(during) >= 5, "the replay window was observed"
+    assert all(r[2].get(2) == "LOADING" and r[3] == 1 for r in during), during[:3]
+    # Nothing answered before the replay ended saw version 2 available or answering.
+    early = [r for r in obs.rows if r[1] <= end]
+    assert all(r[2].get(2) != "AVAILABLE" and r[3] == 1 for r in early)
+
+
+def test_failing_warmup_record_refuses_the_version_and_the_old_one_keeps_serving(tmp_path):
+    """A version whose warm-up fails is never AVAILABLE (state END with the error after the
+    retries); the old version keeps answering, and a request for the new one is NOT_FOUND."""
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, spec=SPEC, seed=5)
+    options = ServerOptions(host="127.0.0.1", port=0, file_system_poll_wait_seconds=0.05,
+                            max_num_load_retries=1, load_retry_interval_s=0.2)
+    server = ModelServer([ServedModelConfig("toy", str(base))], options)
+    port = server.start()
+    history = _histories(1, seed=3)
+    good = {"hist_item_ids": history}
+    bad = ("retrieve", {**_retrieve_inputs(1, k=SPEC.num_items + 1)})  # k > items: graph error
+    try:
+        with _Observer(f"127.0.0.1:{port}", history) as obs:
+            wait_for(lambda: len(obs.rows) >= 5, 30, "observations of version 1", obs.errors)
+            _stage_version(base, 2, tmp_path / "staging", [good, good, bad, good], seed=6)
+
+            def refused():
+                rows = {r.version: r for r in server.manager.status("toy")}
+                return 2 in rows and rows[2].state == "END"
+
+            wait_for(refused, 60, "version 2 to be refused", obs.errors)
+            n = len(obs.rows)
+            wait_for(lambda: len(obs.rows) >= n + 5, 30, "requests after the refusal",
+                     obs.errors)
+            with RetrievalClient(f"127.0.0.1:{port}", "toy", retries=0) as client:
+                with pytest.raises(ServingError) as e:
+                    client.predict(good, version=2)
+                assert e.value.code == grpc.StatusCode.NOT_FOUND
+                assert client.predict(good).model_version == 1
+            status = {r.version: r for r in server.manager.status("toy")}
+    finally:
+        server.stop(5.0)
+    assert obs.errors == []
+    assert all(r[3] == 1 and r[2].get(2) != "AVAILABLE" for r in obs.rows), \
+        "version 2 never served, never AVAILABLE"
+    assert status[1].state == "AVAILABLE"
+    assert status[2].error_code != "OK"
+    assert "warm-up record 2" in status[2].error_message
+    assert "k must be <=" in status[2].error_message
+
+
 def test_version_policies_and_labels(tmp_path):
     base = tmp_path / "m"
     for v in (1, 2, 3):
