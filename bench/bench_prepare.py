@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/bench_prepare.py --rows 10000000
+    python bench/bench_prepare.py --rows 10000000
 
 It generates a log of about ``--rows`` behaviours (users = rows / events-per-user), writes it
 as UserBehavior CSV, prepares a dataset from it, reads the same log through the ``table``

@@ -3,10 +3,10 @@
 Usage (repository root)::
 
     # MovieLens 100K (a few minutes)
-    /work/venv/bin/python bench/bench_retrieval.py --config movielens-100k \\
+    python bench/bench_retrieval.py --config movielens-100k \\
         --format movielens --input ../shared/data/movielens-100k
     # the 1M-item synthetic corpus (~40 min on 2 cores; --items 300000 scales it down)
-    nohup /work/venv/bin/python bench/bench_retrieval.py --config synth-1m \\
+    nohup python bench/bench_retrieval.py --config synth-1m \\
         --workdir /tmp/nann-bench-synth-1m > /tmp/bench-1m.log 2>&1 &
 
 Stages (each is skipped when ``--workdir`` already holds its output, so an interrupted run

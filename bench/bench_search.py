@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/bench_search.py --items 1000000 --dim 64
+    python bench/bench_search.py --items 1000000 --dim 64
 
 Generates ``--items`` random item embeddings, builds the HNSW graph (hnswlib, M = 32,
 ef_construction = 40; ``--graph-dir`` caches it between runs), and times, inside

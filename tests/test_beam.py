@@ -121,7 +121,9 @@ def test_exact_when_ef_covers_the_corpus(small, kind, impl):
     np.testing.assert_array_equal(num_scored.numpy(), n)  # level 0 is connected
 
 
-@pytest.mark.parametrize("kind,threshold", [("l2", 0.98), ("mlp", 0.90)])
+# Measured: l2 1.000, random MLP 0.982; thresholds are those minus 0.01 / 0.02 (the MLP's
+# per-query coverage varies more: a lost neighbourhood costs a whole query's 50 items).
+@pytest.mark.parametrize("kind,threshold", [("l2", 0.99), ("mlp", 0.96)])
 def test_coverage_at_default_parameters(corpus, kind, threshold):
     """Default ef {2: 100, 1: 200, 0: 400}, T {1: 2, 0: 4}, k = 50 on 20k items (no seeds).
     Measured: l2 1.000, random MLP 0.982 (scoring ~40% / ~36% of this small corpus)."""

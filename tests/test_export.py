@@ -203,7 +203,9 @@ def test_op_audit(v_tf, v_xla):
     assert {"NannFilterUnvisited", "NannGatherUnvisitedNeighbors"} & graph_op_types(str(v_xla))
     info = json.loads((v_tf / EXPORT_INFO).read_text())
     assert info["validation"]["non_stock_ops"] == []
-    assert info["validation"]["coverage_vs_brute_force"] >= 0.8
+    # The export's own validation at the CI config's search parameters: measured 0.9996 (the
+    # export refuses < --min-coverage, 0.8 by default); 0.99 leaves 0.01 for other machines.
+    assert info["validation"]["coverage_vs_brute_force"] >= 0.99, info["validation"]
 
 
 def _retrieve(m, hist, k=None, ef=None, T=None, exclude=None):
