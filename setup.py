@@ -45,6 +45,7 @@ INSTALL_REQUIRES = [
 CC_OPS = "cc_ops"
 OPS_EXTENSION = "nann_tf._nann_ops"
 CORE_EXTENSION = "nann_tf._nann_core"
+CC_LOADER = "nann-tf-cc-loader"  # nann_tf/bin/: the C API loader (BuildNannExtensions)
 REBUILD_HINT = ("`pip install .` brings TensorFlow 2.21 and pybind11 through build isolation; "
                 "for `pip install --no-build-isolation -e .` install tensorflow==2.21.* and "
                 "pybind11 into the environment first")
@@ -84,6 +85,51 @@ class BuildNannExtensions(build_ext):
         for ext in self.extensions:
             ext.depends = [*ext.depends, stamp]
         super().build_extensions()
+        self._build_cc_loader(tf, stamp)
+
+    def _cc_loader_files(self):
+        """(built file in build_lib, its place in the source tree for in-place builds)."""
+        build_py = self.get_finalized_command("build_py")
+        regular = os.path.join(self.build_lib, "nann_tf", "bin", CC_LOADER)
+        return regular, os.path.join(build_py.get_package_dir("nann_tf"), "bin", CC_LOADER)
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()
+        regular, inplace = self._cc_loader_files()
+        os.makedirs(os.path.dirname(inplace), exist_ok=True)
+        self.copy_file(regular, inplace, level=self.verbose)
+
+    def _get_output_mapping(self):
+        yield from super()._get_output_mapping()
+        if self.inplace:  # editable installs: the loader goes where the extensions go
+            yield self._cc_loader_files()
+
+    def get_outputs(self):
+        outputs = super().get_outputs()
+        return outputs if self.inplace else sorted(outputs + [self._cc_loader_files()[0]])
+
+    def _build_cc_loader(self, tf, stamp):
+        """nann_tf/bin/nann-tf-cc-loader: a C program over TensorFlow's C API (the wheel's
+        libtensorflow_cc.so.2, headers in tensorflow/include/tensorflow/c), with no Python in
+        its process; `nann-tf validate --loader cc` runs it. Found at run time through an rpath
+        relative to the installed package (site-packages/tensorflow) and LD_LIBRARY_PATH."""
+        tf_dir = os.path.dirname(tf.__file__)
+        target = self._cc_loader_files()[0]
+        out_dir = os.path.dirname(target)
+        source = f"{CC_OPS}/loader/nann_cc_loader.c"
+        if not self.force and os.path.exists(target) and all(
+                os.path.getmtime(target) >= os.path.getmtime(p) for p in (source, stamp)):
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        objects = self.compiler.compile(
+            [source], output_dir=self.build_temp,
+            include_dirs=[os.path.join(tf_dir, "include")],
+            extra_postargs=["-std=gnu11", "-O2", "-g0", "-Wall"])
+        self.compiler.link_executable(
+            objects, CC_LOADER, output_dir=out_dir, target_lang="c",
+            extra_postargs=[f"-L{tf_dir}", "-l:libtensorflow_cc.so.2",
+                            "-l:libtensorflow_framework.so.2",
+                            "-Wl,-rpath,$ORIGIN/../../tensorflow", f"-Wl,-rpath,{tf_dir}"])
 
     def _build_env_stamp(self, tf, pybind11):
         """A file in build_temp naming what the binaries were compiled against, rewritten when

@@ -49,7 +49,8 @@ def leftovers(base):
 def v_tf(base, leftovers, attention_model_dir, ci_index_dir):
     """Stock ops only, no XLA (version 1)."""
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
-                   "--output", base, "--visited", "tf", "--no-xla") == 0
+                   "--output", base, "--visited", "tf", "--no-xla",
+                   "--validate-loader", "cc") == 0
     return base / "1"
 
 
@@ -58,7 +59,7 @@ def v_xla(base, v_tf, attention_model_dir, ci_index_dir):
     """The C++ bitmap op with XLA scoring over the shape grid (version 2)."""
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                    "--output", base, "--visited", "bitmap", "--xla",
-                   "--embedding-dtype", "float32") == 0
+                   "--embedding-dtype", "float32", "--validate-loader", "cc") == 0
     return base / "2"
 
 
@@ -266,6 +267,66 @@ def test_history_too_long_and_empty_batch(v_tf, queries):
         unknown[:, 0] = 987654321987
         np.testing.assert_array_equal(
             m.run("serving_default", {"hist_item_ids": unknown})["item_ids"], full["item_ids"])
+
+
+@pytest.mark.parametrize("which", ["v_tf", "v_xla"])
+def test_the_c_api_loader_answers_every_warmup_record_bit_for_bit(which, request):
+    """The export ran `validate --loader cc`: TensorFlow's C API in a process without Python
+    (no op library at all for --visited tf), warm-up replayed, every warm-up record (every
+    signature; every XLA grid size) answered exactly as the session loader answers."""
+    vdir = request.getfixturevalue(which)
+    info = json.loads((vdir / EXPORT_INFO).read_text())
+    cc = info["validation"]["cc_loader"]
+    assert cc["bit_identical"] is True and cc["loader"] == "cc"
+    assert cc["visited"] == ("tf" if which == "v_tf" else "bitmap")
+    assert cc["warmup_records"] == cc["requests"] == info["warmup_records"]
+    assert {"serving_default", "retrieve", "brute_force"} <= set(cc["signatures_run"])
+    assert {"serving_default", "retrieve", "brute_force"} <= set(cc["signatures"])
+
+
+def _copy_version(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_validate_cli_and_bad_version_directories(v_tf, tmp_path, capsys):
+    from nann_tf.export.cc_loader import CcLoaderError, run_cc_loader
+    from nann_tf.serving.warmup import warmup_file_path, write_warmup_requests
+
+    out = tmp_path / "report.json"
+    assert run_cli("validate", v_tf, "--loader", "cc", "--output-json", out) == 0
+    assert json.loads(out.read_text())["bit_identical"] is True
+    assert run_cli("validate", v_tf, "--loader", "python") == 0
+    capsys.readouterr()
+    # A missing variable shard: the loader's error names the variables file.
+    broken = _copy_version(v_tf, tmp_path / "no-shard")
+    for p in (broken / "variables").glob("variables.data-*"):
+        p.unlink()
+    assert run_cli("validate", broken, "--loader", "cc") == 2
+    err = capsys.readouterr().err
+    assert "nann-tf validate: error:" in err and "variables" in err and "no-shard" in err
+    # A truncated warm-up file: named by the C loader (and by the Python reader before it).
+    trunc = _copy_version(v_tf, tmp_path / "truncated")
+    wfile = warmup_file_path(trunc)
+    data = open(wfile, "rb").read()
+    with open(wfile, "wb") as f:
+        f.write(data[:len(data) - 100])
+    with pytest.raises(CcLoaderError, match=r"tf_serving_warmup_requests: record \d+ is truncated"):
+        run_cc_loader(trunc, [], op_library=False)
+    assert run_cli("validate", trunc, "--loader", "cc") == 2
+    assert "tf_serving_warmup_requests" in capsys.readouterr().err
+    # A warm-up record calling a signature the model does not have.
+    absent = _copy_version(v_tf, tmp_path / "absent-signature")
+    hist = np.zeros((1, 20), np.int64)
+    write_warmup_requests(warmup_file_path(absent), "nann", "serving_default",
+                          [{"hist_item_ids": hist}, ("similar_items", {"item_ids": hist})])
+    with pytest.raises(CcLoaderError, match=r'record 1 \(signature "similar_items"\).*no '
+                                            r'signature "similar_items"'):
+        run_cc_loader(absent, [], op_library=False)
+    assert run_cli("validate", tmp_path / "nothing-here", "--loader", "cc") == 2
+    assert "no saved_model.pb" in capsys.readouterr().err
 
 
 def test_export_removes_dead_exports_leftovers_and_keeps_a_live_ones(leftovers, v_tf, base):

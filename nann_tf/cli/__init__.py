@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("nann_tf.cli.export", "write a TF Serving SavedModel version"),
     "serve": ("nann_tf.cli.serve", "local gRPC server with TF Serving's API"),
     "query": ("nann_tf.cli.query", "send a gRPC Predict request"),
+    "validate": ("nann_tf.cli.validate", "load an exported version as TF Serving does (C API "
+                                         "or session loader) and check every signature"),
     "demo": ("nann_tf.cli.demo", "the whole pipeline on generated data"),
 }
 

@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "is below this")
     p.add_argument("--model-name", help="model name in warm-up requests (default: output dir "
                                         "name)")
+    p.add_argument("--validate-loader", choices=["python", "cc"], default="python",
+                   help="cc: also load the version through TensorFlow's C API as "
+                        "tensorflow_model_server does (nann-tf validate --loader cc) and require "
+                        "bit-identical answers to every warm-up record")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         xla=args.xla, embedding_dtype=args.embedding_dtype, **overrides,
         max_ef=args.max_ef, grid_ratio=args.grid_ratio, data_dir=args.data,
         warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
-        model_name=args.model_name,
+        model_name=args.model_name, validate_loader=args.validate_loader,
         warmup_batch_sizes=parse_positive_list(args.warmup_batch_sizes, "--warmup-batch-sizes"))
     v = info["validation"]
     print(f"exported {args.output}/{info['version']}: {info['size_bytes'] / 1e6:.1f} MB, "

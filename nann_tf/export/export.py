@@ -148,13 +148,18 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    data_dir: str | None = None, warmup_requests: str | None = None,
                    validation_users: int = 64, min_coverage: float = 0.8,
                    warmup_batch_sizes=(1, 8, 16),
-                   model_name: str | None = None, validate: bool = True) -> dict:
+                   model_name: str | None = None, validate: bool = True,
+                   validate_loader: str = "python") -> dict:
     """Exports one version; returns its info dict (also saved as ``EXPORT_INFO``).
 
     The default search parameters are the model config's ``[search]`` table with
     ``start_level``/``ef``/``T``/``k``/``history_seeds`` replacing its values (``ef``/``T`` as
     ``LEVEL=VALUE`` strings or mappings), checked against the index by
     :meth:`~nann_tf.search.params.SearchParams.checked`.
+
+    ``validate_loader="cc"`` also loads the version through TensorFlow's C API with the C
+    loader (``nann-tf validate --loader cc``: no Python in its process, warm-up replayed) and
+    requires its answers to every warm-up record to equal the session loader's bit for bit.
 
     Raises:
       SearchParamsError: bad search parameters (nothing is written).
@@ -182,6 +187,15 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     version = next_version(base) if version is None else int(version)
     if version < 1:
         raise ExportError(f"--version must be >= 1, got {version}")
+    if validate_loader not in ("python", "cc"):
+        raise ExportError(f"--validate-loader {validate_loader!r}: expected python or cc")
+    if validate and validate_loader == "cc":
+        from nann_tf.export.cc_loader import CcLoaderError, loader_path
+
+        try:
+            loader_path()  # missing: refused before anything is written
+        except CcLoaderError as e:
+            raise ExportError(f"--validate-loader cc: {e}") from e
     if (base / str(version)).exists():
         raise ExportError(f"{base / str(version)} already exists: versions are never "
                           "overwritten (pick another --version, or omit it for the next one)")
@@ -230,6 +244,14 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         if validate:
             info["validation"] = validate_in_subprocess(tmp, hist[:validation_users], expected,
                                                         visited, min_coverage)
+            if validate_loader == "cc":
+                from nann_tf.export.cc_loader import CcLoaderError, validate_version
+
+                try:
+                    info["validation"]["cc_loader"] = validate_version(tmp, "cc")
+                except CcLoaderError as e:
+                    raise ExportError(f"validation of {tmp} with the C API loader failed: "
+                                      f"{e}") from e
         info["size_bytes"] = dir_size(tmp)
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         os.rename(tmp, base / str(version))
