@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
-SUBCOMMANDS=(synth prepare train build-index evaluate tune export serve query demo)
+SUBCOMMANDS=(synth prepare train build-index evaluate tune export serve query validate demo)
 DEMO_TIMEOUT_S=${DEMO_TIMEOUT_S:-900}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nann-wheel-smoke.XXXXXX")
@@ -98,10 +98,11 @@ names = {n.split("/", 1)[1] for n in tarfile.open(sys.argv[1]).getnames() if "/"
 need = ["pyproject.toml", "setup.py", "cc_ops/ops/visited_ops.cc",
         "cc_ops/kernels/visited_kernels.cc", "cc_ops/lib/visited_bitmap.h",
         "cc_ops/lib/beam_replay.cc", "cc_ops/lib/beam_replay.h",
-        "cc_ops/python/nann_core_module.cc", "cc_ops/BUILD", "cc_ops/bazel/tf_pip.bzl",
+        "cc_ops/python/nann_core_module.cc", "cc_ops/loader/nann_cc_loader.c",
+        "cc_ops/BUILD", "cc_ops/bazel/tf_pip.bzl",
         "nann_tf/configs/ci-synth.toml", "nann_tf/configs/smoke.toml", "tests/conftest.py"]
 missing = [n for n in need if n not in names]
-stray = sorted(n for n in names if n.endswith((".so", ".o", ".pyc")))
+stray = sorted(n for n in names if n.endswith((".so", ".o", ".pyc")) or "nann_tf/bin/" in n)
 if missing or stray:
     sys.exit(f"sdist {sys.argv[1]}: missing {missing}, build outputs {stray}")
 print(f"sdist ok: {len(names)} files", file=sys.stderr)
@@ -174,4 +175,7 @@ fi
 step "demo --config smoke"
 timeout --kill-after=30 "$DEMO_TIMEOUT_S" \
   nann-tf demo --workdir "$WORK/demo" --config smoke --queries 20
+
+step "validate --loader cc (the wheel's C API loader, rpath to the installed TensorFlow)"
+nann-tf validate "$WORK/demo/models/nann/1" --loader cc
 step ""

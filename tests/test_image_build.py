@@ -189,3 +189,16 @@ def test_the_models_volume_claim_is_defined_and_shared_read_only():
     vol = deployment[deployment.index("persistentVolumeClaim:"):]
     assert re.search(r"claimName: nann-models\s*\n\s*readOnly: true", vol)
     assert os.path.basename("models-pvc.yaml") in (REPO / "serving" / "README.md").read_text()
+
+
+def test_the_c_loader_uses_the_images_session_config():
+    """`validate --loader cc` loads with the session options the image passes to
+    tensorflow_model_server (serving/session_config.pbtxt)."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    from nann_tf.export.cc_loader import session_config
+
+    want = text_format.Parse((REPO / "serving" / "session_config.pbtxt").read_text(),
+                             tf.compat.v1.ConfigProto())
+    assert session_config() == want and want.allow_soft_placement

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import struct
 import subprocess
 import tempfile
@@ -33,8 +32,8 @@ import numpy as np
 
 from nann_tf.errors import UserError
 
-__all__ = ["CcLoaderError", "LOADERS", "loader_path", "run_cc_loader", "session_config",
-           "validate_version"]
+__all__ = ["CcLoaderError", "LOADERS", "export_visited", "loader_path", "run_cc_loader",
+           "session_config", "validate_version"]
 
 LOADER_NAME = "nann-tf-cc-loader"
 LOADERS = ("python", "cc")
@@ -67,7 +66,7 @@ def session_config():
     return text_format.Parse(SESSION_CONFIG_TEXT, tf.compat.v1.ConfigProto())
 
 
-def _export_visited(version_dir: Path) -> str:
+def export_visited(version_dir: Path) -> str:
     from nann_tf.export.export import EXPORT_INFO
 
     try:
@@ -184,7 +183,7 @@ def validate_version(version_dir, loader: str = "cc") -> dict:
     except WarmupError as e:
         raise CcLoaderError(f"{wpath}: {e}") from e
     requests = [(r.signature_name or "serving_default", r.inputs) for r in records]
-    visited = _export_visited(version_dir)
+    visited = export_visited(version_dir)
     report = {"version_dir": str(version_dir), "loader": loader, "visited": visited,
               "requests": len(requests)}
     if loader == "cc":  # the loader under test first: its own error messages surface
@@ -216,13 +215,3 @@ def validate_version(version_dir, loader: str = "cc") -> dict:
     report["bit_identical"] = True
     return report
 
-
-def latency(version_dir, requests: list, repeat: int = 50, op_library: bool = True) -> dict:
-    """p50 / p99 ms per request through the C loader (``repeat`` calls of each)."""
-    cc = run_cc_loader(version_dir, requests, op_library=op_library, repeat=repeat)
-    out = {}
-    for i, ms in cc["latency_ms"].items():
-        ms = sorted(ms[1:] or ms)  # the first call may compile
-        out[i] = {"p50_ms": statistics.median(ms),
-                  "p99_ms": ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]}
-    return out
