@@ -437,3 +437,48 @@ def test_warmup_records_cover_grid_at_each_batch_size_and_replay_a_request_log(t
     (tmp_path / "junk").write_bytes(b"not a tfrecord")
     with pytest.raises(ExportError, match="--warmup-requests"):
         export_mod.read_request_log(str(tmp_path / "junk"), "nann")
+
+
+def test_hot_swap_to_an_xla_version_under_load(v_tf, v_xla, queries, tmp_path):
+    """Clients keep querying while a version whose warm-up compiles the whole XLA shape grid is
+    published next to a stock-ops version: no request fails, every answer is the answer of the
+    version that gave it, and once the XLA version is AVAILABLE it takes the traffic."""
+    import shutil
+
+    from nann_tf.serving.model_config import ServedModelConfig, ServerOptions
+    from nann_tf.serving.server import ModelServer
+
+    from traffic import BackgroundTraffic, wait_for
+
+    hist, _ = queries
+    base = tmp_path / "nann"
+    base.mkdir()
+    shutil.copytree(v_tf, base / "1")
+    server = ModelServer([ServedModelConfig("nann", str(base))],
+                         ServerOptions(host="127.0.0.1", port=0, max_num_load_retries=0,
+                                       file_system_poll_wait_seconds=0.1))
+    port = server.start()
+    rows = hist[:6]
+    traffic = BackgroundTraffic(f"127.0.0.1:{port}", "nann", rows, clients=3, timeout_s=60)
+    try:
+        with traffic:
+            wait_for(lambda: traffic.count(1) >= 20, 60, "requests on version 1", traffic.errors)
+            shutil.copytree(v_xla, tmp_path / ".staging")
+            (tmp_path / ".staging").rename(base / "2")  # published complete, as export does
+            wait_for(lambda: traffic.count(2) >= 20, 300, "requests on version 2",
+                     traffic.errors)
+    finally:
+        status = {r.version: r for r in server.manager.status("nann")}
+        server.stop(5.0)
+    assert traffic.errors == []
+    assert status[2].state == "AVAILABLE" and status[1].state == "END"
+    expected = {}
+    for version, vdir in ((1, v_tf), (2, v_xla)):
+        with SessionModel(vdir, load_ops=version == 2) as m:
+            expected[version] = [m.run("serving_default", {"hist_item_ids": h[None]})
+                                 for h in rows]
+    for w in range(3):
+        seen = traffic.versions_seen_by(w)
+        assert seen == sorted(seen) and set(seen) <= {1, 2}, "never back to version 1"
+    for _, version, j, outputs in traffic.results:
+        np.testing.assert_array_equal(outputs["item_ids"], expected[version][j]["item_ids"])
