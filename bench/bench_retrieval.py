@@ -402,6 +402,9 @@ def main(argv=None) -> int:
     log(f"dataset: {ds.num_items} items, {len(ds.test)} test / {len(ds.val)} val users")
 
     eps = cfg.train.fgsm_eps if args.fgsm_eps is None else args.fgsm_eps
+    if eps == 0 and not args.no_compare:
+        log("FGSM is off in this config (pass --fgsm-eps to compare): one model is trained")
+        args.no_compare = True
     fgsm_name = f"model-fgsm{eps:g}"
     t = time.perf_counter()
     train_fgsm = train_model(cfg, work, fgsm_name, eps)
