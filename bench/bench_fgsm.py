@@ -159,12 +159,10 @@ def _cov(ids, bf):
 
 def per_user(run: dict) -> dict[str, dict[str, np.ndarray]]:
     """``{"capacity" | "default" | "paper": per-user metrics}`` of one saved run."""
-    from nann_tf.evaluation.metrics import per_user_metrics
+    from nann_tf.evaluation.metrics import per_user_metrics, per_user_recall
 
     t, bf = run["target"], run["bf_ids"]
-    cap = {k: v for k, v in per_user_metrics(bf, bf, t, M_VALUES).items()
-           if k.startswith("recall_all")}
-    out = {"capacity": cap}
+    out = {"capacity": {f"recall_all@{m}": per_user_recall(bf, t, m) for m in M_VALUES}}
     for where in ("default", "paper"):
         pu = per_user_metrics(run[f"{where}_ids"], bf, t, 200)
         pu["scored_fraction"] = run[f"{where}_scored"] / run["num_items"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from nann_tf.data.dataset import popularity_topk
 from nann_tf.evaluation.metrics import (Bootstrap, paired_difference, per_user_metrics,
-                                        summarize_per_user)
+                                        per_user_recall, scored_fraction, summarize_per_user)
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "METHODS", "compare_models", "evaluate_brute_force",
            "evaluate_retrieval", "format_difference", "format_interval", "format_table",
@@ -60,9 +60,8 @@ def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
     pop = np.broadcast_to(popularity_topk(ds, max(ms)), (len(target), max(ms)))
     boot = Bootstrap(len(target), resamples, seed)
 
-    def recall_all(top):  # per user: the exact list is its own "brute force"
-        return {k: v for k, v in per_user_metrics(top, top, target, ms).items()
-                if k.startswith("recall_all")}
+    def recall_all(top):
+        return {f"recall_all@{m}": per_user_recall(top, target, m) for m in ms}
 
     pu_model, pu_pop = recall_all(ids), recall_all(pop)
     if per_user_out is not None:
@@ -124,7 +123,7 @@ def evaluate_retrieval(model, index, ds, params, split: str = "test", users: int
         per_user[name] = per_user_metrics(pop if res is None else res.ids, bf.ids, target, ms)
         r = {"users": int(len(hist)), **summarize_per_user(per_user[name], boot)}
         if res is not None:
-            r.update(scored_fraction=float(np.mean(res.num_scored)) / n,
+            r.update(scored_fraction=scored_fraction(res.num_scored, n),
                      ms_per_query=res.ms_per_query, items_scored=float(np.mean(res.num_scored)))
         rows[name] = r
     result = {"split": split, "users": int(len(hist)), "num_items": int(n),

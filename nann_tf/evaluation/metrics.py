@@ -90,7 +90,7 @@ def _per_user_recall(top: np.ndarray, ground_truth: Any) -> np.ndarray:
 
 def recall(retrieved_ids: Any, ground_truth: Any, m: int) -> float:
     """Mean over users (with ground truth) of ``|top-M ∩ G| / |G|``; NaN if no user has any."""
-    per_user = _per_user_recall(_top(retrieved_ids, m, "retrieved_ids"), ground_truth)
+    per_user = per_user_recall(retrieved_ids, ground_truth, m)
     return float(np.nanmean(per_user)) if np.isfinite(per_user).any() else float("nan")
 
 
@@ -182,11 +182,11 @@ class Bootstrap:
         one = x.ndim == 1
         x = x.reshape(self.users, -1)
         valid = np.isfinite(x)
-        filled = np.where(valid, x, 0.0)
+        filled, counted = np.where(valid, x, 0.0), valid.astype(np.float64)
         num, den = [], []
         for w in self._weights():
             num.append(w @ filled)
-            den.append(w @ valid.astype(np.float64))
+            den.append(w @ counted)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.concatenate(num) / np.concatenate(den)
         return out[:, 0] if one else out

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from nann_tf.evaluation.metrics import (METRICS, Bootstrap, paired_difference, per_user_metrics,
-                                        summarize_per_user)
+                                        scored_fraction, summarize_per_user)
 from nann_tf.evaluation.retriever import ModelEntry, Retriever
 from nann_tf.fsutil import atomic_path
 from nann_tf.search.params import SearchParams, format_level_values
@@ -138,7 +138,7 @@ def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids
         row = dict(base, method=method, start_level=retriever.start_level if method == "beam"
                    else "", k=k, users=len(hist),
                    items_scored=float(np.mean(res.num_scored)),
-                   scored_fraction=float(np.mean(res.num_scored)) / retriever.num_items,
+                   scored_fraction=scored_fraction(res.num_scored, retriever.num_items),
                    ms_per_query=res.ms_per_query, **cols)
         row.update(_cells(summarize_per_user(pu, boot), ms))
         rows.append(row)
@@ -247,17 +247,11 @@ def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
     for entry in eps_models:
         say(f"Fig. 7a: eps={entry.eps:g}")
         st = prepared(entry)
-        res = st["retriever"].beam(hist, params.ef, params.T, params.k, params.history_seeds)
-        pu = per_user_metrics(res.ids, st["bf_ids"], target, ms)
-        row = dict(base("fig7a", entry, f"eps={entry.eps:g}"), method="beam",
-                   start_level=params.start_level, ef=format_level_values(params.ef),
-                   T=format_level_values(params.T), hnsw_ef="", k=params.k, users=len(hist),
-                   items_scored=float(np.mean(res.num_scored)),
-                   scored_fraction=float(np.mean(res.num_scored)) / ds.num_items,
-                   ms_per_query=res.ms_per_query)
-        row.update(_cells(summarize_per_user(pu, boot), ms))
-        eps_rows.append(row)
-        eps_pu.append(pu)
+        eps_rows += run_curve(st["retriever"], hist, target, st["bf_ids"], ms, method="beam",
+                              settings=[(params.ef, params.T)], k=params.k,
+                              base=base("fig7a", entry, f"eps={entry.eps:g}"),
+                              history_seeds=params.history_seeds, bootstrap=boot,
+                              per_user_out=eps_pu)
     eps_differences = []
     if eps_rows:
         # Paired against the series' eps = 0 model (FGSM off), else against --model.
