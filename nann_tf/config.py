@@ -1,8 +1,9 @@
 """Named configurations (``configs/<name>.toml``) as typed dataclasses.
 
 A config file has one table per stage: ``[data]``, ``[model]``, ``[train]``, ``[index]``,
-``[search]``. Every key is optional (the defaults below); an unknown key or a value of the wrong
-type is an error that names the file, the table and the key. The ``[search]`` table is a
+``[search]`` and ``[similar]``. Every key is optional (the defaults below); an unknown key or a
+value of the wrong type is an error that names the file, the table and the key. The ``[search]``
+(items-to-user) and ``[similar]`` (items-to-item, embedding mode) tables are
 :class:`nann_tf.search.params.SearchParams`, read and checked by that module's rules (the same
 ones every command applies to its ``--ef``/``--T`` flags).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nann_tf.errors import UserError
-from nann_tf.search.params import SearchParams, SearchParamsError
+from nann_tf.search.params import DEFAULT_SIMILAR, SearchParams, SearchParamsError
 
 __all__ = [
     "DataConfig",
@@ -131,11 +132,13 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     search: SearchParams = dataclasses.field(default_factory=SearchParams)
+    similar: SearchParams = dataclasses.field(default_factory=lambda: DEFAULT_SIMILAR)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)
-               if f.name not in ("name", "search")}
-        return {"name": self.name, **out, "search": self.search.to_dict()}
+               if f.name not in ("name", "search", "similar")}
+        return {"name": self.name, **out, "search": self.search.to_dict(),
+                "similar": self.similar.to_dict()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -147,6 +150,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "index": IndexConfig,
     "search": SearchParams,
+    "similar": SearchParams,
 }
 
 
@@ -219,14 +223,15 @@ def config_from_dict(raw: dict[str, Any], src: str = "<dict>", name: str = "cust
                               f"{', '.join(_SECTIONS)})")
         if not isinstance(value, dict):
             raise ConfigError(f"{src}: [{section}] must be a table")
-        if section == "search":
+        if section in ("search", "similar"):
             # One parser and one set of rules for search parameters, wherever they come from.
             known = {k: v for k, v in value.items() if strict or k in SearchParams.FIELDS}
             for key in sorted(set(value) - set(known)):
-                logging.getLogger(__name__).warning("%s: ignoring [search] %s (no longer a "
-                                                    "config key)", src, key)
+                logging.getLogger(__name__).warning("%s: ignoring [%s] %s (no longer a "
+                                                    "config key)", src, section, key)
             try:
-                cfg.search = SearchParams.from_mapping(known, f"{src}: [search]")
+                setattr(cfg, section, SearchParams.from_mapping(
+                    known, f"{src}: [{section}]", base=getattr(Config(), section)))
             except SearchParamsError as e:
                 raise ConfigError(str(e)) from e
             continue

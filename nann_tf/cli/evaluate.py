@@ -9,6 +9,12 @@ Two modes:
   recall-retrieval for the rest), recall-delta@M, coverage@M against brute force, the fraction
   of the corpus scored per query and the search time per query. Search parameters default to the
   model config's ``[search]`` table; ``--start-level/--ef/--T/-k/--hnsw-ef`` override them.
+- ``--index I --similar``: items-to-item instead. Seed rows from the held-out users' histories
+  (the last 1, 2 or 3 items) are searched in both modes of the ``similar_items`` signatures
+  (``embedding``: the config's ``[similar]`` table, ``--similar-ef/--similar-T/--similar-k``
+  override it; ``model``: the ``[search]`` parameters) and compared with exact search in the same
+  space: coverage@k, the fraction of the corpus scored, and how often the items found share a
+  category with their seeds, beside random and most-popular items.
 - ``--compare-model M2 --compare-index I2`` (with ``--index``) also evaluates a second model
   (e.g. trained with ``--set train.fgsm_eps=0``) on the same users and prints the paired
   difference, first model minus second, per method.
@@ -66,6 +72,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 1000, at least 100)")
     p.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap (default 0: the same intervals on every run)")
+    p.add_argument("--similar", action="store_true",
+                   help="with --index: evaluate items-to-item (similar items, both modes) "
+                        "against exact search instead of items-to-user")
+    p.add_argument("--similar-mode", choices=["embedding", "model", "both"], default="both",
+                   help="with --similar: which mode (default both)")
+    p.add_argument("--similar-ef", default=None,
+                   help="with --similar: the embedding mode's ef per level, LEVEL=VALUE,... "
+                        "(default: the config's [similar] table)")
+    p.add_argument("--similar-T", dest="similar_T", default=None,
+                   help="with --similar: the embedding mode's T per level")
+    p.add_argument("--similar-k", type=int, default=None,
+                   help="with --similar: results per seed row in the embedding mode")
     g = p.add_argument_group("search parameters (default: the model config's [search] table)")
     add_search_arguments(g, hnsw=True)
     g.add_argument("--visited", choices=["tf", "bitmap"], default="tf",
@@ -109,6 +127,38 @@ def _default_ms(k: int) -> list[int]:
     return sorted({m for m in (50, 200) if m <= k} | {k})
 
 
+def _run_similar(args, primary, ds, params, boot) -> int:
+    from nann_tf.evaluation.similar import evaluate_similar, format_similar_table
+    from nann_tf.fsutil import write_json_atomic
+
+    for flag in ("sweep", "compare_model", "eps_models"):
+        if getattr(args, flag):
+            raise CliError(f"--{flag.replace('_', '-')} does not go with --similar")
+    similar = primary.cfg.similar.overridden(
+        ef=args.similar_ef, T=args.similar_T, k=args.similar_k, prefix="--similar-").checked(
+        primary.index.graph.max_level, source="similar-items parameters (--similar-ef/"
+        "--similar-T/--similar-k over the model config's [similar] table)")
+    modes = ("embedding", "model") if args.similar_mode == "both" else (args.similar_mode,)
+    try:
+        res = evaluate_similar(primary.model, primary.index, ds, search=params, similar=similar,
+                               split=args.split, users=args.users, modes=modes,
+                               visited=args.visited, batch_size=args.batch_size, **boot)
+    except ValueError as e:
+        raise CliError(f"--data {args.data}: {e}") from e
+    res.update(model=args.model, index=args.index, variant=primary.cfg.model.variant)
+    print(f"similar items for {res['seed_rows']} seed rows from the {args.split} users' "
+          f"histories (1/2/3 seeds: {res['seeds_per_row'][1:]}), items: {res['num_items']}, "
+          f"visited: {args.visited}")
+    print(f"embedding: -||e_v - centroid||^2, {similar.describe()}; model: the NANN score "
+          f"with the seeds as the history, {params.describe()}")
+    print(format_similar_table(res))
+    print("+/-: half the 95% interval (bootstrap over the seed rows); coverage against exact "
+          "search in the same space; shares label: the item's category is a seed's")
+    if args.output_json:
+        write_json_atomic(args.output_json, res, sort_keys=False)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from nann_tf.data.dataset import DataError, Dataset
     from nann_tf.evaluation.evaluate import (compare_models, evaluate_brute_force,
@@ -120,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     from nann_tf.model.saved import load_trained_model
 
     if args.index is None:
-        for flag in ("sweep", "compare_model", "eps_models"):
+        for flag in ("sweep", "compare_model", "eps_models", "similar"):
             if getattr(args, flag):
                 raise CliError(f"--{flag.replace('_', '-')} needs --index (the model's index)")
         if not args.brute_force:
@@ -192,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
         from nann_tf import ops
 
         ops.load_library()  # OpLibraryError names the library and how to rebuild it
+    if args.similar:
+        return _run_similar(args, primary, ds, params, boot)
     compare = (load_model_entry(args.compare_model, args.compare_index, ds, data_name=data_name,
                                 model_flag="--compare-model", index_flag="--compare-index")
                if args.compare_model else None)

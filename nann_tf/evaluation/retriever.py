@@ -4,7 +4,9 @@
 
 - :meth:`Retriever.beam`: Beam-retrieval (paper Alg. 1/2) with per-level ``ef`` and ``T``;
 - :meth:`Retriever.hnsw`: HNSW-retrieval (the SL2G baseline) with beam ``ef0`` on level 0;
-- :meth:`Retriever.brute_force`: the exact top-k (every item scored), the reference.
+- :meth:`Retriever.brute_force`: the exact top-k (every item scored), the reference;
+- :meth:`Retriever.similar` / :meth:`Retriever.similar_exact`: items-to-item for rows of seed
+  items, in either mode of :mod:`nann_tf.search.similar`, and its exact reference.
 
 The beam and HNSW searches are traced once into ``tf.function`` s whose search parameters are
 tensors, so a sweep over ``ef``/``T``/``ef0`` never retraces.
@@ -133,15 +135,16 @@ class Retriever:
         scalar = tf.TensorSpec([], tf.int32)
 
         @tf.function(input_signature=[hist_spec, tf.TensorSpec([s + 1], tf.int32),
-                                      tf.TensorSpec([s], tf.int32), scalar, hist_spec])
-        def beam_fn(hist, ef, T, k, seeds):
+                                      tf.TensorSpec([s], tf.int32), scalar, hist_spec,
+                                      hist_spec])
+        def beam_fn(hist, ef, T, k, seeds, exclude):
             from nann_tf.search.beam import beam_search
 
             b = tf.shape(hist)[0]
             scorer = self._scorer.bind(model.encode_user(hist), b)
             return beam_search(self._graph, scorer, b, ef={lv: ef[lv] for lv in range(s + 1)},
                                T={lv: T[lv] for lv in range(s)}, k=k,
-                               visited_impl=visited_impl, seed_ids=seeds)
+                               visited_impl=visited_impl, seed_ids=seeds, exclude_ids=exclude)
 
         @tf.function(input_signature=[hist_spec, scalar, scalar])
         def hnsw_fn(hist, ef0, k):
@@ -152,6 +155,7 @@ class Retriever:
             return hnsw_search(self._graph, scorer, b, ef0=ef0, k=k, visited_impl=visited_impl)
 
         self._beam_fn, self._hnsw_fn = beam_fn, hnsw_fn
+        self._similar_fns: dict = {}
         self._warm_fn = None
         self._warm: set[str] = set()
 
@@ -177,11 +181,11 @@ class Retriever:
                 self._warm_fn(h, tf.constant(min(w, self.num_items)))
 
     def _run(self, name: str, fn, hist: np.ndarray, *params,
-             seeds: np.ndarray | None = None) -> RunResult:
+             seeds: np.ndarray | None = None, exclude: np.ndarray | None = None) -> RunResult:
         import tensorflow as tf
 
         hist = np.ascontiguousarray(hist, np.int32)
-        extra = () if seeds is None else (np.asarray(seeds, np.int32),)
+        extra = tuple(np.asarray(x, np.int32) for x in (seeds, exclude) if x is not None)
         if name not in self._warm and len(hist):
             fn(tf.constant(hist[:1]), *params, *(tf.constant(x[:1]) for x in extra))  # traces once
             self._warm.add(name)
@@ -214,7 +218,110 @@ class Retriever:
         hist = np.asarray(hist, np.int32)
         seeds = hist if history_seeds else hist[:, :0]  # no seed columns: E = 0
         return self._run("beam", self._beam_fn, hist, ef_v, t_v, tf.constant(int(k)),
-                         seeds=seeds)
+                         seeds=seeds, exclude=hist[:, :0])
+
+    def _similar_fn(self, start_level: int):
+        """The embedding-mode search for a start level, traced once per level."""
+        import tensorflow as tf
+
+        from nann_tf.index.hnsw import graph_tensors
+        from nann_tf.search.similar import similar_by_embedding
+
+        if start_level not in self._similar_fns:
+            s = int(start_level)
+            graph = graph_tensors(self.index.graph, s)
+            table = tf.constant(self.index.embeddings)
+            spec = tf.TensorSpec([None, None], tf.int32)
+
+            @tf.function(input_signature=[spec, tf.TensorSpec([s + 1], tf.int32),
+                                          tf.TensorSpec([s], tf.int32),
+                                          tf.TensorSpec([], tf.int32), spec])
+            def fn(seeds, ef, T, k, exclude):
+                return similar_by_embedding(graph, table, seeds, tf.shape(seeds)[0],
+                                            {lv: ef[lv] for lv in range(s + 1)},
+                                            {lv: T[lv] for lv in range(s)}, k,
+                                            exclude_ids=exclude, visited_impl=self.visited_impl)
+
+            self._similar_fns[s] = fn
+        return self._similar_fns[start_level]
+
+    def similar(self, seeds: np.ndarray, mode: str, params, k: int | None = None) -> RunResult:
+        """Items-to-item for rows of seed items (dense ids ``[U, Q]``, 0 = none), the seeds
+        excluded, a row without seeds getting no results.
+
+        Args:
+          seeds: int ``[U, Q]``.
+          mode: ``"embedding"`` (``params`` = the ``[similar]`` parameters, any start level) or
+            ``"model"`` (the seeds as the history, right-aligned in ``Q`` columns; ``params``
+            = the ``[search]`` parameters at this retriever's start level).
+          params: a checked :class:`~nann_tf.search.params.SearchParams`.
+          k: results per row (default ``params.k``).
+        """
+        import tensorflow as tf
+
+        from nann_tf.search.similar import EMBEDDING, MODEL, seeds_as_history
+
+        seeds = np.asarray(seeds, np.int32)
+        k = int(params.k if k is None else k)
+        s = params.start_level
+        ef_v = tf.constant([int(params.ef[lv]) for lv in range(s + 1)], tf.int32)
+        t_v = tf.constant([int(params.T[lv]) for lv in range(s)], tf.int32, shape=[s])
+        if mode == EMBEDDING:
+            fn = self._similar_fn(s)
+            res = self._run(f"similar-{s}", fn, seeds, ef_v, t_v, tf.constant(k),
+                            exclude=seeds[:, :0])
+        elif mode == MODEL:
+            if s != self.start_level:
+                raise ValueError(f"model mode searches from this retriever's start level "
+                                 f"{self.start_level}, not {s}")
+            hist = seeds_as_history(seeds, seeds.shape[1]).numpy()
+            res = self._run("beam", self._beam_fn, hist, ef_v, t_v, tf.constant(k),
+                            seeds=hist if params.history_seeds else hist[:, :0], exclude=seeds)
+        else:
+            raise ValueError(f"mode must be embedding or model, got {mode!r}")
+        res.ids[~(seeds > 0).any(axis=1)] = 0
+        return res
+
+    def similar_exact(self, seeds: np.ndarray, mode: str, k: int) -> RunResult:
+        """The exact top ``k`` for :meth:`similar` (every item scored; seeds excluded)."""
+        import tensorflow as tf
+
+        from nann_tf.search.brute_force import brute_force
+        from nann_tf.search.similar import (EMBEDDING, MODEL, DistanceScorer, seed_centroid,
+                                            seeds_as_history)
+
+        seeds = np.asarray(seeds, np.int32)
+        q = seeds.shape[1]
+        if mode == EMBEDDING:
+            if "exact" not in self._similar_fns:
+                table = tf.constant(self.index.embeddings)
+
+                @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                              tf.TensorSpec([], tf.int32)])
+                def exact_fn(seeds, k):
+                    scorer = DistanceScorer(table, *seed_centroid(table, seeds))
+                    return brute_force(scorer, tf.shape(seeds)[0], self.num_items, k,
+                                       exclude_ids=seeds)
+
+                self._similar_fns["exact"] = exact_fn
+            t0 = time.perf_counter()
+            ids = [self._similar_fns["exact"](tf.constant(seeds[i:i + self.batch_size]),
+                                              tf.constant(int(k)))[0].numpy()
+                   for i in range(0, len(seeds), self.batch_size)]
+            ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros((0, k), np.int64)
+        elif mode == MODEL:
+            hist = seeds_as_history(seeds, q).numpy()
+            wide = self.brute_force(hist, k + q)
+            t0 = time.perf_counter() - wide.seconds
+            drop = (wide.ids[:, :, None] == seeds[:, None, :]).any(axis=2) & (seeds > 0).any(
+                axis=1)[:, None]
+            ids = np.stack([row[~d][:k] for row, d in zip(wide.ids, drop)]) if len(hist) else \
+                np.zeros((0, k), np.int64)
+        else:
+            raise ValueError(f"mode must be embedding or model, got {mode!r}")
+        seconds = time.perf_counter() - t0
+        ids[~(seeds > 0).any(axis=1)] = 0
+        return RunResult(ids, np.full(len(ids), self.num_items, np.int64), seconds)
 
     def hnsw(self, hist: np.ndarray, ef0: int, k: int) -> RunResult:
         """HNSW-retrieval (greedy upper levels, best-first level 0 with ``ef0``)."""

@@ -24,7 +24,8 @@ import numpy as np
 from nann_tf.errors import UserError
 from nann_tf.serving.process import python_module_command
 
-__all__ = ["ExportError", "export_version", "next_version", "EXPORT_INFO", "warmup_inputs"]
+__all__ = ["ExportError", "export_version", "next_version", "EXPORT_INFO", "SIMILAR_SIGNATURES",
+           "similar_requests", "warmup_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,22 @@ def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray,
     return out[:limit]
 
 
+SIMILAR_SIGNATURES = ("similar_items", "similar_items_model")
+
+
+def similar_requests(histories: np.ndarray, max_seeds: int = 3) -> dict:
+    """``similar_items`` inputs made from raw-id histories, for warm-up and validation: row
+    ``i`` takes the last ``1 + i % max_seeds`` items of history ``i`` as its seeds (one seed or
+    several, right-aligned, 0-padded), the default ``k``, nothing else excluded."""
+    from nann_tf.evaluation.similar import seed_rows
+
+    seeds = seed_rows(np.asarray(histories, np.int64), max_seeds)
+    b = len(seeds)
+    return {"item_ids": seeds, "k": np.zeros([b], np.int32),
+            "exclude_item_ids": np.zeros([b, 1], np.int64),
+            "include_seeds": np.zeros([b], bool)}
+
+
 def read_request_log(path: str, model_name: str) -> list:
     """Records of a TF Serving request log / warm-up file (PredictionLog TFRecords)."""
     from nann_tf.serving.warmup import read_warmup_requests
@@ -144,7 +161,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    visited: str = "bitmap", xla: bool = True, embedding_dtype: str = "float32",
                    start_level: int | None = None, ef=None, T=None,
                    k: int | None = None, max_ef: int | None = None, grid_ratio: float = 1.25,
-                   history_seeds: bool | None = None,
+                   history_seeds: bool | None = None, similar: dict | None = None,
                    data_dir: str | None = None, warmup_requests: str | None = None,
                    validation_users: int = 64, min_coverage: float = 0.8,
                    warmup_batch_sizes=(1, 8, 16),
@@ -155,7 +172,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     The default search parameters are the model config's ``[search]`` table with
     ``start_level``/``ef``/``T``/``k``/``history_seeds`` replacing its values (``ef``/``T`` as
     ``LEVEL=VALUE`` strings or mappings), checked against the index by
-    :meth:`~nann_tf.search.params.SearchParams.checked`.
+    :meth:`~nann_tf.search.params.SearchParams.checked`. The ``similar_items`` signature's
+    parameters are the config's ``[similar]`` table with ``similar`` (``{"start_level", "ef",
+    "T", "k"}``, named ``--similar-*`` in errors) replacing its values.
 
     ``validate_loader="cc"`` also loads the version through TensorFlow's C API with the C
     loader (``nann-tf validate --loader cc``: no Python in its process, warm-up replayed) and
@@ -183,6 +202,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     # a level missing or unused, or a start level above the index's top, is an error.
     defaults = cfg.search.overridden(start_level=start_level, ef=ef, T=T, k=k,
                                      history_seeds=history_seeds).checked(index.graph.max_level)
+    similar_params = cfg.similar.overridden(**(similar or {}), prefix="--similar-").checked(
+        index.graph.max_level, source="the [similar] table and --similar-* flags")
     max_ef = default_max_ef(defaults) if max_ef is None else int(max_ef)
     version = next_version(base) if version is None else int(version)
     if version < 1:
@@ -208,11 +229,15 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     try:
         module = RetrievalModule(model, index, max_len, defaults, max_ef=max_ef,
                                  visited_impl=visited, xla=xla, embedding_dtype=embedding_dtype,
-                                 grid_ratio=grid_ratio)
+                                 grid_ratio=grid_ratio, similar=similar_params)
         hist = validation_histories(index, data_dir or meta.get("data_dir"), max_len,
                                     max(validation_users, 8))
         expected = {name: t.numpy() for name, t in
                     module.serving_default(tf.constant(hist[:validation_users])).items()}
+        similar_queries = similar_requests(hist[:validation_users])
+        for sig in SIMILAR_SIGNATURES:
+            out = getattr(module, sig)(**{n: tf.constant(v) for n, v in similar_queries.items()})
+            expected.update({f"{sig}_{name}": t.numpy() for name, t in out.items()})
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         h1 = hist[:1]
         # One call of each other signature, so that none pays its first-call cost in service.
@@ -222,6 +247,11 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "T": np.array([defaults.T_row()], np.int32),
             "exclude_item_ids": np.zeros([1, 1], np.int64)}),
             ("brute_force", {"hist_item_ids": h1})]
+        # Both similar-items signatures at every warm-up batch size: the model mode's score
+        # network runs on the grid compiled above; this pays each signature's first call.
+        for b in warmup_batch_sizes:
+            rows = similar_requests(hist[np.arange(b) % len(hist)])
+            extra += [(sig, rows) for sig in SIMILAR_SIGNATURES]
         if warmup_requests:
             extra += read_request_log(warmup_requests, model_name)
         grid = module.grid.to_list() if module.grid else []
@@ -234,6 +264,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "variant": cfg.model.variant, "visited": visited, "xla": xla,
             "embedding_dtype": embedding_dtype, "max_len": max_len,
             "num_items": index.num_items, "search": {**defaults.to_dict(), "max_ef": max_ef},
+            "similar": similar_params.to_dict(),
             "grid": grid,
             "warmup_records": len(records), "warmup_batch_sizes": list(warmup_batch_sizes),
             "tensorflow": tf.__version__,
@@ -268,7 +299,8 @@ def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, 
     """Runs :mod:`nann_tf.export.validate` on ``version_dir`` in a fresh Python process."""
     with tempfile.TemporaryDirectory() as td:
         q = Path(td) / "queries.npz"
-        np.savez(q, hist_item_ids=hist, **{f"expected_{k}": v for k, v in expected.items()})
+        np.savez(q, hist_item_ids=hist, **{f"expected_{k}": v for k, v in expected.items()},
+                 **{f"similar_{k}": v for k, v in similar_requests(hist).items()})
         cmd = [*python_module_command("nann_tf.export.validate"), str(version_dir), str(q),
                "--min-coverage", str(min_coverage)]
         if visited == "tf":

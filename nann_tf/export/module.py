@@ -14,6 +14,14 @@ Signatures take and return dense tensors only:
 * ``brute_force(hist_item_ids) -> item_ids, scores``: exact top-k over the whole corpus.
 * ``warmup_grid(hist_item_ids, width int32 [B])``: scores ``max(width)`` items per row; it exists so
   the warm-up file can compile every size of the XLA shape grid.
+* ``similar_items(item_ids int64 [B, Q], k int32 [B], exclude_item_ids int64 [B, E],
+  include_seeds bool [B]) -> item_ids, scores, num_scored``: items-to-item in the item
+  network's space (``-||e_v - c||^2``, ``c`` the centroid of the row's seed items), found by the
+  beam search with the export's ``similar`` parameters. ``k`` 0 takes their default ``k``.
+* ``similar_items_model(...)``: the same inputs and outputs, scored by the NANN model with the
+  seed items as the history (at most ``L`` of them), found with the retrieval search.
+  Both: the seeds are never returned unless ``include_seeds``, and a row without a known seed
+  gets no results (see :mod:`nann_tf.search.similar`).
 
 Seeds: with ``history_seeds`` in the search parameters (the default) the items of each request's own
 history are extra entry points of its beam search (scored with the start level, expanded in the
@@ -39,6 +47,8 @@ from nann_tf.model.scorer import ModelScorer, ShapeGrid
 from nann_tf.search.beam import beam_search
 from nann_tf.search.brute_force import brute_force
 from nann_tf.search.params import SearchParamsError, format_level_values
+from nann_tf.search.similar import (DEFAULT_SIMILAR, seed_exclusions, seeds_as_history,
+                                    similar_by_embedding)
 
 __all__ = ["RetrievalModule", "MAX_T", "default_max_ef"]
 
@@ -71,11 +81,14 @@ class RetrievalModule(tf.Module):
       xla: compile the score network with XLA over a shape grid.
       embedding_dtype: ``"float32"`` or ``"float16"`` storage of e_v.
       grid_ratio: growth factor of the XLA shape grid.
+      similar: the :class:`~nann_tf.search.params.SearchParams` of ``similar_items``
+        (embedding mode), checked against the index; default
+        :data:`~nann_tf.search.similar.DEFAULT_SIMILAR`.
     """
 
     def __init__(self, model, index, max_len: int, search, max_ef: int | None = None,
                  visited_impl: str = "bitmap", xla: bool = True,
-                 embedding_dtype: str = "float32", grid_ratio: float = 1.25):
+                 embedding_dtype: str = "float32", grid_ratio: float = 1.25, similar=None):
         super().__init__(name="nann_retrieval")
         if visited_impl not in ("bitmap", "tf"):
             raise ValueError(f"visited_impl must be bitmap or tf, got {visited_impl!r}")
@@ -84,6 +97,8 @@ class RetrievalModule(tf.Module):
                              f"{embedding_dtype!r}")
         graph = index.graph
         search = search.checked(graph.max_level)
+        similar = (DEFAULT_SIMILAR if similar is None else similar).checked(
+            graph.max_level, source="similar-items parameters")
         S = search.start_level
         max_ef = default_max_ef(search) if max_ef is None else int(max_ef)
         if max(search.ef.values()) > max_ef:
@@ -96,6 +111,7 @@ class RetrievalModule(tf.Module):
         self.num_items = int(index.num_items)
         self.max_len = int(max_len)
         self.search = search
+        self.similar = similar
         self.max_ef = max_ef
         self.visited_impl = visited_impl
         self.xla = bool(xla)
@@ -115,6 +131,11 @@ class RetrievalModule(tf.Module):
                                  for i, (_, s) in enumerate(graph.levels)]
             self.start_nodes = tf.Variable(start_nodes.astype(np.int32), trainable=False,
                                            name="start_nodes")
+            self.similar_start_nodes = self.start_nodes
+            if similar.start_level != S:
+                self.similar_start_nodes = tf.Variable(
+                    graph.start_nodes(similar.start_level), trainable=False,
+                    name="similar_start_nodes")
             self.entry_point = tf.Variable(int(graph.entry_point), dtype=tf.int32,
                                            trainable=False, name="entry_point")
             self.raw_item_ids = tf.Variable(raw, trainable=False, name="raw_item_ids")
@@ -139,13 +160,22 @@ class RetrievalModule(tf.Module):
         self.warmup_grid = tf.function(self._warmup_grid, input_signature=[
             tf.TensorSpec([None, L], tf.int64, name="hist_item_ids"),
             tf.TensorSpec([None], tf.int32, name="width")])
+        similar_spec = [tf.TensorSpec([None, None], tf.int64, name="item_ids"),
+                        tf.TensorSpec([None], tf.int32, name="k"),
+                        tf.TensorSpec([None, None], tf.int64, name="exclude_item_ids"),
+                        tf.TensorSpec([None], tf.bool, name="include_seeds")]
+        self.similar_items = tf.function(self._similar_items, input_signature=similar_spec)
+        self.similar_items_model = tf.function(self._similar_items_model,
+                                               input_signature=similar_spec)
 
     # ----- pieces --------------------------------------------------------------------------
     def signatures(self) -> dict:
         return {"serving_default": self.serving_default.get_concrete_function(),
                 "retrieve": self.retrieve.get_concrete_function(),
                 "brute_force": self.brute_force.get_concrete_function(),
-                "warmup_grid": self.warmup_grid.get_concrete_function()}
+                "warmup_grid": self.warmup_grid.get_concrete_function(),
+                "similar_items": self.similar_items.get_concrete_function(),
+                "similar_items_model": self.similar_items_model.get_concrete_function()}
 
     def to_dense(self, raw_ids):
         """Raw item ids (any shape) -> dense ids; padding (<= 0) and unknown ids -> 0."""
@@ -184,7 +214,11 @@ class RetrievalModule(tf.Module):
         return self.model.encode_user_from_embeddings(tf.cast(emb, tf.float32),
                                                       tf.not_equal(dense_hist, 0))
 
-    def graph_tensors(self):
+    def graph_tensors(self, similar: bool = False):
+        if similar:
+            return make_graph_tensors(list(zip(self.level_values, self.level_splits)),
+                                      self.similar_start_nodes, self.similar.start_level,
+                                      self.entry_point, self.num_items)
         return make_graph_tensors(list(zip(self.level_values, self.level_splits)),
                                   self.start_nodes, self._start_level, self.entry_point,
                                   self.num_items)
@@ -251,6 +285,70 @@ class RetrievalModule(tf.Module):
                                      self.search.k,
                                      chunk_size=chunk)
         return self._outputs(ids, scores)
+
+    def _prepare_seeds(self, item_ids, k, exclude_item_ids, include_seeds, default_k: int,
+                       max_k: int, max_seeds: int | None):
+        """Checks a similar-items request; returns ``(dense seeds, dense exclusions, batch,
+        k per row, k of the batch)``."""
+        with tf.device(CPU):
+            shape = tf.shape(item_ids)
+            b = shape[0]
+            checks = [
+                _assert(b > 0, "item_ids: the batch is empty (expected [B, Q] with B >= 1)"),
+                _assert(shape[1] > 0, "item_ids: no seed columns (expected [B, Q] with Q >= 1 "
+                                      "seed items per row, 0 = padding)"),
+                _assert(tf.reduce_all([tf.equal(tf.shape(k)[0], b),
+                                       tf.equal(tf.shape(exclude_item_ids)[0], b),
+                                       tf.equal(tf.shape(include_seeds)[0], b)]),
+                        "k, exclude_item_ids and include_seeds must have the batch size of "
+                        "item_ids as their first dimension"),
+                _assert(tf.reduce_all(k >= 0), "k: every value must be >= 0 (0 = the "
+                                               f"export's default, {default_k})"),
+                _assert(tf.reduce_all(k <= max_k), f"k: every value must be <= {max_k} (the "
+                                                   "level-0 beam width of this search)"),
+            ]
+            if max_seeds is not None:
+                checks.append(_assert(shape[1] <= max_seeds, (
+                    f"item_ids: more than L={max_seeds} seed columns; the model reads the "
+                    f"seeds as a history of at most {max_seeds} items")))
+            with tf.control_dependencies(checks):
+                seeds = self.to_dense(item_ids)
+                exclude = self.to_dense(exclude_item_ids)
+                k_row = tf.where(k > 0, k, default_k)
+                k_b = tf.reduce_max(k_row)
+        return seeds, exclude, b, k_row, k_b
+
+    def _cut_to_k(self, ids, scores, k_row, k_b):
+        with tf.device(CPU):
+            beyond = tf.range(k_b)[None, :] >= k_row[:, None]
+            return tf.where(beyond, 0, ids), tf.where(beyond, float("-inf"), scores)
+
+    def _similar_items(self, item_ids, k, exclude_item_ids, include_seeds):
+        p = self.similar
+        seeds, exclude, b, k_row, k_b = self._prepare_seeds(
+            item_ids, k, exclude_item_ids, include_seeds, p.k, p.ef[0], None)
+        ids, scores, n = similar_by_embedding(
+            self.graph_tensors(similar=True), self.item_table, seeds, b, p.ef, p.T, k_b,
+            exclude_ids=exclude, include_seeds=include_seeds, visited_impl=self.visited_impl,
+            traversal_device=CPU)
+        ids, scores = self._cut_to_k(ids, scores, k_row, k_b)
+        return self._outputs(ids, scores, n)
+
+    def _similar_items_model(self, item_ids, k, exclude_item_ids, include_seeds):
+        p = self.search
+        seeds, exclude, b, k_row, k_b = self._prepare_seeds(
+            item_ids, k, exclude_item_ids, include_seeds, p.k, p.ef[0], self.max_len)
+        with tf.device(CPU):
+            hist = seeds_as_history(seeds, self.max_len)
+            exclude = seed_exclusions(seeds, exclude, include_seeds)
+        ids, scores, n = self.search_dense(hist, b, p.ef, p.T, k_b, exclude)
+        with tf.device(CPU):
+            # A row without a known seed has no history: it gets no results (as in the
+            # embedding mode), not the model's answer for an empty history.
+            no_seed = tf.reduce_all(tf.equal(seeds, 0), axis=1)
+            k_row = tf.where(no_seed, 0, k_row)
+        ids, scores = self._cut_to_k(ids, scores, k_row, k_b)
+        return self._outputs(ids, scores, n)
 
     def _warmup_grid(self, hist_item_ids, width):
         dense, b = self._prepare_history(hist_item_ids)

@@ -3,11 +3,12 @@
     python -m nann_tf.export.validate VERSION_DIR QUERIES.npz [--min-coverage C] [--stock-ops-only]
 
 Loads VERSION_DIR with the TF1 session loader (``tf.compat.v1.saved_model.loader.load``),
-runs ``serving_default`` on the queries and checks that it answers what the in-memory search
-answered, that its top-k covers the ``brute_force`` signature's top-k at least ``C`` on average,
-and that every warm-up record runs. With ``--stock-ops-only`` the op library is NOT loaded and
-every op in the graph (function library included) must be a stock TensorFlow op, i.e. the model
-runs on the stock TF Serving image. Prints one JSON line; exit status 0 when valid.
+runs ``serving_default`` (and, when the queries file has ``similar_*`` inputs, both similar-items
+signatures) on the queries and checks that it answers what the in-memory search answered, that
+its top-k covers the ``brute_force`` signature's top-k at least ``C`` on average, and that every
+warm-up record runs. With ``--stock-ops-only`` the op library is NOT loaded and every op in the
+graph (function library included) must be a stock TensorFlow op, i.e. the model runs on the
+stock TF Serving image. Prints one JSON line; exit status 0 when valid.
 """
 
 from __future__ import annotations
@@ -79,6 +80,18 @@ def main(argv=None) -> int:
             if not np.allclose(got["scores"][both], q["expected_scores"][both], rtol=1e-3,
                                atol=1e-3):
                 raise RuntimeError("scores differ from the in-memory search")
+            similar = {name[len("similar_"):]: q[name] for name in q.files
+                       if name.startswith("similar_")}
+            if similar:
+                for sig in ("similar_items", "similar_items_model"):
+                    got = model.run(sig, similar)
+                    want = {n: q[f"expected_{sig}_{n}"] for n in ("item_ids", "scores")}
+                    same = float((got["item_ids"] == want["item_ids"]).mean())
+                    report[f"{sig}_same_ids_as_in_memory"] = same
+                    if same < 0.99:
+                        raise RuntimeError(f"{sig}: the loaded model answers differently from "
+                                           f"the in-memory search: only {same:.3f} of the ids "
+                                           "agree")
             bf = model.run("brute_force", {"hist_item_ids": hist})
             k = got["item_ids"].shape[1]
             cov = coverage(got["item_ids"], bf["item_ids"], k)
