@@ -136,7 +136,7 @@ static Sig *find_sig(const char *name) {
   return NULL;
 }
 
-/* TensorProto -> TF_Tensor (float, int32, int64: what nann-tf's signatures take). */
+/* TensorProto -> TF_Tensor (float, int32, int64, bool: what nann-tf's signatures take). */
 static TF_Tensor *tensor_from_proto(Buf b, char *err, size_t errcap) {
   int num, wt, r; Buf sub; uint64_t v;
   int dtype = 0, rank = 0;
@@ -156,10 +156,11 @@ static TF_Tensor *tensor_from_proto(Buf b, char *err, size_t errcap) {
         }
       }
     } else if (num == 4 && wt == 2) content = sub;
-    else if ((num == 5 || num == 7 || num == 10) && wt == 2) packed = sub;
+    else if ((num == 5 || num == 7 || num == 10 || num == 11) && wt == 2) packed = sub;
   }
   if (r < 0) { snprintf(err, errcap, "malformed TensorProto"); return NULL; }
-  size_t width = dtype == TF_FLOAT || dtype == TF_INT32 ? 4 : dtype == TF_INT64 ? 8 : 0;
+  size_t width = dtype == TF_FLOAT || dtype == TF_INT32 ? 4 : dtype == TF_INT64 ? 8
+                 : dtype == TF_BOOL ? 1 : 0;
   if (!width) { snprintf(err, errcap, "unsupported dtype %d", dtype); return NULL; }
   int64_t count = 1;
   for (int i = 0; i < rank; i++) count *= dims[i];
@@ -184,7 +185,8 @@ static TF_Tensor *tensor_from_proto(Buf b, char *err, size_t errcap) {
       memcpy(&last, data + 4 * i, 4);
     } else {
       if (!varint(&packed, &last)) break;
-      if (dtype == TF_INT32) { int32_t x = (int32_t)last; memcpy(data + 4 * i, &x, 4); }
+      if (dtype == TF_BOOL) data[i] = last != 0;
+      else if (dtype == TF_INT32) { int32_t x = (int32_t)last; memcpy(data + 4 * i, &x, 4); }
       else { int64_t x = (int64_t)last; memcpy(data + 8 * i, &x, 8); }
     }
     i++;

@@ -43,8 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="localhost:8500",
                         help="HOST:PORT of the gRPC port (default localhost:8500)")
     parser.add_argument("--model", required=True, help="model name")
-    parser.add_argument("--history", required=True,
-                        help="comma-separated raw item ids, most recent last, e.g. 12,34,56")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--history",
+                      help="items-to-user: comma-separated raw item ids, most recent last, "
+                      "e.g. 12,34,56")
+    what.add_argument("--similar-to", metavar="ID[,ID...]",
+                      help="items-to-item: items similar to these raw item ids (the "
+                      "similar_items signatures; the seeds themselves are not returned)")
+    parser.add_argument("--similar-mode", choices=["embedding", "model"], default="embedding",
+                        help="with --similar-to: nearest in the item embedding space "
+                        "(similar_items, default) or by the model's score with the seeds as "
+                        "the history (similar_items_model)")
+    parser.add_argument("--include-seeds", action="store_true",
+                        help="with --similar-to: the seed items may be returned too")
     parser.add_argument("-k", type=int, default=None,
                         help="number of results; sent to the model with the retrieve signature, "
                         "otherwise the first k of the model's answer are printed")
@@ -74,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--timeout must be > 0, got {args.timeout}")
     if args.k is not None and args.k < 1:
         raise CliError(f"-k must be >= 1, got {args.k}")
+    if args.similar_to is not None:
+        return _run_similar(args)
+    if args.include_seeds:
+        raise CliError("--include-seeds goes with --similar-to")
     history = parse_id_list(args.history, "--history")
     overrides = search_overrides(args)  # parses --ef/--T before any RPC
     ef, T = overrides["ef"], overrides["T"]
@@ -110,9 +125,45 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: the model returned {ids.size} items (its default k); -k {args.k} "
                   "needs the retrieve signature (--ef/--T)", file=sys.stderr)
         ids, vals = ids[:args.k], vals[:args.k]
+    _print_ranking(args.model, signature, ids, vals, num_scored)
+    return 0
+
+
+def _print_ranking(model, signature, ids, vals, num_scored) -> None:
     scored = f", {int(num_scored[0])} items scored" if num_scored is not None else ""
-    print(f"model {args.model} signature {signature}: {ids.size} items{scored}")
+    print(f"model {model} signature {signature}: {ids.size} items{scored}")
     print(f"{'rank':>4}  {'item_id':>12}  {'score':>12}")
     for rank, (i, s) in enumerate(zip(ids, vals), start=1):
         print(f"{rank:>4}  {int(i):>12}  {float(s):>12.6f}")
+
+
+def _run_similar(args: argparse.Namespace) -> int:
+    """``--similar-to``: one similar_items / similar_items_model request."""
+    from nann_tf.cli import CliError
+    from nann_tf.serving.client import RetrievalClient, ServingError
+
+    for flag, value in (("--ef", args.ef), ("--T", args.T), ("--signature", args.signature)):
+        if value is not None:
+            raise CliError(f"{flag} does not go with --similar-to (the similar_items "
+                           "signatures search with the export's [similar] parameters)")
+    seeds = parse_id_list(args.similar_to, "--similar-to")
+    if not seeds:
+        raise CliError("--similar-to: no item id given (expected e.g. 12 or 12,34)")
+    exclude = parse_id_list(args.exclude, "--exclude") if args.exclude is not None else None
+    signature = "similar_items" if args.similar_mode == "embedding" else "similar_items_model"
+    with RetrievalClient(args.server, args.model, timeout_s=args.timeout, retries=1) as client:
+        try:
+            item_ids, scores, num_scored = client.similar_items(
+                seeds, k=args.k, exclude_item_ids=exclude, include_seeds=args.include_seeds,
+                mode=args.similar_mode, version=args.version)
+        except ServingError as e:
+            raise CliError(f"{e.code.name}: {e.details}") from None
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    ids, vals = item_ids[0], scores[0]
+    keep = ids != 0
+    if not keep.any():
+        print(f"note: none of {', '.join(map(str, seeds))} is an item of the model "
+              "(unknown ids are ignored)", file=sys.stderr)
+    _print_ranking(args.model, signature, ids[keep], vals[keep], num_scored)
     return 0

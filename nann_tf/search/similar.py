@@ -80,7 +80,7 @@ class DistanceScorer:
             e = tf.cast(tf.gather(self.item_table, tf.cast(item_ids, tf.int32)), tf.float32)
             row_ids = tf.cast(row_ids, tf.int32)
             d = e - tf.gather(self.centroid, row_ids)
-            score = -tf.reduce_sum(d * d, axis=1)
+            score = tf.subtract(0.0, tf.reduce_sum(d * d, axis=1))  # 0, not -0, for the seed
             return tf.where(tf.gather(self.has_seed, row_ids), score, _NEG_INF)
 
 

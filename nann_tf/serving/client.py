@@ -4,6 +4,7 @@
 >>> with RetrievalClient("localhost:8500", "nann") as client:   # doctest: +SKIP
 ...     client.wait_until_ready()
 ...     item_ids, scores, num_scored = client.retrieve([[12, 34, 56]])
+...     similar, distances, _ = client.similar_items([34])          # items like item 34
 
 Histories may be ragged lists: they are left-padded with 0 to the model's history length ``L``
 (read from the signature metadata), so the most recent behaviour is the last column. Only
@@ -292,6 +293,67 @@ class RetrievalClient:
         out = self.predict(inputs, signature=signature, version=version).outputs
         return out["item_ids"], out["scores"], out.get("num_scored")
 
+    def similar_items(self, item_ids, k: int | Sequence[int] | None = None,
+                      exclude_item_ids=None, include_seeds: bool | Sequence[bool] = False,
+                      mode: str = "embedding", version: int | None = None):
+        """Items similar to seed items (items-to-item).
+
+        Args:
+            item_ids: raw ids of the seed items: one row (a flat list, e.g. ``[34]`` or
+                ``[34, 56]``) or a batch of rows (ragged rows are right-padded with 0). In the
+                ``model`` mode a row is read as a history, oldest first.
+            k: results per row (an int, or one per row); ``None`` takes the export's default.
+            exclude_item_ids: raw ids never to return (one flat list for every row, or one
+                list per row).
+            include_seeds: also return the seed items themselves (one flag, or one per row).
+            mode: ``"embedding"`` (the nearest items in the item network's space:
+                ``similar_items``, scores are ``-squared distance``) or ``"model"`` (the NANN
+                model's score with the seeds as the history: ``similar_items_model``).
+            version: a specific model version.
+
+        Returns:
+            ``(item_ids int64 [B, k], scores float32 [B, k], num_scored int32 [B])``; rows
+            with fewer results (or no known seed) are padded with id 0 and score ``-inf``.
+
+        Raises:
+            ValueError: malformed arguments or an unknown mode.
+            ServingError: the server refused or failed the request.
+        """
+        signatures = {"embedding": "similar_items", "model": "similar_items_model"}
+        if mode not in signatures:
+            raise ValueError(f"mode must be embedding or model, got {mode!r}")
+        seq = item_ids.tolist() if isinstance(item_ids, np.ndarray) else list(item_ids)
+        if not seq:
+            raise ValueError("item_ids: no seed items given")
+        if np.ndim(seq[0]) == 0:
+            seq = [seq]
+        seeds = self._id_rows(seq, len(seq), "item_ids")
+        batch = seeds.shape[0]
+        if seeds.shape[1] == 0:
+            raise ValueError("item_ids: every row is empty (expected at least one seed id)")
+        inputs = {
+            "item_ids": seeds,
+            "k": _as_batch(0 if k is None else k, batch, "k", np.int32, 1),
+            "exclude_item_ids": self._exclusions(exclude_item_ids, batch),
+            "include_seeds": np.broadcast_to(np.asarray(include_seeds, bool), (batch,)).copy(),
+        }
+        out = self.predict(inputs, signature=signatures[mode], version=version).outputs
+        return out["item_ids"], out["scores"], out["num_scored"]
+
+    @staticmethod
+    def _id_rows(rows, batch: int, name: str) -> np.ndarray:
+        """Rows of raw ids, right-padded with 0 into int64 ``[batch, width]``."""
+        if len(rows) != batch:
+            raise ValueError(f"{name} has {len(rows)} rows for a batch of {batch}")
+        width = max((np.size(r) for r in rows), default=0)
+        out = np.full((batch, width), PADDING_ID, np.int64)
+        for i, r in enumerate(rows):
+            arr = np.asarray(r).reshape(-1)
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"{name} row {i} holds non-integer ids")
+            out[i, :arr.size] = arr
+        return out
+
     @staticmethod
     def _exclusions(exclude_item_ids, batch: int) -> np.ndarray:
         if exclude_item_ids is None:
@@ -304,16 +366,7 @@ class RetrievalClient:
                 rows = [seq] * batch
             else:
                 rows = seq
-        if len(rows) != batch:
-            raise ValueError(f"exclude_item_ids has {len(rows)} rows for a batch of {batch}")
-        width = max((len(r) for r in rows), default=0)
-        out = np.full((batch, width), PADDING_ID, np.int64)
-        for i, r in enumerate(rows):
-            arr = np.asarray(r)
-            if arr.size and not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"exclude_item_ids row {i} holds non-integer ids")
-            out[i, :arr.size] = arr
-        return out
+        return RetrievalClient._id_rows(rows, batch, "exclude_item_ids")
 
     def metadata(self, version: int | None = None):
         """GetModelMetadata: the model's signatures.
