@@ -108,7 +108,7 @@ def test_signatures_and_dtypes(v_tf):
     with SessionModel(v_tf, load_ops=False) as m:
         meta = json.loads((v_tf / EXPORT_INFO).read_text())
         assert meta["signatures"] == ["brute_force", "retrieve", "serving_default",
-                                      "warmup_grid"]
+                                      "similar_items", "similar_items_model", "warmup_grid"]
         for name in ("serving_default", "retrieve", "brute_force"):
             m.signature(name)
     from tensorflow.core.protobuf import saved_model_pb2
@@ -124,6 +124,15 @@ def test_signatures_and_dtypes(v_tf):
     assert set(r.inputs) == {"hist_item_ids", "k", "ef", "T", "exclude_item_ids"}
     assert r.inputs["k"].dtype == tf.int32.as_datatype_enum
     assert set(sigs["brute_force"].outputs) == {"item_ids", "scores"}
+    for name in ("similar_items", "similar_items_model"):
+        d = sigs[name]
+        assert {a: v.dtype for a, v in d.inputs.items()} == {
+            "item_ids": tf.int64.as_datatype_enum, "k": tf.int32.as_datatype_enum,
+            "exclude_item_ids": tf.int64.as_datatype_enum,
+            "include_seeds": tf.bool.as_datatype_enum}
+        assert set(d.outputs) == {"item_ids", "scores", "num_scored"}
+        # Every input has the batch dimension first (TF Serving batching).
+        assert all(v.tensor_shape.dim[0].size == -1 for v in d.inputs.values())
 
 
 def test_xla_equals_no_xla_and_raw_ids_are_valid(v_tf, v_xla, queries):
@@ -482,3 +491,180 @@ def test_hot_swap_to_an_xla_version_under_load(v_tf, v_xla, queries, tmp_path):
         assert seen == sorted(seen) and set(seen) <= {1, 2}, "never back to version 1"
     for _, version, j, outputs in traffic.results:
         np.testing.assert_array_equal(outputs["item_ids"], expected[version][j]["item_ids"])
+
+
+# ----------------------------------------------------------------------- similar items
+def _similar(m, seeds, k=0, exclude=None, include=False, signature="similar_items"):
+    seeds = np.asarray(seeds, np.int64)
+    b = len(seeds)
+    return m.run(signature, {
+        "item_ids": seeds, "k": np.broadcast_to(np.asarray(k, np.int32), (b,)).copy(),
+        "exclude_item_ids": np.zeros([b, 1], np.int64) if exclude is None else exclude,
+        "include_seeds": np.broadcast_to(np.asarray(include, bool), (b,)).copy()})
+
+
+@pytest.fixture(scope="module")
+def similar_seeds(ci_dataset, queries):
+    """Raw-id seed rows (one, two or three seeds) and their dense ids."""
+    from nann_tf.evaluation.similar import seed_rows
+
+    _, idx = queries
+    held = Dataset.load(ci_dataset).test
+    dense = seed_rows(held.hist[held.hist_len > 0][:18])
+    return np.where(dense > 0, idx.raw_item_id[dense], 0).astype(np.int64), dense
+
+
+@pytest.mark.parametrize("signature,mode", [("similar_items", "embedding"),
+                                            ("similar_items_model", "model")])
+def test_similar_signatures_equal_the_in_process_search(v_tf, v_xla, similar_seeds,
+                                                        attention_model_dir, queries,
+                                                        signature, mode):
+    """Both exports (stock ops without XLA, bitmap op with XLA) answer what the offline
+    Retriever answers for the same seeds, in both modes, at the export's parameters."""
+    from nann_tf.evaluation.retriever import Retriever
+    from nann_tf.model.saved import load_trained_model
+    from nann_tf.search.params import SearchParams
+
+    raw, dense = similar_seeds
+    _, idx = queries
+    model, cfg, _ = load_trained_model(attention_model_dir)
+    info = json.loads((v_tf / EXPORT_INFO).read_text())
+    params = SearchParams.from_mapping(
+        info["similar"] if mode == "embedding" else
+        {k: v for k, v in info["search"].items() if k != "max_ef"})
+    assert params == (cfg.similar if mode == "embedding" else cfg.search)
+    offline = Retriever(model, idx, cfg.search.start_level, "tf").similar(dense, mode, params)
+    want = np.where(offline.ids > 0, idx.raw_item_id[offline.ids], 0)
+    for version in (v_tf, v_xla):
+        with SessionModel(version, load_ops=version == v_xla) as m:
+            got = _similar(m, raw, signature=signature)
+        assert got["item_ids"].shape == want.shape
+        # The model mode scores in [B, W] blocks whose shape differs between the paths
+        # (XLA pads W to the grid): round-off may swap near-equal neighbours.
+        assert (got["item_ids"] == want).mean() >= (1.0 if mode == "embedding" else 0.99)
+        np.testing.assert_array_equal(got["num_scored"], offline.num_scored)
+
+
+def test_similar_items_masks_padding_and_unknown_ids_and_excludes_seeds(v_tf, similar_seeds):
+    raw, _ = similar_seeds
+    s, t = int(raw[1, -1]), int(raw[1, -2])
+    unknown = 987654321987
+    rows = [[s, 0, 0], [0, s, 0], [unknown, s, 0], [0, 0, 0], [unknown, 0, -5], [t, s, 0],
+            [s, t, unknown]]
+    with SessionModel(v_tf, load_ops=False) as m:
+        for signature in ("similar_items", "similar_items_model"):
+            out = _similar(m, rows, signature=signature)
+            ids, scores = out["item_ids"], out["scores"]
+            np.testing.assert_array_equal(ids[1], ids[0])
+            np.testing.assert_array_equal(ids[2], ids[0])
+            np.testing.assert_array_equal(ids[6], ids[5])  # an unknown id among real seeds
+            for r in (3, 4):  # nothing known: no results
+                assert (ids[r] == 0).all() and np.isneginf(scores[r]).all()
+            assert (ids[[0, 5]] > 0).all()
+            assert not np.isin(ids[0], [s]).any() and not np.isin(ids[5], [s, t]).any()
+            with_seed = _similar(m, rows[:1], include=True, signature=signature)
+            assert s in with_seed["item_ids"][0]
+            # Excluding the first three results shifts the list by three.
+            top = ids[:1, :3]
+            shifted = _similar(m, rows[:1], exclude=top, signature=signature)["item_ids"][0]
+            np.testing.assert_array_equal(shifted[:5], ids[0, 3:8])
+        emb = _similar(m, rows[:1], include=True)
+        assert emb["item_ids"][0, 0] == s and emb["scores"][0, 0] == 0.0  # distance 0 to itself
+        # k per row: its own k (0 = the export's default), padding beyond.
+        info = json.loads((v_tf / EXPORT_INFO).read_text())
+        out = _similar(m, [[s, 0], [t, 0], [s, t]], k=[3, 0, 7])
+        default_k = info["similar"]["k"]
+        assert out["item_ids"].shape == (3, max(7, default_k))
+        assert [(row > 0).sum() for row in out["item_ids"]] == [3, default_k, 7]
+
+
+@pytest.mark.parametrize("signature,change,needle", [
+    ("similar_items", dict(k=-1), "k: every value must be >= 0"),
+    ("similar_items", dict(k=100000), "k: every value must be <="),
+    ("similar_items_model", dict(k=100000), "k: every value must be <="),
+    ("similar_items", dict(k=np.zeros(3, np.int32)), "batch size.*'k'"),
+    ("similar_items", dict(seeds=np.zeros([2, 0], np.int64)), "item_ids: no seed columns"),
+    ("similar_items", dict(seeds=np.zeros([0, 2], np.int64)), "item_ids: the batch is empty"),
+    ("similar_items_model", dict(seeds=np.ones([2, 200], np.int64)),
+     "item_ids: more than L="),
+    ("similar_items", dict(include=np.zeros(1, bool)), "batch size.*'include_seeds'"),
+])
+def test_similar_items_bad_requests_are_invalid_argument(v_tf, similar_seeds, signature, change,
+                                                         needle):
+    raw, _ = similar_seeds
+    seeds = change.pop("seeds", raw[:2])
+    b = len(seeds)
+    k = change.pop("k", 0)
+    k = np.asarray(k, np.int32) if np.ndim(k) else np.full([b], k, np.int32)
+    include = change.pop("include", np.zeros([b], bool))
+    from nann_tf.serving.loader import RequestError
+
+    with SessionModel(v_tf, load_ops=False) as m:
+        # Refused by the graph's own checks (what TF Serving runs), or, for inputs of
+        # different batch sizes, by the loader before the graph (what TF Serving's batching
+        # does too): INVALID_ARGUMENT naming the input either way.
+        with pytest.raises((tf.errors.InvalidArgumentError, RequestError), match=needle) as e:
+            m.run(signature, {"item_ids": seeds, "k": k,
+                              "exclude_item_ids": np.zeros([b, 1], np.int64),
+                              "include_seeds": include})
+    assert getattr(e.value, "code", "INVALID_ARGUMENT") in ("INVALID_ARGUMENT",
+                                                             tf.errors.INVALID_ARGUMENT)
+
+
+def test_warmup_covers_the_similar_signatures_at_every_batch_size(v_xla):
+    info = json.loads((v_xla / EXPORT_INFO).read_text())
+    recs = read_warmup_requests(v_xla / "assets.extra" / "tf_serving_warmup_requests")
+    for signature in ("similar_items", "similar_items_model"):
+        sizes = {len(r.inputs["item_ids"]) for r in recs if r.signature_name == signature}
+        assert sizes == set(info["warmup_batch_sizes"]), signature
+    # The model mode scores with the same XLA function as the retrieval search, whose every
+    # grid size is compiled by the warmup_grid records at these batch sizes (checked above).
+    assert info["validation"]["similar_items_same_ids_as_in_memory"] == 1.0
+    assert info["validation"]["similar_items_model_same_ids_as_in_memory"] >= 0.99
+
+
+def test_similar_items_over_grpc_and_the_query_cli(v_xla, similar_seeds, tmp_path, capsys):
+    """The local server serves both similar signatures: the client and `nann-tf query
+    --similar-to` get what the loaded SavedModel answers; a bad k is INVALID_ARGUMENT naming
+    k."""
+    import shutil
+
+    from nann_tf.serving.client import RetrievalClient, ServingError
+    from nann_tf.serving.model_config import ServedModelConfig, ServerOptions
+    from nann_tf.serving.server import ModelServer
+
+    raw, _ = similar_seeds
+    base = tmp_path / "nann"
+    base.mkdir()
+    shutil.copytree(v_xla, base / "2")
+    server = ModelServer([ServedModelConfig("nann", str(base))],
+                         ServerOptions(host="127.0.0.1", port=0, max_num_load_retries=0))
+    port = server.start()
+    try:
+        with SessionModel(v_xla, load_ops=True) as m:
+            want = {sig: _similar(m, raw[:4], signature=sig)
+                    for sig in ("similar_items", "similar_items_model")}
+        with RetrievalClient(f"127.0.0.1:{port}", "nann") as client:
+            client.wait_until_ready(120)
+            for mode, sig in (("embedding", "similar_items"), ("model", "similar_items_model")):
+                rows = [list(r[r != 0]) for r in raw[:4]]  # ragged: the client pads
+                ids, scores, n = client.similar_items(rows, mode=mode)
+                # Right-padded seeds: the same items as the left-padded rows above.
+                np.testing.assert_array_equal(ids, want[sig]["item_ids"])
+                np.testing.assert_array_equal(n, want[sig]["num_scored"])
+            with pytest.raises(ServingError) as e:
+                client.similar_items([int(raw[0, -1])], k=-3)
+            assert e.value.code.name == "INVALID_ARGUMENT" and "k:" in e.value.details
+            with pytest.raises(ValueError, match="mode"):
+                client.similar_items([int(raw[0, -1])], mode="cosine")
+        seed = int(raw[0, -1])
+        assert run_cli("query", "--server", f"127.0.0.1:{port}", "--model", "nann",
+                       "--similar-to", seed, "-k", 4) == 0
+        printed = capsys.readouterr().out
+        first = [int(line.split()[1]) for line in printed.splitlines()[2:]]
+        assert first == list(want["similar_items"]["item_ids"][0, :4])
+        assert run_cli("query", "--server", f"127.0.0.1:{port}", "--model", "nann",
+                       "--similar-to", seed, "--ef", "0=4") == 2
+        assert "--ef does not go with --similar-to" in capsys.readouterr().err
+    finally:
+        server.stop(2.0)
