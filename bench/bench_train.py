@@ -1,12 +1,26 @@
-"""Training throughput (examples/s) of the NANN model, with and without FGSM.
+"""Training throughput and the negatives study: input pipeline, train step (XLA on/off), quality.
 
 Usage (from the repository root, after `bash scripts/test.sh` or `pip install -e .`):
 
-    python bench/bench_train.py [--config ci-synth] [--steps 30]
+    python bench/bench_train.py --input-only --config userbehavior
+    python bench/bench_train.py --xla [--config ci-synth] [--steps 30]
+    python bench/bench_train.py --negatives-quality --config ci-synth --seeds 0,1
+    python bench/bench_train.py [--config ci-synth]        # train step per variant x FGSM
 
-Generates a synthetic log and dataset from the config's [data] table (in a temporary directory),
-then times `--steps` training steps after a warm-up for each variant x FGSM on/off. Writes
-bench/results/train.json and prints a Markdown table.
+* ``--input-only``: examples/s of the tf.data input pipeline alone (iterated, no model) for
+  both negative modes, side by side, at the config's batch, K and L, on a synthetic corpus of
+  the paper's shape generated in memory (``--items`` 4.2M, ``--users`` 1M, a history of
+  ``--events`` per user on average; vectorised numpy, ~10 s). The last line printed is
+  ``input pipeline: <N> examples/s`` for the config's default ``negatives``.
+* ``--xla``: train-step examples/s of the attention model with ``jit_compile`` off/on x FGSM
+  on/off, on the same pre-made batches, interleaved (``--repeats`` rounds) so that machine
+  noise hits every setting alike; ratios are per round.
+* ``--negatives-quality``: trains the config with shared and with per-example negatives (same
+  seeds) and evaluates recall-all with bootstrap intervals (``evaluate_brute_force``) and the
+  paired difference on the same test users.
+
+Results are merged into ``--output`` (default bench/results/train.json, one key per mode;
+the quality study writes bench/results/train-negatives-<config>.json).
 """
 
 from __future__ import annotations
@@ -22,60 +36,266 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+import keras
+
 from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
 from nann_tf.model.saved import build_model
 from nann_tf.pipeline import Pipeline
-from nann_tf.train import NANNTrainer, NoiseDistribution, batch_generator
+from nann_tf.train import NANNTrainer, NoiseDistribution
+from nann_tf.train.input import NEGATIVE_MODES, InputPipeline, TrainSamples
 
-import keras
+
+def _env() -> dict:
+    return {"cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def _merge(path: str, key: str, value: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(p.read_text()) if p.exists() else {}
+    if "rows" in old and "step" not in old:  # the first format: one table of train steps
+        old = {"step": old}
+    old[key] = value
+    p.write_text(json.dumps(old, indent=2))
+
+
+def synthetic_samples(users: int, items: int, events: float, max_len: int,
+                      seed: int = 0) -> tuple[TrainSamples, np.ndarray]:
+    """A corpus of the paper's shape in memory: ``users`` sequences of >= 10 events (geometric
+    lengths, mean ~``events``) over ``items`` items with a Zipf popularity skew. Returns the
+    samples and ``freq`` [items + 1]."""
+    rng = np.random.default_rng(seed)
+    lens = np.maximum(10, rng.geometric(1.0 / events, users)).astype(np.int64)
+    total = int(lens.sum())
+    splits = np.concatenate([[0], np.cumsum(lens)])
+    popular = np.minimum(rng.zipf(1.2, total), items)
+    uniform = rng.integers(1, items + 1, total)
+    seq = np.where(rng.random(total) < 0.5, popular, uniform).astype(np.int32)
+    start = np.repeat(splits[:-1], lens)
+    pos = np.arange(total, dtype=np.int64)
+    keep = pos != start
+    samples = TrainSamples.from_positions(seq, pos[keep], start[keep], max_len)
+    freq = np.bincount(seq, minlength=items + 1).astype(np.int64)
+    freq[0] = 0
+    return samples, freq
+
+
+def bench_input(args, cfg) -> dict:
+    tc = cfg.train
+    t0 = time.perf_counter()
+    samples, freq = synthetic_samples(args.users, args.items, args.events, cfg.data.max_len)
+    noise = NoiseDistribution(freq, tc.noise_alpha)
+    noise.alias_table()
+    gen_s = time.perf_counter() - t0
+    print(f"corpus: {args.items} items, {args.users} users, {len(samples.items)} events, "
+          f"{len(samples)} samples, L={samples.max_len} (generated in {gen_s:.1f} s)", flush=True)
+    iters = {}
+    for mode in NEGATIVE_MODES:
+        pipe = InputPipeline(samples, noise, batch_size=tc.batch_size,
+                             num_negatives=tc.num_negatives, negatives=mode, seed=0)
+        iters[mode] = iter(pipe.dataset())
+        for _ in range(20):  # warm-up: first epoch permutation, autotune
+            next(iters[mode])
+    per_round = {m: [] for m in NEGATIVE_MODES}
+    for _ in range(args.repeats):  # interleaved: machine noise hits both modes alike
+        for mode in NEGATIVE_MODES:
+            n = args.batches if mode == "shared" else max(10, args.batches // 10)
+            t = time.perf_counter()
+            for _ in range(n):
+                next(iters[mode])
+            per_round[mode].append(n * tc.batch_size / (time.perf_counter() - t))
+    rows = {m: {"examples_per_s_median": float(np.median(v)),
+                "examples_per_s_rounds": [round(x) for x in v]} for m, v in per_round.items()}
+    ratio = [s / p for s, p in zip(per_round["shared"], per_round["per_example"])]
+    result = {**_env(), "config": args.config, "batch_size": tc.batch_size,
+              "num_negatives": tc.num_negatives, "max_len": samples.max_len,
+              "items": args.items, "users": args.users, "samples": len(samples),
+              "default_negatives": tc.negatives, "modes": rows,
+              "shared_over_per_example": float(np.median(ratio))}
+    for m in NEGATIVE_MODES:
+        print(f"  {m}: {rows[m]['examples_per_s_median']:.0f} examples/s "
+              f"(rounds {rows[m]['examples_per_s_rounds']})")
+    print(f"  shared / per-example: {result['shared_over_per_example']:.1f}x")
+    _merge(args.output, "input_pipeline", result)
+    print(f"input pipeline: {rows[tc.negatives]['examples_per_s_median']:.0f} examples/s")
+    return result
+
+
+def _trainer(cfg, ds, noise, eps, jit):
+    tc = cfg.train
+    model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category)
+    trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, eps, tc.fgsm_lambda,
+                          fgsm_eps_mode=tc.fgsm_eps_mode)
+    trainer.compile(optimizer=keras.optimizers.Adam(tc.learning_rate), jit_compile=jit)
+    return trainer
+
+
+def bench_xla(args, cfg, ds) -> dict:
+    tc = cfg.train
+    cfg.model.variant = "attention"
+    noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
+    out = {}
+    for mode in NEGATIVE_MODES:
+        pipe = InputPipeline(TrainSamples.from_dataset(ds), noise, batch_size=tc.batch_size,
+                             num_negatives=tc.num_negatives, negatives=mode, seed=0)
+        batches = list(pipe.dataset().take(args.steps + 3))
+        settings = [(eps, jit) for eps in (tc.fgsm_eps or 3e-4, 0.0) for jit in (False, True)]
+        fns = {}
+        for eps, jit in settings:
+            trainer = _trainer(cfg, ds, noise, eps, jit)
+            trainer.make_train_function()
+            fn = trainer.train_function
+            it = iter(batches[:3])
+            for _ in range(3):
+                fn(it)  # trace / compile
+            fns[(eps, jit)] = fn
+        times = {s: [] for s in settings}
+        for _ in range(args.repeats):
+            for s in settings:
+                it = iter(batches[3:])
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    logs = fns[s](it)
+                float(logs["loss"])
+                times[s].append(time.perf_counter() - t)
+        rows = []
+        for eps, jit in settings:
+            sec = float(np.median(times[(eps, jit)]))
+            ratio = float(np.median([a / b for a, b in zip(times[(eps, False)],
+                                                          times[(eps, True)])]))
+            rows.append({"fgsm_eps": eps, "jit_compile": jit,
+                         "examples_per_s": args.steps * tc.batch_size / sec,
+                         "ms_per_step": 1000 * sec / args.steps,
+                         "xla_speedup": ratio if jit else None})
+            print(mode, rows[-1], flush=True)
+        out[mode] = rows
+    result = {**_env(), "config": args.config, "variant": "attention", "steps": args.steps,
+              "repeats": args.repeats, "batch_size": tc.batch_size,
+              "num_negatives": tc.num_negatives, "by_negatives": out}
+    _merge(args.output, "xla", result)
+    print("\n| negatives | FGSM eps | XLA | examples/s | ms/step | XLA speed-up |\n"
+          "|---|---|---|---|---|---|")
+    for mode, rows in out.items():
+        for r in rows:
+            sp = f"{r['xla_speedup']:.2f}x" if r["xla_speedup"] else ""
+            print(f"| {mode} | {r['fgsm_eps']:g} | {'on' if r['jit_compile'] else 'off'} | "
+                  f"{r['examples_per_s']:.0f} | {r['ms_per_step']:.1f} | {sp} |")
+    return result
+
+
+def bench_steps(args, cfg, ds) -> dict:
+    tc = cfg.train
+    noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
+    pipe = InputPipeline(TrainSamples.from_dataset(ds), noise, batch_size=tc.batch_size,
+                         num_negatives=tc.num_negatives, negatives=tc.negatives, seed=0)
+    batches = list(pipe.dataset().take(args.steps + 3))
+    rows = []
+    for variant in ("attention", "sum_pool", "two_tower"):
+        for eps in (tc.fgsm_eps or 3e-4, 0.0):
+            cfg.model.variant = variant
+            trainer = _trainer(cfg, ds, noise, eps, tc.jit_compile)
+            trainer.make_train_function()
+            fn = trainer.train_function
+            it = iter(batches)
+            for _ in range(3):
+                fn(it)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                logs = fn(it)
+            float(logs["loss"])
+            sec = time.perf_counter() - t0
+            rows.append({"variant": variant, "fgsm_eps": eps, "steps": args.steps,
+                         "batch_size": tc.batch_size, "num_negatives": tc.num_negatives,
+                         "negatives": tc.negatives, "jit_compile": tc.jit_compile,
+                         "examples_per_s": args.steps * tc.batch_size / sec,
+                         "ms_per_step": 1000 * sec / args.steps})
+            print(rows[-1], flush=True)
+    result = {**_env(), "config": args.config, "rows": rows}
+    _merge(args.output, "step", result)
+    print("\n| variant | FGSM eps | batch | K | examples/s | ms/step |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['fgsm_eps']:g} | {r['batch_size']} | {r['num_negatives']} "
+              f"| {r['examples_per_s']:.0f} | {r['ms_per_step']:.1f} |")
+    return result
+
+
+def bench_quality(args, cfg, data_dir: Path, workdir: Path) -> dict:
+    from nann_tf.evaluation.evaluate import evaluate_brute_force
+    from nann_tf.evaluation.metrics import paired_difference
+    from nann_tf.model.saved import load_trained_model
+    from nann_tf.train import train
+
+    ds = Dataset.load(data_dir)
+    runs, per_user = [], {}
+    for seed in args.seeds:
+        for mode in NEGATIVE_MODES:
+            cfg.train.negatives, cfg.train.seed = mode, seed
+            out = workdir / f"model-{mode}-{seed}"
+            summary = train(cfg, data_dir, out, verbose=0, overwrite=True)
+            model, _, _ = load_trained_model(out)
+            pu = {}
+            res = evaluate_brute_force(model, ds, "test", args.eval_users, (50, 200),
+                                       per_user_out=pu)
+            per_user[(mode, seed)] = pu
+            runs.append({"negatives": mode, "seed": seed, "train_seconds": summary["seconds"],
+                         "train_examples_per_s": summary["examples_per_s"],
+                         "final_loss": summary["final"], "test": res})
+            print(mode, seed, f"{summary['examples_per_s']:.0f} ex/s",
+                  {k: round(v, 4) for k, v in res["model"].items() if isinstance(v, float)}, flush=True)
+    # Paired over users and seeds: shared - per_example.
+    boot = per_user[(NEGATIVE_MODES[0], args.seeds[0])]["bootstrap"]
+    diffs = {}
+    for m in ("recall_all@50", "recall_all@200"):
+        a = np.mean([per_user[("shared", s)]["model"][m] for s in args.seeds], axis=0)
+        b = np.mean([per_user[("per_example", s)]["model"][m] for s in args.seeds], axis=0)
+        diffs.update(paired_difference({m: a}, {m: b}, boot))
+    result = {**_env(), "config": args.config, "seeds": args.seeds, "runs": runs,
+              "shared_minus_per_example": diffs}
+    path = Path(args.output).parent / f"train-negatives-{args.config}.json"
+    path.write_text(json.dumps(result, indent=2, default=float))
+    print(json.dumps(diffs, indent=2, default=float))
+    return result
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="ci-synth")
+    ap.add_argument("--input-only", action="store_true")
+    ap.add_argument("--xla", action="store_true")
+    ap.add_argument("--negatives-quality", action="store_true")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=300, help="--input-only: batches per round")
+    ap.add_argument("--items", type=int, default=4_200_000)
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--events", type=float, default=30.0)
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
+    ap.add_argument("--eval-users", type=int, default=0,
+                    help="--negatives-quality: test users to evaluate (0: all)")
+    ap.add_argument("--data", help="a prepared dataset directory (default: generate the "
+                                   "config's synthetic data in a temporary directory)")
     ap.add_argument("--output", default="bench/results/train.json")
     args = ap.parse_args()
     cfg = load_config(args.config)
-    tc = cfg.train
+    if args.input_only:
+        bench_input(args, cfg)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        pipeline = Pipeline(tmp, cfg)
-        pipeline.run("prepare")
-        ds = Dataset.load(pipeline.paths["data"])
-        noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
-        rows = []
-        for variant in ("attention", "sum_pool", "two_tower"):
-            for eps in (tc.fgsm_eps or 3e-5, 0.0):
-                cfg.model.variant = variant
-                model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category)
-                trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, eps, tc.fgsm_lambda)
-                trainer.compile(optimizer=keras.optimizers.Adam(tc.learning_rate))
-                gen = batch_generator(ds, noise, tc.batch_size, tc.num_negatives, 0)
-                step = tf.function(trainer.train_step)
-                batches = [tuple(tf.constant(x) for x in next(gen))
-                           for _ in range(args.steps + 3)]
-                for b in batches[:3]:
-                    step(b)
-                t0 = time.perf_counter()
-                for b in batches[3:]:
-                    step(b)
-                sec = time.perf_counter() - t0
-                rows.append({"variant": variant, "fgsm_eps": eps, "steps": args.steps,
-                             "batch_size": tc.batch_size, "num_negatives": tc.num_negatives,
-                             "examples_per_s": args.steps * tc.batch_size / sec,
-                             "ms_per_step": 1000 * sec / args.steps})
-                print(rows[-1], flush=True)
-    result = {"config": args.config, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-              "tensorflow": tf.__version__, "rows": rows}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
-    print("\n| variant | FGSM eps | batch | K | examples/s | ms/step |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['fgsm_eps']:g} | {r['batch_size']} | {r['num_negatives']} "
-              f"| {r['examples_per_s']:.0f} | {r['ms_per_step']:.1f} |")
+        if args.data:
+            data_dir = Path(args.data)
+        else:
+            pipeline = Pipeline(tmp, cfg)
+            pipeline.run("prepare")
+            data_dir = pipeline.paths["data"]
+        if args.negatives_quality:
+            bench_quality(args, cfg, data_dir, Path(tmp))
+        elif args.xla:
+            bench_xla(args, cfg, Dataset.load(data_dir))
+        else:
+            bench_steps(args, cfg, Dataset.load(data_dir))
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

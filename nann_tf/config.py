@@ -98,6 +98,12 @@ class TrainConfig:
         the same whatever the embeddings' scale).
       fgsm_lambda: weight of the auxiliary KL loss.
       strategy: "default", "mirrored" (one host, all GPUs) or "multi_worker" (TF_CONFIG).
+      negatives: "per_example" (K draws for every example; the default: better recall on
+        ci-synth, bench/results/train-negatives-ci-synth.json) or "shared" (K draws per batch
+        scored against every example of it, the sampled-softmax trick: same logQ correction,
+        accidental hits masked; an ~8x faster input pipeline). See nann_tf/train/input.py.
+      jit_compile: compile the train step with XLA (the default: 1.08-1.16x examples/s for the
+        attention model on 2 CPU cores, bench/results/train.json "xla").
     """
 
     batch_size: int = 800
@@ -111,6 +117,8 @@ class TrainConfig:
     fgsm_eps_mode: str = "absolute"
     fgsm_lambda: float = 1.0
     strategy: str = "default"
+    negatives: str = "per_example"
+    jit_compile: bool = True
     seed: int = 0
 
 
@@ -192,6 +200,9 @@ def _validate(cfg: Config, src: str) -> None:
     if cfg.train.fgsm_eps_mode not in ("absolute", "relative"):
         raise ConfigError(f"{src}: [train] fgsm_eps_mode must be absolute or relative, got "
                           f"{cfg.train.fgsm_eps_mode!r}")
+    if cfg.train.negatives not in ("shared", "per_example"):
+        raise ConfigError(f"{src}: [train] negatives must be shared or per_example, got "
+                          f"{cfg.train.negatives!r}")
     if cfg.train.fgsm_eps < 0:
         raise ConfigError(f"{src}: [train] fgsm_eps must be >= 0, got {cfg.train.fgsm_eps}")
 

@@ -13,6 +13,10 @@ candidates:
   score the search ranks by, not the logQ-corrected logit.
 * ``L = L_nce + lambda * L_aux``; ``eps = 0`` makes ``e~ = e_v`` and ``L_aux = 0``.
 
+The K negatives are either drawn for every example or drawn once per batch and shared by all its
+examples (``[train] negatives = "shared"``); the functions below see the same [B, 1+K] candidate
+layout either way (a shared negative is broadcast to every row; the mask is per row).
+
 The model has no batch normalisation, so the adversarial forward pass changes no statistics.
 """
 

@@ -9,32 +9,38 @@
 * ``backup/``: Keras ``BackupAndRestore`` state; a run interrupted mid-way resumes from it when
   started again with the same ``output_dir``;
 * ``logs/``: TensorBoard logs.
+
+The input is :class:`nann_tf.train.input.InputPipeline` (``tf.data``, sharded per worker).
+Under ``strategy = "multi_worker"`` every worker runs the same command with its ``TF_CONFIG``;
+only the chief (task ``chief``, else ``worker`` 0) writes the files above into
+``output_dir``. Every other worker writes its own (identical) copies into
+``output_dir/worker-<i>.tmp/`` (its backup lives there, so an interrupted cluster resumes when
+all workers are started again) and removes that directory when training ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from nann_tf.errors import UserError
 from nann_tf.config import Config
-from nann_tf.data.dataset import Dataset, gather_histories
+from nann_tf.data.dataset import Dataset
 from nann_tf.fsutil import atomic_path, write_json_atomic
 from nann_tf.model.nann import NANNModel
 from nann_tf.model.saved import MODEL_META, build_model, save_trained_model
+from nann_tf.train.input import InputError, InputPipeline, TrainSamples
 from nann_tf.train.noise import NoiseDistribution
 from nann_tf.train.step import NANNTrainer
 
-__all__ = ["train", "make_strategy", "TrainError", "batch_generator", "remove_training_state"]
+__all__ = ["train", "make_strategy", "worker_role", "TrainError", "remove_training_state"]
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +49,32 @@ class TrainError(UserError, ValueError):
     """Bad training input (config, dataset, output directory)."""
 
 
-def batch_generator(ds: Dataset, noise: NoiseDistribution, batch_size: int, num_negatives: int,
-                    seed: int, epoch_offset: int = 0):
-    """Yields ``(hist [b, L], pos [b], neg [b, K])`` batches forever, reshuffled every epoch."""
-    pos, start = ds.train_positions()
-    n = len(pos)
-    epoch = epoch_offset
-    while True:
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(n)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            hist = gather_histories(ds.train_items, pos[idx], start[idx], ds.max_len)
-            yield (hist, ds.train_items[pos[idx]].astype(np.int32),
-                   noise.sample(rng, (len(idx), num_negatives)))
-        epoch += 1
+def worker_role() -> tuple[bool, int]:
+    """``(is_chief, task index)`` of this process from ``TF_CONFIG`` (chief if there is no
+    ``TF_CONFIG``; else the ``chief`` task, or ``worker`` 0 when the cluster has no chief)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True, 0
+    try:
+        tf_config = json.loads(raw)
+        task = tf_config.get("task", {})
+        kind, index = task.get("type", "worker"), int(task.get("index", 0))
+        has_chief = bool(tf_config.get("cluster", {}).get("chief"))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise TrainError(f"TF_CONFIG is not valid JSON with a cluster and a task: {e}") from e
+    if kind == "chief":
+        return True, index
+    return (kind == "worker" and index == 0 and not has_chief), index
+
+
+def _resume_step(work: Path, steps: int) -> int:
+    """Global batches done by the run backed up in ``work/backup`` (0 if none): the data
+    continues from there."""
+    meta = work / "backup" / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"]) * steps
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -109,27 +126,44 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     ds = Dataset.load(data_dir)
     out = Path(output_dir)
     tc = cfg.train
+    is_chief, task_index = worker_role() if tc.strategy == "multi_worker" else (True, 0)
     if (out / MODEL_META).exists() and not overwrite:
         raise TrainError(f"{out}: already holds a trained model ({MODEL_META}); use --overwrite "
                          "or another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    run_cfg = out / "run_config.json"
-    if run_cfg.exists() and (out / "backup").exists():
+    created_out = not out.exists()
+    # Non-chief workers write everything into a directory of their own, removed at the end.
+    work = out if is_chief else out / f"worker-{task_index}.tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    run_cfg = work / "run_config.json"
+    if run_cfg.exists() and (work / "backup").exists():
         prev = json.loads(run_cfg.read_text())
         if prev != json.loads(cfg.to_json()):
-            raise TrainError(f"{out}: holds an interrupted run of a different configuration "
+            raise TrainError(f"{work}: holds an interrupted run of a different configuration "
                              f"({run_cfg}); use another --output or delete it")
-        log.info("resuming the interrupted run in %s", out)
+        log.info("resuming the interrupted run in %s", work)
     write_json_atomic(run_cfg, json.loads(cfg.to_json()))
 
+    strategy = make_strategy(tc.strategy)  # before other TF work (collectives need it)
     keras.utils.set_random_seed(tc.seed)
     noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
-    num_samples = int(len(ds.train_positions()[0]))
+    samples = TrainSamples.from_dataset(ds)
+    num_samples = len(samples)
     if num_samples == 0:
         raise TrainError(f"{data_dir}: the dataset has no training samples")
-    steps = tc.steps_per_epoch or math.ceil(num_samples / tc.batch_size)
+    try:
+        pipeline = InputPipeline(samples, noise, batch_size=tc.batch_size,
+                                 num_negatives=tc.num_negatives, negatives=tc.negatives,
+                                 seed=tc.seed)
+    except InputError as e:
+        raise TrainError(str(e)) from e
+    steps = tc.steps_per_epoch or pipeline.steps_per_epoch
+    jit_compile = tc.jit_compile
+    if jit_compile and tc.strategy == "multi_worker":
+        # XLA cannot compile the step's cross-worker all-reduce (tf2xla conversion fails).
+        log.info("[train] jit_compile ignored under strategy = multi_worker (XLA cannot "
+                 "compile the collective all-reduce); the step runs as a plain tf.function")
+        jit_compile = False
 
-    strategy = make_strategy(tc.strategy)
     with strategy.scope():
         model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category)
         trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, tc.fgsm_eps, tc.fgsm_lambda,
@@ -139,28 +173,30 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
             optimizer = keras.optimizers.AdamW(weight_decay=tc.weight_decay, **opt_kwargs)
         else:
             optimizer = keras.optimizers.Adam(**opt_kwargs)
-        trainer.compile(optimizer=optimizer)
+        trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
         trainer({"hist": tf.ones([1, cfg.data.max_len], tf.int32),
                  "items": tf.ones([1, 2], tf.int32)})  # build (BackupAndRestore needs it)
 
-    L, K = ds.max_len, tc.num_negatives
-    dataset = tf.data.Dataset.from_generator(
-        lambda: batch_generator(ds, noise, tc.batch_size, K, tc.seed),
-        output_signature=(tf.TensorSpec([None, L], tf.int32), tf.TensorSpec([None], tf.int32),
-                          tf.TensorSpec([None, K], tf.int32))).prefetch(4)
+    try:
+        dataset = pipeline.distribute(strategy, start_step=_resume_step(work, steps))
+    except InputError as e:
+        raise TrainError(str(e)) from e
 
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
-        _EpochCheckpoint(model, out / "checkpoints"),
-        keras.callbacks.TensorBoard(str(out / "logs"), update_freq=max(1, steps // 10),
+        keras.callbacks.BackupAndRestore(str(work / "backup")),
+        _EpochCheckpoint(model, work / "checkpoints"),
+        keras.callbacks.TensorBoard(str(work / "logs"), update_freq=max(1, steps // 10),
                                     write_graph=False),
     ] + list(extra_callbacks or [])
     if verbose is None:
         verbose = 1 if os.isatty(1) else 2
-    log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d, "
-             "FGSM eps=%g (%s; fgsm_step and aux in the progress line show it acting)",
-             cfg.model.variant, num_samples, ds.num_items, tc.epochs, steps, tc.batch_size, K,
-             tc.fgsm_eps, tc.fgsm_eps_mode)
+    K = tc.num_negatives
+    log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d %s "
+             "negatives, %d replica(s), XLA %s, FGSM eps=%g (%s; fgsm_step and aux in the "
+             "progress line show it acting)", cfg.model.variant, num_samples, ds.num_items,
+             tc.epochs, steps, tc.batch_size, K, tc.negatives.replace("_", "-"),
+             strategy.num_replicas_in_sync, "on" if jit_compile else "off", tc.fgsm_eps,
+             tc.fgsm_eps_mode)
     t0 = time.perf_counter()
     hist = trainer.fit(dataset, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
                        verbose=verbose)
@@ -174,8 +210,15 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         "examples_per_s": epochs_run * steps * tc.batch_size / max(seconds, 1e-9),
         "final": {k: float(v[-1]) for k, v in hist.history.items()} if epochs_run else {},
     }
-    save_trained_model(model, cfg, out, max_len=ds.max_len, data_dir=data_dir,
+    save_trained_model(model, cfg, work, max_len=ds.max_len, data_dir=data_dir,
                        extra={"train_summary": summary})
+    if not is_chief:
+        shutil.rmtree(work, ignore_errors=True)
+        if created_out:
+            try:
+                out.rmdir()  # only if empty (this worker's host has no chief output)
+            except OSError:
+                pass
     return summary
 
 

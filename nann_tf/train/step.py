@@ -41,15 +41,39 @@ class NANNTrainer(keras.Model):
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.x, TF backend, under a distribution strategy) builds here by taking one
+        # batch from the iterator (dropping it) and MEAN-reducing it across replicas, which
+        # fails under MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...)").
+        # This trainer is built before fit (``train`` calls it once); only the optimizer's
+        # variables may be missing.
+        with self.distribute_strategy.scope():
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+
     def compute_losses(self, hist, pos, neg, return_step: bool = False):
         """Returns ``(total, l_nce, l_aux)`` for one batch (differentiable); with
-        ``return_step``, also the FGSM step size used."""
+        ``return_step``, also the FGSM step size used.
+
+        ``neg`` is int [B, K] (per-example negatives) or int [K] (negatives shared by the batch:
+        each is scored against every example, with the same logQ correction and accidental-hit
+        mask; e_v of a shared negative is broadcast, so FGSM perturbs it per example)."""
         m = self.model
-        items = tf.concat([pos[:, None], neg], axis=1)
+        if neg.shape.rank == 1:
+            e_pos = m.item_embedding(pos)  # [B, d]
+            e_neg = m.item_embedding(neg)  # [K, d], once per batch
+            b = tf.shape(e_pos)[0]
+            e_v = tf.concat([e_pos[:, None, :],
+                             tf.broadcast_to(e_neg[None], [b, tf.shape(e_neg)[0],
+                                                           tf.shape(e_neg)[1]])], axis=1)
+            neg = tf.broadcast_to(neg[None, :], [b, tf.shape(neg)[0]])
+            items = tf.concat([pos[:, None], neg], axis=1)
+        else:
+            items = tf.concat([pos[:, None], neg], axis=1)
+            e_v = m.item_embedding(items)
         mask = accidental_hit_mask(pos, neg)
         log_q = tf.gather(self.log_q, items)
         state = m.encode_user(hist)
-        e_v = m.item_embedding(items)
         with tf.GradientTape(watch_accessed_variables=False) as inner:
             inner.watch(e_v)
             scores = m.score(state, e_v)
@@ -77,4 +101,9 @@ class NANNTrainer(keras.Model):
         self.nce_tracker.update_state(l_nce)
         self.aux_tracker.update_state(l_aux)
         self.step_tracker.update_state(step)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces the logs of a multi-worker step with ``reduce("MEAN", v, axis=0)``,
+            # which needs a dimension to reduce over.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
