@@ -4,10 +4,12 @@ Stages, each reported with its time: ``synth`` (a synthetic behaviour log) -> ``
 dataset) -> ``train`` (the NANN attention model, NCE + FGSM) -> ``build-index`` (e_v + HNSW) ->
 ``export`` (a validated SavedModel version) -> ``serve`` (``nann-tf serve`` in a subprocess,
 waited on until the version is AVAILABLE) -> ``query`` (test users over gRPC: ``serving_default``
-for the beam search, ``brute_force`` for the exact answer, one user per request) -> ``stop``
-(SIGTERM; the server must exit with status 0). It prints one table: recall@k of the beam search
-(recall-retrieval) and of brute force (recall-all), coverage@k of the beam search vs brute
-force, items scored per query, and p50/p99 gRPC latency.
+for the beam search, ``brute_force`` for the exact answer, one user per request; then
+``similar_items`` for the last item of test users) -> ``stop`` (SIGTERM; the server must exit
+with status 0). It prints one table: recall@k of the beam search (recall-retrieval) and of brute
+force (recall-all), coverage@k of the beam search vs brute force, items scored per query, and
+p50/p99 gRPC latency; then the similar items of a few items with their categories, for a person
+to judge, and how often similar items share their seed's category, beside random items.
 
 Everything stays under the work directory::
 
@@ -38,7 +40,7 @@ from nann_tf.errors import UserError
 from nann_tf.fsutil import write_json_atomic
 from nann_tf.serving.process import ServerProcess
 
-__all__ = ["run_demo", "format_table", "DemoError", "STAGES", "RESULTS_FILE"]
+__all__ = ["run_demo", "format_table", "format_similar", "DemoError", "STAGES", "RESULTS_FILE"]
 
 STAGES = ("synth", "prepare", "train", "build-index", "export", "serve", "query", "stop")
 RESULTS_FILE = "results.json"
@@ -117,6 +119,62 @@ def _query(address: str, model_name: str, ds, num_queries: int, k: int, num_item
     return out
 
 
+def _category_label(ds, dense_id: int) -> str:
+    """An item's category as the input named it (its name where the input has names)."""
+    raw_cat = int(ds.raw_category_id[ds.item_category[dense_id]])
+    names = ds.meta.get("category_names") or {}
+    return str(names.get(str(raw_cat), raw_cat))
+
+
+def _similar_examples(address: str, model_name: str, ds, rows: int = 100, show: int = 3,
+                      k: int = 5, timeout_s: float = 60.0) -> dict:
+    """``similar_items`` over gRPC for the last item of test users: the first ``show`` listed
+    with categories, and over ``rows`` items the share of similar items in the seed's category,
+    beside ``k`` random items per seed."""
+    import numpy as np
+
+    from nann_tf.evaluation.similar import shares_label
+    from nann_tf.serving.client import RetrievalClient
+
+    held = ds.test
+    seeds = held.hist[held.hist_len > 0][:rows, -1]
+    if len(seeds) == 0:
+        raise DemoError(f"{ds.path}: no test user has a history to take seed items from")
+    raw = ds.raw_item_id.astype(np.int64)
+    dense_of = {int(r): i for i, r in enumerate(raw) if i > 0}
+    with RetrievalClient(address, model_name, timeout_s=timeout_s, retries=1) as client:
+        ids, scores, _ = client.similar_items(raw[seeds][:, None], k=k)
+    dense = np.vectorize(lambda r: dense_of.get(int(r), 0))(ids)
+    examples = []
+    for i in range(min(show, len(seeds))):
+        examples.append({
+            "item": int(raw[seeds[i]]), "category": _category_label(ds, int(seeds[i])),
+            "similar": [{"item": int(r), "category": _category_label(ds, int(d)),
+                         "distance": float(-sc)}
+                        for r, d, sc in zip(ids[i], dense[i], scores[i]) if r != 0]})
+    rng = np.random.default_rng(0)
+    random_ids = rng.integers(1, ds.num_items + 1, size=dense.shape)
+    share = float(np.nanmean(shares_label(dense, seeds[:, None], ds.item_category)))
+    base = float(np.nanmean(shares_label(random_ids, seeds[:, None], ds.item_category)))
+    return {"k": k, "seeds": int(len(seeds)), "examples": examples,
+            "shares_category": share, "random_shares_category": base}
+
+
+def format_similar(similar: dict) -> str:
+    """The demo's similar-items lines."""
+    lines = ["similar items (similar_items over gRPC: nearest in the item embedding space; "
+             "item [category]  distance):"]
+    for ex in similar["examples"]:
+        lines.append(f"  {ex['item']} [{ex['category']}]")
+        for s in ex["similar"]:
+            lines.append(f"      {s['item']} [{s['category']}]  {s['distance']:.4f}")
+    lines.append(f"over {similar['seeds']} items (test users' last items), "
+                 f"{similar['shares_category']:.2f} of their top-{similar['k']} similar items "
+                 f"are in the item's category; {similar['random_shares_category']:.2f} of "
+                 f"random items are.")
+    return "\n".join(lines)
+
+
 def format_table(results: dict) -> str:
     """The demo's table (one line per method) from :func:`run_demo`'s ``query`` results."""
     k = results["k"]
@@ -190,6 +248,8 @@ def run_demo(workdir, config: str = "ci-synth", *, port: int = 0, host: str = "1
         try:
             report["query"] = _query(address, model_name, ds, queries, cfg.search.k,
                                      ds.num_items)
+            report["similar"] = _similar_examples(address, model_name, ds,
+                                                  rows=min(queries, 100))
         except ServingError as e:
             raise DemoError(f"a gRPC query to {address} failed: {e} (server log: "
                            f"{paths['serve_log']})") from e
@@ -214,6 +274,7 @@ def run_demo(workdir, config: str = "ci-synth", *, port: int = 0, host: str = "1
           f"recall-all (one held-out item per user); coverage@{q['k']}: share of brute force's "
           f"top-{q['k']} the beam search returns; latency: one user per gRPC request.",
           flush=True)
+    print("\n" + format_similar(report["similar"]), flush=True)
     write_json_atomic(work / RESULTS_FILE, report, default=float)
     print(f"\nartefacts under {work}; measurements in {work / RESULTS_FILE}", flush=True)
     return report

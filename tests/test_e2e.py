@@ -437,6 +437,18 @@ def test_demo_runs_end_to_end_then_reuses_its_artefacts(tmp_path, capsys, monkey
     assert beam["coverage@20"] >= 0.93, beam
     assert 20 <= beam["items_scored"] <= q["num_items"]
     assert 0 <= beam["recall@20"] <= 1 and beam["p99_ms"] >= beam["p50_ms"] > 0
+    # Similar items over gRPC, for a person to judge, and how often they share a category.
+    sim = first["similar"]
+    assert "similar items (similar_items over gRPC" in out
+    assert len(sim["examples"]) == 3 and all(len(ex["similar"]) == 5 for ex in sim["examples"])
+    for ex in sim["examples"]:
+        assert f"  {ex['item']} [{ex['category']}]" in out
+        assert ex["item"] not in [s["item"] for s in ex["similar"]]
+        dist = [s["distance"] for s in ex["similar"]]
+        assert dist == sorted(dist) and dist[0] >= 0
+    # On the planted categories (measured ~0.7 against ~0.05 for random items).
+    assert sim["shares_category"] >= 0.4 and sim["shares_category"] >= \
+        4 * sim["random_shares_category"]
     for path in ("log.csv", "data/meta.json", "model/model.json", "index/index.json",
                  "models/nann/1/saved_model.pb", "logs/serve.log", STATE_FILE):
         assert (work / path).exists(), path

@@ -134,9 +134,12 @@ def _run_similar(args, primary, ds, params, boot) -> int:
     for flag in ("sweep", "compare_model", "eps_models"):
         if getattr(args, flag):
             raise CliError(f"--{flag.replace('_', '-')} does not go with --similar")
-    similar = primary.cfg.similar.overridden(
+    from nann_tf.search.params import similar_for_index
+
+    max_level = primary.index.graph.max_level
+    similar = similar_for_index(primary.cfg.similar, max_level).overridden(
         ef=args.similar_ef, T=args.similar_T, k=args.similar_k, prefix="--similar-").checked(
-        primary.index.graph.max_level, source="similar-items parameters (--similar-ef/"
+        max_level, source="similar-items parameters (--similar-ef/"
         "--similar-T/--similar-k over the model config's [similar] table)")
     modes = ("embedding", "model") if args.similar_mode == "both" else (args.similar_mode,)
     try:

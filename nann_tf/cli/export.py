@@ -25,6 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_search_arguments(p.add_argument_group(
         "default search parameters of the served model (default: the model config's [search] "
         "table)"))
+    g = p.add_argument_group("the similar_items signature's search (default: the model "
+                             "config's [similar] table)")
+    g.add_argument("--similar-ef", default=None,
+                   help="beam width per level, LEVEL=VALUE,... e.g. 2=16,1=16,0=100")
+    g.add_argument("--similar-T", dest="similar_T", default=None,
+                   help="max rounds per level below the start level, e.g. 1=0,0=8")
+    g.add_argument("--similar-k", type=int, default=None,
+                   help="results per row when a request sends k = 0")
     p.add_argument("--max-ef", type=int, help="largest ef a request may ask for "
                                                "(default 2x the largest default ef)")
     p.add_argument("--grid-ratio", type=float, default=1.25, help="XLA shape-grid step")
@@ -57,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         max_ef=args.max_ef, grid_ratio=args.grid_ratio, data_dir=args.data,
         warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
         model_name=args.model_name, validate_loader=args.validate_loader,
+        similar={"ef": args.similar_ef, "T": args.similar_T, "k": args.similar_k},
         warmup_batch_sizes=parse_positive_list(args.warmup_batch_sizes, "--warmup-batch-sizes"))
     v = info["validation"]
     print(f"exported {args.output}/{info['version']}: {info['size_bytes'] / 1e6:.1f} MB, "

@@ -46,7 +46,7 @@ from nann_tf.index.hnsw import make_graph_tensors
 from nann_tf.model.scorer import ModelScorer, ShapeGrid
 from nann_tf.search.beam import beam_search
 from nann_tf.search.brute_force import brute_force
-from nann_tf.search.params import SearchParamsError, format_level_values
+from nann_tf.search.params import SearchParamsError, format_level_values, similar_for_index
 from nann_tf.search.similar import (DEFAULT_SIMILAR, seed_exclusions, seeds_as_history,
                                     similar_by_embedding)
 
@@ -97,8 +97,8 @@ class RetrievalModule(tf.Module):
                              f"{embedding_dtype!r}")
         graph = index.graph
         search = search.checked(graph.max_level)
-        similar = (DEFAULT_SIMILAR if similar is None else similar).checked(
-            graph.max_level, source="similar-items parameters")
+        similar = (similar_for_index(DEFAULT_SIMILAR, graph.max_level) if similar is None
+                   else similar).checked(graph.max_level, source="similar-items parameters")
         S = search.start_level
         max_ef = default_max_ef(search) if max_ef is None else int(max_ef)
         if max(search.ef.values()) > max_ef:

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_SIMILAR",
     "DEFAULT_T",
     "SearchParams",
+    "similar_for_index",
     "SearchParamsError",
     "format_level_values",
     "level_values",
@@ -281,3 +282,15 @@ class SearchParams:
 # scoring 0.26% of the corpus (``bench/results/similar-synth-1m.json``).
 DEFAULT_SIMILAR = SearchParams(start_level=2, ef={2: 16, 1: 16, 0: 100}, T={1: 0, 0: 8}, k=50,
                                hnsw_ef=100, history_seeds=True)
+
+
+def similar_for_index(params: SearchParams, max_level: int) -> SearchParams:
+    """``params`` for an index whose top level is ``max_level``: the built-in
+    :data:`DEFAULT_SIMILAR` starts on level 2, so on a smaller index (fewer than 3 levels) it
+    starts on the top level with the same beams below; a table written by the user is kept as
+    written (and checked, like ``[search]``)."""
+    s = int(max_level)
+    if params != DEFAULT_SIMILAR or s >= params.start_level:
+        return params
+    return params.replace(start_level=s, ef={lv: params.ef[lv] for lv in range(s, -1, -1)},
+                          T={lv: params.T[lv] for lv in range(s - 1, -1, -1)})
