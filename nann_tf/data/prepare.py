@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nann_tf.fsutil import replace_dir
+from nann_tf.progress import Progress
 
 from nann_tf.data.dataset import DATASET_FORMAT, DATASET_VERSION, DataError, gather_histories
 from nann_tf.data.readers import BehaviorLog, read_log
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_BUILD_STEPS = 6  # progress steps of build_dataset
 
 #: Smallest allowed ``min_len``: a held-out user of length 3 has one behaviour of history.
 MIN_MIN_LEN = 3
@@ -175,6 +178,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     if val_users < 0 or test_users < 0:
         raise DataError(f"val_users and test_users must be >= 0, got {val_users}, {test_users}")
     t0 = time.perf_counter()
+    bar = Progress(_BUILD_STEPS, "prepare: building the dataset", "steps")
     user, item, ts, cat = data.user, data.item, data.timestamp, data.category
     if min_rating is not None:
         if data.rating is None:
@@ -185,6 +189,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         log.info("min_rating %g: kept %d of %d rows", min_rating, int(keep.sum()), len(keep))
 
     order = sort_by_user_time(user, ts)
+    bar.update()
     user = user[order]
     if len(user) == 0:
         raise DataError(f"{data.source}: no rows left after the rating filter")
@@ -197,9 +202,13 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
                         f"users have fewer than min_len={min_len} behaviours")
     log.info("%d of %d users have >= %d behaviours", n_kept, len(starts), min_len)
     rows = order[np.repeat(kept_user, counts)]
+    del order
     item = item[rows]
     cat = cat[rows] if cat is not None else None
+    del rows
+    bar.update()
     raw_users, counts = user[starts[kept_user]], counts[kept_user]
+    del user
     splits = np.zeros(n_kept + 1, dtype=np.int64)
     np.cumsum(counts, out=splits[1:])
 
@@ -207,6 +216,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     raw_items, inverse = _dense_ranks(item)
     dense = (inverse + 1).astype(np.int32)
     n_items = len(raw_items)
+    bar.update()
     if cat is not None:
         # The category of the item's first behaviour (in user, time order).
         first = np.full(n_items, len(item), dtype=np.int64)
@@ -222,7 +232,9 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         data = dataclasses.replace(data, category_names=names)
     else:
         item_cat_raw = np.zeros(n_items, dtype=np.int64)  # one category: raw id 0
+    del inverse
     raw_cats, cat_dense = np.unique(item_cat_raw, return_inverse=True)
+    bar.update()
 
     n_val, n_test = held_out_sizes(n_kept, val_users, test_users, explicit_held_out)
     if (n_val, n_test) != (val_users, test_users):
@@ -242,6 +254,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     train_splits = np.zeros(len(train_u) + 1, dtype=np.int64)
     np.cumsum(counts[train_u], out=train_splits[1:])
     freq = np.bincount(train_items, minlength=n_items + 1).astype(np.int64)
+    bar.update()
 
     def held_out(r: int) -> dict[str, np.ndarray]:
         us = np.flatnonzero(role == r)
@@ -264,6 +277,8 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         "val": held_out(1),
         "test": held_out(2),
     }
+    bar.update()
+    bar.close()
     meta: dict[str, Any] = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,

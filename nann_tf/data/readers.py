@@ -84,7 +84,7 @@ def _preset(data: BehaviorLog, input_format: str) -> BehaviorLog:
     return dataclasses.replace(data, input_format=input_format)
 
 
-def read_userbehavior(path: str | Path) -> BehaviorLog:
+def read_userbehavior(path: str | Path, progress=None) -> BehaviorLog:
     """Reads a UserBehavior CSV: ``user_id,item_id,category_id,behavior_type,timestamp``.
 
     No header; ids, category ids and timestamps are integers; the behaviour type is not used.
@@ -98,7 +98,7 @@ def read_userbehavior(path: str | Path) -> BehaviorLog:
                      file_format="csv", delimiter=",", header=False,
                      names=USERBEHAVIOR_COLUMNS, quoting=False, category_sep="",
                      integer_roles=("time", "category"))
-    return _preset(read_table(path, spec), "userbehavior")
+    return _preset(read_table(path, spec, progress=progress), "userbehavior")
 
 
 def _first_line(path: Path) -> str:
@@ -114,7 +114,7 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def read_csv_log(path: str | Path) -> BehaviorLog:
+def read_csv_log(path: str | Path, progress=None) -> BehaviorLog:
     """Reads a plain ``user,item,rating,timestamp`` CSV (header line optional).
 
     The first line is a header when none of its fields is a number. The log has no category
@@ -128,7 +128,7 @@ def read_csv_log(path: str | Path) -> BehaviorLog:
     header = not any(_is_number(t.strip()) for t in _first_line(path).split(","))
     spec = TableSpec("user=1,item=2,rating=3,time=4", file_format="csv", delimiter=",",
                      header=header, names=None if header else CSV_COLUMNS, quoting=False)
-    return _preset(read_table(path, spec), "csv")
+    return _preset(read_table(path, spec, progress=progress), "csv")
 
 
 def _typed_header(path: Path) -> dict[str, str]:
@@ -140,7 +140,8 @@ def _typed_header(path: Path) -> dict[str, str]:
     return {field.strip().split(":")[0]: field.strip() for field in line.split("\t")}
 
 
-def read_movielens(inter_path: str | Path, item_path: str | Path | None = None) -> BehaviorLog:
+def read_movielens(inter_path: str | Path, item_path: str | Path | None = None,
+                   progress=None) -> BehaviorLog:
     """Reads a RecBole ``.inter`` file (and optionally its ``.item`` file for categories).
 
     Args:
@@ -182,7 +183,7 @@ def read_movielens(inter_path: str | Path, item_path: str | Path | None = None) 
     spec = TableSpec(",".join(f"{r}={c}" for r, c in mapping.items()), file_format="tsv",
                      delimiter="\t", header=True, quoting=False, item_columns=item_columns,
                      item_delimiter="\t", category_sep=" ")
-    return _preset(read_table(inter_path, spec, item_path), "movielens")
+    return _preset(read_table(inter_path, spec, item_path, progress=progress), "movielens")
 
 
 def find_movielens_files(directory: str | Path) -> tuple[Path, Path | None]:
@@ -201,6 +202,40 @@ def find_movielens_files(directory: str | Path) -> tuple[Path, Path | None]:
         raise DataError(f"{directory}: several *.item files ({', '.join(p.name for p in items)}); "
                         f"name one with --item-file")
     return inter[0], (items[0] if items else None)
+
+
+def _estimated_rows(path: Path) -> int | None:
+    """Rows of a text log estimated from its size and its first lines (None: unknown)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return None
+    lines = head.count(b"\n")
+    if lines < 2 or path.suffix.lower() in (".parquet", ".pq"):
+        return None
+    return max(1, int(size / (len(head[:head.rfind(b"\n") + 1]) / lines)))
+
+
+def _read_progress(path: Path):
+    """A :class:`~nann_tf.progress.Progress` of rows read (the total is estimated from the file
+    size)."""
+    from nann_tf.progress import Progress
+
+    total = _estimated_rows(path) if path.is_file() else None
+    return Progress(total, f"prepare: reading {path.name}", "rows")
+
+
+def _release_arrow_memory() -> None:
+    """Returns the Arrow memory pool's cached blocks to the system: the columns are NumPy
+    arrays by now, and at 100M rows the pool would keep gigabytes that the build needs."""
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except (ImportError, AttributeError):
+        pass
 
 
 def read_log(input_format: str, path: str | Path,
@@ -223,16 +258,19 @@ def read_log(input_format: str, path: str | Path,
         raise DataError("the table format needs a column mapping (--columns), and only it "
                         "takes one")
     t0 = time.perf_counter()
-    if input_format == "table":
-        from nann_tf.data.table import read_table
+    with _read_progress(Path(path)) as bar:
+        if input_format == "table":
+            from nann_tf.data.table import read_table
 
-        out = read_table(path, table, item_file)
-    elif input_format == "userbehavior":
-        out = read_userbehavior(path)
-    elif input_format == "movielens":
-        out = read_movielens(path, item_file)
-    else:
-        out = read_csv_log(path)
+            out = read_table(path, table, item_file, progress=bar.update)
+        elif input_format == "userbehavior":
+            out = read_userbehavior(path, progress=bar.update)
+        elif input_format == "movielens":
+            out = read_movielens(path, item_file, progress=bar.update)
+        else:
+            out = read_csv_log(path, progress=bar.update)
+        bar.total = None if bar.total is None else max(bar.total, bar.count)
+    _release_arrow_memory()
     dt = time.perf_counter() - t0
     log.info("read %d rows from %s in %.2fs (%.0f rows/s)", out.rows, path, dt,
              out.rows / max(dt, 1e-9))

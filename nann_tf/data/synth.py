@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Iterator
 
 import numpy as np
 
@@ -36,6 +37,8 @@ __all__ = [
     "FILE_COLUMNS",
     "SynthParams",
     "generate_log",
+    "generate_log_chunks",
+    "write_synthetic_log",
     "write_userbehavior_csv",
 ]
 
@@ -151,41 +154,88 @@ def generate_log(num_users: int, num_items: int, num_categories: int = 50,
       ValueError: a count is not positive.
     """
     p = params or SynthParams()
+    _check_counts(num_users, num_items, num_categories, events_per_user, p)
+    rng = np.random.default_rng(seed)
+    world = _World(rng, int(num_users), int(num_items), int(num_categories), p)
+    rows = _behaviours(rng, world, 0, int(num_users), int(events_per_user), p)
+    order = rng.permutation(len(rows["user"]))
+    return world.columns(rows, order)
+
+
+def _check_counts(num_users, num_items, num_categories, events_per_user, p: SynthParams) -> None:
     for name, v in [("num_users", num_users), ("num_items", num_items),
                     ("num_categories", num_categories), ("events_per_user", events_per_user)]:
         if int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if not 1 <= p.min_interests <= p.max_interests:
         raise ValueError(f"need 1 <= min_interests <= max_interests, got {p}")
-    rng = np.random.default_rng(seed)
-    n_items, n_users = int(num_items), int(num_users)
 
-    # --- items: cluster, category, level, popularity --------------------------------------
-    n_clusters = max(1, min(num_categories * p.clusters_per_category, n_items))
-    item_cluster = np.empty(n_items, dtype=np.int64)
-    first = rng.permutation(n_items)
-    item_cluster[first[:n_clusters]] = np.arange(n_clusters)  # no empty cluster
-    item_cluster[first[n_clusters:]] = rng.integers(0, n_clusters, size=n_items - n_clusters)
-    cluster_category = rng.permutation(n_clusters) % num_categories
-    item_level = rng.random(n_items)
 
-    raw_item = _unique_random_ids(rng, n_items, 20 * n_items + 10**7)
-    raw_category = _unique_random_ids(rng, num_categories, 10**7)
-    raw_user = _unique_random_ids(rng, n_users, 20 * n_users + 10**7)
+class _World:
+    """The catalogue (items: cluster, category, level, popularity) and the raw ids, drawn from
+    ``rng`` first (the draws of :func:`generate_log` before its users)."""
 
-    # Items grouped by cluster; the position inside a group (random) is the item's popularity
-    # rank in its cluster. Item popularity = cluster popularity x Zipf rank in the cluster.
-    by_cluster = np.argsort(item_cluster, kind="stable")
-    cl_size = np.bincount(item_cluster, minlength=n_clusters)
-    cl_start = np.concatenate([[0], np.cumsum(cl_size)[:-1]])
+    def __init__(self, rng: np.random.Generator, n_users: int, n_items: int,
+                 num_categories: int, p: SynthParams):
+        n_clusters = max(1, min(num_categories * p.clusters_per_category, n_items))
+        item_cluster = np.empty(n_items, dtype=np.int64)
+        first = rng.permutation(n_items)
+        item_cluster[first[:n_clusters]] = np.arange(n_clusters)  # no empty cluster
+        item_cluster[first[n_clusters:]] = rng.integers(0, n_clusters, size=n_items - n_clusters)
+        del first
+        self.n_clusters = n_clusters
+        self.item_cluster = item_cluster
+        self.cluster_category = rng.permutation(n_clusters) % num_categories
+        self.item_level = rng.random(n_items)
 
-    rank_in = _zipf_rank_sampler(cl_size, p.item_zipf)
-    level_at = item_level[by_cluster]  # level by position, for locality in the loop below
+        self.raw_item = _unique_random_ids(rng, n_items, 20 * n_items + 10**7)
+        self.raw_category = _unique_random_ids(rng, num_categories, 10**7)
+        self.raw_user = _unique_random_ids(rng, n_users, 20 * n_users + 10**7)
 
+        # Items grouped by cluster; the position inside a group (random) is the item's
+        # popularity rank in its cluster. Item popularity = cluster popularity x Zipf rank in
+        # the cluster.
+        self.by_cluster = np.argsort(item_cluster, kind="stable")
+        self.cl_size = np.bincount(item_cluster, minlength=n_clusters)
+        self.cl_start = np.concatenate([[0], np.cumsum(self.cl_size)[:-1]])
+        self.rank_in = _zipf_rank_sampler(self.cl_size, p.item_zipf)
+        self.level_at = self.item_level[self.by_cluster]  # level by position
+
+    def cluster_weights(self, rng: np.random.Generator, p: SynthParams) -> np.ndarray:
+        """Zipf popularity of the clusters as interests (a random order of the clusters)."""
+        return 1.0 / (1.0 + rng.permutation(self.n_clusters)) ** p.cluster_zipf
+
+    def columns(self, rows: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+        """The output columns of :func:`generate_log` for ``rows`` (of :func:`_behaviours`)
+        in row order ``order``."""
+        item = rows["item"][order]
+        return {
+            "user_id": self.raw_user[rows["user"][order]],
+            "item_id": self.raw_item[item],
+            "category_id": self.raw_category[self.cluster_category[self.item_cluster[item]]],
+            "behavior_type": rows["behavior"][order],
+            "timestamp": rows["timestamp"][order],
+            "latent_cluster": rows["cluster"][order],
+            "latent_item_level": self.item_level[item].astype(np.float32),
+            "latent_pref_level": rows["pref"][order],
+        }
+
+
+def _behaviours(rng: np.random.Generator, w: _World, user0: int, n_users: int,
+                events_per_user: int, p: SynthParams, cluster_w: np.ndarray | None = None,
+                lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The behaviours of users ``user0 .. user0 + n_users - 1``, by user and time.
+
+    ``cluster_w`` and ``lengths`` (None: drawn here, in :func:`generate_log`'s order) let a
+    chunked writer draw them once for all users. Returns ``user`` (index into the raw user
+    ids), ``item`` (item index), ``timestamp``, ``behavior``, ``cluster``, ``pref``.
+    """
+    n_clusters, cl_start, rank_in, level_at = w.n_clusters, w.cl_start, w.rank_in, w.level_at
     # --- users: interests (cluster + preferred level) and weights ---------------------------
     n_int = rng.integers(p.min_interests, p.max_interests + 1, size=n_users)
     max_int = p.max_interests
-    cluster_w = 1.0 / (1.0 + rng.permutation(n_clusters)) ** p.cluster_zipf
+    if cluster_w is None:
+        cluster_w = w.cluster_weights(rng, p)
     cluster_cdf = np.cumsum(cluster_w)
     u_cluster = np.minimum(np.searchsorted(cluster_cdf, rng.random((n_users, max_int))
                                            * cluster_cdf[-1], side="right"), n_clusters - 1)
@@ -196,7 +246,8 @@ def generate_log(num_users: int, num_items: int, num_categories: int = 50,
     u_wcdf /= u_wcdf[:, -1:]
 
     # --- behaviour sequences ----------------------------------------------------------------
-    lengths = _sequence_lengths(rng, n_users, int(events_per_user), p.short_user_frac)
+    if lengths is None:
+        lengths = _sequence_lengths(rng, n_users, int(events_per_user), p.short_user_frac)
     n_rows = int(lengths.sum())
     row_user = np.repeat(np.arange(n_users), lengths)
     user_first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -235,7 +286,7 @@ def generate_log(num_users: int, num_items: int, num_categories: int = 50,
                                     side="right")
     noise_cluster = np.minimum(noise_cluster, n_clusters - 1)
     pos[noise] = cl_start[noise_cluster] + rank_in(rng, noise_cluster)
-    item = by_cluster[pos]
+    item = w.by_cluster[pos]
     row_cluster = np.where(noise, -1, row_cluster).astype(np.int32)
     row_pref = np.where(noise, np.nan, row_pref).astype(np.float32)
 
@@ -248,19 +299,80 @@ def generate_log(num_users: int, num_items: int, num_categories: int = 50,
 
     behavior = np.searchsorted(np.cumsum(_BEHAVIOR_PROBS), rng.random(n_rows) * 0.999999,
                                side="right").astype(np.uint8)
+    return {"user": user0 + row_user, "item": item, "timestamp": timestamp,
+            "behavior": behavior, "cluster": row_cluster, "pref": row_pref}
 
-    order = rng.permutation(n_rows)
-    item = item[order]
-    return {
-        "user_id": raw_user[row_user[order]],
-        "item_id": raw_item[item],
-        "category_id": raw_category[cluster_category[item_cluster[item]]],
-        "behavior_type": behavior[order],
-        "timestamp": timestamp[order],
-        "latent_cluster": row_cluster[order],
-        "latent_item_level": item_level[item].astype(np.float32),
-        "latent_pref_level": row_pref[order],
-    }
+
+def generate_log_chunks(num_users: int, num_items: int, num_categories: int = 50,
+                        events_per_user: int = 40, seed: int = 0,
+                        params: SynthParams | None = None, chunk_rows: int = 4_000_000
+                        ) -> tuple[int, Iterator[dict[str, np.ndarray]]]:
+    """The log of :func:`generate_log`'s model in blocks of users, for logs too large to hold.
+
+    The catalogue, the raw ids, the cluster popularity and every user's sequence length are
+    drawn once; each block of about ``chunk_rows`` rows (whole users) is then drawn from its own
+    generator (seeded by ``(seed, block)``) and shuffled within itself. Memory is bounded by
+    the block, not the log. Same structure and parameters as :func:`generate_log`, but not the
+    same rows (the random streams differ); the same arguments give the same log.
+
+    Returns:
+      ``(total rows, iterator of column dicts)`` with the columns of :func:`generate_log`.
+
+    Raises:
+      ValueError: a count is not positive.
+    """
+    p = params or SynthParams()
+    _check_counts(num_users, num_items, num_categories, events_per_user, p)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    rng = np.random.default_rng(seed)
+    n_users = int(num_users)
+    world = _World(rng, n_users, int(num_items), int(num_categories), p)
+    cluster_w = world.cluster_weights(rng, p)
+    lengths = _sequence_lengths(rng, n_users, int(events_per_user), p.short_user_frac)
+    ends = np.cumsum(lengths)
+    # Block boundaries: whole users, about chunk_rows rows each.
+    cuts = np.searchsorted(ends, np.arange(chunk_rows, int(ends[-1]), chunk_rows), side="left")
+    bounds = np.unique(np.concatenate([[0], cuts + 1, [n_users]]).clip(0, n_users))
+
+    def blocks() -> Iterator[dict[str, np.ndarray]]:
+        for b, (u0, u1) in enumerate(zip(bounds[:-1], bounds[1:])):
+            brng = np.random.default_rng([int(seed), b])
+            rows = _behaviours(brng, world, int(u0), int(u1 - u0), int(events_per_user), p,
+                               cluster_w=cluster_w, lengths=lengths[u0:u1])
+            yield world.columns(rows, brng.permutation(len(rows["user"])))
+
+    return int(ends[-1]), blocks()
+
+
+def write_synthetic_log(path: str | os.PathLike, num_users: int, num_items: int,
+                        num_categories: int = 50, events_per_user: int = 40, seed: int = 0,
+                        params: SynthParams | None = None, chunk_rows: int = 4_000_000,
+                        progress: bool = True) -> int:
+    """Generates a log block by block (:func:`generate_log_chunks`) and writes it as
+    UserBehavior CSV (atomically), with progress; memory is bounded by one block.
+
+    Returns:
+      The number of rows written.
+
+    Raises:
+      ValueError: a count is not positive.
+    """
+    from nann_tf.progress import Progress
+
+    total, blocks = generate_log_chunks(num_users, num_items, num_categories, events_per_user,
+                                        seed, params, chunk_rows)
+    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as f, \
+            Progress(total, "synth: generating + writing", "rows", enabled=progress) as bar:
+        for cols in blocks:
+            n = len(cols["user_id"])
+            cols = {c: cols[c].astype(np.int64 if c != "behavior_type" else np.intp, copy=False)
+                    for c in FILE_COLUMNS}
+            for lo in range(0, n, 1 << 20):
+                hi = min(n, lo + (1 << 20))
+                f.write(_format_rows(cols, lo, hi))
+                bar.update(hi - lo)
+    return total
 
 
 def _format_rows(columns: dict[str, np.ndarray], lo: int, hi: int) -> bytes:
@@ -338,7 +450,11 @@ def write_userbehavior_csv(columns: dict[str, np.ndarray], path: str | os.PathLi
             raise ValueError(f"column {c} holds negative values; the writer takes ids >= 0")
     cols = {c: np.asarray(columns[c]).astype(np.int64 if c != "behavior_type" else np.intp,
                                               copy=False) for c in FILE_COLUMNS}
-    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as f:
+    from nann_tf.progress import Progress
+
+    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as f, \
+            Progress(n, "synth: writing", "rows") as bar:
         for lo in range(0, n, chunk_rows):
             f.write(_format_rows(cols, lo, min(n, lo + chunk_rows)))
+            bar.update(min(n, lo + chunk_rows) - lo)
     return n

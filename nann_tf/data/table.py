@@ -34,7 +34,7 @@ import dataclasses
 import io
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -464,8 +464,11 @@ def _read_item_table(path: Path, spec: TableSpec, labels: _Labels):
     return np.concatenate(items), np.concatenate(codes)
 
 
-def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None = None):
+def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None = None,
+               progress: Callable[[int], Any] | None = None):
     """Reads a ``table`` log; returns a :class:`~nann_tf.data.readers.BehaviorLog`.
+
+    ``progress``, if given, is called with the number of rows of each block as it is read.
 
     Raises:
       DataError: see the module docstring.
@@ -496,6 +499,8 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
     n_rows = 0
     for block, at, group in src.blocks():
         n_rows += len(block["user"])
+        if progress is not None:
+            progress(len(block["user"]))
         user = _ints(src, "user", block["user"], at, group)
         item = _ints(src, "item", block["item"], at, group)
         cols["user"].append(user)

@@ -191,6 +191,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     from nann_tf.index.store import load_index
     from nann_tf.serving.warmup import write_warmup_requests
     from nann_tf.model.saved import load_trained_model
+    from nann_tf.search.params import similar_for_index
 
     base = Path(base_dir)
     model, cfg, meta = load_trained_model(model_dir)
@@ -202,7 +203,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     # a level missing or unused, or a start level above the index's top, is an error.
     defaults = cfg.search.overridden(start_level=start_level, ef=ef, T=T, k=k,
                                      history_seeds=history_seeds).checked(index.graph.max_level)
-    similar_params = cfg.similar.overridden(**(similar or {}), prefix="--similar-").checked(
+    similar_params = similar_for_index(cfg.similar, index.graph.max_level).overridden(
+        **(similar or {}), prefix="--similar-").checked(
         index.graph.max_level, source="the [similar] table and --similar-* flags")
     max_ef = default_max_ef(defaults) if max_ef is None else int(max_ef)
     version = next_version(base) if version is None else int(version)
@@ -232,13 +234,20 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                                  grid_ratio=grid_ratio, similar=similar_params)
         hist = validation_histories(index, data_dir or meta.get("data_dir"), max_len,
                                     max(validation_users, 8))
+        t1 = time.perf_counter()
+        log.info("export: searching %d validation histories in memory (compiles their XLA "
+                 "shapes)...", min(len(hist), validation_users))
         expected = {name: t.numpy() for name, t in
                     module.serving_default(tf.constant(hist[:validation_users])).items()}
         similar_queries = similar_requests(hist[:validation_users])
         for sig in SIMILAR_SIGNATURES:
             out = getattr(module, sig)(**{n: tf.constant(v) for n, v in similar_queries.items()})
             expected.update({f"{sig}_{name}": t.numpy() for name, t in out.items()})
+        log.info("export: in-memory search done in %.1fs; saving the SavedModel...",
+                 time.perf_counter() - t1)
+        t1 = time.perf_counter()
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        log.info("export: saved in %.1fs", time.perf_counter() - t1)
         h1 = hist[:1]
         # One call of each other signature, so that none pays its first-call cost in service.
         extra = [("retrieve", {
@@ -272,9 +281,12 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         info["export_seconds"] = time.perf_counter() - t0
+        log.info("export: %d warm-up records (XLA grid: %d sizes x batch sizes %s, then "
+                 "replayed requests)", len(records), len(grid), list(warmup_batch_sizes))
         if validate:
             info["validation"] = validate_in_subprocess(tmp, hist[:validation_users], expected,
-                                                        visited, min_coverage)
+                                                        visited, min_coverage,
+                                                        progress_total=len(records) + 4)
             if validate_loader == "cc":
                 from nann_tf.export.cc_loader import CcLoaderError, validate_version
 
@@ -295,21 +307,37 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
 
 
 def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, visited: str,
-                           min_coverage: float) -> dict:
-    """Runs :mod:`nann_tf.export.validate` on ``version_dir`` in a fresh Python process."""
+                           min_coverage: float, progress_total: int | None = None) -> dict:
+    """Runs :mod:`nann_tf.export.validate` on ``version_dir`` in a fresh Python process
+    (showing its requests, warm-up replay included, as progress)."""
+    from nann_tf.export.validate import PROGRESS_MARK
+    from nann_tf.progress import Progress
+
     with tempfile.TemporaryDirectory() as td:
         q = Path(td) / "queries.npz"
         np.savez(q, hist_item_ids=hist, **{f"expected_{k}": v for k, v in expected.items()},
                  **{f"similar_{k}": v for k, v in similar_requests(hist).items()})
         cmd = [*python_module_command("nann_tf.export.validate"), str(version_dir), str(q),
-               "--min-coverage", str(min_coverage)]
+               "--min-coverage", str(min_coverage), "--progress-marks"]
         if visited == "tf":
             cmd.append("--stock-ops-only")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        stderr: list[str] = []
+        with open(Path(td) / "stdout", "w+") as out, \
+                Progress(progress_total, "export: validation + warm-up replay (XLA grid)",
+                         "requests") as bar:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
+            for line in proc.stderr:
+                if line.startswith(PROGRESS_MARK):
+                    bar.update(1)
+                else:
+                    stderr.append(line)
+            proc.wait()
+            out.seek(0)
+            stdout = out.read()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     report = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0 or not report.get("ok"):
         raise ExportError(f"validation of {version_dir} failed: "
-                          f"{report.get('error') or proc.stderr[-2000:]}")
+                          f"{report.get('error') or ''.join(stderr)[-2000:]}")
     return report

@@ -19,7 +19,9 @@ import sys
 
 import numpy as np
 
-__all__ = ["graph_op_types", "unregistered_ops", "main"]
+__all__ = ["PROGRESS_MARK", "graph_op_types", "unregistered_ops", "main"]
+
+PROGRESS_MARK = "nann-tf-progress"  # a line on stderr per request with --progress-marks
 
 
 def graph_op_types(version_dir: str) -> set[str]:
@@ -50,6 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("queries")
     ap.add_argument("--min-coverage", type=float, default=0.8)
     ap.add_argument("--stock-ops-only", action="store_true")
+    ap.add_argument("--progress-marks", action="store_true",
+                    help=f"write a {PROGRESS_MARK!r} line to stderr after every request (the "
+                         "exporting process shows them as progress)")
     args = ap.parse_args(argv)
     report = {"ok": False}
     try:
@@ -68,8 +73,13 @@ def main(argv=None) -> int:
                                    "load on the stock TF Serving image")
         q = np.load(args.queries)
         hist = q["hist_item_ids"]
+        def mark():
+            if args.progress_marks:
+                print(PROGRESS_MARK, file=sys.stderr, flush=True)
+
         with SessionModel(args.version_dir, load_ops=not args.stock_ops_only) as model:
             got = model.run("serving_default", {"hist_item_ids": hist})
+            mark()
             same = float((got["item_ids"] == q["expected_item_ids"]).mean())
             report["same_ids_as_in_memory"] = same
             if same < 0.99:
@@ -85,6 +95,7 @@ def main(argv=None) -> int:
             if similar:
                 for sig in ("similar_items", "similar_items_model"):
                     out = model.run(sig, similar)
+                    mark()
                     same = float((out["item_ids"] == q[f"expected_{sig}_item_ids"]).mean())
                     report[f"{sig}_same_ids_as_in_memory"] = same
                     if same < 0.99:
@@ -92,13 +103,14 @@ def main(argv=None) -> int:
                                            f"the in-memory search: only {same:.3f} of the ids "
                                            "agree")
             bf = model.run("brute_force", {"hist_item_ids": hist})
+            mark()
             k = got["item_ids"].shape[1]
             cov = coverage(got["item_ids"], bf["item_ids"], k)
             report["coverage_vs_brute_force"] = cov
             if cov < args.min_coverage:
                 raise RuntimeError(f"coverage@{k} vs brute force {cov:.3f} < "
                                    f"--min-coverage {args.min_coverage}")
-            report["warmup_records_replayed"] = replay_warmup(model)
+            report["warmup_records_replayed"] = replay_warmup(model, on_record=mark)
         report["ok"] = True
     except Exception as e:  # noqa: BLE001 - reported to the parent as JSON
         report["error"] = f"{type(e).__name__}: {e}"

@@ -22,7 +22,6 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
       ModelDirError / DataError: the model or dataset directory is missing or unreadable.
     """
     from nann_tf.data.dataset import Dataset
-    from nann_tf.model.nann import all_item_embeddings
     from nann_tf.model.saved import load_trained_model
 
     ds = Dataset.load(data_dir)
@@ -38,7 +37,7 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
         raise HnswIndexError(f"need --M >= 2, --ef-construction >= 1, --threads >= 0; got {M}, "
                              f"{efc}, {threads}")
     t0 = time.perf_counter()
-    emb = all_item_embeddings(model)
+    emb = _item_embeddings(model)
     t1 = time.perf_counter()
     log.info("e_v for %d items (d=%d) in %.1fs; building HNSW (M=%d, ef_construction=%d)",
              ds.num_items, emb.shape[1], t1 - t0, M, efc)
@@ -52,3 +51,26 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
     save_index(ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info), output)
     log.info("HNSW built in %.1fs: levels %s -> %s", t2 - t1, info["nodes_per_level"], output)
     return info
+
+
+def _item_embeddings(model, batch_size: int = 65536):
+    """e_v for dense ids 0..N, float32 ``[N + 1, d]``: what
+    :func:`nann_tf.model.nann.all_item_embeddings` computes (the same batches), written into
+    one preallocated array, with progress."""
+    import numpy as np
+    import tensorflow as tf
+
+    from nann_tf.progress import Progress
+
+    n = model.num_items + 1
+    fn = tf.function(model.item_embedding,
+                     input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
+    out = None
+    with Progress(n, "build-index: embedding the items", "items") as bar:
+        for i in range(0, n, batch_size):
+            e = fn(tf.range(i, min(i + batch_size, n), dtype=tf.int32)).numpy()
+            if out is None:
+                out = np.empty((n, e.shape[1]), np.float32)
+            out[i:i + len(e)] = e
+            bar.update(len(e))
+    return out

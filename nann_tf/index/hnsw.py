@@ -50,6 +50,7 @@ DEFAULT_START_LEVEL = 2
 FORMAT_NAME = "nann-tf-hnsw"
 FORMAT_VERSION = 1
 ARRAYS_FILE = "graph.npz"
+_ADD_CHUNK = 50_000  # items per hnswlib add_items call (a progress step)
 META_FILE = "meta.json"
 
 
@@ -276,8 +277,19 @@ def build_hnsw(embeddings: np.ndarray, labels: np.ndarray | None = None, M: int 
     index = hnswlib.Index(space="l2", dim=dim)
     index.init_index(max_elements=n, M=int(M), ef_construction=int(ef_construction),
                      random_seed=int(seed))
-    index.add_items(data, lab, num_threads=int(num_threads) if num_threads > 0 else -1)
-    graph = graph_from_hnswlib(index)
+    from nann_tf.progress import Progress
+
+    threads = int(num_threads) if num_threads > 0 else -1
+    # In chunks, for progress: the same insertions in the same order (hnswlib inserts a batch
+    # with a parallel loop over it; one thread gives the same graph as one call).
+    with Progress(n, "build-index: HNSW insertion", "items") as bar:
+        for lo in range(0, n, _ADD_CHUNK):
+            hi = min(n, lo + _ADD_CHUNK)
+            index.add_items(data[lo:hi], lab[lo:hi], num_threads=threads)
+            bar.update(hi - lo)
+    state = index.__getstate__()[0]
+    del index  # the state is a copy: free hnswlib's own buffers before reading it out
+    graph = _graph_from_state(state)
     graph.M, graph.ef_construction, graph.seed = int(M), int(ef_construction), int(seed)
     return graph
 
@@ -297,7 +309,11 @@ def graph_from_hnswlib(index: Any) -> HnswGraph:
     Raises:
       HnswIndexError: the state is not what this reader understands, or labels are not 1..N.
     """
-    state = index.__getstate__()[0]
+    return _graph_from_state(index.__getstate__()[0])
+
+
+def _graph_from_state(state: dict) -> HnswGraph:
+    """:func:`graph_from_hnswlib` on the index's pickle state."""
     src = "hnswlib index state"
     if not state.get("index_inited"):
         raise HnswIndexError(f"{src}: the index is not initialised")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from nann_tf.progress import Progress
 from nann_tf.search.beam import Scorer, SearchContext, resize_results, top_by_key
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ExactScorer", "brute_force", "topk_of_scores"]
@@ -153,11 +154,13 @@ class ExactScorer:
         ids = np.zeros((len(hist), k), np.int64)
         scores = np.zeros((len(hist), k), np.float32)
         fn = self._topk_fn(self._chunk(hist))
-        for u0 in range(0, len(hist), self.user_batch):
-            h = tf.constant(hist[u0:u0 + self.user_batch])
-            i, s = fn(h, tf.constant(k))
-            ids[u0:u0 + len(h)] = i.numpy()
-            scores[u0:u0 + len(h)] = s.numpy()
+        with Progress(len(hist), "brute force", "users") as bar:
+            for u0 in range(0, len(hist), self.user_batch):
+                h = tf.constant(hist[u0:u0 + self.user_batch])
+                i, s = fn(h, tf.constant(k))
+                ids[u0:u0 + len(h)] = i.numpy()
+                scores[u0:u0 + len(h)] = s.numpy()
+                bar.update(len(h))
         return ids, scores
 
     def full_scores(self, hist: np.ndarray, progress=None) -> np.ndarray:
@@ -165,18 +168,23 @@ class ExactScorer:
 
         Args:
           hist: user histories [U, L].
-          progress: optional ``callable(done_users, total_users)``.
+          progress: optional ``callable(done_users, total_users)`` (default: a
+            :class:`~nann_tf.progress.Progress` reporter).
         """
         hist = np.asarray(hist, np.int32)
         n1 = self.num_items + 1
         chunk = self._chunk(hist)
         out = np.empty((len(hist), n1), np.float32)
-        for u0 in range(0, len(hist), self.user_batch):
-            h = tf.constant(hist[u0:u0 + self.user_batch])
-            for i0 in range(1, n1, chunk):
-                i1 = min(i0 + chunk, n1)
-                out[u0:u0 + len(h), i0:i1] = self._range_fn(h, tf.constant(i0), tf.constant(i1))
-            if progress:
-                progress(min(u0 + self.user_batch, len(hist)), len(hist))
+        with Progress(len(hist), "brute force: all scores", "users",
+                      enabled=progress is None) as bar:
+            for u0 in range(0, len(hist), self.user_batch):
+                h = tf.constant(hist[u0:u0 + self.user_batch])
+                for i0 in range(1, n1, chunk):
+                    i1 = min(i0 + chunk, n1)
+                    out[u0:u0 + len(h), i0:i1] = self._range_fn(h, tf.constant(i0),
+                                                                tf.constant(i1))
+                if progress:
+                    progress(min(u0 + self.user_batch, len(hist)), len(hist))
+                bar.set(min(u0 + self.user_batch, len(hist)))
         out[:, 0] = -np.inf
         return out

@@ -410,13 +410,14 @@ class SessionModel:
 
 
 def replay_warmup(model: SessionModel, path: str | os.PathLike | None = None,
-                  iterations: int = 1) -> int:
+                  iterations: int = 1, on_record=None) -> int:
     """Replays a version's warm-up requests as TF Serving does before the version serves.
 
     Args:
         model: the loaded version.
         path: the warm-up file; default ``<version_dir>/assets.extra/tf_serving_warmup_requests``.
         iterations: how many times each record runs (``--num_request_iterations_for_warmup``).
+        on_record: called with no argument after each record (progress).
 
     Returns:
         The number of records replayed (0 when there is no warm-up file: it is optional).
@@ -445,5 +446,7 @@ def replay_warmup(model: SessionModel, path: str | os.PathLike | None = None,
                 raise ModelLoadError(f"warm-up record {i} (signature "
                                      f"\"{record.signature_name or 'serving_default'}\") of "
                                      f"{model.version_dir} failed: {e}") from e
+        if on_record is not None:
+            on_record()
     log.info("replayed %d warm-up records from %s", len(records), path)
     return len(records)
