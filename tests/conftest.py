@@ -62,6 +62,19 @@ def core_available() -> bool:
 
 
 @pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A tiny prepared dataset (300 users, 200 items, L=10) for training tests."""
+    from nann_tf.data.prepare import prepare_dataset
+    from nann_tf.data.synth import generate_log, write_userbehavior_csv
+
+    d = tmp_path_factory.mktemp("tiny")
+    write_userbehavior_csv(generate_log(300, 200, 5, 20, 1), d / "log.csv")
+    prepare_dataset(d / "log.csv", d / "data", "userbehavior", max_len=10, val_users=20,
+                    test_users=20)
+    return d / "data"
+
+
+@pytest.fixture(scope="session")
 def ci_workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ci-pipeline")
 

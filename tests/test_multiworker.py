@@ -55,27 +55,15 @@ def _run_cluster(data, out, *extra, timeout=80):
     return results
 
 
-@pytest.fixture(scope="module")
-def mw_dataset(tmp_path_factory):
-    from nann_tf.data.prepare import prepare_dataset
-    from nann_tf.data.synth import generate_log, write_userbehavior_csv
-
-    d = tmp_path_factory.mktemp("mw")
-    write_userbehavior_csv(generate_log(300, 200, 5, 20, 1), d / "log.csv")
-    prepare_dataset(d / "log.csv", d / "data", "userbehavior", max_len=10, val_users=20,
-                    test_users=20)
-    return d / "data"
-
-
-def test_two_workers_train_resume_and_only_the_chief_writes(mw_dataset, tmp_path):
+def test_two_workers_train_resume_and_only_the_chief_writes(tiny_dataset, tmp_path):
     out = tmp_path / "model"
-    first = _run_cluster(mw_dataset, out, "interrupt")
+    first = _run_cluster(tiny_dataset, out, "interrupt")
     for rc, output in first:
         assert rc == 3 and "INTERRUPTED" in output, output[-3000:]
     assert (out / "backup").is_dir() and (out / "worker-1.tmp" / "backup").is_dir()
     assert not (out / "model.json").exists()
 
-    second = _run_cluster(mw_dataset, out)
+    second = _run_cluster(tiny_dataset, out)
     for rc, output in second:
         assert rc == 0, output[-3000:]
     summaries = [json.loads(o.strip().splitlines()[-1]) for _, o in second]

@@ -8,8 +8,6 @@ import pytest
 
 from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
-from nann_tf.data.prepare import prepare_dataset
-from nann_tf.data.synth import generate_log, write_userbehavior_csv
 from nann_tf.evaluation.evaluate import evaluate_brute_force
 from nann_tf.model.saved import ModelDirError, load_trained_model
 from nann_tf.train import TrainError, train
@@ -52,15 +50,6 @@ def test_checkpoint_files_and_reload_same_scores(ci_dataset, attention_model_dir
     assert ckpts, "an epoch checkpoint is written"
     assert list((attention_model_dir / "logs").rglob("*tfevents*")), "TensorBoard logs"
     assert not (attention_model_dir / "backup").exists(), "backup removed after success"
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    write_userbehavior_csv(generate_log(300, 200, 5, 20, 1), d / "log.csv")
-    prepare_dataset(d / "log.csv", d / "data", "userbehavior", max_len=10, val_users=20,
-                    test_users=20)
-    return d / "data"
 
 
 def _tiny_config(**train):
