@@ -26,6 +26,7 @@ from nann_tf.search.beam import Scorer, SearchContext, resize_results, top_by_ke
 __all__ = ["DEFAULT_CHUNK_SIZE", "ExactScorer", "brute_force", "topk_of_scores"]
 
 DEFAULT_CHUNK_SIZE = 16384
+MIN_BUDGET_LEN = 20  # ExactScorer: the shortest history length its pair budget assumes
 _NEG_INF = float("-inf")
 
 
@@ -129,8 +130,12 @@ class ExactScorer:
         self._range_fn = range_fn
 
     def _chunk(self, hist: np.ndarray) -> int:
-        """Items per chunk: the pair budget over users x history length."""
-        return max(256, self.pair_budget // (self.user_batch * max(hist.shape[1], 1)))
+        """Items per chunk: the pair budget over users x history length, the length counted as
+        at least ``MIN_BUDGET_LEN`` (the score network's activations per candidate do not shrink
+        with the history: a 3-item history would otherwise get chunks of 44k items, 5.6M
+        candidates per call and ~15 GB)."""
+        length = max(hist.shape[1], MIN_BUDGET_LEN)
+        return max(256, self.pair_budget // (self.user_batch * length))
 
     def _topk_fn(self, chunk: int):
         if chunk not in self._topk_fns:
