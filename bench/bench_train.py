@@ -8,16 +8,20 @@ Usage (from the repository root, after `bash scripts/test.sh` or `pip install -e
     python bench/bench_train.py [--config ci-synth]        # train step per variant x FGSM
 
 * ``--input-only``: examples/s of the tf.data input pipeline alone (iterated, no model) for
-  both negative modes, side by side, at the config's batch, K and L, on a synthetic corpus of
-  the paper's shape generated in memory (``--items`` 4.2M, ``--users`` 1M, a history of
-  ``--events`` per user on average; vectorised numpy, ~10 s). The last line printed is
-  ``input pipeline: <N> examples/s`` for the config's default ``negatives``.
+  per-example negatives unpooled (pool factor 1), pooled with the config's
+  ``negative_pool_factor`` and every ``--pool-factors``, and shared negatives, interleaved
+  (``--repeats`` rounds of ``--round-seconds`` each; medians, and ratios per round to unpooled),
+  at the config's batch, K and L, on a synthetic corpus of the paper's shape generated in
+  memory (``--items`` 4.2M, ``--users`` 1M, a history of ``--events`` per user on average;
+  vectorised numpy, ~10 s). The last line printed is ``input pipeline: <N> examples/s`` for the
+  config's default ``negatives`` and ``negative_pool_factor``.
 * ``--xla``: train-step examples/s of the attention model with ``jit_compile`` off/on x FGSM
   on/off, on the same pre-made batches, interleaved (``--repeats`` rounds) so that machine
   noise hits every setting alike; ratios are per round.
-* ``--negatives-quality``: trains the config with shared and with per-example negatives (same
-  seeds) and evaluates recall-all with bootstrap intervals (``evaluate_brute_force``) and the
-  paired difference on the same test users.
+* ``--negatives-quality``: trains the config with every ``--quality-modes`` (``shared``,
+  ``per_example``, ``per_example_pool<f>``; same seeds) and evaluates recall-all with bootstrap
+  intervals (``evaluate_brute_force``) and each mode's paired difference to unpooled
+  per-example negatives on the same test users.
 
 Results are merged into ``--output`` (default bench/results/train.json, one key per mode;
 the quality study writes bench/results/train-negatives-<config>.json).
@@ -82,6 +86,10 @@ def synthetic_samples(users: int, items: int, events: float, max_len: int,
     return samples, freq
 
 
+def _input_label(mode: str, factor: int) -> str:
+    return f"per_example_pool{factor}" if mode == "per_example" and factor > 1 else mode
+
+
 def bench_input(args, cfg) -> dict:
     tc = cfg.train
     t0 = time.perf_counter()
@@ -91,35 +99,50 @@ def bench_input(args, cfg) -> dict:
     gen_s = time.perf_counter() - t0
     print(f"corpus: {args.items} items, {args.users} users, {len(samples.items)} events, "
           f"{len(samples)} samples, L={samples.max_len} (generated in {gen_s:.1f} s)", flush=True)
+    factors = sorted({1, tc.negative_pool_factor, *(args.pool_factors or [])})
+    settings = [("per_example", f) for f in factors] + [("shared", 1)]
+    labels = [_input_label(m, f) for m, f in settings]
     iters = {}
-    for mode in NEGATIVE_MODES:
+    for (mode, f), label in zip(settings, labels):
         pipe = InputPipeline(samples, noise, batch_size=tc.batch_size,
-                             num_negatives=tc.num_negatives, negatives=mode, seed=0)
-        iters[mode] = iter(pipe.dataset())
+                             num_negatives=tc.num_negatives, negatives=mode, seed=0,
+                             pool_factor=f)
+        iters[label] = iter(pipe.dataset())
         for _ in range(20):  # warm-up: first epoch permutation, autotune
-            next(iters[mode])
-    per_round = {m: [] for m in NEGATIVE_MODES}
-    for _ in range(args.repeats):  # interleaved: machine noise hits both modes alike
-        for mode in NEGATIVE_MODES:
-            n = args.batches if mode == "shared" else max(10, args.batches // 10)
-            t = time.perf_counter()
-            for _ in range(n):
-                next(iters[mode])
-            per_round[mode].append(n * tc.batch_size / (time.perf_counter() - t))
-    rows = {m: {"examples_per_s_median": float(np.median(v)),
-                "examples_per_s_rounds": [round(x) for x in v]} for m, v in per_round.items()}
-    ratio = [s / p for s, p in zip(per_round["shared"], per_round["per_example"])]
+            next(iters[label])
+    per_round = {k: [] for k in labels}
+    for _ in range(args.repeats):  # interleaved: machine noise hits every setting alike
+        for label in labels:
+            # The same wall time per setting and round (at least 10 batches).
+            n, t = 0, time.perf_counter()
+            while n < 10 or time.perf_counter() - t < args.round_seconds:
+                next(iters[label])
+                n += 1
+            per_round[label].append(n * tc.batch_size / (time.perf_counter() - t))
+    base = per_round["per_example"]
+    rows = {}
+    for (mode, f), label in zip(settings, labels):
+        v = per_round[label]
+        rows[label] = {"negatives": mode, "pool_factor": f if mode == "per_example" else None,
+                       "examples_per_s_median": float(np.median(v)),
+                       "examples_per_s_rounds": [round(x) for x in v],
+                       "over_per_example_unpooled": float(np.median(
+                           [a / b for a, b in zip(v, base)]))}
+    default = _input_label(tc.negatives, tc.negative_pool_factor)
     result = {**_env(), "config": args.config, "batch_size": tc.batch_size,
               "num_negatives": tc.num_negatives, "max_len": samples.max_len,
               "items": args.items, "users": args.users, "samples": len(samples),
-              "default_negatives": tc.negatives, "modes": rows,
-              "shared_over_per_example": float(np.median(ratio))}
-    for m in NEGATIVE_MODES:
-        print(f"  {m}: {rows[m]['examples_per_s_median']:.0f} examples/s "
-              f"(rounds {rows[m]['examples_per_s_rounds']})")
-    print(f"  shared / per-example: {result['shared_over_per_example']:.1f}x")
+              "repeats": args.repeats, "round_seconds": args.round_seconds,
+              "default_negatives": tc.negatives,
+              "default_pool_factor": tc.negative_pool_factor, "default": default,
+              "modes": rows,
+              "shared_over_per_example": rows["shared"]["over_per_example_unpooled"]}
+    for label, r in rows.items():
+        print(f"  {label}: {r['examples_per_s_median']:.0f} examples/s, "
+              f"{r['over_per_example_unpooled']:.2f}x unpooled per-example "
+              f"(rounds {r['examples_per_s_rounds']})")
     _merge(args.output, "input_pipeline", result)
-    print(f"input pipeline: {rows[tc.negatives]['examples_per_s_median']:.0f} examples/s")
+    print(f"input pipeline: {rows[default]['examples_per_s_median']:.0f} examples/s")
     return result
 
 
@@ -221,41 +244,70 @@ def bench_steps(args, cfg, ds) -> dict:
     return result
 
 
+def _parse_mode(label: str) -> tuple[str, int]:
+    """``shared``, ``per_example`` or ``per_example_pool<f>`` -> ``(negatives, pool factor)``."""
+    if label.startswith("per_example_pool"):
+        return "per_example", int(label[len("per_example_pool"):])
+    if label not in NEGATIVE_MODES:
+        raise SystemExit(f"unknown negatives mode {label!r}")
+    return label, 1
+
+
 def bench_quality(args, cfg, data_dir: Path, workdir: Path) -> dict:
+    """Every mode of ``--quality-modes`` trained with the same seeds and evaluated on the same
+    test users; each mode's paired difference to unpooled per-example negatives."""
     from nann_tf.evaluation.evaluate import evaluate_brute_force
     from nann_tf.evaluation.metrics import paired_difference
     from nann_tf.model.saved import load_trained_model
     from nann_tf.train import train
 
     ds = Dataset.load(data_dir)
+    modes = args.quality_modes
+    if "per_example" not in modes:
+        modes = ["per_example"] + modes
     runs, per_user = [], {}
     for seed in args.seeds:
-        for mode in NEGATIVE_MODES:
-            cfg.train.negatives, cfg.train.seed = mode, seed
-            out = workdir / f"model-{mode}-{seed}"
+        for label in modes:
+            mode, factor = _parse_mode(label)
+            cfg.train.negatives, cfg.train.negative_pool_factor = mode, factor
+            cfg.train.seed = seed
+            out = workdir / f"model-{label}-{seed}"
             summary = train(cfg, data_dir, out, verbose=0, overwrite=True)
             model, _, _ = load_trained_model(out)
             pu = {}
             res = evaluate_brute_force(model, ds, "test", args.eval_users, (50, 200),
                                        per_user_out=pu)
-            per_user[(mode, seed)] = pu
-            runs.append({"negatives": mode, "seed": seed, "train_seconds": summary["seconds"],
+            per_user[(label, seed)] = pu
+            runs.append({"negatives": label, "negatives_mode": mode, "pool_factor": factor,
+                         "seed": seed, "train_seconds": summary["seconds"],
                          "train_examples_per_s": summary["examples_per_s"],
                          "final_loss": summary["final"], "test": res})
-            print(mode, seed, f"{summary['examples_per_s']:.0f} ex/s",
-                  {k: round(v, 4) for k, v in res["model"].items() if isinstance(v, float)}, flush=True)
-    # Paired over users and seeds: shared - per_example.
-    boot = per_user[(NEGATIVE_MODES[0], args.seeds[0])]["bootstrap"]
+            print(label, seed, f"{summary['examples_per_s']:.0f} ex/s",
+                  {k: round(v, 4) for k, v in res["model"].items() if isinstance(v, float)},
+                  flush=True)
+    # Paired over users and seeds: <mode> - per_example (unpooled).
+    boot = per_user[("per_example", args.seeds[0])]["bootstrap"]
+    metrics = ("recall_all@50", "recall_all@200")
+
+    def seed_mean(label, m):
+        return np.mean([per_user[(label, s)]["model"][m] for s in args.seeds], axis=0)
+
+    means = {label: {m: float(np.mean(seed_mean(label, m))) for m in metrics} for label in modes}
     diffs = {}
-    for m in ("recall_all@50", "recall_all@200"):
-        a = np.mean([per_user[("shared", s)]["model"][m] for s in args.seeds], axis=0)
-        b = np.mean([per_user[("per_example", s)]["model"][m] for s in args.seeds], axis=0)
-        diffs.update(paired_difference({m: a}, {m: b}, boot))
-    result = {**_env(), "config": args.config, "seeds": args.seeds, "runs": runs,
-              "shared_minus_per_example": diffs}
+    for label in modes:
+        if label == "per_example":
+            continue
+        d = {}
+        for m in metrics:
+            d.update(paired_difference({m: seed_mean(label, m)}, {m: seed_mean("per_example", m)},
+                                       boot))
+        diffs[f"{label}_minus_per_example"] = d
+    result = {**_env(), "config": args.config, "seeds": args.seeds, "modes": modes,
+              "test_users": int(len(seed_mean("per_example", metrics[0]))),
+              "seed_mean": means, "runs": runs, **diffs}
     path = Path(args.output).parent / f"train-negatives-{args.config}.json"
     path.write_text(json.dumps(result, indent=2, default=float))
-    print(json.dumps(diffs, indent=2, default=float))
+    print(json.dumps({"seed_mean": means, **diffs}, indent=2, default=float))
     return result
 
 
@@ -267,11 +319,18 @@ def main():
     ap.add_argument("--negatives-quality", action="store_true")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=300, help="--input-only: batches per round")
+    ap.add_argument("--round-seconds", type=float, default=2.0,
+                    help="--input-only: seconds per setting and round")
+    ap.add_argument("--pool-factors", type=lambda s: [int(x) for x in s.split(",")],
+                    help="--input-only: per-example pool factors to measure besides 1 and the "
+                         "config's")
     ap.add_argument("--items", type=int, default=4_200_000)
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--events", type=float, default=30.0)
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
+    ap.add_argument("--quality-modes", type=lambda s: s.split(","),
+                    default=["shared", "per_example", "per_example_pool16"],
+                    help="--negatives-quality: shared, per_example, per_example_pool<f>, ...")
     ap.add_argument("--eval-users", type=int, default=0,
                     help="--negatives-quality: test users to evaluate (0: all)")
     ap.add_argument("--data", help="a prepared dataset directory (default: generate the "

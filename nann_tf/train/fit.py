@@ -153,7 +153,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     try:
         pipeline = InputPipeline(samples, noise, batch_size=tc.batch_size,
                                  num_negatives=tc.num_negatives, negatives=tc.negatives,
-                                 seed=tc.seed)
+                                 seed=tc.seed, pool_factor=tc.negative_pool_factor)
     except InputError as e:
         raise TrainError(str(e)) from e
     steps = tc.steps_per_epoch or pipeline.steps_per_epoch
