@@ -278,10 +278,11 @@ class SearchParams:
 # Defaults of the config's [similar] table: the embedding-mode ``similar_items`` search
 # (:mod:`nann_tf.search.similar`). Its seeds are entry points, so the walk starts next to its
 # answer: a narrow start level, the level-1 pass skipped and a deeper level-0 walk. On the 1M
-# synthetic corpus (300 single-item seeds): coverage@50 0.999 against the exact neighbours,
-# scoring 0.26% of the corpus (``bench/results/similar-synth-1m.json``).
-DEFAULT_SIMILAR = SearchParams(start_level=2, ef={2: 16, 1: 16, 0: 100}, T={1: 0, 0: 8}, k=50,
-                               hnsw_ef=100, history_seeds=True)
+# synthetic corpus (500 seed rows of 1, 2 and 3 items): coverage@50 0.9973 +/-0.0018 against the
+# exact neighbours, scoring 0.39% of the corpus; ef0 = 100 gave 0.9938 +/-0.0044 at 0.26%
+# (``bench/results/similar-synth-1m.json``).
+DEFAULT_SIMILAR = SearchParams(start_level=2, ef={2: 16, 1: 16, 0: 200}, T={1: 0, 0: 8}, k=50,
+                               hnsw_ef=200, history_seeds=True)
 
 
 def similar_for_index(params: SearchParams, max_level: int) -> SearchParams:
