@@ -330,9 +330,9 @@ def test_validate_cli_and_bad_version_directories(v_tf, tmp_path, capsys):
     absent = _copy_version(v_tf, tmp_path / "absent-signature")
     hist = np.zeros((1, 20), np.int64)
     write_warmup_requests(warmup_file_path(absent), "nann", "serving_default",
-                          [{"hist_item_ids": hist}, ("similar_items", {"item_ids": hist})])
-    with pytest.raises(CcLoaderError, match=r'record 1 \(signature "similar_items"\).*no '
-                                            r'signature "similar_items"'):
+                          [{"hist_item_ids": hist}, ("no_such_signature", {"item_ids": hist})])
+    with pytest.raises(CcLoaderError, match=r'record 1 \(signature "no_such_signature"\).*no '
+                                            r'signature "no_such_signature"'):
         run_cc_loader(absent, [], op_library=False)
     assert run_cli("validate", tmp_path / "nothing-here", "--loader", "cc") == 2
     assert "no saved_model.pb" in capsys.readouterr().err
