@@ -446,7 +446,8 @@ def test_demo_runs_end_to_end_then_reuses_its_artefacts(tmp_path, capsys, monkey
         assert ex["item"] not in [s["item"] for s in ex["similar"]]
         dist = [s["distance"] for s in ex["similar"]]
         assert dist == sorted(dist) and dist[0] >= 0
-    # On the planted categories (measured ~0.7 against ~0.05 for random items).
+    # On the planted categories: measured 0.487 of the top-5 in the seed's category against
+    # 0.087 for random items (30 seeds); 0.4 allows about 13 fewer of the 150 listed items.
     assert sim["shares_category"] >= 0.4 and sim["shares_category"] >= \
         4 * sim["random_shares_category"]
     for path in ("log.csv", "data/meta.json", "model/model.json", "index/index.json",

@@ -476,6 +476,9 @@ def test_hot_swap_to_an_xla_version_under_load(v_tf, v_xla, queries, tmp_path):
             (tmp_path / ".staging").rename(base / "2")  # published complete, as export does
             wait_for(lambda: traffic.count(2) >= 20, 300, "requests on version 2",
                      traffic.errors)
+        # Version 1 leaves service as soon as 2 is AVAILABLE, then unloads (UNLOADING -> END).
+        wait_for(lambda: {r.version: r.state for r in server.manager.status("nann")}.get(1)
+                 == "END", 60, "version 1 to finish unloading")
     finally:
         status = {r.version: r for r in server.manager.status("nann")}
         server.stop(5.0)
