@@ -98,8 +98,7 @@ def main():
     print(format_similar_table(result))
 
     # Relevance: every item (or a uniform sample) as a single seed, as a product page would ask.
-    from nann_tf.data.dataset import popularity_topk
-    from nann_tf.evaluation.similar import shares_label
+    from nann_tf.evaluation.similar import baseline_ids, shares_label
 
     rng = np.random.default_rng(0)
     n = ds.num_items
@@ -109,9 +108,7 @@ def main():
     k = similar.k
     found = {mode: r.similar(single, mode, similar if mode == "embedding" else search,
                              k=k).ids for mode in ("embedding", "model")}
-    found["random"] = rng.integers(1, n + 1, size=(len(single), k))
-    pop = popularity_topk(ds, k + 1)
-    found["most_popular"] = np.stack([pop[pop != s][:k] for s in items])
+    found.update(baseline_ids(ds, single, k, rng))
     labels = {"category": ds.item_category}
     if args.item_file:
         labels["genre"] = genre_labels(args.item_file, ds.raw_item_id)

@@ -22,7 +22,7 @@ import numpy as np
 
 from nann_tf.evaluation.metrics import Bootstrap, per_user_coverage, scored_fraction
 
-__all__ = ["evaluate_similar", "seed_rows", "shares_label", "format_similar_table"]
+__all__ = ["baseline_ids", "evaluate_similar", "seed_rows", "shares_label", "format_similar_table"]
 
 
 def seed_rows(histories: np.ndarray, max_seeds: int = 3) -> np.ndarray:
@@ -61,6 +61,17 @@ def shares_label(ids: np.ndarray, seeds: np.ndarray, labels: np.ndarray) -> np.n
         return np.where(real.any(axis=1), (hit & real).sum(axis=1) / real.sum(axis=1), np.nan)
 
 
+def baseline_ids(ds, seeds: np.ndarray, k: int, rng: np.random.Generator) -> dict:
+    """What a similar-items shelf must beat, ``k`` items per seed row (dense ids ``[U, k]``):
+    ``random`` (uniform over the corpus) and ``most_popular`` (the most frequent items in
+    training that are not among the row's seeds)."""
+    from nann_tf.data.dataset import popularity_topk
+
+    pop = popularity_topk(ds, k + seeds.shape[1])
+    return {"random": rng.integers(1, ds.num_items + 1, size=(len(seeds), k)),
+            "most_popular": np.stack([pop[~np.isin(pop, s)][:k] for s in seeds])}
+
+
 def _mean_ci(values: np.ndarray, boot: Bootstrap) -> tuple[float, list[float]]:
     return float(np.nanmean(values)), boot.interval(boot.means(values))
 
@@ -90,7 +101,6 @@ def evaluate_similar(model, index, ds, *, search, similar, split: str = "test",
       ``baselines`` (``random``, ``most_popular``: ``shares_label@k`` at the embedding mode's
       k), ``seed_rows`` and ``seeds_per_row``.
     """
-    from nann_tf.data.dataset import popularity_topk
     from nann_tf.evaluation.retriever import Retriever
 
     held = getattr(ds, split)
@@ -122,12 +132,8 @@ def evaluate_similar(model, index, ds, *, search, similar, split: str = "test",
                    speedup=exact.ms_per_query / max(res.ms_per_query, 1e-9))
         rows[mode] = row
     k = similar.k if "embedding" in modes else search.k
-    rng = np.random.default_rng(seed)
-    random_ids = rng.integers(1, n + 1, size=(len(seeds), k))
-    pop = popularity_topk(ds, k + seeds.shape[1])
-    pop_rows = np.stack([pop[~np.isin(pop, s)][:k] for s in seeds])
     baselines = {}
-    for name, ids in (("random", random_ids), ("most_popular", pop_rows)):
+    for name, ids in baseline_ids(ds, seeds, k, np.random.default_rng(seed)).items():
         value, ci = _mean_ci(shares_label(ids, seeds, labels), boot)
         baselines[name] = {"k": int(k), f"shares_label@{k}": value,
                            f"shares_label@{k}_ci95": ci}

@@ -271,10 +271,7 @@ class RetrievalModule(tf.Module):
         ef_d = {lv: ef_b[lv] for lv in range(S + 1)}
         T_d = {lv: T_b[lv] for lv in range(S)}
         ids, scores, n = self.search_dense(dense, b, ef_d, T_d, k_b, exclude)
-        with tf.device(CPU):
-            beyond = tf.range(k_b)[None, :] >= k[:, None]
-            ids = tf.where(beyond, 0, ids)
-            scores = tf.where(beyond, float("-inf"), scores)
+        ids, scores = self._cut_to_k(ids, scores, k, k_b)
         return self._outputs(ids, scores, n)
 
     def _brute_force(self, hist_item_ids):
@@ -319,6 +316,8 @@ class RetrievalModule(tf.Module):
         return seeds, exclude, b, k_row, k_b
 
     def _cut_to_k(self, ids, scores, k_row, k_b):
+        """A batch's ``k_b`` columns with each row's columns past its own ``k_row`` padded
+        (id 0, score -inf)."""
         with tf.device(CPU):
             beyond = tf.range(k_b)[None, :] >= k_row[:, None]
             return tf.where(beyond, 0, ids), tf.where(beyond, float("-inf"), scores)
