@@ -69,12 +69,14 @@ class Progress:
       redraw_s: seconds between redraws on a terminal.
       clock: monotonic seconds (injectable for tests).
       enabled: False makes every call a no-op.
+      postfix: called when a line is written; its text is appended (e.g. a loss).
     """
 
     def __init__(self, total: float | None = None, desc: str = "", unit: str = "items", *,
                  stream: TextIO | None = None, tty: bool | None = None,
                  log_every_s: float = 10.0, redraw_s: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic, enabled: bool = True):
+                 clock: Callable[[], float] = time.monotonic, enabled: bool = True,
+                 postfix: Callable[[], str] | None = None):
         mode = os.environ.get(_ENV, "").strip().lower()
         self.enabled = enabled and mode not in ("0", "off", "false", "no")
         self.total = None if total is None else float(total)
@@ -90,6 +92,7 @@ class Progress:
         self.tty = tty
         self.log_every_s, self.redraw_s = float(log_every_s), float(redraw_s)
         self.clock = clock
+        self.postfix = postfix
         self.count = 0.0
         self.t0 = clock()
         self._last_out = self.t0
@@ -115,6 +118,13 @@ class Progress:
         elif now - self._last_out >= self.log_every_s:
             self._log(self.text(now))
             self._last_out = now
+
+    def due(self) -> bool:
+        """Whether a line would be written now (to fetch costly postfix input only then)."""
+        if not self.enabled or self._closed:
+            return False
+        wait = self.redraw_s if self.tty else self.log_every_s
+        return (self.tty and not self._wrote) or self.clock() - self._last_out >= wait
 
     def close(self) -> None:
         """Writes the final line: on a terminal always, in a log only if a line was written
@@ -169,6 +179,10 @@ class Progress:
             eta = self.eta(now)
             parts.append(f", ETA {format_duration(eta)}" if eta is not None else
                          f", {format_duration(now - self.t0)} elapsed")
+        if self.postfix is not None:
+            extra = self.postfix()
+            if extra:
+                parts.append(f", {extra}")
         return "".join(parts)
 
     def _draw(self, text: str) -> None:

@@ -269,9 +269,12 @@ def test_ties_survive_unstable_sort_at_scale():
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(st.integers(1, 12), st.integers(-3, 15), st.integers(0, 3),
                                st.integers(0, 6)), min_size=1, max_size=120),
-       max_len=st.integers(1, 6), seed=st.integers(0, 3))
-def test_random_logs_match_reference(tmp_path, rows, max_len, seed):
+       max_len=st.integers(1, 6), seed=st.integers(0, 3),
+       spread=st.sampled_from([1, 1, 10**15]))
+def test_random_logs_match_reference(tmp_path, rows, max_len, seed, spread):
     # Few timestamps, so many ties; negative raw ids; categories that disagree per item.
+    # spread: item ids far apart (a span far above the row count), the vocabulary's other path.
+    rows = [(u, i * spread, c, t) for u, i, c, t in rows]
     text = "".join(f"{u},{i},{c},pv,{t}\n" for u, i, c, t in rows)
     path = _write(tmp_path / "h.csv", text)
     data = read_userbehavior(path)

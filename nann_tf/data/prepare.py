@@ -100,7 +100,32 @@ def _argsort_ties_in_order(key: np.ndarray) -> np.ndarray:
 
 
 def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(uniq, inverse)`` as ``np.unique(values, return_inverse=True)``, one unstable sort."""
+    """``(uniq, inverse)`` as ``np.unique(values, return_inverse=True)`` (``inverse`` an
+    integer array, int32 where the ranks fit).
+
+    Integer ids go through a presence table when their span is at most a few times their count
+    (raw item and user ids of real logs; O(N), no sort), else through a hash table (Arrow's
+    dictionary encoding) and a sort of the distinct values only; other values take one
+    unstable sort."""
+    if values.dtype.kind in "iu" and len(values):
+        lo, hi = int(values.min()), int(values.max())
+        span = hi - lo + 1
+        if span <= min(4 * len(values) + (1 << 20), 1 << 28):
+            shifted = values - values.dtype.type(lo) if lo else values
+            present = np.zeros(span, dtype=bool)
+            present[shifted] = True
+            rank = np.cumsum(present, dtype=np.int32)
+            rank -= 1
+            return (np.flatnonzero(present) + lo).astype(values.dtype, copy=False), rank[shifted]
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        enc = pc.dictionary_encode(pa.array(values))
+        distinct = enc.dictionary.to_numpy()
+        order = np.argsort(distinct)
+        rank = np.empty(len(distinct), dtype=np.int32 if len(distinct) < 2**31 else np.int64)
+        rank[order] = np.arange(len(distinct))
+        return distinct[order], rank[enc.indices.to_numpy(zero_copy_only=False)]
     order = np.argsort(values)
     sv = values[order]
     new = np.ones(len(sv), dtype=bool)
@@ -233,7 +258,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     else:
         item_cat_raw = np.zeros(n_items, dtype=np.int64)  # one category: raw id 0
     del inverse
-    raw_cats, cat_dense = np.unique(item_cat_raw, return_inverse=True)
+    raw_cats, cat_dense = _dense_ranks(item_cat_raw)
     bar.update()
 
     n_val, n_test = held_out_sizes(n_kept, val_users, test_users, explicit_held_out)

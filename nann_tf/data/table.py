@@ -252,9 +252,15 @@ class _Source:
                 cols = {r: batch.column(index[f]) for r, f in self.fields.items()}
                 rows = np.arange(row, row + batch.num_rows)
                 row += batch.num_rows
-                blank = np.ones(batch.num_rows, bool)
-                for arr in cols.values():
-                    blank &= np.asarray(pc.equal(pc.utf8_length(arr), 0), bool)
+                # Blank: every field empty. Test one column on all rows, the rest only where
+                # it is empty (almost never).
+                first, *rest = cols.values()
+                blank = np.asarray(pc.equal(pc.utf8_length(first), 0), bool)
+                if blank.any():
+                    at = pa.array(np.flatnonzero(blank))
+                    for arr in rest:
+                        blank[at.to_numpy()] &= np.asarray(
+                            pc.equal(pc.utf8_length(arr.take(at)), 0), bool)
                 if blank.any():
                     keep = pa.array(~blank)
                     cols = {r: arr.filter(keep) for r, arr in cols.items()}
@@ -297,6 +303,10 @@ def _ints(source: _Source, role: str, arr, rows: np.ndarray, group) -> np.ndarra
         if arr.null_count:
             _fail(source, role, arr, pc.is_valid(arr), rows, group, "an integer")
         return arr.to_numpy().astype(np.int64, copy=False)
+    try:  # clean text: no trimming pass
+        return pc.cast(arr, pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
     text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
     try:
         return pc.cast(text, pa.int64()).to_numpy()
@@ -389,10 +399,10 @@ class _Labels:
         import pyarrow.compute as pc
 
         if pa.types.is_integer(arr.type) and not arr.null_count:  # category ids as they are
-            uniq, inv = np.unique(arr.to_numpy(), return_inverse=True)
-            lut = np.array([self.codes.setdefault(str(int(u)), len(self.codes)) for u in uniq]
-                           or [0], np.int64)
-            return lut[inv]
+            enc = pc.dictionary_encode(arr)  # a hash table: O(n), no sort
+            lut = np.array([self.codes.setdefault(str(int(u)), len(self.codes))
+                            for u in enc.dictionary.to_numpy()] or [0], np.int64)
+            return lut[enc.indices.to_numpy(zero_copy_only=False)]
         enc = pc.dictionary_encode(pc.utf8_trim_whitespace(arr.cast(pa.string())))
         lut = np.array([self.codes.setdefault(s or NO_CATEGORY_NAME, len(self.codes))
                         for s in enc.dictionary.to_pylist()] or [0], np.int64)

@@ -36,11 +36,13 @@ from nann_tf.data.dataset import Dataset
 from nann_tf.fsutil import atomic_path, write_json_atomic
 from nann_tf.model.nann import NANNModel
 from nann_tf.model.saved import MODEL_META, build_model, save_trained_model
+from nann_tf.progress import Progress, format_count
 from nann_tf.train.input import InputError, InputPipeline, TrainSamples
 from nann_tf.train.noise import NoiseDistribution
 from nann_tf.train.step import NANNTrainer
 
-__all__ = ["train", "make_strategy", "worker_role", "TrainError", "remove_training_state"]
+__all__ = ["train", "make_strategy", "worker_role", "TrainError", "remove_training_state",
+           "TrainProgressLog"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,44 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self._dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._dir / f"epoch-{epoch + 1:03d}.weights.h5") as tmp:
             self._nann.save_weights(tmp)
+
+
+class TrainProgressLog(keras.callbacks.Callback):
+    """Off a terminal (where Keras writes one line per epoch), a log line every
+    ``log_every_s`` seconds: steps done of the run, steps/s, examples/s, ETA and the loss."""
+
+    def __init__(self, epochs: int, steps: int, batch_size: int, log_every_s: float = 30.0,
+                 clock=time.monotonic):
+        super().__init__()
+        self._epochs, self._steps, self._batch = epochs, steps, batch_size
+        self._every, self._clock = log_every_s, clock
+        self._bar: Progress | None = None
+        self._base = 0
+        self._loss: float | None = None
+
+    def _postfix(self) -> str:
+        ex = format_count(self._bar.rate() * self._batch) if self._bar else "?"
+        loss = "" if self._loss is None else f", loss {self._loss:.4f}"
+        return f"{ex} examples/s{loss}"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._bar is None:  # the first epoch of this process (later ones if resumed)
+            self._first_epoch = epoch
+            self._bar = Progress((self._epochs - epoch) * self._steps, "train", "steps",
+                                 tty=False, log_every_s=self._every, postfix=self._postfix,
+                                 clock=self._clock)
+        self._base = (epoch - self._first_epoch) * self._steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar is None:
+            return
+        if logs and "loss" in logs and self._bar.due():
+            self._loss = float(logs["loss"])
+        self._bar.set(self._base + batch + 1)
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:
+            self._bar.close()
 
 
 def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose: int | None = None,
@@ -190,6 +230,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     ] + list(extra_callbacks or [])
     if verbose is None:
         verbose = 1 if os.isatty(1) else 2
+    if verbose != 1:  # no Keras progress bar: log lines instead
+        callbacks.append(TrainProgressLog(tc.epochs, steps, tc.batch_size))
     K = tc.num_negatives
     log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d %s "
              "negatives, %d replica(s), XLA %s, FGSM eps=%g (%s; fgsm_step and aux in the "
