@@ -178,6 +178,20 @@ def test_replay_warmup_counts_records(model, version_dir, tmp_path):
     assert replay_warmup(model, tmp_path / "absent") == 0
 
 
+def test_replay_warmup_shows_progress_when_asked(model, tmp_path, capsys, monkeypatch):
+    """`nann-tf serve` passes a description: records replayed / total with a rate (forced onto
+    the terminal style here; off a terminal a long warm-up logs every 10 s)."""
+    monkeypatch.setenv("NANN_TF_PROGRESS", "tty")
+    path = tmp_path / "w"
+    write_warmup_requests(path, "toy", "serving_default",
+                          [{"hist_item_ids": _histories(b)} for b in range(1, 6)])
+    assert replay_warmup(model, path, progress="serve: warm-up of toy version 1") == 5
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert last.startswith("serve: warm-up of toy version 1: 5/5 records (100%), "), last
+    assert replay_warmup(model, path) == 5  # no description: silent
+    assert capsys.readouterr().err == ""
+
+
 def test_replay_warmup_refuses_a_failing_record(model, tmp_path):
     bad = _retrieve_inputs(1)
     bad["k"] = np.array([-1], np.int32)

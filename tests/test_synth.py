@@ -185,6 +185,25 @@ def test_cli_writes_deterministic_file(tmp_path, capsys):
     assert len(users) == 60
 
 
+def test_cli_block_rows_streams_the_chunked_generator(tmp_path, capsys):
+    """--block-rows N writes write_synthetic_log's log (blocks of ~N rows, bounded memory), the
+    same for the same arguments, and not the in-memory generator's rows."""
+    args = ["synth", "--users", "60", "--items", "80", "--categories", "5",
+            "--events-per-user", "15", "--seed", "7"]
+    a, b, mem = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "mem.csv"
+    assert run_cli(*args + ["--block-rows", "200", "--output", str(a)]) == 0
+    assert "blocks of ~200 rows" in capsys.readouterr().out
+    rows = synth.write_synthetic_log(b, 60, 80, 5, 15, seed=7, chunk_rows=200, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    assert len(a.read_text().splitlines()) == rows > 3 * 200  # several blocks
+    assert run_cli(*args + ["--block-rows", "0", "--output", str(mem)]) == 0
+    assert mem.read_bytes() != a.read_bytes()
+    assert {ln.split(",")[0] for ln in a.read_text().splitlines()} == \
+        {ln.split(",")[0] for ln in mem.read_text().splitlines()}  # same users, other rows
+    assert run_cli(*args + ["--block-rows", "-1", "--output", str(tmp_path / "c.csv")]) == 2
+    assert "--block-rows must be >= 0, got -1" in capsys.readouterr().err
+
+
 def test_cli_takes_counts_from_config(tmp_path):
     path = tmp_path / "ci.csv"
     assert run_cli(*["synth", "--config", "ci-synth", "--output", str(path)]) == 0
@@ -220,12 +239,13 @@ def test_cli_missing_directory(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_cli_write_failure_leaves_nothing(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--block-rows", "20"]])
+def test_cli_write_failure_leaves_nothing(tmp_path, capsys, monkeypatch, extra):
     def fail(*args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(synth, "_format_rows", fail)
     out = tmp_path / "x.csv"
-    assert run_cli(*["synth", "--users", "5", "--items", "5", "--output", str(out)]) == 2
+    assert run_cli(*["synth", "--users", "5", "--items", "5", "--output", str(out)] + extra) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

@@ -7,6 +7,11 @@ Example::
 
 Counts not given on the command line come from the ``[data]`` table of ``--config`` (the
 ``synth_*`` keys), or from the built-in defaults.
+
+A log of more than :data:`STREAM_ABOVE_ROWS` expected rows (users x events per user) is
+generated and written in blocks of about ``--block-rows`` rows, so that memory is bounded by a
+block (the paper-scale log is 100M rows); smaller logs are generated in memory. The two draw
+different random streams, so ``--block-rows`` is part of what makes a log reproducible.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import logging
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "STREAM_ABOVE_ROWS"]
+
+STREAM_ABOVE_ROWS = 20_000_000
+BLOCK_ROWS = 4_000_000
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config name or .toml path for the defaults")
     parser.add_argument("--output", required=True, help="CSV file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    parser.add_argument("--block-rows", type=int,
+                        help="generate and write in blocks of about this many rows (bounded "
+                             "memory); 0: in memory. Default: 0 up to "
+                             f"{STREAM_ABOVE_ROWS:,} expected rows, else {BLOCK_ROWS:,}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Generates the log and writes it (atomically)."""
     from nann_tf.cli import CliError
     from nann_tf.config import ConfigError, DataConfig, load_config
-    from nann_tf.data.synth import generate_log, write_userbehavior_csv
+    from nann_tf.data.synth import generate_log, write_synthetic_log, write_userbehavior_csv
 
     try:
         cfg = load_config(args.config).data if args.config else DataConfig()
@@ -64,17 +76,30 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise CliError(f"--output {out}: file exists (pass --overwrite to replace it)")
 
+    expected = params["users"] * params["events-per-user"]
+    block_rows = args.block_rows
+    if block_rows is None:
+        block_rows = BLOCK_ROWS if expected > STREAM_ABOVE_ROWS else 0
+    if block_rows < 0:
+        raise CliError(f"--block-rows must be >= 0, got {block_rows}")
     t0 = time.perf_counter()
-    cols = generate_log(params["users"], params["items"], params["categories"],
-                        params["events-per-user"], seed)
-    t1 = time.perf_counter()
     try:
-        rows = write_userbehavior_csv(cols, out)
+        if block_rows:
+            log.info("about %d rows: generating in blocks of ~%d rows (--block-rows)",
+                     expected, block_rows)
+            rows = write_synthetic_log(out, params["users"], params["items"],
+                                       params["categories"], params["events-per-user"], seed,
+                                       chunk_rows=block_rows)
+        else:
+            cols = generate_log(params["users"], params["items"], params["categories"],
+                                params["events-per-user"], seed)
+            rows = write_userbehavior_csv(cols, out)
     except OSError as e:
         raise CliError(f"--output {out}: {e.strerror or e}") from e
-    t2 = time.perf_counter()
-    log.info("generated %d rows in %.2fs (%.0f rows/s), wrote %s in %.2fs (%.0f rows/s)",
-             rows, t1 - t0, rows / max(t1 - t0, 1e-9), out, t2 - t1, rows / max(t2 - t1, 1e-9))
+    dt = time.perf_counter() - t0
+    log.info("generated and wrote %d rows to %s in %.2fs (%.0f rows/s)", rows, out, dt,
+             rows / max(dt, 1e-9))
     print(f"wrote {rows} rows ({params['users']} users, {params['items']} items, "
-          f"{params['categories']} categories, seed {seed}) to {out}")
+          f"{params['categories']} categories, seed {seed}"
+          f"{f', blocks of ~{block_rows} rows' if block_rows else ''}) to {out}")
     return 0

@@ -233,10 +233,15 @@ class ModelManager:
         try:
             model = SessionModel(v.path, tags=self.options.saved_model_tags,
                                  session_config=self.options.session_config)
+            log.info("servable version {name: %s version: %d}: SavedModel loaded in %.2f s%s",
+                     name, v.version, time.monotonic() - started,
+                     "; replaying its warm-up records" if self.options.enable_model_warmup
+                     else "")
             records = 0
             if self.options.enable_model_warmup:
                 records = replay_warmup(model,
-                                        iterations=self.options.num_request_iterations_for_warmup)
+                                        iterations=self.options.num_request_iterations_for_warmup,
+                                        progress=f"serve: warm-up of {name} version {v.version}")
         except ModelLoadError as e:
             if model is not None:
                 model.close()
