@@ -159,7 +159,7 @@ def _query(address: str, ds, users: int, b16_requests: int, k: int) -> dict:
     """Test users over gRPC: beam (serving_default) and brute_force at B=1, then B=16."""
     import numpy as np
 
-    from nann_tf.evaluation.metrics import summarize
+    from nann_tf.evaluation.metrics import Bootstrap, summarize
     from nann_tf.progress import Progress
     from nann_tf.serving.client import RetrievalClient
 
@@ -201,15 +201,18 @@ def _query(address: str, ds, users: int, b16_requests: int, k: int) -> dict:
                     bar.update()
     beam, bf = res["serving_default"], res["brute_force"]
     k = min(k, beam["ids"].shape[1], bf["ids"].shape[1])
-    m = summarize(beam["ids"], bf["ids"], target, beam["scored"], ds.num_items, m=k)
+    m = summarize(beam["ids"], bf["ids"], target, beam["scored"], ds.num_items, m=k,
+                  bootstrap=Bootstrap(users))  # 95% intervals over the users
     ms16 = np.asarray(lat16) * 1e3
     out.update({
         "k": k, "num_items": int(ds.num_items),
         f"coverage@{k}": float(m[f"coverage@{k}"]),
+        f"coverage@{k}_ci95": m[f"coverage@{k}_ci95"],
         "scored_fraction": float(m["scored_fraction"]),
         "items_scored_mean": float(np.mean(beam["scored"])),
         f"recall_retrieval@{k}": float(m[f"recall_retrieval@{k}"]),
         f"recall_all@{k}": float(m[f"recall_all@{k}"]),
+        f"recall_all@{k}_ci95": m[f"recall_all@{k}_ci95"],
         "b1": {"beam": {x: round(beam[x], 3) for x in ("p50_ms", "p99_ms", "mean_ms")},
                "brute_force": {x: round(bf[x], 3) for x in ("p50_ms", "p99_ms", "mean_ms")}},
         "b16": {"requests": len(lat16), "p50_ms": round(float(np.percentile(ms16, 50)), 3),
@@ -369,6 +372,7 @@ def main(argv=None) -> int:
     summary = {
         "scale": args.scale,
         "coverage@200": q.get("coverage@200"),
+        "coverage@200_ci95": q.get("coverage@200_ci95"),
         "scored_fraction": q.get("scored_fraction"),
         "b1_speedup_vs_brute_force": q.get("b1_speedup_vs_brute_force"),
         "max_peak_rss_gb": max(rss.values()) if rss else None,
