@@ -111,6 +111,9 @@ class TrainConfig:
         Ignored by shared negatives.
       jit_compile: compile the train step with XLA (the default: 1.08-1.16x examples/s for the
         attention model on 2 CPU cores, bench/results/train.json "xla").
+      backup_every_steps: back up the run (weights and optimizer state) every this many steps
+        and at the end of every epoch; an interrupted run resumes from the last backup, mid-epoch
+        included, with the data continuing at the step after it. 0: at epoch ends only.
     """
 
     batch_size: int = 800
@@ -127,6 +130,7 @@ class TrainConfig:
     negatives: str = "per_example"
     negative_pool_factor: int = 32
     jit_compile: bool = True
+    backup_every_steps: int = 2000
     seed: int = 0
 
 
@@ -213,6 +217,9 @@ def _validate(cfg: Config, src: str) -> None:
                           f"{cfg.train.negatives!r}")
     if cfg.train.fgsm_eps < 0:
         raise ConfigError(f"{src}: [train] fgsm_eps must be >= 0, got {cfg.train.fgsm_eps}")
+    if cfg.train.backup_every_steps < 0:
+        raise ConfigError(f"{src}: [train] backup_every_steps must be >= 0 (0: at epoch ends "
+                          f"only), got {cfg.train.backup_every_steps}")
     if cfg.train.negative_pool_factor < 1:
         raise ConfigError(f"{src}: [train] negative_pool_factor must be >= 1 (1: no pool), got "
                           f"{cfg.train.negative_pool_factor}")

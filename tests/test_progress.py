@@ -120,32 +120,22 @@ def test_disabled_by_argument_or_environment(monkeypatch):
 
 
 def test_training_log_lines_count_steps_of_this_run_with_examples_per_s_and_loss(caplog):
-    """Off a terminal, training logs progress (Keras writes one line per epoch only); a resumed
-    run (first epoch 1 of 2) counts only the steps left, so its rate and ETA are right."""
+    """Off a terminal, training logs progress (Keras writes one line per epoch only): the steps
+    this process runs (a resumed run only those left), across fit() calls, with examples/s and
+    the loss; the final line comes with the last step."""
     from nann_tf.train.fit import TrainProgressLog
 
     clock = FakeClock()
-    cb = TrainProgressLog(epochs=2, steps=10, batch_size=512, log_every_s=5.0, clock=clock)
+    cb = TrainProgressLog(total_steps=20, batch_size=100, log_every_s=4.0, clock=clock)
     with caplog.at_level(logging.INFO, logger="nann_tf.progress"):
-        cb.on_epoch_begin(1)  # resumed: epoch 0 was done before
-        for b in range(10):
-            clock.advance(0.5)
-            cb.on_train_batch_end(b, {"loss": 3.0 - 0.1 * b})
-        cb.on_train_end()
-    lines = [r.getMessage() for r in caplog.records if r.name == "nann_tf.progress"]
-    assert lines == ["train: 10/10 steps (100%), 2 steps/s, ETA 0s, 1,024 examples/s, loss 2.1000",
-                     "train: 10/10 steps (100%), 2 steps/s, in 5s, 1,024 examples/s, loss 2.1000"]
-    caplog.clear()
-    cb = TrainProgressLog(epochs=2, steps=10, batch_size=100, log_every_s=4.0, clock=clock)
-    with caplog.at_level(logging.INFO, logger="nann_tf.progress"):
-        for epoch in range(2):
-            cb.on_epoch_begin(epoch)
-            for b in range(10):
+        for fit_call, steps in enumerate((6, 14)):  # a resumed partial epoch, then the rest
+            for b in range(steps):
                 clock.advance(1.0)
-                cb.on_train_batch_end(b, {"loss": float(epoch * 10 + b)})
+                cb.on_train_batch_end(b, {"loss": float(fit_call * 100 + b)})
+            cb.on_train_end()
     lines = [r.getMessage() for r in caplog.records if r.name == "nann_tf.progress"]
-    # every 4 s; the second epoch continues the count (steps 12, 16, 20 of 20)
     assert [ln.split(",")[0] for ln in lines] == [
         "train: 4/20 steps (20%)", "train: 8/20 steps (40%)", "train: 12/20 steps (60%)",
-        "train: 16/20 steps (80%)", "train: 20/20 steps (100%)"]
-    assert lines[2].endswith("ETA 8s, 100 examples/s, loss 11.0000")
+        "train: 16/20 steps (80%)", "train: 20/20 steps (100%)", "train: 20/20 steps (100%)"]
+    assert lines[2] == "train: 12/20 steps (60%), 1 steps/s, ETA 8s, 100 examples/s, loss 105.0000"
+    assert lines[-1] == "train: 20/20 steps (100%), 1 steps/s, in 20s, 100 examples/s, loss 113.0000"

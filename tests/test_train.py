@@ -88,6 +88,53 @@ def test_interrupted_run_resumes_from_backup(tiny_dataset, tmp_path):
         train(_tiny_config(epochs=3, learning_rate=0.1), tiny_dataset, out2, verbose=0)
 
 
+class _InterruptAtStep(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt after the ``at``-th step of this process (1-based)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.seen = at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.at:
+            raise KeyboardInterrupt
+
+
+def _weights(model_dir):
+    model, _, _ = load_trained_model(model_dir)
+    return [w.numpy() for w in model.weights]
+
+
+def test_mid_epoch_resume_trains_exactly_the_uninterrupted_model(tiny_dataset, tmp_path):
+    """4 steps per epoch, 3 epochs (12 steps), backups every 3 steps and at epoch ends (3, 4,
+    6, 8, 9, 12). Interrupted at step 7 (backup 6: mid epoch 2; step 7 is redone), then at the
+    4th step of the resumed run (global 10; backup 9: mid epoch 3, reached by a resumed partial
+    epoch that counted on), the third start finishes. The model equals, weight for weight, one
+    trained without interruption: the optimizer state came back and the data continued at the
+    step after each backup."""
+    cfg = _tiny_config(epochs=3, backup_every_steps=3, jit_compile=False)
+    ref = train(cfg, tiny_dataset, tmp_path / "ref", verbose=0)
+    assert ref["steps_run_now"] == 12 and ref["resumed_at_step"] == 0
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_dataset, out, verbose=0, extra_callbacks=[_InterruptAtStep(7)])
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert state["global_step"] == 6
+    assert [p.name for p in (out / "backup").glob("*.h5")] == [state["weights"]]
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_dataset, out, verbose=0, extra_callbacks=[_InterruptAtStep(4)])
+    assert json.loads((out / "backup" / "state.json").read_text())["global_step"] == 9
+    summary = train(cfg, tiny_dataset, out, verbose=0)
+    assert summary["resumed_at_step"] == 9 and summary["steps_run_now"] == 3
+    assert summary["epochs_run_now"] == 1  # the rest of epoch 3
+    assert not (out / "backup").exists()
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.h5")) == [
+        "epoch-001.weights.h5", "epoch-002.weights.h5", "epoch-003.weights.h5"]
+    for a, b in zip(_weights(tmp_path / "ref"), _weights(out)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cli_bad_inputs(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "m"
     assert run_cli("train", "--config", "no-such-config", "--data", tiny_dataset,

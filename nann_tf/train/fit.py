@@ -6,8 +6,11 @@
   model, written atomically at the end (:func:`nann_tf.model.saved.load_trained_model` reads
   them back);
 * ``checkpoints/epoch-NNN.weights.h5`` after every epoch;
-* ``backup/``: Keras ``BackupAndRestore`` state; a run interrupted mid-way resumes from it when
-  started again with the same ``output_dir``;
+* ``backup/``: the run's last backup (trainer weights with the optimizer state, and the global
+  step it was taken at), written every ``train.backup_every_steps`` steps and at every epoch's
+  end; a run interrupted mid-way resumes from it when started again with the same
+  ``output_dir`` -- mid-epoch included: the epoch is finished from the step after the backup,
+  with the data of exactly those steps -- and it is removed when the run ends;
 * ``logs/``: TensorBoard logs.
 
 The input is :class:`nann_tf.train.input.InputPipeline` (``tf.data``, sharded per worker).
@@ -69,14 +72,59 @@ def worker_role() -> tuple[bool, int]:
     return (kind == "worker" and index == 0 and not has_chief), index
 
 
-def _resume_step(work: Path, steps: int) -> int:
-    """Global batches done by the run backed up in ``work/backup`` (0 if none): the data
-    continues from there."""
-    meta = work / "backup" / "training_metadata.json"
+BACKUP_STATE = "state.json"
+
+
+def _backup_state(work: Path) -> dict:
+    """``{"global_step": S, "weights": file}`` of the run backed up in ``work/backup`` (empty
+    if none)."""
     try:
-        return int(json.loads(meta.read_text())["epoch"]) * steps
+        state = json.loads((work / "backup" / BACKUP_STATE).read_text())
+        return {"global_step": int(state["global_step"]), "weights": str(state["weights"])}
     except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+class _Backup(keras.callbacks.Callback):
+    """Backs the trainer up (weights + optimizer state) every ``every`` steps (0: never
+    mid-epoch) and at every epoch's end. The weights go to a new file named by the step, then
+    ``state.json`` (written atomically) points at it, then older files go: an interruption at
+    any point leaves a consistent backup. Counts steps itself, from ``start``, so that a resumed
+    partial epoch counts on from where it stopped."""
+
+    def __init__(self, directory: Path, start: int, every: int):
+        super().__init__()
+        self._dir, self.step, self._every = directory, start, every
+
+    def _save(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        name = f"trainer-{self.step:09d}.weights.h5"
+        with atomic_path(self._dir / name) as tmp:
+            self.model.save_weights(tmp)
+        write_json_atomic(self._dir / BACKUP_STATE, {"global_step": self.step, "weights": name})
+        for old in self._dir.glob("trainer-*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self._every and self.step % self._every == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not (self._every and self.step % self._every == 0):  # not saved at this step yet
+            self._save()
+
+
+def _restore(trainer: keras.Model, work: Path) -> int:
+    """Loads ``work/backup`` into the (built) trainer; returns its global step (0: none)."""
+    state = _backup_state(work)
+    if not state.get("global_step"):
         return 0
+    if trainer.optimizer is not None and not trainer.optimizer.built:
+        trainer.optimizer.build(trainer.trainable_variables)
+    trainer.load_weights(str(work / "backup" / state["weights"]))
+    return state["global_step"]
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -105,39 +153,30 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
 class TrainProgressLog(keras.callbacks.Callback):
     """Off a terminal (where Keras writes one line per epoch), a log line every
-    ``log_every_s`` seconds: steps done of the run, steps/s, examples/s, ETA and the loss."""
+    ``log_every_s`` seconds: steps done of ``total_steps`` (this process's steps: a resumed run
+    counts only what is left), steps/s, examples/s, ETA and the loss. Spans several ``fit``
+    calls (a resumed partial epoch, then whole ones); the final line comes with the last
+    step."""
 
-    def __init__(self, epochs: int, steps: int, batch_size: int, log_every_s: float = 30.0,
+    def __init__(self, total_steps: int, batch_size: int, log_every_s: float = 30.0,
                  clock=time.monotonic):
         super().__init__()
-        self._epochs, self._steps, self._batch = epochs, steps, batch_size
-        self._every, self._clock = log_every_s, clock
-        self._bar: Progress | None = None
-        self._base = 0
+        self._batch = batch_size
+        self._count = 0
         self._loss: float | None = None
+        self._bar = Progress(total_steps, "train", "steps", tty=False, log_every_s=log_every_s,
+                             postfix=self._postfix, clock=clock)
 
     def _postfix(self) -> str:
-        ex = format_count(self._bar.rate() * self._batch) if self._bar else "?"
         loss = "" if self._loss is None else f", loss {self._loss:.4f}"
-        return f"{ex} examples/s{loss}"
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._bar is None:  # the first epoch of this process (later ones if resumed)
-            self._first_epoch = epoch
-            self._bar = Progress((self._epochs - epoch) * self._steps, "train", "steps",
-                                 tty=False, log_every_s=self._every, postfix=self._postfix,
-                                 clock=self._clock)
-        self._base = (epoch - self._first_epoch) * self._steps
+        return f"{format_count(self._bar.rate() * self._batch)} examples/s{loss}"
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._bar is None:
-            return
-        if logs and "loss" in logs and self._bar.due():
+        self._count += 1
+        if logs and "loss" in logs and (self._bar.due() or self._count >= self._bar.total):
             self._loss = float(logs["loss"])
-        self._bar.set(self._base + batch + 1)
-
-    def on_train_end(self, logs=None):
-        if self._bar is not None:
+        self._bar.set(self._count)
+        if self._count >= self._bar.total:
             self._bar.close()
 
 
@@ -215,23 +254,38 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
             optimizer = keras.optimizers.Adam(**opt_kwargs)
         trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
         trainer({"hist": tf.ones([1, cfg.data.max_len], tf.int32),
-                 "items": tf.ones([1, 2], tf.int32)})  # build (BackupAndRestore needs it)
+                 "items": tf.ones([1, 2], tf.int32)})  # build (restoring a backup needs it)
 
-    try:
-        dataset = pipeline.distribute(strategy, start_step=_resume_step(work, steps))
-    except InputError as e:
-        raise TrainError(str(e)) from e
+        done = _restore(trainer, work)  # global steps of an interrupted run (0: none)
 
+    total = tc.epochs * steps
+    if done >= total:
+        # A run interrupted after its last step, before the model was written.
+        log.info("the backup in %s holds every step (%d): writing the model", work, done)
+    elif done:
+        log.info("resuming the interrupted run in %s at step %d of %d (epoch %d, step %d of "
+                 "%d)", work, done, total, done // steps + 1, done % steps + 1, steps)
+    # fit() calls: the rest of a partly done epoch, then the whole epochs left. Each starts the
+    # data at its first global step, so a resumed run reads the batches it had not trained on.
+    epoch0, in_epoch = divmod(done, steps)
+    phases = []
+    if in_epoch:
+        phases.append((epoch0, epoch0 + 1, steps - in_epoch, done))
+        epoch0 += 1
+    if epoch0 < tc.epochs:
+        phases.append((epoch0, tc.epochs, steps, epoch0 * steps))
+
+    backup = _Backup(work / "backup", done, tc.backup_every_steps)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(work / "backup")),
+        backup,
         _EpochCheckpoint(model, work / "checkpoints"),
         keras.callbacks.TensorBoard(str(work / "logs"), update_freq=max(1, steps // 10),
                                     write_graph=False),
     ] + list(extra_callbacks or [])
     if verbose is None:
         verbose = 1 if os.isatty(1) else 2
-    if verbose != 1:  # no Keras progress bar: log lines instead
-        callbacks.append(TrainProgressLog(tc.epochs, steps, tc.batch_size))
+    if verbose != 1 and total > done:  # no Keras progress bar: log lines instead
+        callbacks.append(TrainProgressLog(total - done, tc.batch_size))
     K = tc.num_negatives
     log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d %s "
              "negatives, %d replica(s), XLA %s, FGSM eps=%g (%s; fgsm_step and aux in the "
@@ -240,20 +294,33 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
              strategy.num_replicas_in_sync, "on" if jit_compile else "off", tc.fgsm_eps,
              tc.fgsm_eps_mode)
     t0 = time.perf_counter()
-    hist = trainer.fit(dataset, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                       verbose=verbose)
+    history: dict[str, list] = {}
+    for first_epoch, end_epoch, phase_steps, start_step in phases:
+        try:
+            dataset = pipeline.distribute(strategy, start_step=start_step)
+        except InputError as e:
+            raise TrainError(str(e)) from e
+        hist = trainer.fit(dataset, initial_epoch=first_epoch, epochs=end_epoch,
+                           steps_per_epoch=phase_steps, callbacks=callbacks, verbose=verbose)
+        for k, v in hist.history.items():
+            history.setdefault(k, []).extend(v)
+        if trainer.stop_training:  # a callback stopped training (e.g. a time limit)
+            break
     seconds = time.perf_counter() - t0
+    steps_run = backup.step - done
 
-    epochs_run = len(hist.history.get("loss", []))
     summary = {
-        "epochs_run_now": epochs_run,
+        "epochs_run_now": len(history.get("loss", [])),
+        "steps_run_now": steps_run,
+        "resumed_at_step": done,
         "steps_per_epoch": steps,
         "seconds": seconds,
-        "examples_per_s": epochs_run * steps * tc.batch_size / max(seconds, 1e-9),
-        "final": {k: float(v[-1]) for k, v in hist.history.items()} if epochs_run else {},
+        "examples_per_s": steps_run * tc.batch_size / max(seconds, 1e-9),
+        "final": {k: float(v[-1]) for k, v in history.items() if v},
     }
     save_trained_model(model, cfg, work, max_len=ds.max_len, data_dir=data_dir,
                        extra={"train_summary": summary})
+    remove_training_state(work)  # the model is written: nothing to resume
     if not is_chief:
         shutil.rmtree(work, ignore_errors=True)
         if created_out:
