@@ -107,8 +107,10 @@ class TrainConfig:
         K iid draws from the noise distribution, examples share pool draws. The default 32
         (K=200: blocks of 7 draws) makes the userbehavior-shaped input pipeline ~5-6x faster
         (above 500k examples/s on 2 cores) at no measured recall cost on ci-synth
-        (bench/results/train.json "input_pipeline", train-negatives-ci-synth.json).
-        Ignored by shared negatives.
+        (bench/results/train.json "input_pipeline", train-negatives-ci-synth.json); on the
+        1M corpus it cost 0.056 recall-all@200 at equal steps for 1.6x the examples/s
+        (train-negatives-synth-1m.json; equal wall time not yet measured). Ignored by shared
+        negatives.
       jit_compile: compile the train step with XLA (the default: 1.08-1.16x examples/s for the
         attention model on 2 CPU cores, bench/results/train.json "xla").
       backup_every_steps: back up the run (weights and optimizer state) every this many steps
