@@ -75,8 +75,8 @@ def _child_train(a: dict) -> None:
 
         def on_train_begin(self, logs=None):
             self.t0 = time.perf_counter()
-            # Keras draws a progress bar on a terminal; off one it prints only at the epoch's
-            # end, so log lines here (the time box is the ETA that matters).
+            # Off a terminal, train() logs steps against the whole epoch; this logs the time
+            # box, the ETA that matters here.
             self.bar = Progress(self.seconds, f"train (time box {format_duration(self.seconds)})",
                                 "s", enabled=not sys.stdout.isatty())
 

@@ -257,10 +257,10 @@ class _Source:
                 first, *rest = cols.values()
                 blank = np.asarray(pc.equal(pc.utf8_length(first), 0), bool)
                 if blank.any():
-                    at = pa.array(np.flatnonzero(blank))
+                    at = np.flatnonzero(blank)
                     for arr in rest:
-                        blank[at.to_numpy()] &= np.asarray(
-                            pc.equal(pc.utf8_length(arr.take(at)), 0), bool)
+                        blank[at] &= np.asarray(
+                            pc.equal(pc.utf8_length(arr.take(pa.array(at))), 0), bool)
                 if blank.any():
                     keep = pa.array(~blank)
                     cols = {r: arr.filter(keep) for r, arr in cols.items()}

@@ -219,7 +219,6 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         if prev != json.loads(cfg.to_json()):
             raise TrainError(f"{work}: holds an interrupted run of a different configuration "
                              f"({run_cfg}); use another --output or delete it")
-        log.info("resuming the interrupted run in %s", work)
     write_json_atomic(run_cfg, json.loads(cfg.to_json()))
 
     strategy = make_strategy(tc.strategy)  # before other TF work (collectives need it)
