@@ -43,3 +43,10 @@ def test_fgsm_eps_mode_is_checked():
     with pytest.raises(ConfigError, match=r"\[train\] fgsm_eps_mode must be absolute or "
                                           r"relative, got 'scaled'"):
         load_config("ci-synth", {"train.fgsm_eps_mode": "scaled"})
+
+
+def test_backup_every_steps_is_checked():
+    assert load_config("ci-synth", {"train.backup_every_steps": 0}).train.backup_every_steps == 0
+    with pytest.raises(ConfigError, match=r"\[train\] backup_every_steps must be >= 0 \(0: at "
+                                          r"epoch ends only\), got -5"):
+        load_config("ci-synth", {"train.backup_every_steps": -5})
