@@ -74,6 +74,12 @@ class ModelConfig:
       embedding_dim: d, the size of e_v (the HNSW index dimension).
       item_hidden / user_hidden / score_hidden: MLP hidden layer sizes.
       attention_dim: size of the attention query/key projection.
+      dropout: dropout rate on the item embeddings' input and after every hidden layer of the
+        item, user and score networks (training only; 0: none).
+      dot_term: (attention, sum_pool) add an inner product ``<W [user_vec, pooled], e_v>`` to the
+        score network's output: the two-tower score as a term of the deep one.
+      position_bias: a learned logit per history position (recency), added to the attention
+        logits and weighting the pooled history (instead of a plain mean).
     """
 
     variant: str = "attention"
@@ -84,6 +90,9 @@ class ModelConfig:
     user_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
     score_hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 64])
     attention_dim: int = 32
+    dropout: float = 0.0
+    dot_term: bool = False
+    position_bias: bool = False
 
 
 @dataclasses.dataclass
@@ -116,6 +125,13 @@ class TrainConfig:
       backup_every_steps: back up the run (weights and optimizer state) every this many steps
         and at the end of every epoch; an interrupted run resumes from the last backup, mid-epoch
         included, with the data continuing at the step after it. 0: at epoch ends only.
+      val_every_steps: validate every this many steps and after the last one
+        (:mod:`nann_tf.train.validation`): recall-all@``val_k`` of the next ``val_next_n``
+        behaviours of (up to) ``val_users`` validation users, exact over the whole corpus. The
+        best weights are the model written; ``patience`` validations without a better figure
+        stop training (0: never). 0: once per epoch, at most every 5,000 steps; -1: no
+        validation (the last weights are the model, as before validation existed).
+      epochs: the most epochs to run (early stopping may stop sooner).
     """
 
     batch_size: int = 800
@@ -133,6 +149,12 @@ class TrainConfig:
     negative_pool_factor: int = 32
     jit_compile: bool = True
     backup_every_steps: int = 2000
+    loss: str = "nce"
+    val_every_steps: int = 0
+    val_users: int = 1000
+    val_k: int = 100
+    val_next_n: int = 10
+    patience: int = 3
     seed: int = 0
 
 
@@ -229,6 +251,21 @@ def _validate(cfg: Config, src: str) -> None:
     if cfg.train.backup_every_steps < 0:
         raise ConfigError(f"{src}: [train] backup_every_steps must be >= 0 (0: at epoch ends "
                           f"only), got {cfg.train.backup_every_steps}")
+    if cfg.train.loss not in ("nce", "softmax"):
+        raise ConfigError(f"{src}: [train] loss must be nce or softmax, got {cfg.train.loss!r}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"{src}: [model] dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.train.val_every_steps < -1:
+        raise ConfigError(f"{src}: [train] val_every_steps must be -1 (no validation), 0 (once "
+                          f"per epoch, at most every 5,000 steps) or > 0, got "
+                          f"{cfg.train.val_every_steps}")
+    for key in ("val_users", "val_k", "val_next_n"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"{src}: [train] {key} must be >= 1, got "
+                              f"{getattr(cfg.train, key)}")
+    if cfg.train.patience < 0:
+        raise ConfigError(f"{src}: [train] patience must be >= 0 (0: never stop early), got "
+                          f"{cfg.train.patience}")
     if cfg.train.negative_pool_factor < 1:
         raise ConfigError(f"{src}: [train] negative_pool_factor must be >= 1 (1: no pool), got "
                           f"{cfg.train.negative_pool_factor}")

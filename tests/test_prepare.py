@@ -58,7 +58,7 @@ def _reference(rows, min_len, max_len, val_users, test_users):
             seq = [dense[x[2]] for x in seqs[u]]
             t = math.ceil(len(seq) / 2) - 1
             h = seq[max(0, t - max_len):t]
-            out[u] = ([0] * (max_len - len(h)) + h, len(h), seq[t])
+            out[u] = ([0] * (max_len - len(h)) + h, len(h), seq[t], seq[t + 1:])
         return out
 
     return {"users": users, "vocab": vocab, "first_cat": first_cat,
@@ -84,9 +84,12 @@ def _check_against_reference(ds: Dataset, rows, min_len):
     for split in ("val", "test"):
         h = getattr(ds, split)
         for k, u in enumerate(h.user.tolist()):
-            hist, hist_len, target = ref[split][u]
+            hist, hist_len, target, later = ref[split][u]
             assert h.hist[k].tolist() == hist
             assert h.hist_len[k] == hist_len and h.target[k] == target
+            assert h.later[h.later_splits[k]:h.later_splits[k + 1]].tolist() == later
+            # --next-n: the target, then the later behaviours, distinct, in time order.
+            assert h.next_targets(3)[k].tolist() == list(dict.fromkeys([target] + later[:2]))
         assert h.user.tolist() == sorted(h.user.tolist())
 
 

@@ -121,7 +121,11 @@ def test_mid_epoch_resume_trains_exactly_the_uninterrupted_model(tiny_dataset, t
         train(cfg, tiny_dataset, out, verbose=0, extra_callbacks=[_InterruptAtStep(7)])
     state = json.loads((out / "backup" / "state.json").read_text())
     assert state["global_step"] == 6
-    assert [p.name for p in (out / "backup").glob("*.h5")] == [state["weights"]]
+    assert [p.name for p in (out / "backup").glob("trainer-*.h5")] == [state["weights"]]
+    # Validation (every epoch: steps 4, 8, 12) keeps one best-weights file, the one the state
+    # names.
+    assert [p.name for p in (out / "backup").glob("best-*.h5")] == [
+        state["validation"]["best_weights"]]
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tiny_dataset, out, verbose=0, extra_callbacks=[_InterruptAtStep(4)])
     assert json.loads((out / "backup" / "state.json").read_text())["global_step"] == 9

@@ -16,7 +16,10 @@ Layout of a dataset directory (format ``nann-tf-dataset``, version 1):
   previous (up to) L items of the same user.
 - ``val.npz`` / ``test.npz``: ``hist`` int32 [U, L] (the behaviours before the ground truth,
   the most recent L, right-aligned, left-padded with 0), ``hist_len`` int32 [U], ``target``
-  int32 [U] (the ceil(len/2)-th behaviour), ``user`` int64 [U].
+  int32 [U] (the ceil(len/2)-th behaviour), ``user`` int64 [U]; and, in datasets written
+  since the ``--next-n`` evaluation exists, ``later`` int32 [sum] with ``later_splits`` int64
+  [U+1]: each user's behaviours after the target, in time order (CSR). A dataset without them
+  loads as before; only the evaluation of later behaviours needs them.
 """
 
 from __future__ import annotations
@@ -66,9 +69,44 @@ class HeldOut:
     hist_len: np.ndarray
     target: np.ndarray
     user: np.ndarray
+    later: np.ndarray | None = None
+    later_splits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
+
+    @property
+    def has_later(self) -> bool:
+        """Whether the users' later behaviours were stored (datasets prepared by older versions
+        hold only the target)."""
+        return self.later is not None
+
+    def next_targets(self, n: int, users: int = 0) -> list[np.ndarray]:
+        """Ground truth of the next ``n`` behaviours from the split point: per user, the target
+        followed by up to ``n - 1`` later behaviours (distinct ids, in time order).
+
+        Args:
+          n: how many behaviours (>= 1; 1 is the paper's single target).
+          users: keep the first ``users`` (0: all).
+
+        Raises:
+          DataError: ``n > 1`` on a dataset without later behaviours.
+        """
+        if n < 1:
+            raise DataError(f"next-n must be >= 1, got {n}")
+        m = len(self) if not users else min(users, len(self))
+        if n > 1 and not self.has_later:
+            raise DataError("this dataset stores no later behaviours of its held-out users "
+                            "(prepared by an older version): prepare it again to evaluate "
+                            f"the next {n} behaviours")
+        out = []
+        for u in range(m):
+            row = [int(self.target[u])]
+            if n > 1:
+                a, b = self.later_splits[u], self.later_splits[u + 1]
+                row.extend(int(x) for x in self.later[a:min(b, a + n - 1)])
+            out.append(np.array(list(dict.fromkeys(row)), dtype=np.int64))
+        return out
 
 
 def gather_histories(items: np.ndarray, pos: np.ndarray, start: np.ndarray,
@@ -248,7 +286,20 @@ class Dataset:
                 _check(bool(np.all(hist[~real] == 0)) and
                        bool(np.all((hist[real] >= 1) & (hist[real] <= n))), p, "hist",
                        f"must be right-aligned: hist_len ids in 1..{n} last, zeros before")
-            held[split] = HeldOut(h["hist"], h["hist_len"], h["target"], h["user"])
+            later = later_splits = None
+            with np.load(p, allow_pickle=False) as z:
+                has_later = "later" in z.files and "later_splits" in z.files
+            if has_later:
+                lz = _load_npz(p, {"later": (np.int32, 1), "later_splits": (np.int64, 1)})
+                later, later_splits = lz["later"], lz["later_splits"]
+                _check(later_splits.shape == (m + 1,) and later_splits[0] == 0
+                       and later_splits[-1] == len(later)
+                       and bool(np.all(np.diff(later_splits) >= 0)), p, "later_splits",
+                       f"must be {m + 1} non-decreasing row splits from 0 to len(later)")
+                _check(len(later) == 0 or (later.min() >= 1 and later.max() <= n), p, "later",
+                       f"dense item ids must be in 1..{n}")
+            held[split] = HeldOut(h["hist"], h["hist_len"], h["target"], h["user"], later,
+                                  later_splits)
 
         return cls(path=path, meta=meta, num_items=n, num_categories=c, max_len=L,
                    raw_item_id=it["raw_item_id"], item_category=it["category"],

@@ -285,10 +285,19 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         us = np.flatnonzero(role == r)
         start, length = splits[us], counts[us]
         t = (length + 1) // 2 - 1  # index of the ceil(len/2)-th behaviour
+        # The behaviours after the target (the user's later behaviours, in time order), for
+        # the evaluation that scores more than one item per user (``--next-n``).
+        later_len = length - t - 1
+        later_splits = np.zeros(len(us) + 1, dtype=np.int64)
+        np.cumsum(later_len, out=later_splits[1:])
+        later_idx = np.repeat(start + t + 1 - later_splits[:-1], later_len) + \
+            np.arange(int(later_splits[-1]), dtype=np.int64)
         return {"hist": gather_histories(dense, start + t, start, max_len),
                 "hist_len": np.minimum(t, max_len).astype(np.int32),
                 "target": dense[start + t],
-                "user": raw_users[us].astype(np.int64)}
+                "user": raw_users[us].astype(np.int64),
+                "later": dense[later_idx].astype(np.int32),
+                "later_splits": later_splits}
 
     arrays = {
         "items": {

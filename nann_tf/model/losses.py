@@ -24,7 +24,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["nce_logits", "nce_loss", "fgsm_perturb", "kl_aux_loss", "accidental_hit_mask"]
+__all__ = ["nce_logits", "nce_loss", "sampled_softmax_loss", "fgsm_perturb", "kl_aux_loss",
+           "accidental_hit_mask", "LOSSES"]
+
+#: ``[train] loss``: the binary NCE of the paper, or the sampled softmax over the same 1+K
+#: candidates with the same logQ correction.
+LOSSES = ("nce", "softmax")
 
 
 def accidental_hit_mask(pos_ids, neg_ids):
@@ -51,6 +56,22 @@ def nce_loss(logits, mask):
     pos = tf.nn.softplus(-logits[:, 0])
     neg = tf.reduce_sum(tf.nn.softplus(logits[:, 1:]) * mask[:, 1:], axis=1)
     return tf.reduce_mean(pos + neg)
+
+
+def sampled_softmax_loss(logits, mask):
+    """Mean over the batch of the sampled-softmax cross-entropy of the positive.
+
+    Args:
+      logits: [B, 1+K] logQ-corrected logits (:func:`nce_logits`; the constant ``log K`` it
+        subtracts does not change a softmax), column 0 the positive.
+      mask: [B, 1+K] 1 for candidates that count (accidental hits are left out of the
+        normaliser).
+
+    Returns:
+      A scalar: ``mean_b [-l_b0 + logsumexp_k(l_bk over unmasked k)]``.
+    """
+    masked = tf.where(mask > 0, logits, tf.constant(-1e9, logits.dtype))
+    return tf.reduce_mean(tf.reduce_logsumexp(masked, axis=1) - logits[:, 0])
 
 
 def fgsm_perturb(e_v, grad, eps):

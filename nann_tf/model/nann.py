@@ -35,26 +35,31 @@ UserState = dict  # str -> tf.Tensor with leading batch dimension B
 
 
 class MLP(keras.layers.Layer):
-    """Dense layers applied in sequence to the last axis of an input of any rank."""
+    """Dense layers applied in sequence to the last axis of an input of any rank; ``dropout``
+    (a rate) after every hidden layer, in training only."""
 
     def __init__(self, hidden: list[int], out_dim: int | None, activation: str = "relu",
-                 out_activation: str | None = None, **kwargs):
+                 out_activation: str | None = None, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.dense = [keras.layers.Dense(h, activation=activation, name=f"h{i}")
                       for i, h in enumerate(hidden)]
+        self.n_hidden = len(hidden)
         if out_dim is not None:
             self.dense.append(keras.layers.Dense(out_dim, activation=out_activation, name="out"))
+        self.drop = keras.layers.Dropout(dropout) if dropout > 0 else None
 
-    def call(self, x):
-        for layer in self.dense:
+    def call(self, x, training=False):
+        for i, layer in enumerate(self.dense):
             x = layer(x)
+            if self.drop is not None and i < self.n_hidden:
+                x = self.drop(x, training=training)
         return x
 
 
 def mlp(hidden: list[int], out_dim: int | None, name: str, activation: str = "relu",
-        out_activation: str | None = None) -> MLP:
+        out_activation: str | None = None, dropout: float = 0.0) -> MLP:
     """An :class:`MLP`; ``out_dim=None`` ends on the last hidden layer."""
-    return MLP(hidden, out_dim, activation, out_activation, name=name)
+    return MLP(hidden, out_dim, activation, out_activation, dropout, name=name)
 
 
 class NANNModel(keras.Model):
@@ -65,10 +70,11 @@ class NANNModel(keras.Model):
       num_categories: C; dense category ids 1..C.
       item_category: int array [N+1], the dense category of each dense item id (0 at index 0).
       config: the ``[model]`` configuration.
+      max_len: L, the history length (needed by ``position_bias``).
     """
 
     def __init__(self, num_items: int, num_categories: int, item_category, config: ModelConfig,
-                 **kwargs):
+                 max_len: int = 0, **kwargs):
         super().__init__(**kwargs)
         item_category = np.asarray(item_category, dtype=np.int32)
         if item_category.shape != (num_items + 1,):
@@ -88,52 +94,83 @@ class NANNModel(keras.Model):
         self.category_embedding = keras.layers.Embedding(
             num_categories + 1, config.category_dim, name="category_embedding",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05))
-        self.item_network = mlp(config.item_hidden, d, "item_network")
-        self.user_network = mlp(config.user_hidden, None, "user_network")
+        rate = config.dropout
+        self.item_network = mlp(config.item_hidden, d, "item_network", dropout=rate)
+        self.user_network = mlp(config.user_hidden, None, "user_network", dropout=rate)
+        self.embed_dropout = keras.layers.Dropout(rate) if rate > 0 else None
         if self.variant == "two_tower":
             self.user_tower = keras.layers.Dense(d, name="user_tower")
         else:
-            self.score_network = mlp(config.score_hidden, 1, "score_network")
+            self.score_network = mlp(config.score_hidden, 1, "score_network", dropout=rate)
+            if config.dot_term:
+                self.dot_user = keras.layers.Dense(d, name="dot_user")
         if self.variant == "attention":
             self.att_query = keras.layers.Dense(config.attention_dim, use_bias=False,
                                                 name="att_query")
             self.att_key = keras.layers.Dense(config.attention_dim, use_bias=False,
                                               name="att_key")
+        self.max_len = int(max_len)
+        if config.position_bias:
+            if self.max_len < 1:
+                raise ValueError("[model] position_bias needs the history length max_len")
+            # One learned logit per position counted from the most recent behaviour (the
+            # history is right-aligned), added to the attention logits (attention) and used as
+            # softmax weights of the pooled history (every variant): recency.
+            self.recency = self.add_weight(name="recency", shape=(self.max_len,),
+                                           initializer="zeros")
 
     # ----- item side -------------------------------------------------------------------------
-    def item_embedding(self, item_ids):
+    def item_embedding(self, item_ids, training=False):
         """e_v for dense item ids of any shape [...] -> [..., d]."""
         item_ids = tf.convert_to_tensor(item_ids)
         if item_ids.dtype != tf.int32:
             item_ids = tf.cast(item_ids, tf.int32)
         cats = tf.gather(self.item_category, item_ids)
         x = tf.concat([self.item_id_embedding(item_ids), self.category_embedding(cats)], axis=-1)
-        return self.item_network(x)
+        if self.embed_dropout is not None:
+            x = self.embed_dropout(x, training=training)
+        return self.item_network(x, training=training)
 
     # ----- user side -------------------------------------------------------------------------
-    def encode_user_from_embeddings(self, hist_emb, mask) -> UserState:
+    def _recency_logits(self, length):
+        """The learned recency logit of each of the last ``length`` positions, oldest first
+        (``[length]``; the history is right-aligned, so position j of L is L-1-j from the most
+        recent)."""
+        return tf.reverse(self.recency[:length], axis=[0])
+
+    def encode_user_from_embeddings(self, hist_emb, mask, training=False) -> UserState:
         """User state from behaviour embeddings ``[B, L, d]`` and a float mask ``[B, L]``."""
         mask = tf.cast(mask, hist_emb.dtype)
-        count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-        pooled = tf.reduce_sum(hist_emb * mask[..., None], axis=1) / count
-        user_vec = self.user_network(pooled)
+        if self.cfg.position_bias:
+            rec = self._recency_logits(tf.shape(mask)[1])[None, :]  # [1, L]
+            w = tf.nn.softmax(rec + (1.0 - mask) * -1e9, axis=1) * mask
+            pooled = tf.reduce_sum(hist_emb * w[..., None], axis=1)
+        else:
+            count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+            pooled = tf.reduce_sum(hist_emb * mask[..., None], axis=1) / count
+        user_vec = self.user_network(pooled, training=training)
         if self.variant == "two_tower":
             return {"e_u": self.user_tower(tf.concat([user_vec, pooled], axis=-1))}
         state = {"user_vec": user_vec, "pooled": pooled}
+        if self.cfg.dot_term:
+            state["dot_u"] = self.dot_user(tf.concat([user_vec, pooled], axis=-1))
         if self.variant == "attention":
             state["keys"] = self.att_key(hist_emb)
             state["values"] = hist_emb
             state["mask"] = mask
+            if self.cfg.position_bias:
+                state["recency"] = tf.broadcast_to(
+                    self._recency_logits(tf.shape(mask)[1])[None, :], tf.shape(mask))
         return state
 
-    def encode_user(self, hist) -> UserState:
+    def encode_user(self, hist, training=False) -> UserState:
         """User state for dense history ids ``[B, L]`` (0 = padding)."""
         hist = tf.cast(tf.convert_to_tensor(hist), tf.int32)
-        return self.encode_user_from_embeddings(self.item_embedding(hist),
-                                                tf.not_equal(hist, 0))
+        return self.encode_user_from_embeddings(self.item_embedding(hist, training=training),
+                                                tf.not_equal(hist, 0), training=training)
 
     # ----- score -----------------------------------------------------------------------------
-    def score(self, user_state: UserState, e_v):
+    def score(self, user_state: UserState, e_v, training=False):
         """Scores ``e_v`` [B, C, d] for the B users of ``user_state`` -> logits [B, C]."""
         if self.variant == "two_tower":
             return tf.einsum("bd,bcd->bc", user_state["e_u"], e_v)
@@ -141,6 +178,8 @@ class NANNModel(keras.Model):
             q = self.att_query(e_v)  # [B, C, a]
             logits = tf.einsum("bca,bla->bcl", q, user_state["keys"])
             logits /= np.sqrt(float(self.cfg.attention_dim)).astype(np.float32)
+            if "recency" in user_state:
+                logits += user_state["recency"][:, None, :]
             mask = user_state["mask"][:, None, :]  # [B, 1, L]
             logits += (1.0 - mask) * -1e9
             w = tf.nn.softmax(logits, axis=-1) * mask  # all-padding history -> zeros
@@ -151,12 +190,16 @@ class NANNModel(keras.Model):
                                    tf.concat([tf.shape(e_v)[:2],
                                               tf.shape(user_state["user_vec"])[1:]], 0))
         x = tf.concat([user_vec, ctx, e_v, ctx * e_v], axis=-1)
-        return tf.squeeze(self.score_network(x), axis=-1)
+        out = tf.squeeze(self.score_network(x, training=training), axis=-1)
+        if "dot_u" in user_state:  # the two-tower term beside the MLP
+            out += tf.einsum("bd,bcd->bc", user_state["dot_u"], e_v)
+        return out
 
     def call(self, inputs, training=False):
         """``{"hist": [B, L], "items": [B, C]}`` -> logits [B, C]."""
-        state = self.encode_user(inputs["hist"])
-        return self.score(state, self.item_embedding(inputs["items"]))
+        state = self.encode_user(inputs["hist"], training=training)
+        return self.score(state, self.item_embedding(inputs["items"], training=training),
+                          training=training)
 
     def build_all(self, max_len: int = 4) -> None:
         """Creates every variable with a dummy forward pass."""

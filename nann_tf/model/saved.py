@@ -28,10 +28,13 @@ class ModelDirError(UserError, ValueError):
     """A model directory is missing, unfinished or unreadable."""
 
 
-def build_model(cfg: Config, num_items: int, num_categories: int, item_category) -> NANNModel:
-    """A built (weights created) :class:`NANNModel` for ``cfg``'s ``[model]`` table."""
-    model = NANNModel(num_items, num_categories, item_category, cfg.model)
-    model.build_all(max_len=cfg.data.max_len)
+def build_model(cfg: Config, num_items: int, num_categories: int, item_category,
+                max_len: int | None = None) -> NANNModel:
+    """A built (weights created) :class:`NANNModel` for ``cfg``'s ``[model]`` table; ``max_len``
+    is the dataset's history length (default: the config's ``[data] max_len``)."""
+    max_len = int(max_len or cfg.data.max_len)
+    model = NANNModel(num_items, num_categories, item_category, cfg.model, max_len=max_len)
+    model.build_all(max_len=max_len)
     return model
 
 
@@ -76,7 +79,7 @@ def load_trained_model(model_dir: str | Path) -> tuple[NANNModel, Config, dict]:
         n, c = int(meta["num_items"]), int(meta["num_categories"])
     except (KeyError, ValueError, TypeError) as e:
         raise ModelDirError(f"{meta_path}: unreadable model metadata: {e}") from e
-    model = build_model(cfg, n, c, np.zeros(n + 1, np.int32))
+    model = build_model(cfg, n, c, np.zeros(n + 1, np.int32), max_len=meta.get("max_len"))
     try:
         model.load_weights(weights)
     except Exception as e:  # h5py/keras raise several types for a damaged file

@@ -105,7 +105,8 @@ class ExactScorer:
     Args:
       model: the trained :class:`~nann_tf.model.nann.NANNModel`.
       item_table: e_v for ids 0..N (:func:`~nann_tf.model.nann.all_item_embeddings` or the
-        index's embeddings).
+        index's embeddings), or a ``tf.Variable`` holding them (assign new values and search
+        again without retracing: validation during training does).
       pair_budget: users x items x history length scored per model call (bounds memory).
       user_batch: users per call.
     """
@@ -118,7 +119,9 @@ class ExactScorer:
         self.num_items = int(item_table.shape[0]) - 1
         self.pair_budget = int(pair_budget)
         self.user_batch = int(user_batch)
-        self._scorer = ModelScorer(model, tf.constant(item_table), grid=None, gather_device=None)
+        if not isinstance(item_table, tf.Variable):
+            item_table = tf.constant(item_table)
+        self._scorer = ModelScorer(model, item_table, grid=None, gather_device=None)
         self._spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)]
         self._topk_fns: dict[int, Any] = {}
 
@@ -149,17 +152,19 @@ class ExactScorer:
             self._topk_fns[chunk] = topk_fn
         return self._topk_fns[chunk]
 
-    def topk(self, hist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, hist: np.ndarray, k: int,
+             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k dense ids (1..N) and scores for each row of ``hist`` [U, L].
 
-        Returns ``(ids int64 [U, k'], scores float32 [U, k'])`` with ``k' = min(k, N)``.
+        Returns ``(ids int64 [U, k'], scores float32 [U, k'])`` with ``k' = min(k, N)``;
+        ``progress=False`` shows no progress (validation during training).
         """
         k = min(int(k), self.num_items)
         hist = np.asarray(hist, np.int32)
         ids = np.zeros((len(hist), k), np.int64)
         scores = np.zeros((len(hist), k), np.float32)
         fn = self._topk_fn(self._chunk(hist))
-        with Progress(len(hist), "brute force", "users") as bar:
+        with Progress(len(hist), "brute force", "users", enabled=progress) as bar:
             for u0 in range(0, len(hist), self.user_batch):
                 h = tf.constant(hist[u0:u0 + self.user_batch])
                 i, s = fn(h, tf.constant(k))

@@ -43,6 +43,7 @@ from nann_tf.progress import Progress, format_count
 from nann_tf.train.input import InputError, InputPipeline, TrainSamples
 from nann_tf.train.noise import NoiseDistribution
 from nann_tf.train.step import NANNTrainer
+from nann_tf.train.validation import ValidationState, Validator, default_val_every
 
 __all__ = ["train", "make_strategy", "worker_role", "TrainError", "remove_training_state",
            "TrainProgressLog"]
@@ -76,11 +77,12 @@ BACKUP_STATE = "state.json"
 
 
 def _backup_state(work: Path) -> dict:
-    """``{"global_step": S, "weights": file}`` of the run backed up in ``work/backup`` (empty
-    if none)."""
+    """``{"global_step": S, "weights": file, "validation": {...}}`` of the run backed up in
+    ``work/backup`` (empty if none)."""
     try:
         state = json.loads((work / "backup" / BACKUP_STATE).read_text())
-        return {"global_step": int(state["global_step"]), "weights": str(state["weights"])}
+        return {"global_step": int(state["global_step"]), "weights": str(state["weights"]),
+                "validation": dict(state.get("validation") or {})}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -90,41 +92,66 @@ class _Backup(keras.callbacks.Callback):
     mid-epoch) and at every epoch's end. The weights go to a new file named by the step, then
     ``state.json`` (written atomically) points at it, then older files go: an interruption at
     any point leaves a consistent backup. Counts steps itself, from ``start``, so that a resumed
-    partial epoch counts on from where it stopped."""
+    partial epoch counts on from where it stopped.
 
-    def __init__(self, directory: Path, start: int, every: int):
+    With a ``validator``, it also validates every ``val_every`` steps and after step ``total``
+    (:mod:`nann_tf.train.validation`), backs up at every validation (so the early-stopping state
+    in ``state.json`` always matches the backed-up weights), keeps only the best weights file
+    that state names, and stops training when patience runs out."""
+
+    def __init__(self, directory: Path, start: int, every: int, validator=None,
+                 val_every: int = 0, total: int = 0, steps_per_epoch: int = 1):
         super().__init__()
         self._dir, self.step, self._every = directory, start, every
+        self._validator, self._val_every, self._total = validator, val_every, total
+        self._steps_per_epoch = steps_per_epoch
+        self._saved_at = -1
 
     def _save(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         name = f"trainer-{self.step:09d}.weights.h5"
         with atomic_path(self._dir / name) as tmp:
             self.model.save_weights(tmp)
-        write_json_atomic(self._dir / BACKUP_STATE, {"global_step": self.step, "weights": name})
-        for old in self._dir.glob("trainer-*.weights.h5"):
-            if old.name != name:
+        state = {"global_step": self.step, "weights": name}
+        if self._validator is not None:
+            state["validation"] = self._validator.state.to_dict()
+        write_json_atomic(self._dir / BACKUP_STATE, state)
+        keep = {name, state.get("validation", {}).get("best_weights")}
+        for old in [*self._dir.glob("trainer-*.weights.h5"), *self._dir.glob("best-*.weights.h5")]:
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
+        self._saved_at = self.step
+
+    def _validate_due(self) -> bool:
+        return self._validator is not None and (
+            self.step % self._val_every == 0 or self.step == self._total)
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        if self._every and self.step % self._every == 0:
+        validated = False
+        if self._validate_due():
+            validated = True
+            epoch = (self.step - 1) // self._steps_per_epoch
+            if self._validator.validate(self.model.model, self.step, epoch, self._dir):
+                self.model.stop_training = True
+        if validated or (self._every and self.step % self._every == 0):
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
-        if not (self._every and self.step % self._every == 0):  # not saved at this step yet
+        if self._saved_at != self.step:  # not saved at this step yet
             self._save()
 
 
-def _restore(trainer: keras.Model, work: Path) -> int:
-    """Loads ``work/backup`` into the (built) trainer; returns its global step (0: none)."""
+def _restore(trainer: keras.Model, work: Path) -> tuple[int, dict]:
+    """Loads ``work/backup`` into the (built) trainer; returns its global step (0: none) and its
+    validation state."""
     state = _backup_state(work)
     if not state.get("global_step"):
-        return 0
+        return 0, {}
     if trainer.optimizer is not None and not trainer.optimizer.built:
         trainer.optimizer.build(trainer.trainable_variables)
     trainer.load_weights(str(work / "backup" / state["weights"]))
-    return state["global_step"]
+    return state["global_step"], state["validation"]
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -159,9 +186,10 @@ class TrainProgressLog(keras.callbacks.Callback):
     step."""
 
     def __init__(self, total_steps: int, batch_size: int, log_every_s: float = 30.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, validator=None):
         super().__init__()
         self._batch = batch_size
+        self._validator = validator
         self._count = 0
         self._loss: float | None = None
         self._bar = Progress(total_steps, "train", "steps", tty=False, log_every_s=log_every_s,
@@ -169,7 +197,9 @@ class TrainProgressLog(keras.callbacks.Callback):
 
     def _postfix(self) -> str:
         loss = "" if self._loss is None else f", loss {self._loss:.4f}"
-        return f"{format_count(self._bar.rate() * self._batch)} examples/s{loss}"
+        val = self._validator.latest() if self._validator is not None else ""
+        return (f"{format_count(self._bar.rate() * self._batch)} examples/s{loss}"
+                + (f", {val}" if val else ""))
 
     def on_train_batch_end(self, batch, logs=None):
         self._count += 1
@@ -243,21 +273,37 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         jit_compile = False
 
     with strategy.scope():
-        model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category)
+        model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category,
+                            max_len=ds.max_len)
         trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, tc.fgsm_eps, tc.fgsm_lambda,
-                              fgsm_eps_mode=tc.fgsm_eps_mode)
+                              fgsm_eps_mode=tc.fgsm_eps_mode, loss=tc.loss)
         opt_kwargs = dict(learning_rate=tc.learning_rate)
         if tc.weight_decay > 0:
             optimizer = keras.optimizers.AdamW(weight_decay=tc.weight_decay, **opt_kwargs)
         else:
             optimizer = keras.optimizers.Adam(**opt_kwargs)
         trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
-        trainer({"hist": tf.ones([1, cfg.data.max_len], tf.int32),
+        trainer({"hist": tf.ones([1, ds.max_len], tf.int32),
                  "items": tf.ones([1, 2], tf.int32)})  # build (restoring a backup needs it)
 
-        done = _restore(trainer, work)  # global steps of an interrupted run (0: none)
+        done, val_state = _restore(trainer, work)  # an interrupted run's step (0: none)
 
     total = tc.epochs * steps
+    validator = None
+    if tc.val_every_steps >= 0:
+        try:
+            validator = Validator(ds, k=tc.val_k, users=tc.val_users, next_n=tc.val_next_n,
+                                  patience=tc.patience, seed=tc.seed, log_dir=work / "logs")
+        except UserError as e:
+            raise TrainError(str(e)) from e
+        validator.state = ValidationState(val_state)
+        val_every = tc.val_every_steps or default_val_every(steps)
+        log.info("validation every %d steps: %s on %d validation users (patience %d)",
+                 val_every, validator.metric, validator.users, tc.patience)
+        if validator.state.stopped:
+            log.info("the interrupted run had already stopped early (step %d): writing the "
+                     "model", done)
+            total = done
     if done >= total:
         # A run interrupted after its last step, before the model was written.
         log.info("the backup in %s holds every step (%d): writing the model", work, done)
@@ -268,13 +314,15 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     # data at its first global step, so a resumed run reads the batches it had not trained on.
     epoch0, in_epoch = divmod(done, steps)
     phases = []
-    if in_epoch:
-        phases.append((epoch0, epoch0 + 1, steps - in_epoch, done))
-        epoch0 += 1
-    if epoch0 < tc.epochs:
-        phases.append((epoch0, tc.epochs, steps, epoch0 * steps))
+    if done < total:
+        if in_epoch:
+            phases.append((epoch0, epoch0 + 1, steps - in_epoch, done))
+            epoch0 += 1
+        if epoch0 < tc.epochs:
+            phases.append((epoch0, tc.epochs, steps, epoch0 * steps))
 
-    backup = _Backup(work / "backup", done, tc.backup_every_steps)
+    backup = _Backup(work / "backup", done, tc.backup_every_steps, validator,
+                     val_every if validator else 0, total, steps)
     callbacks = [
         backup,
         _EpochCheckpoint(model, work / "checkpoints"),
@@ -284,7 +332,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     if verbose is None:
         verbose = 1 if os.isatty(1) else 2
     if verbose != 1 and total > done:  # no Keras progress bar: log lines instead
-        callbacks.append(TrainProgressLog(total - done, tc.batch_size))
+        callbacks.append(TrainProgressLog(total - done, tc.batch_size, validator=validator))
     K = tc.num_negatives
     log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d %s "
              "negatives, %d replica(s), XLA %s, FGSM eps=%g (%s; fgsm_step and aux in the "
@@ -307,6 +355,16 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
             break
     seconds = time.perf_counter() - t0
     steps_run = backup.step - done
+    extra = {}
+    if validator is not None:
+        if validator.state.best_weights:  # the model written is the best one validated
+            model.load_weights(str(work / "backup" / validator.state.best_weights))
+        extra["validation"] = validator.summary()
+        best = validator.state.best
+        if best:
+            log.info("best validation %s %.4f at step %d (epoch %d)%s: those weights are the "
+                     "model", validator.metric, best["value"], best["step"], best["epoch"] + 1,
+                     ", stopped early" if validator.state.stopped else "")
 
     summary = {
         "epochs_run_now": len(history.get("loss", [])),
@@ -317,8 +375,12 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         "examples_per_s": steps_run * tc.batch_size / max(seconds, 1e-9),
         "final": {k: float(v[-1]) for k, v in history.items() if v},
     }
+    if validator is not None and validator.state.best:
+        summary["best_step"] = validator.state.best["step"]
+        summary["val_" + validator.metric] = validator.state.best["value"]
+        summary["stopped_early"] = validator.state.stopped
     save_trained_model(model, cfg, work, max_len=ds.max_len, data_dir=data_dir,
-                       extra={"train_summary": summary})
+                       extra={"train_summary": summary, **extra})
     remove_training_state(work)  # the model is written: nothing to resume
     if not is_chief:
         shutil.rmtree(work, ignore_errors=True)

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nann_tf.model.losses import (accidental_hit_mask, fgsm_perturb, fgsm_step_size,
-                                  kl_aux_loss, nce_logits, nce_loss)
+from nann_tf.model.losses import (LOSSES, accidental_hit_mask, fgsm_perturb, fgsm_step_size,
+                                  kl_aux_loss, nce_logits, nce_loss, sampled_softmax_loss)
 from nann_tf.model.nann import NANNModel
 
 __all__ = ["NANNTrainer"]
@@ -18,8 +18,11 @@ class NANNTrainer(keras.Model):
 
     def __init__(self, model: NANNModel, log_q: np.ndarray, num_negatives: int,
                  fgsm_eps: float, fgsm_lambda: float, fgsm_eps_mode: str = "absolute",
-                 **kwargs):
+                 loss: str = "nce", **kwargs):
         super().__init__(**kwargs)
+        if loss not in LOSSES:
+            raise ValueError(f"[train] loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.loss_name = loss
         self.model = model
         self.num_negatives = int(num_negatives)
         self.fgsm_eps = float(fgsm_eps)
@@ -51,7 +54,8 @@ class NANNTrainer(keras.Model):
             if self.optimizer is not None and not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
 
-    def compute_losses(self, hist, pos, neg, return_step: bool = False):
+    def compute_losses(self, hist, pos, neg, return_step: bool = False,
+                       training: bool = False):
         """Returns ``(total, l_nce, l_aux)`` for one batch (differentiable); with
         ``return_step``, also the FGSM step size used.
 
@@ -60,8 +64,8 @@ class NANNTrainer(keras.Model):
         mask; e_v of a shared negative is broadcast, so FGSM perturbs it per example)."""
         m = self.model
         if neg.shape.rank == 1:
-            e_pos = m.item_embedding(pos)  # [B, d]
-            e_neg = m.item_embedding(neg)  # [K, d], once per batch
+            e_pos = m.item_embedding(pos, training=training)  # [B, d]
+            e_neg = m.item_embedding(neg, training=training)  # [K, d], once per batch
             b = tf.shape(e_pos)[0]
             e_v = tf.concat([e_pos[:, None, :],
                              tf.broadcast_to(e_neg[None], [b, tf.shape(e_neg)[0],
@@ -70,18 +74,20 @@ class NANNTrainer(keras.Model):
             items = tf.concat([pos[:, None], neg], axis=1)
         else:
             items = tf.concat([pos[:, None], neg], axis=1)
-            e_v = m.item_embedding(items)
+            e_v = m.item_embedding(items, training=training)
         mask = accidental_hit_mask(pos, neg)
         log_q = tf.gather(self.log_q, items)
-        state = m.encode_user(hist)
+        state = m.encode_user(hist, training=training)
         with tf.GradientTape(watch_accessed_variables=False) as inner:
             inner.watch(e_v)
-            scores = m.score(state, e_v)
-            l_nce = nce_loss(nce_logits(scores, log_q, self.num_negatives), mask)
+            scores = m.score(state, e_v, training=training)
+            logits = nce_logits(scores, log_q, self.num_negatives)
+            l_nce = (nce_loss(logits, mask) if self.loss_name == "nce"
+                     else sampled_softmax_loss(logits, mask))
         if self.fgsm_eps > 0:
             grad = inner.gradient(l_nce, e_v)
             step = fgsm_step_size(e_v, self.fgsm_eps, self.fgsm_eps_mode)
-            adv_scores = m.score(state, fgsm_perturb(e_v, grad, step))
+            adv_scores = m.score(state, fgsm_perturb(e_v, grad, step), training=training)
             l_aux = kl_aux_loss(scores, adv_scores, mask)
         else:
             step = l_aux = tf.constant(0.0)
@@ -92,7 +98,8 @@ class NANNTrainer(keras.Model):
         hist, pos, neg = data
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            total, l_nce, l_aux, step = self.compute_losses(hist, pos, neg, return_step=True)
+            total, l_nce, l_aux, step = self.compute_losses(hist, pos, neg, return_step=True,
+                                                            training=True)
             scaled = total / replicas
         variables = self.model.trainable_variables
         grads = tape.gradient(scaled, variables)
