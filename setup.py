@@ -31,6 +31,7 @@ INSTALL_REQUIRES = [
     "pyarrow",  # the table input format (CSV/TSV/Parquet with a column mapping)
     "tensorboard",
     "matplotlib",
+    "optuna>=4",  # nann-tf search-config: the model search, with its own resumable storage
 ]
 
 # ---------------------------------------------------------------------------------------------

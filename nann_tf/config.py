@@ -194,6 +194,30 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def to_toml(self, header: str = "") -> str:
+        """The whole config as a TOML file that :func:`load_config` reads back to an equal
+        config (``header``: comment lines put first)."""
+        lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+        for section, values in self.to_dict().items():
+            if section == "name":
+                continue
+            lines += ["", f"[{section}]"]
+            lines += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    """A TOML literal of a config value (bool, int, float, str, list of ints)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
 
 _SECTIONS = {
     "data": DataConfig,

@@ -26,7 +26,10 @@ __all__ = ["main", "build_parser", "COMMANDS", "CliError", "CommandImportError"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("nann_tf.cli.synth", "write a synthetic UserBehavior-format behaviour log"),
     "prepare": ("nann_tf.cli.prepare", "behaviour log -> dataset directory"),
-    "train": ("nann_tf.cli.train", "train the NANN model (NCE + FGSM)"),
+    "train": ("nann_tf.cli.train", "train the NANN model (NCE + FGSM), validated, early "
+                                   "stopping"),
+    "search-config": ("nann_tf.cli.search_config", "a model search on your log within a "
+                                                   "time budget -> the best config (TOML)"),
     "build-index": ("nann_tf.cli.build_index", "item embeddings + HNSW levels"),
     "evaluate": ("nann_tf.cli.evaluate", "recall / coverage of brute force and graph search"),
     "tune": ("nann_tf.cli.tune", "cheapest beam parameters meeting a coverage target"),

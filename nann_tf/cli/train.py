@@ -11,8 +11,10 @@ __all__ = ["add_arguments", "run", "parse_overrides"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True,
-                   help="config name in configs/ (e.g. ci-synth) or a .toml path")
+    p.add_argument("--config", default="auto",
+                   help="config name in configs/ (e.g. ci-synth) or a .toml path (default: "
+                        "auto: every key the data rules cover follows the dataset; a file's "
+                        "own keys are used as given, the rules fill in the others)")
     p.add_argument("--data", required=True, help="dataset directory from `nann-tf prepare`")
     p.add_argument("--output", required=True,
                    help="model directory (an interrupted run there is resumed)")
@@ -37,15 +39,21 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nann_tf.config import ConfigError, load_config
+    from nann_tf.autoconfig import load_config_for_data
+    from nann_tf.config import ConfigError
     from nann_tf.data.dataset import DataError
     from nann_tf.train import TrainError, train
 
     try:
-        cfg = load_config(args.config, parse_overrides(args.set))
+        cfg = load_config_for_data(args.config, args.data, parse_overrides(args.set))
         summary = train(cfg, args.data, args.output, overwrite=args.overwrite)
     except (ConfigError, DataError, TrainError) as e:
         raise CliError(str(e)) from e
+    best = ""
+    metric = next((k[4:] for k in summary if k.startswith("val_")), None)
+    if metric:
+        best = (f"; best validation {metric} {summary['val_' + metric]:.4f} at step "
+                f"{summary['best_step']}{' (stopped early)' if summary['stopped_early'] else ''}")
     print(f"trained {cfg.model.variant} model -> {args.output}: "
-          f"{summary['examples_per_s']:.0f} examples/s, final {summary['final']}")
+          f"{summary['examples_per_s']:.0f} examples/s{best}, final {summary['final']}")
     return 0

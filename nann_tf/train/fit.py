@@ -100,11 +100,13 @@ class _Backup(keras.callbacks.Callback):
     that state names, and stops training when patience runs out."""
 
     def __init__(self, directory: Path, start: int, every: int, validator=None,
-                 val_every: int = 0, total: int = 0, steps_per_epoch: int = 1):
+                 val_every: int = 0, total: int = 0, steps_per_epoch: int = 1,
+                 on_validation=None):
         super().__init__()
         self._dir, self.step, self._every = directory, start, every
         self._validator, self._val_every, self._total = validator, val_every, total
         self._steps_per_epoch = steps_per_epoch
+        self._on_validation = on_validation
         self._saved_at = -1
 
     def _save(self) -> None:
@@ -133,6 +135,9 @@ class _Backup(keras.callbacks.Callback):
             validated = True
             epoch = (self.step - 1) // self._steps_per_epoch
             if self._validator.validate(self.model.model, self.step, epoch, self._dir):
+                self.model.stop_training = True
+            if self._on_validation is not None and \
+                    self._on_validation(self._validator.state.history[-1]):
                 self.model.stop_training = True
         if validated or (self._every and self.step % self._every == 0):
             self._save()
@@ -211,7 +216,8 @@ class TrainProgressLog(keras.callbacks.Callback):
 
 
 def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose: int | None = None,
-          overwrite: bool = False, extra_callbacks: list | None = None) -> dict:
+          overwrite: bool = False, extra_callbacks: list | None = None,
+          on_validation=None) -> dict:
     """Trains a model and writes it to ``output_dir`` (see module docstring).
 
     Args:
@@ -223,6 +229,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         otherwise).
       overwrite: replace a finished model in ``output_dir``.
       extra_callbacks: more Keras callbacks for ``fit``.
+      on_validation: called with each validation's entry (``{"step", "epoch", "value",
+        "seconds"}``); returning True stops training (the model search prunes trials so).
 
     Returns:
       A summary dict (steps, examples/s, final losses).
@@ -322,7 +330,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
             phases.append((epoch0, tc.epochs, steps, epoch0 * steps))
 
     backup = _Backup(work / "backup", done, tc.backup_every_steps, validator,
-                     val_every if validator else 0, total, steps)
+                     val_every if validator else 0, total, steps, on_validation)
     callbacks = [
         backup,
         _EpochCheckpoint(model, work / "checkpoints"),
@@ -379,6 +387,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         summary["best_step"] = validator.state.best["step"]
         summary["val_" + validator.metric] = validator.state.best["value"]
         summary["stopped_early"] = validator.state.stopped
+    if getattr(cfg, "auto", None):
+        extra["auto_config"] = cfg.auto  # the keys that followed the data, and why
     save_trained_model(model, cfg, work, max_len=ds.max_len, data_dir=data_dir,
                        extra={"train_summary": summary, **extra})
     remove_training_state(work)  # the model is written: nothing to resume

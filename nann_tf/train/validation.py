@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Validator", "ValidationState", "validation_users", "VAL_PAIR_BUDGET",
-           "MIN_VAL_USERS", "BEST_PREFIX"]
+__all__ = ["Validator", "ValidationState", "validation_users", "metric_name",
+           "default_val_every", "VAL_PAIR_BUDGET", "MIN_VAL_USERS", "BEST_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ class Validator:
         self.k = int(min(k, ds.num_items))
         self.patience = int(patience)
         self.min_delta = float(min_delta)
-        self.metric = (f"recall_all@{self.k}" if self.next_n == 1
-                       else f"recall_all_next{self.next_n}@{self.k}")
+        self.metric = _metric(self.k, self.next_n)
         self.state = ValidationState()
         self._log_dir = log_dir
         self._writer = None
@@ -204,6 +203,16 @@ class Validator:
         return {"metric": self.metric, "k": self.k, "next_n": self.next_n, "users": self.users,
                 "patience": self.patience, "best": st.best, "stopped_early": st.stopped,
                 "history": st.history}
+
+
+def _metric(k: int, next_n: int) -> str:
+    return f"recall_all@{k}" if next_n == 1 else f"recall_all_next{next_n}@{k}"
+
+
+def metric_name(train_cfg, ds) -> str:
+    """The name of the figure validation reports for a ``[train]`` table and a dataset."""
+    next_n = train_cfg.val_next_n if ds.val.has_later else 1
+    return _metric(min(train_cfg.val_k, ds.num_items), next_n)
 
 
 def default_val_every(steps_per_epoch: int) -> int:

@@ -1,0 +1,162 @@
+"""Defaults that follow the data: the configuration a user gets without tuning.
+
+A key a config file (or ``--set``) gives is used as given. Every other key of ``[model]``,
+``[train]``, ``[search]`` and ``[similar]`` that :func:`data_rules` covers takes the value its
+rule computes from the prepared dataset (items N, training samples S, training users U); keys no
+rule covers keep the dataclass defaults. ``--config auto`` (the default of ``nann-tf train`` and
+``nann-tf search-config``) is a config with no keys: every rule applies. The values chosen and
+the statistics behind them are logged and recorded in the model's ``model.json``
+(``"auto_config"``).
+
+The rules, and the evidence behind each (real logs: MovieLens-100K and CiaoDVD in the repository's
+shared data, plus MovieLens-latest-small and an Instacart sample; the synthetic corpora at 2k, 1M
+and 4.2M items), are in :func:`data_rules` and in the README's "Defaults that follow the data".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from nann_tf.config import Config, ConfigError, config_from_dict, resolve_config_path
+
+__all__ = ["AUTO", "DataStats", "data_rules", "load_config_for_data", "explicit_keys"]
+
+log = logging.getLogger(__name__)
+
+#: The config name meaning "no file: every rule applies".
+AUTO = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataStats:
+    """What the rules look at.
+
+    Attributes:
+      num_items: N, items in the corpus.
+      num_samples: S, training samples (every position of a training sequence after its first).
+      num_users: U, training users.
+    """
+
+    num_items: int
+    num_samples: int
+    num_users: int
+
+    @property
+    def samples_per_user(self) -> float:
+        return self.num_samples / max(self.num_users, 1)
+
+    @classmethod
+    def of(cls, ds) -> "DataStats":
+        return cls(int(ds.num_items), int(ds.num_train_samples), int(ds.num_train_users))
+
+    def to_dict(self) -> dict:
+        return {"num_items": self.num_items, "num_samples": self.num_samples,
+                "num_users": self.num_users,
+                "samples_per_user": round(self.samples_per_user, 2)}
+
+
+def _start_level(num_items: int, M: int) -> int:
+    """The beam's start level: level l of an HNSW graph holds about N / M^l nodes; start on the
+    highest level that still holds ~50 of them, at most level 2 (the paper's ~N/1000 nodes at
+    the 1M-4M scale)."""
+    level = 0
+    while level < 2 and num_items / float(M) ** (level + 1) >= 50:
+        level += 1
+    return level
+
+
+def data_rules(stats: DataStats, M: int = 32) -> dict[str, Any]:
+    """``{"section.key": value}`` for the keys that follow the data.
+
+    Args:
+      stats: the dataset's statistics.
+      M: the HNSW graph's links per node (the search's start level depends on it).
+    """
+    n, s = stats.num_items, stats.num_samples
+    rules: dict[str, Any] = {}
+    # Training length: early stopping on validation users ends it; the epoch cap only bounds
+    # small data (~3M examples at most), and big data runs one epoch.
+    rules["train.epochs"] = int(min(50, max(1, math.ceil(3_000_000 / max(s, 1)))))
+    # The search: start level by corpus size, the 1M corpus's beams above it.
+    start = _start_level(n, M)
+    k = int(min(200, n))
+    ef0 = max(400, k)
+    ef = {0: ef0}
+    T = {0: 4}
+    if start >= 1:
+        ef[1] = 200
+    if start >= 2:
+        ef[2] = 100
+        T[1] = 2
+    ef = {lv: v for lv, v in ef.items() if lv <= start}
+    T = {lv: v for lv, v in T.items() if lv < start}
+    rules["search.start_level"] = start
+    rules["search.ef"] = ",".join(f"{lv}={ef[lv]}" for lv in sorted(ef, reverse=True))
+    rules["search.T"] = ",".join(f"{lv}={T[lv]}" for lv in sorted(T, reverse=True))
+    rules["search.k"] = k
+    return rules
+
+
+def _raw_config(name_or_path: str | Path) -> tuple[dict, str, str]:
+    """``(raw tables, source, name)`` of a config file, or of no file for ``auto``."""
+    if str(name_or_path) == AUTO:
+        return {}, AUTO, AUTO
+    path = resolve_config_path(name_or_path)
+    try:
+        return tomllib.loads(path.read_text()), str(path), path.stem
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+
+
+def explicit_keys(raw: dict) -> set[str]:
+    """The ``section.key`` names a raw config gives."""
+    return {f"{section}.{key}" for section, table in raw.items() if isinstance(table, dict)
+            for key in table}
+
+
+def load_config_for_data(name_or_path: str | Path, data, overrides: dict | None = None,
+                         ) -> Config:
+    """A config for a dataset: the file's keys and ``overrides`` as given, the data rules for
+    every other key they cover.
+
+    Args:
+      name_or_path: a config name, a ``.toml`` path, or ``auto`` (no file).
+      data: a dataset directory or a loaded :class:`~nann_tf.data.dataset.Dataset`.
+      overrides: ``{"section.key": value}`` (``--set``), applied last.
+
+    Returns:
+      The config; ``config.auto`` holds ``{"stats": ..., "applied": {key: value}}``.
+
+    Raises:
+      ConfigError: the file or a value is bad (naming file, table and key).
+      DataError: the dataset directory is missing or invalid.
+    """
+    from nann_tf.data.dataset import Dataset
+
+    ds = data if hasattr(data, "num_items") else Dataset.load(data)
+    raw, src, name = _raw_config(name_or_path)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    given = explicit_keys(raw)
+    M = raw.get("index", {}).get("M", Config().index.M)
+    stats = DataStats.of(ds)
+    applied = {}
+    for dotted, value in data_rules(stats, M if isinstance(M, int) and M >= 2 else 32).items():
+        if dotted in given:
+            continue
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+        applied[dotted] = value
+    cfg = config_from_dict(raw, src, name=name)
+    cfg.auto = {"stats": stats.to_dict(), "applied": applied}
+    if applied:
+        log.info("defaults that follow the data (%s): %s", ", ".join(
+            f"{k} {v}" for k, v in stats.to_dict().items()),
+            ", ".join(f"{k}={v}" for k, v in applied.items()))
+    return cfg
