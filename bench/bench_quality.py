@@ -1,16 +1,23 @@
-"""Model quality: recall-all@50/200 (exact top-M) of every model variant vs most popular.
+"""Model quality: every model variant beside what a user would pick instead, on the same users.
 
 Usage (repository root):
 
     python bench/bench_quality.py --config movielens-100k \
         --format movielens --input ../shared/data/movielens-100k
-    python bench/bench_quality.py --config ci-synth          # generated data
+    python bench/bench_quality.py --data /tmp/ciaodvd --name ciaodvd   # a prepared dataset
+    python bench/bench_quality.py --config ci-synth                    # generated data
 
-Prepares the dataset (or generates it from the config's [data] synth_* keys when --input is
-omitted), trains attention / sum_pool / two_tower with the config, evaluates each by brute force
-on the test users, and writes bench/results/quality-<config>.json plus a Markdown table. Every
-figure has its 95% bootstrap interval over the test users; the attention model is compared with
-each other model by the paired difference on the same users, with the paired interval.
+Prepares the dataset (or takes a prepared one with ``--data``, or generates it from the config's
+[data] synth_* keys), trains attention / sum_pool / two_tower with the config (``--config auto``,
+the default, is the defaults that follow the data; every variant gets the same config, the
+variant aside, so the comparison is fair), each with validation inside training, and evaluates on
+the test users: the exact top-M of each model (recall-all@M, the paper's one ground-truth item,
+and with ``--next-n N`` the next N behaviours beside it), the two-tower model served through an
+hnswlib inner-product index (``two_tower_hnsw``), and the most-popular list. ``--seeds 0,1,2``
+trains each variant once per seed and averages the per-user figures over the seeds. Writes
+``bench/results/quality-<name>.json`` and prints a Markdown table; every figure has its 95%
+bootstrap interval over the test users, and the attention model is compared with every other row
+by the paired difference on the same users, with the paired interval.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from nann_tf.autoconfig import load_config_for_data
 from nann_tf.config import load_config
 from nann_tf.data.dataset import Dataset
 from nann_tf.data.prepare import prepare_dataset
+from nann_tf.evaluation.baselines import two_tower_ann_topk
 from nann_tf.evaluation.evaluate import evaluate_brute_force
-from nann_tf.evaluation.metrics import paired_difference
+from nann_tf.evaluation.metrics import Bootstrap, paired_difference, summarize_per_user
 from nann_tf.fsutil import write_json_atomic
 from nann_tf.model.saved import load_trained_model
 from nann_tf.pipeline import Pipeline
@@ -34,56 +45,101 @@ from nann_tf.train import train
 VARIANTS = ("attention", "sum_pool", "two_tower")
 
 
+def _overrides(items):
+    from nann_tf.cli.train import parse_overrides
+
+    return parse_overrides(items)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True)
+    ap.add_argument("--config", default="auto")
     ap.add_argument("--format", default="userbehavior")
-    ap.add_argument("--input", help="behaviour log (omit: generate from the config)")
+    ap.add_argument("--input", help="behaviour log (omit: --data, or generate from the config)")
+    ap.add_argument("--data", help="a prepared dataset directory")
+    ap.add_argument("--name", help="results name (default: the config's)")
     ap.add_argument("--workdir", help="keep artefacts here (default: a temporary directory)")
+    ap.add_argument("--seeds", default="0", help="training seeds, averaged per user")
+    ap.add_argument("--next-n", type=int, default=10)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
-    cfg = load_config(args.config)
-    dc = cfg.data
+    seeds = [int(s) for s in args.seeds.split(",")]
+    name = args.name or Path(args.config).stem
+    ms = (50, 200)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.input is None:  # generated from the config, through the pipeline runner
-            Pipeline(work, cfg).run("prepare")
-        else:
-            prepare_dataset(args.input, work / "data", args.format, max_len=dc.max_len,
-                            min_len=dc.min_len, val_users=dc.val_users,
-                            test_users=dc.test_users, seed=dc.split_seed, overwrite=True)
-        ds = Dataset.load(work / "data")
-        rows, per_user = {}, {}
+        data = Path(args.data) if args.data else work / "data"
+        if args.data is None and args.input is None:  # generated from the config
+            Pipeline(work, load_config(args.config)).run("prepare")
+        elif args.data is None:
+            dc = load_config(args.config).data if args.config != "auto" else None
+            kw = {} if dc is None else dict(max_len=dc.max_len, min_len=dc.min_len,
+                                            val_users=dc.val_users, test_users=dc.test_users,
+                                            seed=dc.split_seed)
+            prepare_dataset(args.input, data, args.format, overwrite=True, **kw)
+        ds = Dataset.load(data)
+        per_user, rows, configs = {}, {}, {}
+        boot = Bootstrap(len(ds.test), 1000, 0)
+        pop_res = None
         for variant in VARIANTS:
-            cfg.model.variant = variant
-            t0 = time.perf_counter()
-            train(cfg, work / "data", work / f"model-{variant}", verbose=2, overwrite=True)
-            model, _, _ = load_trained_model(work / f"model-{variant}")
-            pu: dict = {}
-            res = evaluate_brute_force(model, ds, "test", 0, (50, 200), per_user_out=pu)
-            rows[variant] = dict(res["model"], train_seconds=time.perf_counter() - t0)
-            rows["most_popular"] = res["most_popular"]
-            per_user[variant], per_user["most_popular"] = pu["model"], pu["most_popular"]
-            boot = pu["bootstrap"]
+            runs, ann_runs, seconds, epochs = [], [], [], []
+            for seed in seeds:
+                cfg = load_config_for_data(args.config, ds, {**_overrides(args.set),
+                                                              "model.variant": variant,
+                                                              "train.seed": seed})
+                out = work / f"model-{variant}-s{seed}"
+                t0 = time.perf_counter()
+                summary = train(cfg, data, out, verbose=2, overwrite=True)
+                seconds.append(time.perf_counter() - t0)
+                epochs.append(summary["steps_run_now"] / summary["steps_per_epoch"])
+                model, _, _ = load_trained_model(out)
+                pu: dict = {}
+                res = evaluate_brute_force(model, ds, "test", 0, ms, per_user_out=pu,
+                                           next_n=args.next_n)
+                runs.append(pu["model"])
+                pop_res = pu["most_popular"]
+                if variant == "two_tower":
+                    ann = two_tower_ann_topk(model, ds.test.hist, max(ms))
+                    pa: dict = {}
+                    evaluate_brute_force(None, ds, "test", 0, ms, per_user_out=pa,
+                                         next_n=args.next_n, top_ids=ann)
+                    ann_runs.append(pa["model"])
+            configs[variant] = cfg.to_dict()
+            per_user[variant] = _mean_runs(runs)
+            rows[variant] = dict(summarize_per_user(per_user[variant], boot),
+                                 train_seconds=float(np.mean(seconds)),
+                                 epochs=float(np.mean(epochs)))
+            if ann_runs:
+                per_user["two_tower_hnsw"] = _mean_runs(ann_runs)
+                rows["two_tower_hnsw"] = summarize_per_user(per_user["two_tower_hnsw"], boot)
             print(variant, rows[variant], flush=True)
+        per_user["most_popular"] = pop_res
+        rows["most_popular"] = summarize_per_user(pop_res, boot)
+    keys = res["metrics"]
     diffs = {f"attention - {other}": paired_difference(per_user["attention"], per_user[other],
                                                         boot)
-             for other in (*VARIANTS[1:], "most_popular")}
-    out = {"config": args.config, "input": str(args.input or "generated"),
+             for other in per_user if other != "attention"}
+    out = {"name": name, "config": args.config, "input": str(args.input or args.data or
+                                                             "generated"),
            "command": "python bench/bench_quality.py " + " ".join(sys.argv[1:]),
-           "num_items": ds.num_items, "test_users": len(ds.test), "fgsm_eps": cfg.train.fgsm_eps,
-           "bootstrap": res["bootstrap"], "results": rows, "paired_differences": diffs}
-    write_json_atomic(Path(__file__).resolve().parent / "results" / f"quality-{args.config}.json",
-                      out)
-    print(f"\n{args.config}: {ds.num_items} items, {len(ds.test)} test users; 95% bootstrap "
-          f"intervals over users\n")
-    print("| model | recall-all@50 | recall-all@200 |\n|---|---|---|")
-    for name in (*VARIANTS, "most_popular"):
-        r = rows[name]
-        print(f"| {name} | {_ci(r, 'recall_all@50')} | {_ci(r, 'recall_all@200')} |")
-    for name, d in diffs.items():
-        print(f"| {name} (paired) | {_ci(d, 'recall_all@50', '+')} | "
-              f"{_ci(d, 'recall_all@200', '+')} |")
+           "num_items": ds.num_items, "test_users": len(ds.test), "seeds": seeds,
+           "next_n": args.next_n, "metrics": keys, "bootstrap": res["bootstrap"],
+           "configs": configs, "results": rows, "paired_differences": diffs}
+    write_json_atomic(Path(__file__).resolve().parent / "results" / f"quality-{name}.json", out)
+    print(f"\n{name}: {ds.num_items} items, {len(ds.test)} test users, seeds {seeds}; 95% "
+          f"bootstrap intervals over users\n")
+    print("| model | " + " | ".join(k.replace("_", "-") for k in keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for row_name, r in rows.items():
+        print(f"| {row_name} | " + " | ".join(_ci(r, k) for k in keys) + " |")
+    for row_name, d in diffs.items():
+        print(f"| {row_name} (paired) | " + " | ".join(_ci(d, k, "+") for k in keys) + " |")
+
+
+def _mean_runs(runs: list[dict]) -> dict:
+    """Per-user figures averaged over seeds."""
+    return {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
 
 
 def _ci(r: dict, key: str, sign: str = "") -> str:

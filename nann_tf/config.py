@@ -76,10 +76,13 @@ class ModelConfig:
       attention_dim: size of the attention query/key projection.
       dropout: dropout rate on the item embeddings' input and after every hidden layer of the
         item, user and score networks (training only; 0: none).
-      dot_term: (attention, sum_pool) add an inner product ``<W [user_vec, pooled], e_v>`` to the
+      dot_term: (attention, sum_pool; two_tower ignores it) add an inner product ``<W [user_vec, pooled], e_v>`` to the
         score network's output: the two-tower score as a term of the deep one.
       position_bias: a learned logit per history position (recency), added to the attention
         logits and weighting the pooled history (instead of a plain mean).
+      history_match: (attention; the other variants ignore it) the candidate's largest cosine similarity with a history item
+        as an input of the score network and a learned term of the score: whether users come
+        back to what they already had is learnt from the data.
     """
 
     variant: str = "attention"
@@ -93,6 +96,7 @@ class ModelConfig:
     dropout: float = 0.0
     dot_term: bool = False
     position_bias: bool = False
+    history_match: bool = False
 
 
 @dataclasses.dataclass

@@ -23,6 +23,7 @@ from nann_tf.evaluation.metrics import (Bootstrap, paired_difference, per_user_m
                                         per_user_recall, scored_fraction, summarize_per_user)
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "METHODS", "compare_models", "evaluate_brute_force",
+           "recall_all_keys",
            "evaluate_retrieval", "format_difference", "format_interval", "format_table",
            "held_out"]
 
@@ -43,30 +44,55 @@ def held_out(ds, split: str, users: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return hist, target
 
 
+def recall_all_keys(ms, next_n: int = 1) -> list[str]:
+    """The metric names :func:`evaluate_brute_force` reports: ``recall_all@M`` (the paper's one
+    ground-truth item) and, with ``next_n > 1``, ``recall_all_next{N}@M`` beside it."""
+    keys = [f"recall_all@{m}" for m in ms]
+    if next_n > 1:
+        keys += [f"recall_all_next{next_n}@{m}" for m in ms]
+    return keys
+
+
 def evaluate_brute_force(model, ds, split: str = "test", users: int = 0,
                          ms=(50, 200), resamples: int = BOOTSTRAP_RESAMPLES,
-                         seed: int = 0, per_user_out: dict | None = None) -> dict:
+                         seed: int = 0, per_user_out: dict | None = None,
+                         next_n: int = 1, top_ids=None) -> dict:
     """recall-all@M of the model (exact top-M) and of most-popular on a held-out split, each
     with its 95% interval, and their paired difference (``model_minus_most_popular``).
-    ``per_user_out``, if given, receives the per-user values (``"model"``, ``"most_popular"``)
-    and the ``"bootstrap"``, for paired comparisons with other models on the same users."""
-    from nann_tf.model.nann import all_item_embeddings
-    from nann_tf.search.brute_force import ExactScorer
 
+    ``next_n > 1`` also scores each user's next ``next_n`` behaviours from the split point (the
+    paper's target and the ``next_n - 1`` after it: ``recall_all_next{N}@M``, the share of them
+    in the top M), reported beside the paper's figure: more ground truth per user, so narrower
+    intervals on small logs. ``per_user_out``, if given, receives the per-user values
+    (``"model"``, ``"most_popular"``) and the ``"bootstrap"``, for paired comparisons with other
+    models on the same users. ``top_ids`` (int [U, >= max(ms)] dense ids, best first) evaluates
+    those lists instead of ``model``'s exact top-M (a baseline's, e.g.)."""
     hist, target = held_out(ds, split, users)
+    targets = getattr(ds, split).next_targets(next_n, users) if next_n > 1 else None
     t0 = time.perf_counter()
-    ids, _ = ExactScorer(model, all_item_embeddings(model)).topk(hist, max(ms))
+    if top_ids is None:
+        from nann_tf.model.nann import all_item_embeddings
+        from nann_tf.search.brute_force import ExactScorer
+
+        ids, _ = ExactScorer(model, all_item_embeddings(model)).topk(hist, max(ms))
+    else:
+        ids = np.asarray(top_ids)[:len(target)]
     seconds = time.perf_counter() - t0
     pop = np.broadcast_to(popularity_topk(ds, max(ms)), (len(target), max(ms)))
     boot = Bootstrap(len(target), resamples, seed)
 
     def recall_all(top):
-        return {f"recall_all@{m}": per_user_recall(top, target, m) for m in ms}
+        out = {f"recall_all@{m}": per_user_recall(top, target, m) for m in ms}
+        if targets is not None:
+            out.update({f"recall_all_next{next_n}@{m}": per_user_recall(top, targets, m)
+                        for m in ms})
+        return out
 
     pu_model, pu_pop = recall_all(ids), recall_all(pop)
     if per_user_out is not None:
         per_user_out.update(model=pu_model, most_popular=pu_pop, bootstrap=boot)
     return {"split": split, "users": int(len(target)), "num_items": int(ds.num_items),
+            "next_n": int(next_n), "metrics": recall_all_keys(ms, next_n),
             "brute_force_seconds": seconds, "bootstrap": _boot_info(boot),
             "model": summarize_per_user(pu_model, boot),
             "most_popular": summarize_per_user(pu_pop, boot),

@@ -109,6 +109,9 @@ class NANNModel(keras.Model):
                                                 name="att_query")
             self.att_key = keras.layers.Dense(config.attention_dim, use_bias=False,
                                               name="att_key")
+        if config.history_match and self.variant == "attention":
+            self.match_weight = self.add_weight(name="match_weight", shape=(),
+                                                initializer="zeros")
         self.max_len = int(max_len)
         if config.position_bias:
             if self.max_len < 1:
@@ -158,6 +161,8 @@ class NANNModel(keras.Model):
             state["keys"] = self.att_key(hist_emb)
             state["values"] = hist_emb
             state["mask"] = mask
+            if self.cfg.history_match:  # attention only
+                state["values_unit"] = tf.math.l2_normalize(hist_emb, axis=-1)
             if self.cfg.position_bias:
                 state["recency"] = tf.broadcast_to(
                     self._recency_logits(tf.shape(mask)[1])[None, :], tf.shape(mask))
@@ -189,8 +194,21 @@ class NANNModel(keras.Model):
         user_vec = tf.broadcast_to(user_state["user_vec"][:, None, :],
                                    tf.concat([tf.shape(e_v)[:2],
                                               tf.shape(user_state["user_vec"])[1:]], 0))
-        x = tf.concat([user_vec, ctx, e_v, ctx * e_v], axis=-1)
+        parts = [user_vec, ctx, e_v, ctx * e_v]
+        match = None
+        if "values_unit" in user_state:
+            # How close the candidate is to its nearest history item (cosine; 1 for an item the
+            # user already has): the feature that lets the score learn, from the data, whether
+            # people come back to what they had (groceries) or not (films).
+            sim = tf.einsum("bcd,bld->bcl", tf.math.l2_normalize(e_v, axis=-1),
+                            user_state["values_unit"])
+            mask = user_state["mask"][:, None, :]
+            match = tf.reduce_max(sim * mask - 2.0 * (1.0 - mask), axis=-1)  # [B, C]
+            parts.append(match[..., None])
+        x = tf.concat(parts, axis=-1)
         out = tf.squeeze(self.score_network(x, training=training), axis=-1)
+        if match is not None:
+            out += self.match_weight * match
         if "dot_u" in user_state:  # the two-tower term beside the MLP
             out += tf.einsum("bd,bcd->bc", user_state["dot_u"], e_v)
         return out

@@ -310,11 +310,22 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
         raise SearchError(f"{study_dir}: holds a search over another dataset, base config or "
                           f"space ({study.user_attrs.get('data')}); use another --study "
                           "directory or delete this one")
-    # Trials that were running when an earlier invocation stopped: failed, and run again.
-    for t in study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=False)
-        log.info("trial %d was interrupted: it runs again", t.number)
+    # Trials an earlier invocation did not finish: killed (still RUNNING in the storage) or
+    # interrupted (Ctrl-C: Optuna records them as FAIL, the objective marks them): run again,
+    # once, with the same parameters.
+    requeued = set(study.user_attrs.get("requeued", []))
+    for t in study.get_trials(deepcopy=True):
+        killed = t.state == optuna.trial.TrialState.RUNNING
+        interrupted = (t.state == optuna.trial.TrialState.FAIL
+                       and t.user_attrs.get("interrupted"))
+        if (killed or interrupted) and t.number not in requeued:
+            if killed:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(t.params, skip_if_exists=False)
+            requeued.add(t.number)
+            log.info("trial %d did not finish (the search was stopped): it runs again",
+                     t.number)
+    study.set_user_attr("requeued", sorted(requeued))
 
     budget_s = 60.0 * budget_minutes
     used_before = sum(_trial_seconds(t) for t in study.get_trials(deepcopy=False))
@@ -343,6 +354,9 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
                             extra_callbacks=[stop_at], on_validation=on_validation)
         except TrainError as e:
             raise SearchError(f"trial {trial.number} ({overrides}): {e}") from e
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
         finally:
             trial.set_user_attr("seconds", clock() - t0)
         if not reported:
