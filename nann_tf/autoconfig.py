@@ -24,7 +24,8 @@ from typing import Any
 
 from nann_tf.config import Config, ConfigError, config_from_dict, resolve_config_path
 
-__all__ = ["AUTO", "DataStats", "data_rules", "load_config_for_data", "explicit_keys"]
+__all__ = ["AUTO", "DataStats", "data_rules", "load_config_for_data", "explicit_keys",
+           "search_defaults", "tune_search", "TUNE_COVERAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +161,62 @@ def load_config_for_data(name_or_path: str | Path, data, overrides: dict | None 
             f"{k} {v}" for k, v in stats.to_dict().items()),
             ", ".join(f"{k}={v}" for k, v in applied.items()))
     return cfg
+
+
+#: Coverage@k the search parameters are tuned to at ``build-index`` (on validation users).
+TUNE_COVERAGE = 0.99
+
+
+def tune_search(model, index, ds, params, *, target: float = TUNE_COVERAGE,
+                users: int = 200, progress=None) -> dict | None:
+    """The cheapest beam parameters (ef, T) reaching coverage@k >= ``target`` on validation
+    users (:func:`nann_tf.search.tune.tune`: every item scored once, the default grid replayed
+    in C++ around ``params``' start level and k, the chosen setting checked with the TensorFlow
+    search), for the index just built.
+
+    Returns:
+      ``{"start_level", "k", "ef", "T", "history_seeds", "coverage", "tf_coverage",
+      "items_scored", "scored_fraction", "users", "target"}``, or None when the dataset has no
+      validation users or no setting of the grid reaches the target (the rules' parameters
+      stay).
+    """
+    import numpy as np
+
+    from nann_tf.search.params import format_level_values
+    from nann_tf.search.tune import default_grid, grid_from_lists, tune
+    from nann_tf.train.validation import validation_users
+
+    n_users = validation_users(len(ds.val), users, ds.num_items)
+    if n_users == 0:
+        return None
+    s, k = params.start_level, params.k
+    ef_values, t_values = default_grid(s, k, len(index.graph.start_nodes(s)))
+    grid = grid_from_lists(s, ef_values, t_values, k)
+    current = (dict(params.ef), dict(params.T))
+    if current not in grid:
+        grid.append(current)
+    rows = np.arange(len(ds.val))
+    if n_users < len(rows):
+        rows = np.sort(np.random.default_rng(0).choice(len(rows), n_users, replace=False))
+    res = tune(model, index, ds.val.hist[rows], start_level=s, k=k, target=target, grid=grid,
+               progress=progress, history_seeds=params.history_seeds)
+    chosen = res["chosen"]
+    if chosen is None:
+        return None
+    return {"start_level": s, "k": k, "ef": format_level_values(chosen["ef"]),
+            "T": format_level_values(chosen["T"]), "history_seeds": params.history_seeds,
+            "coverage": chosen["coverage"], "tf_coverage": res["check"]["tf_coverage"],
+            "items_scored": chosen["items_scored"],
+            "scored_fraction": chosen["scored_fraction"], "users": res["users"],
+            "target": target}
+
+
+def search_defaults(cfg: Config, model_meta: dict, index_meta: dict):
+    """The search parameters a model serves with by default: the index's tuned ones
+    (:func:`tune_search`, at ``build-index``) when the model's ``[search]`` table followed the
+    data (a config that gives ``ef`` or ``T`` keeps them), else the config's ``[search]``."""
+    tuned = index_meta.get("tuned_search")
+    applied = (model_meta.get("auto_config") or {}).get("applied", {})
+    if tuned and "search.ef" in applied and tuned.get("start_level") == cfg.search.start_level:
+        return cfg.search.overridden(ef=tuned["ef"], T=tuned["T"], k=tuned["k"])
+    return cfg.search

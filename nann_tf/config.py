@@ -45,7 +45,10 @@ class DataConfig:
 
     Attributes:
       max_len: L, the number of past behaviours a sample keeps as history.
-      min_len: users with fewer behaviours are dropped.
+      min_len: users with fewer behaviours are never held out (and dropped, unless
+        ``train_min_len`` keeps them for training).
+      train_min_len: users with this many behaviours or more (but fewer than ``min_len``) are
+        training users too (0: the same as ``min_len``).
       val_users / test_users: held-out users (scaled down to at most 10% of users each on small
         data).
       synth_users / synth_items / synth_categories / synth_seed: `nann-tf synth` defaults.
@@ -53,6 +56,7 @@ class DataConfig:
 
     max_len: int = 50
     min_len: int = 10
+    train_min_len: int = 0
     val_users: int = 10000
     test_users: int = 10000
     split_seed: int = 0

@@ -193,7 +193,7 @@ class Pipeline:
             meta = prepare_dataset(p["log"], p["data"], "userbehavior", max_len=dc.max_len,
                                    min_len=dc.min_len, val_users=dc.val_users,
                                    test_users=dc.test_users, seed=dc.split_seed,
-                                   overwrite=True)
+                                   overwrite=True, train_min_len=dc.train_min_len or None)
             return {"num_items": int(meta["num_items"])}
         if stage == "train":
             from nann_tf.train import train

@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     data_name = f"--data {args.data}"
     primary = load_model_entry(args.model, args.index, ds, data_name=data_name,
                                model_flag="--model", index_flag="--index")
-    params = primary.cfg.search.overridden(**overrides).checked(
+    params = primary.search.overridden(**overrides).checked(
         primary.index.graph.max_level, source="search parameters (--start-level/--ef/--T/-k/"
         "--hnsw-ef over the model config's [search] table)")
     ms = parse_positive_list(args.at, "--at") if args.at else _default_ms(params.k)

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, help="history length L (config: max_len)")
     parser.add_argument("--min-len", type=int,
                         help="drop users with fewer behaviours (config: min_len)")
+    parser.add_argument("--train-min-len", type=int,
+                        help="users with fewer than --min-len but at least this many behaviours "
+                             "train too (never held out); default: the config's train_min_len")
     parser.add_argument("--val-users", type=int,
                         help="validation users, honoured exactly (default: the config's "
                              "val_users, scaled to at most 10%% of the users)")
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
             test_users=pick(args.test_users, cfg.test_users),
             seed=pick(args.seed, cfg.split_seed), min_rating=args.min_rating,
             overwrite=args.overwrite, table=table,
-            explicit_held_out=(args.val_users is not None, args.test_users is not None))
+            explicit_held_out=(args.val_users is not None, args.test_users is not None),
+            train_min_len=pick(args.train_min_len, cfg.train_min_len) or None)
     except DataError as e:
         raise CliError(str(e)) from e
     except OSError as e:  # unreadable input, full disk ...: nothing was left half-written

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     entry = load_model_entry(args.model, args.index, ds, data_name=f"--data {args.data}",
                              model_flag="--model", index_flag="--index")
     graph = entry.index.graph
-    current = entry.cfg.search.overridden(**overrides).checked(
+    current = entry.search.overridden(**overrides).checked(
         graph.max_level, source="search parameters (--start-level/--ef/--T/-k over the model "
         "config's [search] table)")
     k, s = current.k, current.start_level

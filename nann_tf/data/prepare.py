@@ -176,13 +176,17 @@ def _join_item_table(raw_items: np.ndarray, tab_item: np.ndarray, tab_cat: np.nd
 def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
                   val_users: int = 10000, test_users: int = 10000, seed: int = 0,
                   min_rating: float | None = None,
-                  explicit_held_out: tuple[bool, bool] = (False, False)) -> PreparedDataset:
+                  explicit_held_out: tuple[bool, bool] = (False, False),
+                  train_min_len: int | None = None) -> PreparedDataset:
     """Builds the dataset arrays from a log.
 
     Args:
       data: the log (any input format).
       max_len: L, history length of samples and held-out users.
-      min_len: users with fewer behaviours (after the rating filter) are dropped.
+      min_len: users with fewer behaviours (after the rating filter) are never held out.
+      train_min_len: users with at least this many behaviours (and fewer than ``min_len``)
+        are training users too (their samples, items and frequencies count); None: the same
+        as ``min_len`` (such users are dropped). The held-out users are the same either way.
       val_users / test_users: held-out users (see :func:`held_out_sizes`).
       seed: seed of the held-out user choice.
       explicit_held_out: whether ``val_users`` / ``test_users`` were asked for explicitly
@@ -200,6 +204,10 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     if min_len < MIN_MIN_LEN:
         raise DataError(f"min_len must be >= {MIN_MIN_LEN} (a held-out user needs history "
                         f"before its ceil(len/2)-th behaviour), got {min_len}")
+    train_min_len = min_len if train_min_len is None else int(train_min_len)
+    if train_min_len < 2:
+        raise DataError(f"train_min_len must be >= 2 (a training user needs a behaviour before "
+                        f"its first target), got {train_min_len}")
     if val_users < 0 or test_users < 0:
         raise DataError(f"val_users and test_users must be >= 0, got {val_users}, {test_users}")
     t0 = time.perf_counter()
@@ -220,12 +228,16 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         raise DataError(f"{data.source}: no rows left after the rating filter")
     starts = np.flatnonzero(np.concatenate([[True], user[1:] != user[:-1]]))
     counts = np.diff(np.append(starts, len(user)))
-    kept_user = counts >= min_len
+    kept_user = counts >= min(min_len, train_min_len)
     n_kept = int(kept_user.sum())
-    if n_kept == 0:
+    n_long = int((counts >= min_len).sum())
+    if n_long == 0:
         raise DataError(f"{data.source}: no users left after filtering: all {len(starts)} "
                         f"users have fewer than min_len={min_len} behaviours")
-    log.info("%d of %d users have >= %d behaviours", n_kept, len(starts), min_len)
+    log.info("%d of %d users have >= %d behaviours", n_long, len(starts), min_len)
+    if n_kept > n_long:
+        log.info("%d users with %d..%d behaviours are training users only (train_min_len)",
+                 n_kept - n_long, train_min_len, min_len - 1)
     rows = order[np.repeat(kept_user, counts)]
     del order
     item = item[rows]
@@ -261,11 +273,14 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     raw_cats, cat_dense = _dense_ranks(item_cat_raw)
     bar.update()
 
-    n_val, n_test = held_out_sizes(n_kept, val_users, test_users, explicit_held_out)
+    n_val, n_test = held_out_sizes(n_long, val_users, test_users, explicit_held_out)
     if (n_val, n_test) != (val_users, test_users):
         log.info("held-out users scaled down to at most 10%% of %d users: val %d (asked %d), "
-                 "test %d (asked %d)", n_kept, n_val, val_users, n_test, test_users)
-    perm = np.random.default_rng(seed).permutation(n_kept)
+                 "test %d (asked %d)", n_long, n_val, val_users, n_test, test_users)
+    # Held-out users are drawn among the users with >= min_len behaviours only, by the same
+    # permutation whatever train_min_len adds to training.
+    long_users = np.flatnonzero(counts >= min_len)
+    perm = long_users[np.random.default_rng(seed).permutation(n_long)]
     role = np.zeros(n_kept, dtype=np.int8)  # 0 train, 1 val, 2 test
     role[perm[:n_val]] = 1
     role[perm[n_val:n_val + n_test]] = 2
@@ -328,6 +343,7 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
         "rows": int(data.rows),
         "rows_kept": int(len(item)),
         "min_len": min_len,
+        **({"train_min_len": train_min_len} if train_min_len < min_len else {}),
         "split_seed": seed,
         "min_rating": min_rating,
     }
@@ -397,7 +413,8 @@ def prepare_dataset(input_path: str | Path, output_dir: str | Path,
                     max_len: int = 50, min_len: int = 10, val_users: int = 10000,
                     test_users: int = 10000, seed: int = 0, min_rating: float | None = None,
                     overwrite: bool = False, table=None,
-                    explicit_held_out: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
+                    explicit_held_out: tuple[bool, bool] = (False, False),
+                    train_min_len: int | None = None) -> dict[str, Any]:
     """Reads a behaviour log and writes a dataset directory (``nann-tf prepare``).
 
     Args:
@@ -406,7 +423,7 @@ def prepare_dataset(input_path: str | Path, output_dir: str | Path,
       input_format: ``userbehavior``, ``movielens``, ``csv`` or ``table``.
       item_file: the MovieLens ``.item`` file, or the table format's item table (categories).
       table: the ``table`` format's :class:`~nann_tf.data.table.TableSpec` (column mapping).
-      max_len / min_len / val_users / test_users / seed / min_rating: see
+      max_len / min_len / val_users / test_users / seed / min_rating / train_min_len: see
         :func:`build_dataset`.
       overwrite: replace an existing non-empty output directory.
 
@@ -422,7 +439,7 @@ def prepare_dataset(input_path: str | Path, output_dir: str | Path,
     data = read_log(input_format, input_path, item_file, table)
     ds = build_dataset(data, max_len=max_len, min_len=min_len, val_users=val_users,
                        test_users=test_users, seed=seed, min_rating=min_rating,
-                       explicit_held_out=explicit_held_out)
+                       explicit_held_out=explicit_held_out, train_min_len=train_min_len)
     t1 = time.perf_counter()
     write_dataset(ds, output_dir, overwrite=overwrite)
     dt = time.perf_counter() - t0

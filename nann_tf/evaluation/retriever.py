@@ -355,10 +355,19 @@ class ModelEntry:
     model: object
     cfg: object
     index: object
+    meta: dict = dataclasses.field(default_factory=dict)
 
     @property
     def eps(self) -> float:
         return float(self.cfg.train.fgsm_eps)
+
+    @property
+    def search(self):
+        """The search parameters the model serves with by default (the index's tuned ones when
+        its ``[search]`` table followed the data: :func:`nann_tf.autoconfig.search_defaults`)."""
+        from nann_tf.autoconfig import search_defaults
+
+        return search_defaults(self.cfg, self.meta, self.index.meta)
 
 
 def load_model_entry(model_dir, index_dir, ds, *, data_name: str = "the dataset",
@@ -397,4 +406,4 @@ def load_model_entry(model_dir, index_dir, ds, *, data_name: str = "the dataset"
                         model_name=f"{model_flag} {model_dir}", data_name=data_name)
     if label is None:
         label = f"{Path(model_dir).name} (eps={cfg.train.fgsm_eps:g})"
-    return ModelEntry(label, str(model_dir), str(index_dir), model, cfg, index)
+    return ModelEntry(label, str(model_dir), str(index_dir), model, cfg, index, meta)

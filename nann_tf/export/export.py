@@ -192,6 +192,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     from nann_tf.serving.warmup import write_warmup_requests
     from nann_tf.model.saved import load_trained_model
     from nann_tf.search.params import similar_for_index
+    from nann_tf.autoconfig import search_defaults
 
     base = Path(base_dir)
     model, cfg, meta = load_trained_model(model_dir)
@@ -201,8 +202,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                           f"{model_dir} was trained on {meta['num_items']}")
     # The config's [search] table with the given overrides, checked by the one set of rules:
     # a level missing or unused, or a start level above the index's top, is an error.
-    defaults = cfg.search.overridden(start_level=start_level, ef=ef, T=T, k=k,
-                                     history_seeds=history_seeds).checked(index.graph.max_level)
+    defaults = search_defaults(cfg, meta, index.meta).overridden(
+        start_level=start_level, ef=ef, T=T, k=k,
+        history_seeds=history_seeds).checked(index.graph.max_level)
     similar_params = similar_for_index(cfg.similar, index.graph.max_level).overridden(
         **(similar or {}), prefix="--similar-").checked(
         index.graph.max_level, source="the [similar] table and --similar-* flags")

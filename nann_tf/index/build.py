@@ -13,9 +13,15 @@ __all__ = ["build_index"]
 log = logging.getLogger(__name__)
 
 
-def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threads=None):
+def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threads=None,
+                tune_coverage: float | None = None):
     """e_v of every item with the trained item network, the HNSW graph over them, saved as an
     index directory (atomically); returns its metadata.
+
+    With ``tune_coverage`` (default :data:`nann_tf.autoconfig.TUNE_COVERAGE`; 0: off), the
+    cheapest beam parameters reaching that coverage@k on validation users are measured on the
+    new graph and recorded (``tuned_search``); the export serves with them when the model's
+    ``[search]`` table followed the data (:func:`nann_tf.autoconfig.search_defaults`).
 
     Raises:
       HnswIndexError: bad HNSW parameters, or a model trained on another dataset.
@@ -48,9 +54,36 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
             "max_level": graph.max_level,
             "nodes_per_level": [int((graph.node_level >= lv).sum())
                                 for lv in range(graph.max_level + 1)]}
-    save_index(ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info), output)
+    idx = ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info)
+    info["tuned_search"] = _tune(model, idx, ds, cfg, tune_coverage)
+    save_index(idx, output)
     log.info("HNSW built in %.1fs: levels %s -> %s", t2 - t1, info["nodes_per_level"], output)
     return info
+
+
+def _tune(model, idx, ds, cfg, coverage):
+    from nann_tf.autoconfig import TUNE_COVERAGE, tune_search
+    from nann_tf.search.params import SearchParamsError
+
+    coverage = TUNE_COVERAGE if coverage is None else float(coverage)
+    if not coverage:
+        return None
+    try:
+        params = cfg.search.checked(idx.graph.max_level)
+    except SearchParamsError as e:
+        log.info("search parameters not tuned: %s", e)
+        return None
+    t0 = time.perf_counter()
+    tuned = tune_search(model, idx, ds, params, target=coverage, progress=log.info)
+    if tuned is None:
+        log.info("search parameters not tuned: no validation users, or no setting of the grid "
+                 "reaches coverage@%d %.3f", params.k, coverage)
+    else:
+        log.info("search tuned on %d validation users in %.1fs: ef %s, T %s reach coverage@%d "
+                 "%.4f scoring %.2f%% of the corpus", tuned["users"], time.perf_counter() - t0,
+                 tuned["ef"], tuned["T"], tuned["k"], tuned["coverage"],
+                 100 * tuned["scored_fraction"])
+    return tuned
 
 
 def _item_embeddings(model, batch_size: int = 65536):
