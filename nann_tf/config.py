@@ -101,6 +101,7 @@ class ModelConfig:
     dot_term: bool = False
     position_bias: bool = False
     history_match: bool = False
+    ctx_dot: bool = False
 
 
 @dataclasses.dataclass
