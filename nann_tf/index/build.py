@@ -48,7 +48,8 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
             "max_level": graph.max_level,
             "nodes_per_level": [int((graph.node_level >= lv).sum())
                                 for lv in range(graph.max_level + 1)]}
-    save_index(ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info), output)
+    save_index(ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info,
+                         raw_item_key=ds.raw_item_key), output)
     log.info("HNSW built in %.1fs: levels %s -> %s", t2 - t1, info["nodes_per_level"], output)
     return info
 
