@@ -63,6 +63,21 @@ def test_pad_histories_right_aligns_most_recent_last():
         pad_histories([[1.5]], 2)
 
 
+def test_pad_histories_of_string_ids():
+    """A model with string item ids: str ids (bytes decoded), padded with "" on the left;
+    ids of the other kind are refused before anything is sent."""
+    out = pad_histories([["SKU-1", "SKU-é"], [b"c0ffee12", b"SKU-\xc3\xa9"]], 3, string=True)
+    assert out.dtype.kind == "U"
+    assert out.tolist() == [["", "SKU-1", "SKU-é"], ["", "c0ffee12", "SKU-é"]]
+    assert pad_histories([[]], 2, string=True).tolist() == [["", ""]]
+    with pytest.raises(ValueError, match="history 0 holds non-string ids.*takes string item"):
+        pad_histories([[12, 34]], 3, string=True)
+    with pytest.raises(ValueError, match="non-integer ids.*takes integer item ids"):
+        pad_histories([["SKU-1"]], 3)
+    rows = RetrievalClient._id_rows([["a"], ["b", "c"]], 2, "item_ids", string=True)
+    assert rows.tolist() == [["a", ""], ["b", "c"]]  # seeds: right-padded
+
+
 def test_retrieve_defaults_equal_the_in_process_model(client, eager):
     histories = [RAW[[3, 1, 4]], RAW[[15]], RAW[[9, 26, 5, 35, 8, 9]]]
     item_ids, scores, num_scored = client.retrieve(histories)

@@ -144,3 +144,78 @@ def test_load_rejects_bad_directories(saved, tmp_path, corrupt, message):
 def test_load_missing_directory(tmp_path):
     with pytest.raises(DataError, match="not a directory"):
         Dataset.load(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------------ string ids
+@pytest.fixture(scope="module")
+def saved_strings(prepared, tmp_path_factory):
+    """The dataset with string item and user ids (see nann_tf.data.dataset): what prepare
+    writes for a log of SKUs and hex customer ids (tests/test_table.py checks that)."""
+    import pyarrow as pa
+
+    cols = generate_log(300, 200, 6, 20, seed=2)
+    item_keys = np.array(sorted({f"SKU-{int(i):09d}" for i in cols["item_id"]}))
+    user_keys = np.array(sorted({f"{int(u):08x}" for u in cols["user_id"]}))
+    log = BehaviorLog(user=np.searchsorted(user_keys, [f"{int(u):08x}" for u in cols["user_id"]]),
+                      item=np.searchsorted(item_keys, [f"SKU-{int(i):09d}"
+                                                       for i in cols["item_id"]]),
+                      timestamp=cols["timestamp"], category=cols["category_id"],
+                      rows=len(cols["user_id"]), source="mem", input_format="table",
+                      user_keys=pa.array(user_keys), item_keys=pa.array(item_keys))
+    ds = build_dataset(log, max_len=7, min_len=10, val_users=20, test_users=15, seed=0)
+    # Same log, integer ids of the same order: the same dense arrays.
+    for name in ("train", "val", "test"):
+        for k, v in prepared.arrays[name].items():
+            if k != "user":
+                np.testing.assert_array_equal(ds.arrays[name][k], v)
+    assert ds.meta["item_id_type"] == ds.meta["user_id_type"] == "string"
+    return write_dataset(ds, tmp_path_factory.mktemp("ds-strings") / "ds")
+
+
+def test_string_ids_load_and_map_dense_ids_back(saved_strings, saved):
+    ds, ints = Dataset.load(saved_strings), Dataset.load(saved)
+    assert ds.item_id_type == "string" and ints.item_id_type == "int"
+    assert ds.raw_item_key[0] == "" and ds.raw_item_key[1:].tolist() == \
+        [f"SKU-{int(i):09d}" for i in ints.raw_item_id[1:]]
+    hist = ds.test.hist[:3]
+    np.testing.assert_array_equal(ds.raw_items(hist),
+                                  np.where(hist > 0, ds.raw_item_key[hist], ""))
+    assert ints.raw_items(hist).dtype == np.int64
+    assert [int(k, 16) for k in ds.train_user_key] == ints.train_users.tolist()
+    np.testing.assert_array_equal(ds.test.user, np.searchsorted(
+        np.sort(np.concatenate([ds.train_user_key, ds.val.user_key, ds.test.user_key])),
+        ds.test.user_key))
+
+
+def _keys(d, name="items.npz", key="raw_item_key"):
+    return np.load(d / name)[key]
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    (lambda d: _resave(d / "items.npz", raw_item_key=None),
+     "items.npz: array 'raw_item_key' missing (meta.json says the ids are strings"),
+    (lambda d: _resave(d / "items.npz", raw_item_key=_keys(d)[::-1].copy()),
+     "items.npz: array 'raw_item_key': index 0 (padding) must be ''"),
+    (lambda d: _resave(d / "items.npz", raw_item_key=np.concatenate(
+        [[""], _keys(d)[2:], _keys(d)[1:2]])),
+     "items.npz: array 'raw_item_key': ids must be non-empty, distinct and in ascending order"),
+    (lambda d: _resave(d / "items.npz", raw_item_key=np.char.encode(_keys(d))),
+     "items.npz: array 'raw_item_key': must be a 1-D unicode (str) array"),
+    (lambda d: _resave(d / "items.npz", raw_item_key=_keys(d)[:-1]),
+     "items.npz: array 'raw_item_key': shape"),
+    (lambda d: _resave(d / "items.npz", raw_item_id=np.load(d / "items.npz")["raw_item_id"] * 2),
+     "items.npz: array 'raw_item_id': must be 0..num_items"),
+    (lambda d: _resave(d / "val.npz", user_key=None), "val.npz: array 'user_key' missing"),
+    (lambda d: _resave(d / "train.npz", user_key=np.where(
+        np.arange(len(_keys(d, "train.npz", "user_key"))) == 3, "",
+        _keys(d, "train.npz", "user_key"))), "train.npz: array 'user_key': empty user id"),
+    (lambda d: (d / "meta.json").write_text(json.dumps(dict(
+        json.loads((d / "meta.json").read_text()), item_id_type="uuid"))),
+     "meta.json: 'item_id_type' must be one of int, string, got 'uuid'"),
+])
+def test_load_rejects_bad_string_id_arrays(saved_strings, tmp_path, corrupt, message):
+    d = _copy(saved_strings, tmp_path)
+    corrupt(d)
+    with pytest.raises(DataError) as e:
+        Dataset.load(d)
+    assert message in str(e.value)

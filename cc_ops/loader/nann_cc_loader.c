@@ -15,10 +15,12 @@
  *    times and prints the per-call latencies.
  *
  * Only the protobuf wire fields needed are decoded (MetaGraphDef.signature_def, PredictionLog.
- * predict_log.request, TensorProto with tensor_content or packed int/float values).
+ * predict_log.request, TensorProto with tensor_content or packed int/float values, or
+ * string_val for DT_STRING: string item ids).
  *
  * Output file: per request: u32 number of outputs; per output (sorted by alias): u32 alias
- * length, alias bytes, i32 TF_DataType, u32 rank, i64 dims[rank], u64 byte count, bytes.
+ * length, alias bytes, i32 TF_DataType, u32 rank, i64 dims[rank], u64 byte count, bytes; the
+ * bytes of a TF_STRING output are, per element, u32 length and the string's bytes.
  * Exit status: 0 ok; 1 a failure (message on stderr naming the file, record or signature);
  * 2 bad usage.
  */
@@ -30,6 +32,7 @@
 #include <time.h>
 
 #include "tensorflow/c/c_api.h"
+#include "tensorflow/c/tf_tstring.h"
 
 #define MAX_SIGS 32
 #define MAX_IO 16
@@ -136,12 +139,52 @@ static Sig *find_sig(const char *name) {
   return NULL;
 }
 
-/* TensorProto -> TF_Tensor (float, int32, int64, bool: what nann-tf's signatures take). */
+/* Elements of a TF_STRING tensor. */
+static int64_t num_elements(const TF_Tensor *t) {
+  int64_t count = 1;
+  for (int i = 0; i < TF_NumDims(t); i++) count *= TF_Dim(t, i);
+  return count;
+}
+
+/* Deletes a tensor made by tensor_from_proto (string elements own their heap bytes). */
+static void delete_input(TF_Tensor *t) {
+  if (TF_TensorType(t) == TF_STRING) {
+    TF_TString *s = (TF_TString *)TF_TensorData(t);
+    for (int64_t i = 0; i < num_elements(t); i++) TF_StringDealloc(&s[i]);
+  }
+  TF_DeleteTensor(t);
+}
+
+/* DT_STRING TensorProto (its string_val, field 8, one field per element) -> TF_Tensor. */
+static TF_Tensor *string_tensor(Buf msg, const int64_t *dims, int rank, int64_t count,
+                                char *err, size_t errcap) {
+  int num, wt; Buf sub; uint64_t v;
+  TF_Tensor *t = TF_AllocateTensor(TF_STRING, dims, rank, (size_t)count * sizeof(TF_TString));
+  TF_TString *data = (TF_TString *)TF_TensorData(t);
+  for (int64_t i = 0; i < count; i++) TF_StringInit(&data[i]);
+  int64_t i = 0;
+  while (field(&msg, &num, &wt, &sub, &v) > 0 && i <= count)
+    if (num == 8 && wt == 2) {
+      if (i < count) TF_StringCopy(&data[i], (const char *)sub.p, (size_t)(sub.end - sub.p));
+      i++;
+    }
+  if (i != count && !(i == 1 && count > 1)) {
+    snprintf(err, errcap, "a string tensor of %ld elements has %ld values", (long)count, (long)i);
+    delete_input(t);
+    return NULL;
+  }
+  for (int64_t j = 1; i == 1 && j < count; j++) /* one value: every element (as TensorProto) */
+    TF_StringCopy(&data[j], TF_StringGetDataPointer(&data[0]), TF_StringGetSize(&data[0]));
+  return t;
+}
+
+/* TensorProto -> TF_Tensor (float, int32, int64, bool, string: what nann-tf's signatures
+ * take). */
 static TF_Tensor *tensor_from_proto(Buf b, char *err, size_t errcap) {
   int num, wt, r; Buf sub; uint64_t v;
   int dtype = 0, rank = 0;
   int64_t dims[8];
-  Buf content = {NULL, NULL}, packed = {NULL, NULL};
+  Buf content = {NULL, NULL}, packed = {NULL, NULL}, msg = b;
   while ((r = field(&b, &num, &wt, &sub, &v)) > 0) {
     if (num == 1 && wt == 0) dtype = (int)v;
     else if (num == 2 && wt == 2) {
@@ -159,6 +202,11 @@ static TF_Tensor *tensor_from_proto(Buf b, char *err, size_t errcap) {
     else if ((num == 5 || num == 7 || num == 10 || num == 11) && wt == 2) packed = sub;
   }
   if (r < 0) { snprintf(err, errcap, "malformed TensorProto"); return NULL; }
+  if (dtype == TF_STRING) {
+    int64_t n = 1;
+    for (int i = 0; i < rank; i++) n *= dims[i];
+    return string_tensor(msg, dims, rank, n, err, errcap);
+  }
   size_t width = dtype == TF_FLOAT || dtype == TF_INT32 ? 4 : dtype == TF_INT64 ? 8
                  : dtype == TF_BOOL ? 1 : 0;
   if (!width) { snprintf(err, errcap, "unsupported dtype %d", dtype); return NULL; }
@@ -337,6 +385,13 @@ static void write_outputs(FILE *f, const Sig *s, TF_Tensor **out) {
     uint32_t len = (uint32_t)strlen(s->out[j].alias), rank = (uint32_t)TF_NumDims(out[j]);
     int32_t dtype = (int32_t)TF_TensorType(out[j]);
     uint64_t bytes = TF_TensorByteSize(out[j]);
+    const TF_TString *strings =
+        dtype == TF_STRING ? (const TF_TString *)TF_TensorData(out[j]) : NULL;
+    if (strings) {
+      bytes = 0;
+      for (int64_t i = 0; i < num_elements(out[j]); i++)
+        bytes += 4 + TF_StringGetSize(&strings[i]);
+    }
     fwrite(&len, 4, 1, f);
     fwrite(s->out[j].alias, 1, len, f);
     fwrite(&dtype, 4, 1, f);
@@ -346,7 +401,15 @@ static void write_outputs(FILE *f, const Sig *s, TF_Tensor **out) {
       fwrite(&dim, 8, 1, f);
     }
     fwrite(&bytes, 8, 1, f);
-    fwrite(TF_TensorData(out[j]), 1, bytes, f);
+    if (strings) {
+      for (int64_t i = 0; i < num_elements(out[j]); i++) {
+        uint32_t size = (uint32_t)TF_StringGetSize(&strings[i]);
+        fwrite(&size, 4, 1, f);
+        fwrite(TF_StringGetDataPointer(&strings[i]), 1, size, f);
+      }
+    } else {
+      fwrite(TF_TensorData(out[j]), 1, bytes, f);
+    }
   }
 }
 
@@ -369,7 +432,7 @@ static int replay(TF_Session *sess, TF_Graph *g, const char *path, FILE *outputs
       if (outputs && k == 0) write_outputs(outputs, s, out);
       for (int j = 0; j < s->n_out; j++) TF_DeleteTensor(out[j]);
     }
-    for (int i = 0; i < n_in; i++) TF_DeleteTensor(inputs[i].t);
+    for (int i = 0; i < n_in; i++) delete_input(inputs[i].t);
     count++;
   }
   free(r.data);

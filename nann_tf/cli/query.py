@@ -10,7 +10,16 @@ import sys
 
 from nann_tf.cli.common import search_overrides
 
-__all__ = ["add_arguments", "run", "parse_id_list"]
+__all__ = ["add_arguments", "run", "parse_id_list", "parse_ids"]
+
+
+def parse_ids(text: str, name: str, string: bool) -> list:
+    """The ids of a flag for a model with string item ids (``string``: comma-separated, each
+    stripped of surrounding spaces, empty = none; ids cannot hold a comma here) or integer ones
+    (:func:`parse_id_list`)."""
+    if not string:
+        return parse_id_list(text, name)
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def parse_id_list(text: str, name: str) -> list[int]:
@@ -46,10 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--history",
                       help="items-to-user: comma-separated raw item ids, most recent last, "
-                      "e.g. 12,34,56")
+                      "e.g. 12,34,56 (a model exported from string item ids takes strings: "
+                      "SKU-1,SKU-2; the served signature's dtype decides)")
     what.add_argument("--similar-to", metavar="ID[,ID...]",
                       help="items-to-item: items similar to these raw item ids (the "
-                      "similar_items signatures; the seeds themselves are not returned)")
+                      "similar_items signatures; the seeds themselves are not returned); "
+                      "integers or strings as --history")
     parser.add_argument("--similar-mode", choices=["embedding", "model"], default="embedding",
                         help="with --similar-to: nearest in the item embedding space "
                         "(similar_items, default) or by the model's score with the seeds as "
@@ -89,15 +100,18 @@ def run(args: argparse.Namespace) -> int:
         return _run_similar(args)
     if args.include_seeds:
         raise CliError("--include-seeds goes with --similar-to")
-    history = parse_id_list(args.history, "--history")
     overrides = search_overrides(args)  # parses --ef/--T before any RPC
     ef, T = overrides["ef"], overrides["T"]
-    exclude = parse_id_list(args.exclude, "--exclude") if args.exclude is not None else None
-    search_params = ef is not None or T is not None or exclude is not None
+    search_params = ef is not None or T is not None or args.exclude is not None
     signature = args.signature or ("retrieve" if search_params else "serving_default")
     with RetrievalClient(args.server, args.model, signature_name=signature,
                          timeout_s=args.timeout, retries=1) as client:
         try:
+            # Integer or string ids: as the served signature takes them.
+            string = client.item_id_type(signature, args.version) == "string"
+            history = parse_ids(args.history, "--history", string)
+            exclude = (parse_ids(args.exclude, "--exclude", string) if args.exclude is not None
+                       else None)
             length = client.history_length(signature, args.version)
             if length is not None and len(history) > length:
                 print(f"note: the history has {len(history)} items and the model takes "
@@ -118,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise CliError(str(e)) from None
     ids, vals = item_ids[0], scores[0]
-    keep = ids != 0  # rows shorter than k are padded with id 0
+    keep = ids != ("" if string else 0)  # rows shorter than k are padded with id 0 (or "")
     ids, vals = ids[keep], vals[keep]
     if args.k is not None and signature != "retrieve":
         if args.k > ids.size:
@@ -132,9 +146,11 @@ def run(args: argparse.Namespace) -> int:
 def _print_ranking(model, signature, ids, vals, num_scored) -> None:
     scored = f", {int(num_scored[0])} items scored" if num_scored is not None else ""
     print(f"model {model} signature {signature}: {ids.size} items{scored}")
-    print(f"{'rank':>4}  {'item_id':>12}  {'score':>12}")
-    for rank, (i, s) in enumerate(zip(ids, vals), start=1):
-        print(f"{rank:>4}  {int(i):>12}  {float(s):>12.6f}")
+    shown = [str(i) if ids.dtype.kind == "U" else str(int(i)) for i in ids]
+    width = max([12] + [len(i) for i in shown])
+    print(f"{'rank':>4}  {'item_id':>{width}}  {'score':>12}")
+    for rank, (i, s) in enumerate(zip(shown, vals), start=1):
+        print(f"{rank:>4}  {i:>{width}}  {float(s):>12.6f}")
 
 
 def _run_similar(args: argparse.Namespace) -> int:
@@ -146,13 +162,15 @@ def _run_similar(args: argparse.Namespace) -> int:
         if value is not None:
             raise CliError(f"{flag} does not go with --similar-to (the similar_items "
                            "signatures search with the export's [similar] parameters)")
-    seeds = parse_id_list(args.similar_to, "--similar-to")
-    if not seeds:
-        raise CliError("--similar-to: no item id given (expected e.g. 12 or 12,34)")
-    exclude = parse_id_list(args.exclude, "--exclude") if args.exclude is not None else None
     signature = "similar_items" if args.similar_mode == "embedding" else "similar_items_model"
     with RetrievalClient(args.server, args.model, timeout_s=args.timeout, retries=1) as client:
         try:
+            string = client.item_id_type(signature, args.version) == "string"
+            seeds = parse_ids(args.similar_to, "--similar-to", string)
+            if not seeds:
+                raise CliError("--similar-to: no item id given (expected e.g. 12 or 12,34)")
+            exclude = (parse_ids(args.exclude, "--exclude", string) if args.exclude is not None
+                       else None)
             item_ids, scores, num_scored = client.similar_items(
                 seeds, k=args.k, exclude_item_ids=exclude, include_seeds=args.include_seeds,
                 mode=args.similar_mode, version=args.version)
@@ -161,7 +179,7 @@ def _run_similar(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise CliError(str(e)) from None
     ids, vals = item_ids[0], scores[0]
-    keep = ids != 0
+    keep = ids != ("" if string else 0)
     if not keep.any():
         print(f"note: none of {', '.join(map(str, seeds))} is an item of the model "
               "(unknown ids are ignored)", file=sys.stderr)

@@ -20,6 +20,20 @@ Layout of a dataset directory (format ``nann-tf-dataset``, version 1):
   since the ``--next-n`` evaluation exists, ``later`` int32 [sum] with ``later_splits`` int64
   [U+1]: each user's behaviours after the target, in time order (CSR). A dataset without them
   loads as before; only the evaluation of later behaviours needs them.
+
+String ids (a ``table`` log whose item or user column is not all integers): ``meta.json`` says
+``"item_id_type": "string"`` and/or ``"user_id_type": "string"`` (absent or ``"int"``: integer
+ids, the layout above exactly).
+
+- String item ids: ``items.npz`` also holds ``raw_item_key`` (numpy unicode [N+1]; index =
+  dense id, ``""`` at index 0), dense ids numbered in ascending string (code point) order;
+  ``raw_item_id`` is then ``0..N`` (the dense id itself), kept so that readers of the integer
+  layout still find it.
+- String user ids: the int64 ``user`` arrays of ``train.npz``/``val.npz``/``test.npz`` hold
+  dense user codes, 0-based, numbered in ascending string order over the users kept; each file
+  also holds ``user_key`` (numpy unicode, beside ``user``): the user's id.
+- An id is at most :data:`MAX_ID_BYTES` UTF-8 bytes, never empty, and holds no control
+  character (the exported model's vocabulary is a text file, one id per line).
 """
 
 from __future__ import annotations
@@ -37,6 +51,8 @@ __all__ = [
     "DataError",
     "DATASET_FORMAT",
     "DATASET_VERSION",
+    "MAX_ID_BYTES",
+    "ID_TYPES",
     "HeldOut",
     "Dataset",
     "gather_histories",
@@ -45,6 +61,11 @@ __all__ = [
 
 DATASET_FORMAT = "nann-tf-dataset"
 DATASET_VERSION = 1
+
+#: The longest string id (user or item), in UTF-8 bytes; ``prepare`` refuses longer ones.
+MAX_ID_BYTES = 256
+#: ``meta.json``'s ``item_id_type`` / ``user_id_type`` (absent = ``"int"``).
+ID_TYPES = ("int", "string")
 
 _META_INT_KEYS = ("num_items", "num_categories", "max_len", "num_train_users",
                   "num_train_samples", "num_val_users", "num_test_users", "rows", "rows_kept")
@@ -62,7 +83,8 @@ class HeldOut:
       hist: int32 [U, L] dense item ids, right-aligned (most recent last), 0 = padding.
       hist_len: int32 [U] number of real items in ``hist``.
       target: int32 [U] dense id of the ground-truth item.
-      user: int64 [U] raw user ids.
+      user: int64 [U] raw user ids (string user ids: dense user codes).
+      user_key: str [U] the users' string ids (string user ids only, else None).
     """
 
     hist: np.ndarray
@@ -71,6 +93,7 @@ class HeldOut:
     user: np.ndarray
     later: np.ndarray | None = None
     later_splits: np.ndarray | None = None
+    user_key: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
@@ -161,6 +184,35 @@ def _check(cond: bool, path: Path, name: str, what: str) -> None:
         raise DataError(f"{path}: array {name!r}: {what}")
 
 
+def _id_type(meta: dict, key: str, meta_path: Path) -> str:
+    value = meta.get(key, "int")
+    if value not in ID_TYPES:
+        raise DataError(f"{meta_path}: {key!r} must be one of {', '.join(ID_TYPES)}, got "
+                        f"{value!r}")
+    return value
+
+
+def _load_keys(path: Path, name: str, length: int) -> np.ndarray:
+    """A string-id array (numpy unicode, 1-D, ``length`` long, no empty id except where the
+    caller allows it) of ``path``."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (not a complete nann-tf dataset directory)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if name not in z.files:
+                raise DataError(f"{path}: array {name!r} missing (meta.json says the ids are "
+                                f"strings; has {sorted(z.files)})")
+            arr = z[name]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, ValueError (object array) ...
+        raise DataError(f"{path}: array {name!r} is not readable: {e}") from e
+    _check(arr.dtype.kind == "U" and arr.ndim == 1, path, name,
+           f"must be a 1-D unicode (str) array, got {arr.dtype} {arr.shape}")
+    _check(arr.shape == (length,), path, name, f"shape {arr.shape}, expected ({length},)")
+    return arr
+
+
 @dataclasses.dataclass
 class Dataset:
     """A loaded dataset directory (see the module docstring for the files).
@@ -172,6 +224,9 @@ class Dataset:
       raw_item_id / item_category / item_freq / raw_category_id: the arrays of ``items.npz``.
       train_items / train_splits / train_users: the arrays of ``train.npz``.
       val / test: the held-out users.
+      raw_item_key: str [N+1] the string item ids (``""`` at 0) of a dataset with string item
+        ids, else None.
+      train_user_key: str [U] the train users' string ids, or None.
     """
 
     path: Path
@@ -188,6 +243,21 @@ class Dataset:
     train_users: np.ndarray
     val: HeldOut
     test: HeldOut
+    raw_item_key: np.ndarray | None = None
+    train_user_key: np.ndarray | None = None
+
+    @property
+    def item_id_type(self) -> str:
+        """``"string"`` or ``"int"``: the type of the raw item ids."""
+        return "int" if self.raw_item_key is None else "string"
+
+    def raw_items(self, dense) -> np.ndarray:
+        """Raw item ids of dense ids (0 = padding -> 0, or ``""`` for string ids): int64, or
+        str for string item ids."""
+        dense = np.asarray(dense)
+        if self.raw_item_key is not None:
+            return np.where(dense > 0, self.raw_item_key[dense], "")
+        return np.where(dense > 0, self.raw_item_id[dense], 0).astype(np.int64)
 
     @property
     def num_train_users(self) -> int:
@@ -249,6 +319,23 @@ class Dataset:
         _check(it["raw_item_id"][0] == 0, p, "raw_item_id", "index 0 (padding) must be 0")
         _check(it["freq"][0] == 0 and it["freq"].min() >= 0, p, "freq",
                "must be >= 0, and 0 at index 0")
+        raw_key = None
+        if _id_type(meta, "item_id_type", meta_path) == "string":
+            raw_key = _load_keys(p, "raw_item_key", n + 1)
+            _check(raw_key[0] == "", p, "raw_item_key", "index 0 (padding) must be ''")
+            _check(bool(np.all(raw_key[2:] > raw_key[1:-1])) and raw_key[1] != "", p,
+                   "raw_item_key", "ids must be non-empty, distinct and in ascending order "
+                   "(dense id = rank)")
+            _check(bool(np.array_equal(it["raw_item_id"], np.arange(n + 1))), p, "raw_item_id",
+                   "must be 0..num_items (the dense ids) when the item ids are strings")
+        string_users = _id_type(meta, "user_id_type", meta_path) == "string"
+
+        def user_keys(path: Path, m: int) -> np.ndarray | None:
+            if not string_users:
+                return None
+            keys = _load_keys(path, "user_key", m)
+            _check(m == 0 or bool(np.all(keys != "")), path, "user_key", "empty user id")
+            return keys
 
         p = path / "train.npz"
         tr = _load_npz(p, {"items": (np.int32, 1), "splits": (np.int64, 1),
@@ -265,6 +352,7 @@ class Dataset:
                f"dense item ids must be in 1..{n}")
         _check(len(ti) - u == meta["num_train_samples"], p, "items",
                f"{len(ti) - u} samples, meta.json says {meta['num_train_samples']}")
+        train_key = user_keys(p, u)
 
         held = {}
         for split in ("val", "test"):
@@ -299,13 +387,14 @@ class Dataset:
                 _check(len(later) == 0 or (later.min() >= 1 and later.max() <= n), p, "later",
                        f"dense item ids must be in 1..{n}")
             held[split] = HeldOut(h["hist"], h["hist_len"], h["target"], h["user"], later,
-                                  later_splits)
+                                  later_splits, user_key=user_keys(p, m))
 
         return cls(path=path, meta=meta, num_items=n, num_categories=c, max_len=L,
                    raw_item_id=it["raw_item_id"], item_category=it["category"],
                    item_freq=it["freq"], raw_category_id=it["raw_category_id"],
                    train_items=ti, train_splits=sp, train_users=tr["user"],
-                   val=held["val"], test=held["test"])
+                   val=held["val"], test=held["test"], raw_item_key=raw_key,
+                   train_user_key=train_key)
 
     def train_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """Every training sample as a (target position, user start) pair.

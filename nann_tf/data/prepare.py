@@ -4,7 +4,9 @@ Steps, all vectorised: filter ratings, drop users with fewer than ``min_len`` be
 each user's behaviours by timestamp (a stable sort: ties keep file order), pick validation and
 test users at random and hold them out of training, number the items of all kept users
 1..N (ascending raw id) and their categories 1..C, count item frequencies over the training
-sequences, and cut the held-out users at their ceil(len/2)-th behaviour.
+sequences, and cut the held-out users at their ceil(len/2)-th behaviour. String ids (the
+``table`` format) are numbered the same way, in ascending string order; string user ids get
+dense codes 0.. (see :mod:`nann_tf.data.dataset`).
 
 The directory is built next to its destination (``<DIR>.tmp-<pid>``) and renamed into place at
 the end, so a failed run leaves nothing half-written.
@@ -152,6 +154,15 @@ def sort_by_user_time(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return _argsort_ties_in_order((user - umin) * np.int64(span) + (ts - tmin))
 
 
+def _keys_of(keys, codes: np.ndarray) -> np.ndarray:
+    """The string ids (numpy unicode) of ``codes``, indices into ``keys`` (a pyarrow string
+    array of :class:`~nann_tf.data.readers.BehaviorLog`)."""
+    import pyarrow as pa
+
+    out = keys.take(pa.array(np.asarray(codes, np.int64))).to_numpy(zero_copy_only=False)
+    return out.astype(str) if len(out) else np.zeros(0, "<U1")
+
+
 def _join_item_table(raw_items: np.ndarray, tab_item: np.ndarray, tab_cat: np.ndarray,
                      names: dict[int, str]) -> tuple[np.ndarray, dict[int, str]]:
     """Raw category of each raw item from an item table; items not in it get "(none)"."""
@@ -246,6 +257,10 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     bar.update()
     raw_users, counts = user[starts[kept_user]], counts[kept_user]
     del user
+    user_keys = None
+    if data.user_keys is not None:  # string user ids: dense codes 0.. in ascending id order
+        user_keys = _keys_of(data.user_keys, raw_users)
+        raw_users = np.arange(n_kept, dtype=np.int64)
     splits = np.zeros(n_kept + 1, dtype=np.int64)
     np.cumsum(counts, out=splits[1:])
 
@@ -253,6 +268,8 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     raw_items, inverse = _dense_ranks(item)
     dense = (inverse + 1).astype(np.int32)
     n_items = len(raw_items)
+    # String item ids: the codes are ranks in ascending string order, so dense ids are too.
+    item_keys = None if data.item_keys is None else _keys_of(data.item_keys, raw_items)
     bar.update()
     if cat is not None:
         # The category of the item's first behaviour (in user, time order).
@@ -349,6 +366,14 @@ def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
     }
     if data.item_source:
         meta["item_file"] = data.item_source
+    if item_keys is not None:  # see nann_tf.data.dataset: string ids
+        arrays["items"]["raw_item_id"] = np.arange(n_items + 1, dtype=np.int64)
+        arrays["items"]["raw_item_key"] = np.concatenate([np.array([""]), item_keys])
+        meta["item_id_type"] = "string"
+    if user_keys is not None:
+        for name in ("train", "val", "test"):
+            arrays[name]["user_key"] = user_keys[arrays[name]["user"]]
+        meta["user_id_type"] = "string"
     if data.category_names:
         meta["category_names"] = {str(int(c)): data.category_names.get(int(c), "")
                                   for c in raw_cats}

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +43,8 @@ class BehaviorLog:
     """Row-aligned columns of a behaviour log, in file order.
 
     Attributes:
-      user: int64 raw user ids.
-      item: int64 raw item ids.
+      user: int64 raw user ids (string user ids: each row's index into ``user_keys``).
+      item: int64 raw item ids (string item ids: each row's index into ``item_keys``).
       timestamp: int64 or float64 timestamps.
       category: int64 raw category ids, or None when the input has no per-row category.
       rating: float64 ratings, or None.
@@ -54,6 +55,9 @@ class BehaviorLog:
       item_category: for inputs with a separate item table (MovieLens): (raw item ids, raw
         category ids) of that table, else None.
       category_names: raw category id -> name where the input has names, else None.
+      user_keys / item_keys: for a column of string ids (the ``table`` format), its distinct
+        ids in ascending order (a pyarrow string array), else None; ``item_category``'s items
+        are then indices into ``item_keys`` too (negative: not an item of the log).
     """
 
     user: np.ndarray
@@ -67,7 +71,8 @@ class BehaviorLog:
     input_format: str = ""
     item_category: tuple[np.ndarray, np.ndarray] | None = None
     category_names: dict[int, str] | None = None
-
+    user_keys: Any = None
+    item_keys: Any = None
 
 
 
@@ -97,7 +102,7 @@ def read_userbehavior(path: str | Path, progress=None) -> BehaviorLog:
     spec = TableSpec("user=user_id,item=item_id,category=category_id,time=timestamp",
                      file_format="csv", delimiter=",", header=False,
                      names=USERBEHAVIOR_COLUMNS, quoting=False, category_sep="",
-                     integer_roles=("time", "category"))
+                     integer_roles=("user", "item", "time", "category"))
     return _preset(read_table(path, spec, progress=progress), "userbehavior")
 
 
@@ -127,7 +132,8 @@ def read_csv_log(path: str | Path, progress=None) -> BehaviorLog:
     # A header has no number in it; a first line with a bad value is data (and an error).
     header = not any(_is_number(t.strip()) for t in _first_line(path).split(","))
     spec = TableSpec("user=1,item=2,rating=3,time=4", file_format="csv", delimiter=",",
-                     header=header, names=None if header else CSV_COLUMNS, quoting=False)
+                     header=header, names=None if header else CSV_COLUMNS, quoting=False,
+                     integer_roles=("user", "item"))
     return _preset(read_table(path, spec, progress=progress), "csv")
 
 
@@ -182,7 +188,7 @@ def read_movielens(inter_path: str | Path, item_path: str | Path | None = None,
         log.warning("%s: no .item file; every item gets one category", inter_path)
     spec = TableSpec(",".join(f"{r}={c}" for r, c in mapping.items()), file_format="tsv",
                      delimiter="\t", header=True, quoting=False, item_columns=item_columns,
-                     item_delimiter="\t", category_sep=" ")
+                     item_delimiter="\t", category_sep=" ", integer_roles=("user", "item"))
     return _preset(read_table(inter_path, spec, item_path, progress=progress), "movielens")
 
 

@@ -4,7 +4,7 @@
         --columns user=userId,item=movieId,time=timestamp,rating=rating \\
         --item-file movies.csv --item-columns item=movieId,category=genres --min-rating 3.5
 
-Roles: ``user`` and ``item`` (integer ids, required), ``time`` (integers, decimals or ISO 8601
+Roles: ``user`` and ``item`` (ids, required), ``time`` (integers, decimals or ISO 8601
 strings such as ``2017-11-25T10:00:00`` / ``2017-11-25``; optional: file order otherwise),
 ``category`` (a label, possibly multi-valued like ``Animation|Children|Drama``) and ``rating``
 (alias ``weight``; a number, for ``--min-rating``). A column is named as in the header, or given
@@ -22,9 +22,18 @@ by its 1-based position (``item=2``), the only way when the file has no header.
   whole file, then to the smaller name). Labels are numbered 1..C in sorted order and their names
   kept; labels that are all integers (category ids) keep their values. From an item table (``item_file`` + ``item_columns`` with ``item`` and ``category``) the
   same rules apply to each item's row(s).
+- Ids: a ``user`` or ``item`` column whose values are all integers is read as integer ids
+  (exactly as the presets read them). One value that is not an integer (a SKU, a UUID, a hex
+  customer id) makes it a **string id** column: every value is then an id as written, stripped
+  of surrounding whitespace (so ``0012`` and ``12`` are two ids). A string id may not be empty,
+  longer than :data:`~nann_tf.data.dataset.MAX_ID_BYTES` UTF-8 bytes or hold a control
+  character. A column found to hold strings only in a later block is read again from the start
+  (the integers read before are not the text they were written as). The presets
+  (``TableSpec.integer_roles``) keep integer ids only. With ``item_file``, the item table's ids
+  are matched as the log's are: as integers, or as strings (as written, stripped).
 - Errors name the file, the line (CSV) or row group and row (Parquet), the column and what was
-  expected: a mapped column missing from the header, a role mapped twice, a non-numeric id, an
-  unreadable time, a row with the wrong number of fields, an empty file.
+  expected: a mapped column missing from the header, a role mapped twice, an empty or too long
+  id, an unreadable time, a row with the wrong number of fields, an empty file.
 """
 
 from __future__ import annotations
@@ -32,15 +41,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from nann_tf.data.dataset import DataError
+from nann_tf.data.dataset import MAX_ID_BYTES, DataError
 
 __all__ = ["ROLES", "CATEGORY_RULES", "ColumnMapping", "TableSpec", "read_table"]
+
+log = logging.getLogger(__name__)
 
 ROLES = ("user", "item", "time", "category", "rating")
 _ALIASES = {"weight": "rating", "timestamp": "time"}
@@ -114,7 +126,9 @@ class TableSpec:
     # For the presets of fixed layouts (nann_tf.data.readers):
     names: tuple[str, ...] | None = None  # the columns of a headerless file (fixes its width)
     quoting: bool = True  # '"' quotes fields; off: every delimiter separates
-    integer_roles: tuple[str, ...] = ()  # roles besides user/item that must be integers
+    # Roles that must be integers: user/item here mean integer ids only (the presets; the table
+    # format reads a column of non-integer ids as string ids).
+    integer_roles: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------- sources
@@ -321,6 +335,156 @@ def _ints(source: _Source, role: str, arr, rows: np.ndarray, group) -> np.ndarra
         _fail(source, role, text, ok, rows, group, "an integer")
 
 
+_ID_ROLES = ("user", "item")
+_CONTROL_RE = r"\p{Cc}"  # C0/C1 control characters (newline, tab, carriage return, NUL, ...)
+
+
+class _NotIntegers(Exception):
+    """An id column holds a value that is not an integer: it is a string id column."""
+
+    def __init__(self, role: str, value, where: str):
+        super().__init__(f"{where}: {role} {value!r}")
+        self.role, self.value, self.where = role, value, where
+
+
+def _short(value: str, n: int = 40) -> str:
+    return value if len(value) <= n else value[:n] + "..."
+
+
+def _id_text(source: _Source, role: str, arr, rows: np.ndarray, group):
+    """A block of an id column as text stripped of surrounding whitespace; an empty (or null)
+    value is an error naming its place."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+    empty = pc.fill_null(pc.equal(pc.utf8_length(text), 0), True)
+    if pc.any(empty).as_py():
+        k = int(np.flatnonzero(np.asarray(empty, bool))[0])
+        raise DataError(f"{source.where(int(rows[k]), group)}, column {source.fields[role]} "
+                        f"({role}): empty {role} id (every row needs one)") from None
+    return text
+
+
+def _int_ids(source: _Source, role: str, arr, rows: np.ndarray, group) -> np.ndarray:
+    """A block of an id column as int64 (:func:`_ints`, its fast paths first); raises
+    :class:`_NotIntegers` at a value that is not an integer, a DataError at an empty one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_integer(arr.type) and not arr.null_count:
+        return _ints(source, role, arr, rows, group)
+    if not pa.types.is_integer(arr.type):
+        try:  # clean text: today's fast path
+            return pc.cast(arr, pa.int64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    text = _id_text(source, role, arr, rows, group)
+    ok = np.asarray(pc.fill_null(pc.match_substring_regex(text, _INT_RE), False), bool)
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise _NotIntegers(role, text[k].as_py(), source.where(int(rows[k]), group))
+    return _ints(source, role, text, rows, group)
+
+
+def _string_ids(source: _Source, role: str, arr, rows: np.ndarray, group):
+    """A block of a string id column: stripped text, each id non-empty, at most
+    :data:`MAX_ID_BYTES` UTF-8 bytes and free of control characters (else a DataError naming
+    the place and the id)."""
+    import pyarrow.compute as pc
+
+    text = _id_text(source, role, arr, rows, group)
+    column = source.fields[role]
+    too_long = np.asarray(pc.greater(pc.binary_length(text), MAX_ID_BYTES), bool)
+    if too_long.any():
+        k = int(np.flatnonzero(too_long)[0])
+        value = text[k].as_py()
+        raise DataError(f"{source.where(int(rows[k]), group)}, column {column} ({role}): id "
+                        f"{_short(value)!r} is {len(value.encode())} bytes long; string ids are "
+                        f"at most {MAX_ID_BYTES} UTF-8 bytes") from None
+    control = np.asarray(pc.match_substring_regex(text, _CONTROL_RE), bool)
+    if control.any():
+        k = int(np.flatnonzero(control)[0])
+        value = text[k].as_py()
+        char = next(c for c in value if re.match(r"[\x00-\x1f\x7f-\x9f]", c))
+        raise DataError(f"{source.where(int(rows[k]), group)}, column {column} ({role}): id "
+                        f"{_short(value)!r} holds the control character {char!r}; ids may not "
+                        "(the model's vocabulary is a text file, one id per line)") from None
+    return text
+
+
+@dataclasses.dataclass
+class _Coded:
+    """A block of string ids: indices into the distinct values of block ``block`` of a
+    :class:`_Keys` (row-aligned, like the int64 blocks of an integer id column)."""
+
+    block: int
+    local: np.ndarray
+
+    def __getitem__(self, rows) -> "_Coded":
+        return _Coded(self.block, self.local[rows])
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+
+class _Keys:
+    """The string ids of a column: each block dictionary-encoded as it is read (a hash table,
+    no sort); :meth:`finish` sorts the distinct ids once and gives every id its rank."""
+
+    def __init__(self):
+        self.dicts: list = []
+        self.maps: list[np.ndarray] = []
+        self.keys = None
+
+    def add(self, text) -> _Coded:
+        import pyarrow.compute as pc
+
+        enc = pc.dictionary_encode(text)
+        self.dicts.append(enc.dictionary)
+        return _Coded(len(self.dicts) - 1,
+                      enc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+
+    def finish(self):
+        """Returns the distinct ids in ascending (code point) order, a pyarrow string array."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        enc = pc.dictionary_encode(pa.concat_arrays(self.dicts) if self.dicts
+                                   else pa.array([], pa.string()))
+        order = pc.array_sort_indices(enc.dictionary).to_numpy()
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        glob = rank[enc.indices.to_numpy(zero_copy_only=False)]
+        ends = np.cumsum([len(d) for d in self.dicts])
+        self.maps = np.split(glob, ends[:-1]) if len(ends) else []
+        self.keys = enc.dictionary.take(pa.array(order))
+        return self.keys
+
+    def codes(self, blocks: list[_Coded]) -> np.ndarray:
+        """int64 rank of every id of ``blocks`` (after :meth:`finish`)."""
+        return np.concatenate([self.maps[b.block][b.local] for b in blocks]) if blocks \
+            else np.zeros(0, np.int64)
+
+
+def _ids(source: _Source, spec: TableSpec, role: str, arr, rows, group, string_roles: set,
+         keys: "_Keys", first: bool):
+    """One block of the user or item column: int64 ids, or a :class:`_Coded` block of string
+    ids once the column is known to hold strings (``string_roles``). A non-integer value in
+    the column's first block makes it a string column at once; in a later block it raises
+    :class:`_NotIntegers` (the file is read again)."""
+    if role in spec.integer_roles:
+        return _ints(source, role, arr, rows, group)
+    if role not in string_roles:
+        try:
+            return _int_ids(source, role, arr, rows, group)
+        except _NotIntegers:
+            if not first:
+                raise
+            string_roles.add(role)
+    return keys.add(_string_ids(source, role, arr, rows, group))
+
+
 def _numbers(source: _Source, role: str, arr, rows: np.ndarray, group) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -452,7 +616,39 @@ def _most_frequent(items: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np
 
 
 # ---------------------------------------------------------------------------------- reader
-def _read_item_table(path: Path, spec: TableSpec, labels: _Labels):
+@dataclasses.dataclass
+class _ItemTable:
+    """An item table's rows (one per category value): its item ids as integers (None with the
+    error that kept them from being integers) and as stripped text (None with its error, or
+    when only integers are accepted), and each row's category code."""
+
+    ints: np.ndarray | None
+    int_error: DataError | None
+    text: Any
+    text_error: DataError | None
+    codes: np.ndarray
+
+    def integer_ids(self) -> np.ndarray:
+        if self.ints is None:
+            raise self.int_error
+        return self.ints
+
+    def string_ids(self, keys) -> np.ndarray:
+        """Each row's rank in ``keys`` (the log's sorted string item ids); an item the log does
+        not have gets a negative code of its own (it still counts in the category ties)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.text is None:
+            raise self.text_error
+        pos = pc.fill_null(pc.index_in(self.text, value_set=keys), -1).to_numpy()
+        own = pc.dictionary_encode(self.text).indices.to_numpy(zero_copy_only=False)
+        return np.where(pos >= 0, pos, -1 - own.astype(np.int64)).astype(np.int64)
+
+
+def _read_item_table(path: Path, spec: TableSpec, labels: _Labels) -> _ItemTable:
+    import pyarrow as pa
+
     mapping = ColumnMapping.parse(spec.item_columns or "", "--item-columns",
                                   required=("item", "category"))
     extra = sorted(set(mapping.columns) - {"item", "category"})
@@ -462,16 +658,37 @@ def _read_item_table(path: Path, spec: TableSpec, labels: _Labels):
     src = _Source(path, mapping, dataclasses.replace(spec, file_format=None,
                                                      delimiter=spec.item_delimiter, header=None,
                                                      names=None), "--item-columns")
-    items, codes = [], []
+    integer_only = "item" in spec.integer_roles
+    items, texts, codes = [], [], []
+    int_error = text_error = None
     for cols, at, group in src.blocks():
-        ids = _ints(src, "item", cols["item"], at, group)
         c, parent = _category_pairs(cols["category"], spec.category_sep, spec.category_rule,
                                     labels)
-        items.append(ids if parent is None else ids[parent])
         codes.append(c)
-    if not items:
+        if integer_only:  # the presets: integer ids, a bad one fails at once
+            ids = _ints(src, "item", cols["item"], at, group)
+            items.append(ids if parent is None else ids[parent])
+            continue
+        # Whether the log's item ids are integers or strings is known only once it is read:
+        # keep both readings of this (small) table, and the first error of each.
+        if int_error is None:
+            try:
+                ids = _ints(src, "item", cols["item"], at, group)
+                items.append(ids if parent is None else ids[parent])
+            except DataError as e:
+                int_error = e
+        if text_error is None:
+            try:
+                text = _string_ids(src, "item", cols["item"], at, group)
+                texts.append(text if parent is None else text.take(pa.array(parent)))
+            except DataError as e:
+                text_error = e
+    if not codes:
         raise DataError(f"{path}: no item rows")
-    return np.concatenate(items), np.concatenate(codes)
+    return _ItemTable(
+        ints=None if int_error else np.concatenate(items), int_error=int_error,
+        text=None if integer_only or text_error else pa.concat_arrays(texts),
+        text_error=text_error, codes=np.concatenate(codes))
 
 
 def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None = None,
@@ -483,8 +700,6 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
     Raises:
       DataError: see the module docstring.
     """
-    from nann_tf.data.readers import BehaviorLog
-
     path = Path(path)
     if spec.category_rule not in CATEGORY_RULES:
         raise DataError(f"--category-rule {spec.category_rule!r}: expected one of "
@@ -495,24 +710,41 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
                         "too: take them from one of the two")
     if item_file is None and spec.item_columns:
         raise DataError("--item-columns needs --item-file (the item table to read them from)")
+    src = _Source(path, mapping, spec, "--columns")
+    string_roles: set[str] = set()
+    while True:
+        try:
+            return _read(path, src, spec, item_file, progress, string_roles)
+        except _NotIntegers as e:  # strings found after blocks read as integers: again
+            log.info("%s, column %s (%s): %r is not an integer, so the %s ids are strings; "
+                     "reading %s again", e.where, src.fields[e.role], e.role, e.value, e.role,
+                     path)
+            string_roles.add(e.role)
+
+
+def _read(path: Path, src: _Source, spec: TableSpec, item_file, progress, string_roles: set):
+    """One pass of :func:`read_table` (``string_roles``: the id columns known to hold strings;
+    a column found to hold them in its first block is added at once)."""
+    from nann_tf.data.readers import BehaviorLog
+
     import pyarrow as pa
 
-    src = _Source(path, mapping, spec, "--columns")
     labels = _Labels()
     cols: dict[str, list] = {r: [] for r in ("user", "item", "time", "rating", "category")}
+    keys = {r: _Keys() for r in _ID_ROLES}
     pair_items, pair_codes = [], []
+    item_table = None
     item_src = ""
     if item_file is not None:  # small: read first, so that a bad item file fails at once
-        tab_items, tab_codes = _read_item_table(Path(item_file), spec, labels)
-        pair_items, pair_codes = [tab_items], [tab_codes]
+        item_table = _read_item_table(Path(item_file), spec, labels)
         item_src = str(Path(item_file).resolve())
     n_rows = 0
     for block, at, group in src.blocks():
         n_rows += len(block["user"])
         if progress is not None:
             progress(len(block["user"]))
-        user = _ints(src, "user", block["user"], at, group)
-        item = _ints(src, "item", block["item"], at, group)
+        user, item = (_ids(src, spec, r, block[r], at, group, string_roles, keys[r],
+                           first=not cols[r]) for r in _ID_ROLES)
         cols["user"].append(user)
         cols["item"].append(item)
         if "time" in block:
@@ -532,6 +764,17 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
                 pair_codes.append(codes)
     if n_rows == 0:
         raise DataError(f"{path}: no rows{' after the header' if src.header else ''}")
+    id_keys = {}
+    for r in _ID_ROLES:  # string ids: each row's rank among the column's distinct ids
+        if r in string_roles:
+            id_keys[r] = keys[r].finish()
+            cols[r] = [keys[r].codes(cols[r])]
+    if "item" in string_roles and pair_items:
+        pair_items = [keys["item"].codes(pair_items)]
+    if item_table is not None:
+        pair_codes = [item_table.codes]
+        pair_items = [item_table.string_ids(id_keys["item"]) if "item" in string_roles
+                      else item_table.integer_ids()]
     user, item = np.concatenate(cols["user"]), np.concatenate(cols["item"])
     if cols["time"]:
         kinds = {c.dtype.kind for c in cols["time"]}
@@ -556,4 +799,5 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
     return BehaviorLog(user=user, item=item, timestamp=ts, category=category, rating=rating,
                        rows=n_rows, source=str(path.resolve()), item_source=item_src,
                        input_format="table", item_category=item_category,
-                       category_names=names)
+                       category_names=names, user_keys=id_keys.get("user"),
+                       item_keys=id_keys.get("item"))

@@ -76,6 +76,7 @@ def export_visited(version_dir: Path) -> str:
 
 
 _DTYPES = {1: np.float32, 3: np.int32, 9: np.int64, 10: np.bool_, 19: np.float16}
+_DT_STRING = 7  # string item ids: an object array of bytes, as a session returns them
 
 
 def _read_outputs(path: Path, count: int) -> list[dict[str, np.ndarray]]:
@@ -97,6 +98,16 @@ def _read_outputs(path: Path, count: int) -> list[dict[str, np.ndarray]]:
             dtype, rank = take("<iI")
             dims = take(f"<{rank}q")
             (nbytes,) = take("<Q")
+            if dtype == _DT_STRING:  # per element: u32 length, bytes
+                end, values = pos + nbytes, []
+                while pos < end:
+                    (length,) = take("<I")
+                    values.append(data[pos:pos + length])
+                    pos += length
+                arr = np.empty(len(values), dtype=object)
+                arr[:] = values
+                row[alias] = arr.reshape(dims)
+                continue
             row[alias] = np.frombuffer(data[pos:pos + nbytes], _DTYPES[dtype]).reshape(dims)
             pos += nbytes
         out.append(row)
@@ -209,7 +220,11 @@ def validate_version(version_dir, loader: str = "cc") -> dict:
                                 f"{sorted(got)}, the session loader {sorted(want)}")
         for alias in want:
             a, b = np.asarray(want[alias]), got[alias]
-            if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+            if a.dtype == object:  # strings: compare the values (tobytes() is pointers)
+                differ = a.dtype != b.dtype or a.shape != b.shape or a.tolist() != b.tolist()
+            else:
+                differ = a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes()
+            if differ:
                 raise CcLoaderError(f"request {i} ({requests[i][0]}), output {alias}: the C "
                                     f"loader's answer differs from the session loader's")
     report["bit_identical"] = True

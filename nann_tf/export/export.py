@@ -87,7 +87,26 @@ def validation_histories(index, data_dir: str | None, max_len: int, n: int,
         dense = rng.integers(1, index.num_items + 1, size=(n, max_len))
         lens = rng.integers(1, max_len + 1, size=n)
         dense[np.arange(max_len)[None, :] < (max_len - lens)[:, None]] = 0
-    return np.where(dense > 0, index.raw_item_id[dense], 0).astype(np.int64)
+    return index.raw_ids(dense)
+
+
+def padding_ids(shape, like: np.ndarray) -> np.ndarray:
+    """An all-padding raw-id array of ``shape`` of the kind of ``like``: 0 (int64), or ``""``
+    for string item ids."""
+    if np.asarray(like).dtype.kind in "USO":
+        return np.full(shape, "", dtype="<U1")
+    return np.zeros(shape, np.int64)
+
+
+def savable(arr) -> np.ndarray:
+    """An array ``np.load(allow_pickle=False)`` can read back: string outputs (object arrays
+    of UTF-8 bytes) become str arrays; others are returned as they are."""
+    arr = np.asarray(arr)
+    if arr.dtype == object or arr.dtype.kind == "S":
+        from nann_tf.serving.tensors import decode_strings
+
+        return decode_strings(arr)
+    return arr
 
 
 def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray,
@@ -131,10 +150,17 @@ def similar_requests(histories: np.ndarray, max_seeds: int = 3) -> dict:
     several, right-aligned, 0-padded), the default ``k``, nothing else excluded."""
     from nann_tf.evaluation.similar import seed_rows
 
-    seeds = seed_rows(np.asarray(histories, np.int64), max_seeds)
+    hist = np.asarray(histories)
+    if hist.dtype.kind in "USO":  # string ids: the same rows, picked by column position
+        cols = seed_rows(np.broadcast_to(np.arange(1, hist.shape[1] + 1), hist.shape),
+                         max_seeds)
+        rows = np.arange(len(hist))[:, None]
+        seeds = np.where(cols > 0, hist[rows, np.maximum(cols - 1, 0)], "")
+    else:
+        seeds = seed_rows(hist.astype(np.int64), max_seeds)
     b = len(seeds)
     return {"item_ids": seeds, "k": np.zeros([b], np.int32),
-            "exclude_item_ids": np.zeros([b, 1], np.int64),
+            "exclude_item_ids": padding_ids([b, 1], seeds),
             "include_seeds": np.zeros([b], bool)}
 
 
@@ -256,7 +282,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "hist_item_ids": h1, "k": np.array([defaults.k], np.int32),
             "ef": np.array([defaults.ef_row()], np.int32),
             "T": np.array([defaults.T_row()], np.int32),
-            "exclude_item_ids": np.zeros([1, 1], np.int64)}),
+            "exclude_item_ids": padding_ids([1, 1], h1)}),
             ("brute_force", {"hist_item_ids": h1})]
         # Both similar-items signatures at every warm-up batch size: the model mode's score
         # network runs on the grid compiled above; this pays each signature's first call.
@@ -274,7 +300,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "model_dir": str(model_dir), "index_dir": str(index_dir),
             "variant": cfg.model.variant, "visited": visited, "xla": xla,
             "embedding_dtype": embedding_dtype, "max_len": max_len,
-            "num_items": index.num_items, "search": {**defaults.to_dict(), "max_ef": max_ef},
+            "num_items": index.num_items, "item_id_type": index.item_id_type,
+            "search": {**defaults.to_dict(), "max_ef": max_ef},
             "similar": similar_params.to_dict(),
             "grid": grid,
             "warmup_records": len(records), "warmup_batch_sizes": list(warmup_batch_sizes),
@@ -317,7 +344,8 @@ def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, 
 
     with tempfile.TemporaryDirectory() as td:
         q = Path(td) / "queries.npz"
-        np.savez(q, hist_item_ids=hist, **{f"expected_{k}": v for k, v in expected.items()},
+        np.savez(q, hist_item_ids=hist,
+                 **{f"expected_{k}": savable(v) for k, v in expected.items()},
                  **{f"similar_{k}": v for k, v in similar_requests(hist).items()})
         cmd = [*python_module_command("nann_tf.export.validate"), str(version_dir), str(q),
                "--min-coverage", str(min_coverage), "--progress-marks"]

@@ -27,6 +27,18 @@ Seeds: with ``history_seeds`` in the search parameters (the default) the items o
 history are extra entry points of its beam search (scored with the start level, expanded in the
 first level-0 round, returned only on their score and never when excluded).
 
+String item ids: when the index holds string item ids (``raw_item_key``, from a ``table`` log
+of SKUs, UUIDs, ...), every input that takes raw item ids (``hist_item_ids``,
+``exclude_item_ids``, the similar-items ``item_ids``) and every ``item_ids`` output is
+``tf.string`` instead of int64, under the same signature names (a catalogue with string ids has
+no integer ids to accept, so integer twins would be signatures nobody can call; a client reads
+the dtype from the signature metadata). Padding is ``""``; unknown ids are ignored like unknown
+integer ids. The vocabulary is in the graph: raw id -> dense id by a ``tf.lookup.StaticHashTable``
+initialised from a SavedModel **asset** (``assets/item_vocabulary.txt``, one id per line, dense
+id = line number + 1; the loader initialises the table from it, TF Serving included), not a graph
+constant (a GraphDef is capped at 2 GB and a catalogue has millions of ids); dense id -> raw id by
+a string variable and ``tf.gather``.
+
 Padding convention: the history is RIGHT-aligned (most recent behaviour last); ``L' <= L`` (the
 export's ``max_len``) columns, shorter histories are left-padded with 0 to ``L``. Raw id 0 and
 negative ids are padding; unknown raw ids are ignored (masked) too. Output rows with fewer
@@ -39,6 +51,9 @@ the GPU when there is one (soft placement falls back to the CPU).
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import tensorflow as tf
 
@@ -50,9 +65,10 @@ from nann_tf.search.params import SearchParamsError, format_level_values, simila
 from nann_tf.search.similar import (DEFAULT_SIMILAR, seed_exclusions, seeds_as_history,
                                     similar_by_embedding)
 
-__all__ = ["RetrievalModule", "MAX_T", "default_max_ef"]
+__all__ = ["RetrievalModule", "MAX_T", "default_max_ef", "VOCABULARY_FILE", "write_vocabulary"]
 
 MAX_T = 64  # rounds per level a request may ask for
+VOCABULARY_FILE = "item_vocabulary.txt"  # the string-id vocabulary asset (assets/ of a version)
 
 CPU = "/CPU:0"
 
@@ -61,6 +77,23 @@ def default_max_ef(search) -> int:
     """The largest ef a ``retrieve`` request may ask for, by default: twice the largest default
     ef (it sizes the XLA shape grid and bounds a request's memory)."""
     return 2 * max(search.ef.values())
+
+
+def write_vocabulary(path: str, keys) -> None:
+    """Writes string item ids, one per line (UTF-8): line ``i`` (0-based) is dense id ``i + 1``.
+
+    Raises:
+      ValueError: an empty id, or one holding a control character (a line break would shift
+        every later id).
+    """
+    import re
+
+    bad = next((k for k in keys if not k or re.search(r"[\x00-\x1f\x7f-\x9f]", k)), None)
+    if bad is not None:
+        raise ValueError(f"string item id {bad!r} is empty or holds a control character: it "
+                         "cannot be a line of the vocabulary file")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("".join(f"{k}\n" for k in keys))
 
 
 def _assert(cond, message):
@@ -115,6 +148,9 @@ class RetrievalModule(tf.Module):
         self.max_ef = max_ef
         self.visited_impl = visited_impl
         self.xla = bool(xla)
+        keys = getattr(index, "raw_item_key", None)
+        self.string_ids = keys is not None
+        id_dtype = tf.string if self.string_ids else tf.int64
         raw = np.asarray(index.raw_item_id, np.int64)
         order = np.argsort(raw[1:], kind="stable")
         start_nodes = graph.start_nodes(S)
@@ -138,35 +174,56 @@ class RetrievalModule(tf.Module):
                     name="similar_start_nodes")
             self.entry_point = tf.Variable(int(graph.entry_point), dtype=tf.int32,
                                            trainable=False, name="entry_point")
-            self.raw_item_ids = tf.Variable(raw, trainable=False, name="raw_item_ids")
-            self.sorted_raw_ids = tf.Variable(raw[1:][order], trainable=False,
-                                              name="sorted_raw_ids")
-            self.sorted_dense_ids = tf.Variable((order + 1).astype(np.int32), trainable=False,
-                                                name="sorted_dense_ids")
+            if self.string_ids:
+                self._init_vocabulary(np.asarray(keys))
+            else:
+                self.raw_item_ids = tf.Variable(raw, trainable=False, name="raw_item_ids")
+                self.sorted_raw_ids = tf.Variable(raw[1:][order], trainable=False,
+                                                  name="sorted_raw_ids")
+                self.sorted_dense_ids = tf.Variable((order + 1).astype(np.int32),
+                                                    trainable=False, name="sorted_dense_ids")
         self._start_level = S
         self._num_start = int(len(start_nodes))
         self.scorer = ModelScorer(model, self.item_table, self.grid, gather_device=CPU)
         L = None
         self.serving_default = tf.function(self._serve, input_signature=[
-            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids")])
+            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")])
         self.retrieve = tf.function(self._retrieve, input_signature=[
-            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids"),
+            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids"),
             tf.TensorSpec([None], tf.int32, name="k"),
             tf.TensorSpec([None, S + 1], tf.int32, name="ef"),
             tf.TensorSpec([None, S + 1], tf.int32, name="T"),
-            tf.TensorSpec([None, None], tf.int64, name="exclude_item_ids")])
+            tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids")])
         self.brute_force = tf.function(self._brute_force, input_signature=[
-            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids")])
+            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")])
         self.warmup_grid = tf.function(self._warmup_grid, input_signature=[
-            tf.TensorSpec([None, L], tf.int64, name="hist_item_ids"),
+            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids"),
             tf.TensorSpec([None], tf.int32, name="width")])
-        similar_spec = [tf.TensorSpec([None, None], tf.int64, name="item_ids"),
+        similar_spec = [tf.TensorSpec([None, None], id_dtype, name="item_ids"),
                         tf.TensorSpec([None], tf.int32, name="k"),
-                        tf.TensorSpec([None, None], tf.int64, name="exclude_item_ids"),
+                        tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids"),
                         tf.TensorSpec([None], tf.bool, name="include_seeds")]
         self.similar_items = tf.function(self._similar_items, input_signature=similar_spec)
         self.similar_items_model = tf.function(self._similar_items_model,
                                                input_signature=similar_spec)
+
+    def _init_vocabulary(self, keys: np.ndarray) -> None:
+        """String ids: the asset file and the hash table over it, and the dense -> raw
+        variable (see the module docstring)."""
+        if keys[0] != "":
+            raise ValueError(f"raw_item_key[0] must be '' (padding), got {keys[0]!r}")
+        # The file must exist until the SavedModel is written (the save copies it to assets/).
+        self._vocabulary_dir = tempfile.TemporaryDirectory(prefix="nann-tf-vocabulary-")
+        path = os.path.join(self._vocabulary_dir.name, VOCABULARY_FILE)
+        write_vocabulary(path, [str(k) for k in keys[1:]])
+        self.vocabulary = tf.saved_model.Asset(path)
+        self.id_table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                self.vocabulary, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER, vocab_size=len(keys) - 1),
+            default_value=-1, name="item_vocabulary")
+        self.raw_item_ids = tf.Variable(np.char.encode(keys, "utf-8"), dtype=tf.string,
+                                        trainable=False, name="raw_item_keys")
 
     # ----- pieces --------------------------------------------------------------------------
     def signatures(self) -> dict:
@@ -178,7 +235,12 @@ class RetrievalModule(tf.Module):
                 "similar_items_model": self.similar_items_model.get_concrete_function()}
 
     def to_dense(self, raw_ids):
-        """Raw item ids (any shape) -> dense ids; padding (<= 0) and unknown ids -> 0."""
+        """Raw item ids (any shape) -> dense ids; padding (<= 0, or ``""``) and unknown ids ->
+        0."""
+        if self.string_ids:
+            with tf.device(CPU):
+                line = self.id_table.lookup(raw_ids)  # -1: padding or unknown
+                return tf.where(line >= 0, tf.cast(line, tf.int32) + 1, 0)
         with tf.device(CPU):
             flat = tf.reshape(raw_ids, [-1])
             pos = tf.searchsorted(self.sorted_raw_ids, flat, side="left")

@@ -46,6 +46,29 @@ def unregistered_ops(ops: set[str]) -> list[str]:
     return sorted(op for op in ops if op_def_registry.get(op) is None)
 
 
+def _ids(arr) -> np.ndarray:
+    """Item ids comparable with the queries file's: string ids (object arrays of bytes from the
+    session) as str."""
+    from nann_tf.export.export import savable
+
+    return savable(arr)
+
+
+def _int_codes(*arrays) -> list[np.ndarray]:
+    """String id arrays as int codes (``""`` -> 0, others > 0) for the metrics, which take
+    integer ids; integer arrays are returned as they are."""
+    if all(np.asarray(a).dtype.kind in "iu" for a in arrays):
+        return list(arrays)
+    arrays = [_ids(a) for a in arrays]
+    uniq, inv = np.unique(np.concatenate([a.reshape(-1) for a in arrays]), return_inverse=True)
+    codes = inv + (0 if uniq[0] == "" else 1)
+    out, at = [], 0
+    for a in arrays:
+        out.append(codes[at:at + a.size].reshape(a.shape))
+        at += a.size
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("version_dir")
@@ -80,13 +103,13 @@ def main(argv=None) -> int:
         with SessionModel(args.version_dir, load_ops=not args.stock_ops_only) as model:
             got = model.run("serving_default", {"hist_item_ids": hist})
             mark()
-            same = float((got["item_ids"] == q["expected_item_ids"]).mean())
+            same = float((_ids(got["item_ids"]) == q["expected_item_ids"]).mean())
             report["same_ids_as_in_memory"] = same
             if same < 0.99:
                 raise RuntimeError(f"the loaded model answers differently from the in-memory "
                                    f"search: only {same:.3f} of the ids agree")
             np.testing.assert_array_equal(got["num_scored"], q["expected_num_scored"])
-            both = got["item_ids"] == q["expected_item_ids"]
+            both = _ids(got["item_ids"]) == q["expected_item_ids"]
             if not np.allclose(got["scores"][both], q["expected_scores"][both], rtol=1e-3,
                                atol=1e-3):
                 raise RuntimeError("scores differ from the in-memory search")
@@ -96,7 +119,8 @@ def main(argv=None) -> int:
                 for sig in ("similar_items", "similar_items_model"):
                     out = model.run(sig, similar)
                     mark()
-                    same = float((out["item_ids"] == q[f"expected_{sig}_item_ids"]).mean())
+                    same = float((_ids(out["item_ids"]) ==
+                                  q[f"expected_{sig}_item_ids"]).mean())
                     report[f"{sig}_same_ids_as_in_memory"] = same
                     if same < 0.99:
                         raise RuntimeError(f"{sig}: the loaded model answers differently from "
@@ -105,7 +129,7 @@ def main(argv=None) -> int:
             bf = model.run("brute_force", {"hist_item_ids": hist})
             mark()
             k = got["item_ids"].shape[1]
-            cov = coverage(got["item_ids"], bf["item_ids"], k)
+            cov = coverage(*_int_codes(got["item_ids"], bf["item_ids"]), k)
             report["coverage_vs_brute_force"] = cov
             if cov < args.min_coverage:
                 raise RuntimeError(f"coverage@{k} vs brute force {cov:.3f} < "

@@ -6,7 +6,8 @@ Layout (format ``nann-tf-index``, version 1):
   build parameters and timings;
 - ``embeddings.npy``: float32 ``[N + 1, d]``, e_v of every dense id (row 0: the padding id);
 - ``items.npz``: ``raw_item_id`` int64 ``[N + 1]`` and ``category`` int32 ``[N + 1]`` (the
-  dataset's vocabulary, so an export needs nothing else);
+  dataset's vocabulary, so an export needs nothing else); for a dataset with string item ids
+  also its ``raw_item_key`` (str ``[N + 1]``, ``""`` at 0; see :mod:`nann_tf.data.dataset`);
 - ``graph/``: the HNSW levels (:meth:`nann_tf.index.hnsw.HnswGraph.save`).
 
 The directory is written next to its destination and renamed into place, so a failed build
@@ -39,10 +40,22 @@ class ItemIndex:
     raw_item_id: np.ndarray
     category: np.ndarray
     meta: dict
+    raw_item_key: np.ndarray | None = None  # string item ids (dense id -> id), else None
 
     @property
     def num_items(self) -> int:
         return self.graph.num_items
+
+    @property
+    def item_id_type(self) -> str:
+        return "int" if self.raw_item_key is None else "string"
+
+    def raw_ids(self, dense) -> np.ndarray:
+        """Raw item ids of dense ids, padding (0) kept as 0 (int64) or ``""`` (str)."""
+        dense = np.asarray(dense)
+        if self.raw_item_key is not None:
+            return np.where(dense > 0, self.raw_item_key[dense], "")
+        return np.where(dense > 0, self.raw_item_id[dense], 0).astype(np.int64)
 
 
 def _check(cond: bool, where: Path, what: str) -> None:
@@ -65,6 +78,13 @@ def validate_index(idx: ItemIndex, source: Path) -> None:
            f"category: expected shape [{n + 1}], got {list(idx.category.shape)}")
     _check(len(np.unique(idx.raw_item_id[1:])) == n, source / "items.npz",
            "raw_item_id: raw ids are not unique")
+    if idx.raw_item_key is not None:
+        key = idx.raw_item_key
+        _check(key.dtype.kind == "U" and key.shape == (n + 1,), source / "items.npz",
+               f"raw_item_key: expected str [{n + 1}], got {key.dtype} {list(key.shape)}")
+        _check(key[0] == "" and bool(np.all(key[1:] != "")) and len(np.unique(key[1:])) == n,
+               source / "items.npz", "raw_item_key: expected '' at 0 and distinct non-empty "
+               "ids")
     idx.graph.validate(str(source / "graph"))
 
 
@@ -76,7 +96,8 @@ def save_index(idx: ItemIndex, directory: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         np.save(tmp / "embeddings.npy", idx.embeddings)
-        np.savez(tmp / "items.npz", raw_item_id=idx.raw_item_id, category=idx.category)
+        keys = {} if idx.raw_item_key is None else {"raw_item_key": idx.raw_item_key}
+        np.savez(tmp / "items.npz", raw_item_id=idx.raw_item_id, category=idx.category, **keys)
         idx.graph.save(tmp / "graph")
         meta = dict(idx.meta, format=INDEX_FORMAT, version=1, num_items=idx.num_items,
                     dim=int(idx.embeddings.shape[1]))
@@ -108,11 +129,12 @@ def load_index(directory: str | os.PathLike) -> ItemIndex:
         emb = np.load(d / "embeddings.npy", allow_pickle=False)
         with np.load(d / "items.npz", allow_pickle=False) as z:
             raw, cat = z["raw_item_id"], z["category"]
+            key = z["raw_item_key"] if "raw_item_key" in z.files else None
     except FileNotFoundError as e:
         raise HnswIndexError(f"{e.filename}: missing") from e
     except (ValueError, OSError, KeyError) as e:
         raise HnswIndexError(f"{d}: unreadable index array: {e}") from e
     idx = ItemIndex(load_graph(d / "graph"), emb, raw.astype(np.int64), cat.astype(np.int32),
-                    meta)
+                    meta, raw_item_key=key)
     validate_index(idx, d)
     return idx

@@ -7,7 +7,13 @@
 ...     similar, distances, _ = client.similar_items([34])          # items like item 34
 
 Histories may be ragged lists: they are left-padded with 0 to the model's history length ``L``
-(read from the signature metadata), so the most recent behaviour is the last column. Only
+(read from the signature metadata), so the most recent behaviour is the last column. A model
+exported from string item ids (SKUs, UUIDs: its signatures take and return ``DT_STRING`` ids)
+takes lists of ``str`` (padding ``""``) and returns str arrays::
+
+    ids, scores, _ = client.retrieve([["SKU-000123", "SKU-000456"]])   # ids[0, 0]: "SKU-..."
+
+Only
 UNAVAILABLE (server starting, restarting, or a replica going away behind a load balancer) is
 retried; every other error is raised at once as :class:`ServingError` with the server's gRPC
 code and message.
@@ -32,9 +38,11 @@ __all__ = [
     "RetrievalClient",
     "pad_histories",
     "PADDING_ID",
+    "PADDING_KEY",
 ]
 
 PADDING_ID = 0
+PADDING_KEY = ""  # the padding of string item ids
 _MAX_MESSAGE_BYTES = 2**31 - 1
 
 
@@ -77,20 +85,35 @@ class ModelVersionState:
     error_message: str
 
 
-def pad_histories(histories, length: int | None) -> np.ndarray:
-    """Left-pads histories with :data:`PADDING_ID` into an int64 ``[B, length]`` array.
+def _is_string_ids(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in "US" or (arr.dtype == object and all(
+        isinstance(v, (str, bytes)) for v in arr.reshape(-1)))
+
+
+def _as_str(arr: np.ndarray) -> np.ndarray:
+    """str ids (bytes decoded as UTF-8)."""
+    from nann_tf.serving.tensors import decode_strings
+
+    return decode_strings(arr) if arr.dtype.kind != "U" else arr
+
+
+def pad_histories(histories, length: int | None, string: bool = False) -> np.ndarray:
+    """Left-pads histories with :data:`PADDING_ID` into an int64 ``[B, length]`` array (with
+    ``string``: str ids padded with :data:`PADDING_KEY`, a str array).
 
     The most recent behaviour is last, so padding goes on the left (right-aligned rows).
 
     Args:
         histories: one history (a flat sequence of ids) or a sequence of histories.
         length: the model's ``L``; ``None`` pads to the longest history.
+        string: the model takes string item ids.
 
     Returns:
-        int64 array ``[B, length]``.
+        int64 (or str) array ``[B, length]``.
 
     Raises:
-        ValueError: a history longer than ``length``, a non-integer id, or no history.
+        ValueError: a history longer than ``length``, an id of the wrong kind (not an integer,
+            or with ``string`` not a str), or no history.
     """
     if isinstance(histories, np.ndarray) and histories.ndim == 2:
         rows = [list(r) for r in histories]
@@ -102,17 +125,24 @@ def pad_histories(histories, length: int | None) -> np.ndarray:
     if not rows:
         raise ValueError("no history given")
     width = max(len(r) for r in rows) if length is None else int(length)
-    out = np.full((len(rows), width), PADDING_ID, dtype=np.int64)
+    out = np.full((len(rows), width), PADDING_KEY if string else PADDING_ID,
+                  dtype=object if string else np.int64)
     for i, row in enumerate(rows):
         arr = np.asarray(row)
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"history {i} holds non-integer ids ({arr.dtype})")
+        if string:
+            if arr.size and not _is_string_ids(arr):
+                raise ValueError(f"history {i} holds non-string ids ({arr.dtype}): the model "
+                                 "takes string item ids (str)")
+        elif arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"history {i} holds non-integer ids ({arr.dtype})"
+                             + (": the model takes integer item ids" if _is_string_ids(arr)
+                                else ""))
         if arr.size > width:
             raise ValueError(f"history {i} has {arr.size} items; the model takes at most "
                              f"L={width} (keep the most recent {width})")
         if arr.size:
-            out[i, width - arr.size:] = arr.astype(np.int64)
-    return out
+            out[i, width - arr.size:] = _as_str(arr) if string else arr.astype(np.int64)
+    return out.astype(str) if string else out
 
 
 def _as_batch(value, batch: int, name: str, dtype, rank: int) -> np.ndarray:
@@ -133,6 +163,11 @@ def _as_batch(value, batch: int, name: str, dtype, rank: int) -> np.ndarray:
         raise ValueError(f"{name} must have shape {'[B]' if rank == 1 else '[B, n] or [n]'} "
                          f"with B={batch}, got {list(np.shape(value))}")
     return arr
+
+
+def _ids_out(ids: np.ndarray) -> np.ndarray:
+    """Returned item ids: int64 as they are; string ids (bytes) as str."""
+    return _as_str(ids) if ids.dtype == object or ids.dtype.kind == "S" else ids
 
 
 class RetrievalClient:
@@ -177,7 +212,7 @@ class RetrievalClient:
         self._channel = channel or grpc.insecure_channel(target, options=options)
         self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self._history_length: dict[tuple[str, int | None], int | None] = {}
+        self._history_length: dict[tuple[str, int | None], object] = {}  # metadata cache
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, method, request, name: str):
@@ -241,7 +276,8 @@ class RetrievalClient:
 
         Args:
             hist_item_ids: raw item ids, one history (flat list) or a batch; ragged histories
-                are left-padded with 0 to the model's ``L``; a 2-D int array is sent as is.
+                are left-padded with 0 (string ids: ``""``) to the model's ``L``; a 2-D int
+                (or str) array is sent as is. A model with string item ids takes str ids.
             k: results per query (an int, or one per row).
             ef: beam width per level, ``"LEVEL=VALUE,..."`` or ``{level: value}``, for levels
                 ``S..0`` (``S``: the served model's start level, :meth:`start_level`).
@@ -249,13 +285,14 @@ class RetrievalClient:
                 :meth:`nann_tf.search.params.SearchParams.checked` (the rules of every
                 command), so a bad setting fails here with the same message as there.
             exclude_item_ids: raw ids never to return: one flat list for every row, or one
-                list per row (ragged lists are right-padded with 0).
+                list per row (ragged lists are right-padded with 0, or ``""``).
             signature: override the signature choice.
             version: a specific model version.
 
         Returns:
             ``(item_ids int64 [B, k], scores float32 [B, k], num_scored int32 [B])``;
-            ``num_scored`` is ``None`` for a signature without it (``brute_force``).
+            ``num_scored`` is ``None`` for a signature without it (``brute_force``). For a
+            model with string item ids, ``item_ids`` is a str array (padding ``""``).
 
         Raises:
             SearchParamsError: bad ``ef``/``T``/``k``.
@@ -275,8 +312,13 @@ class RetrievalClient:
         if isinstance(hist_item_ids, np.ndarray) and hist_item_ids.ndim == 2 \
                 and np.issubdtype(hist_item_ids.dtype, np.integer):
             hist = hist_item_ids.astype(np.int64, copy=False)
+        elif isinstance(hist_item_ids, np.ndarray) and hist_item_ids.ndim == 2 \
+                and hist_item_ids.dtype.kind in "US":
+            hist = _as_str(hist_item_ids)
         else:
-            hist = pad_histories(hist_item_ids, self.history_length(signature, version))
+            length = self.history_length(signature, version)
+            hist = pad_histories(hist_item_ids, length,
+                                 string=self.item_id_type(signature, version) == "string")
         batch = hist.shape[0]
         inputs: dict[str, np.ndarray] = {"hist_item_ids": hist}
         if signature == "retrieve":
@@ -286,12 +328,13 @@ class RetrievalClient:
             inputs["k"] = ks
             inputs["ef"] = _as_batch(params.ef_row(), batch, "ef", np.int32, 2)
             inputs["T"] = _as_batch(params.T_row(), batch, "T", np.int32, 2)
-            inputs["exclude_item_ids"] = self._exclusions(exclude_item_ids, batch)
+            inputs["exclude_item_ids"] = self._exclusions(exclude_item_ids, batch,
+                                                          string=hist.dtype.kind == "U")
         elif params_given:
             raise ValueError(f"k/ef/T/exclude_item_ids need the retrieve signature, not "
                              f"{signature!r}")
         out = self.predict(inputs, signature=signature, version=version).outputs
-        return out["item_ids"], out["scores"], out.get("num_scored")
+        return _ids_out(out["item_ids"]), out["scores"], out.get("num_scored")
 
     def similar_items(self, item_ids, k: int | Sequence[int] | None = None,
                       exclude_item_ids=None, include_seeds: bool | Sequence[bool] = False,
@@ -300,8 +343,9 @@ class RetrievalClient:
 
         Args:
             item_ids: raw ids of the seed items: one row (a flat list, e.g. ``[34]`` or
-                ``[34, 56]``) or a batch of rows (ragged rows are right-padded with 0). In the
-                ``model`` mode a row is read as a history, oldest first.
+                ``[34, 56]``; string ids: ``["SKU-000123"]``) or a batch of rows (ragged rows
+                are right-padded with 0, or ``""``). In the ``model`` mode a row is read as a
+                history, oldest first.
             k: results per row (an int, or one per row); ``None`` takes the export's default.
             exclude_item_ids: raw ids never to return (one flat list for every row, or one
                 list per row).
@@ -314,6 +358,7 @@ class RetrievalClient:
         Returns:
             ``(item_ids int64 [B, k], scores float32 [B, k], num_scored int32 [B])``; rows
             with fewer results (or no known seed) are padded with id 0 and score ``-inf``.
+            String item ids (seeds given as str) come back as a str array (padding ``""``).
 
         Raises:
             ValueError: malformed arguments or an unknown mode.
@@ -327,37 +372,48 @@ class RetrievalClient:
             raise ValueError("item_ids: no seed items given")
         if np.ndim(seq[0]) == 0:
             seq = [seq]
-        seeds = self._id_rows(seq, len(seq), "item_ids")
+        # String seeds mean a model with string item ids (the server checks the dtype).
+        string = any(_is_string_ids(np.asarray(r).reshape(-1)) and np.size(r) for r in seq)
+        seeds = self._id_rows(seq, len(seq), "item_ids", string)
         batch = seeds.shape[0]
         if seeds.shape[1] == 0:
             raise ValueError("item_ids: every row is empty (expected at least one seed id)")
         inputs = {
             "item_ids": seeds,
             "k": _as_batch(0 if k is None else k, batch, "k", np.int32, 1),
-            "exclude_item_ids": self._exclusions(exclude_item_ids, batch),
+            "exclude_item_ids": self._exclusions(exclude_item_ids, batch, string),
             "include_seeds": np.broadcast_to(np.asarray(include_seeds, bool), (batch,)).copy(),
         }
         out = self.predict(inputs, signature=signatures[mode], version=version).outputs
-        return out["item_ids"], out["scores"], out["num_scored"]
+        return _ids_out(out["item_ids"]), out["scores"], out["num_scored"]
 
     @staticmethod
-    def _id_rows(rows, batch: int, name: str) -> np.ndarray:
-        """Rows of raw ids, right-padded with 0 into int64 ``[batch, width]``."""
+    def _id_rows(rows, batch: int, name: str, string: bool = False) -> np.ndarray:
+        """Rows of raw ids, right-padded with 0 into int64 ``[batch, width]`` (``string``:
+        str ids padded with ``""``)."""
         if len(rows) != batch:
             raise ValueError(f"{name} has {len(rows)} rows for a batch of {batch}")
         width = max((np.size(r) for r in rows), default=0)
-        out = np.full((batch, width), PADDING_ID, np.int64)
+        out = np.full((batch, width), PADDING_KEY if string else PADDING_ID,
+                      object if string else np.int64)
         for i, r in enumerate(rows):
             arr = np.asarray(r).reshape(-1)
+            if string:
+                if arr.size and not _is_string_ids(arr):
+                    raise ValueError(f"{name} row {i} holds non-string ids: the item ids are "
+                                     "strings here")
+                if arr.size:
+                    out[i, :arr.size] = _as_str(arr)
+                continue
             if arr.size and not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"{name} row {i} holds non-integer ids")
             out[i, :arr.size] = arr
-        return out
+        return out.astype(str) if string else out
 
     @staticmethod
-    def _exclusions(exclude_item_ids, batch: int) -> np.ndarray:
+    def _exclusions(exclude_item_ids, batch: int, string: bool = False) -> np.ndarray:
         if exclude_item_ids is None:
-            return np.zeros((batch, 0), np.int64)
+            return np.zeros((batch, 0), "<U1" if string else np.int64)
         if isinstance(exclude_item_ids, np.ndarray) and exclude_item_ids.ndim == 2:
             rows = list(exclude_item_ids)
         else:
@@ -366,7 +422,7 @@ class RetrievalClient:
                 rows = [seq] * batch
             else:
                 rows = seq
-        return RetrievalClient._id_rows(rows, batch, "exclude_item_ids")
+        return RetrievalClient._id_rows(rows, batch, "exclude_item_ids", string)
 
     def metadata(self, version: int | None = None):
         """GetModelMetadata: the model's signatures.
@@ -384,6 +440,14 @@ class RetrievalClient:
         response.metadata["signature_def"].Unpack(sig_map)
         return int(response.model_spec.version.value), dict(sig_map.signature_def)
 
+    def _signature_defs(self, version: int | None = None) -> dict:
+        """The signatures of :meth:`metadata`, fetched once per version (cached like what is
+        read from them)."""
+        key = ("signature_defs", version)
+        if key not in self._history_length:
+            self._history_length[key] = self.metadata(version)[1]
+        return self._history_length[key]
+
     def history_length(self, signature: str | None = None,
                        version: int | None = None) -> int | None:
         """The model's ``L``: dimension 1 of ``hist_item_ids`` in the signature (cached).
@@ -397,7 +461,7 @@ class RetrievalClient:
         signature = signature or self.signature_name
         key = (signature, version)
         if key not in self._history_length:
-            _, sigs = self.metadata(version)
+            sigs = self._signature_defs(version)
             if signature not in sigs:
                 raise ValueError(f"model {self.model_name} has no signature {signature!r}; "
                                  f"it has {sorted(s for s in sigs if not s.startswith('__'))}")
@@ -407,6 +471,31 @@ class RetrievalClient:
             dims = inputs["hist_item_ids"].tensor_shape.dim
             self._history_length[key] = (int(dims[1].size) if len(dims) == 2
                                          and dims[1].size > 0 else None)
+        return self._history_length[key]
+
+    def item_id_type(self, signature: str | None = None, version: int | None = None) -> str:
+        """``"string"`` when the signature's item-id input (``hist_item_ids``, or ``item_ids``
+        of the similar-items signatures) is ``DT_STRING`` (a model exported from string item
+        ids), else ``"int"`` (cached).
+
+        Raises:
+            ServingError: metadata unavailable; ValueError: no such signature or input.
+        """
+        from tensorflow.core.framework import types_pb2
+
+        signature = signature or self.signature_name
+        key = (f"{signature}:item_id_type", version)
+        if key not in self._history_length:
+            sigs = self._signature_defs(version)
+            if signature not in sigs:
+                raise ValueError(f"model {self.model_name} has no signature {signature!r}; "
+                                 f"it has {sorted(s for s in sigs if not s.startswith('__'))}")
+            inputs = sigs[signature].inputs
+            name = next((n for n in ("hist_item_ids", "item_ids") if n in inputs), None)
+            if name is None:
+                raise ValueError(f"signature {signature!r} takes no item ids")
+            self._history_length[key] = ("string" if inputs[name].dtype == types_pb2.DT_STRING
+                                         else "int")
         return self._history_length[key]
 
     def start_level(self, version: int | None = None) -> int:
@@ -419,7 +508,7 @@ class RetrievalClient:
         """
         key = ("retrieve:start_level", version)
         if key not in self._history_length:
-            _, sigs = self.metadata(version)
+            sigs = self._signature_defs(version)
             sig = sigs.get("retrieve")
             dims = sig.inputs["ef"].tensor_shape.dim if sig and "ef" in sig.inputs else []
             if len(dims) != 2 or dims[1].size < 1:

@@ -21,6 +21,7 @@ __all__ = [
     "to_tensor_proto",
     "from_tensor_proto",
     "dtype_name",
+    "decode_strings",
 ]
 
 # A request tensor larger than this is refused before decoding (about 512 MiB of int64).
@@ -53,6 +54,16 @@ def dtype_name(enum_value: int) -> str:
         return types_pb2.DataType.Name(enum_value)
     except ValueError:
         return f"DT_{enum_value}"
+
+
+def decode_strings(arr) -> np.ndarray:
+    """A DT_STRING tensor's values (NumPy object array of ``bytes``, as decoded from a
+    ``TensorProto`` or fetched from a session) as a str array of the same shape (UTF-8)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "U":
+        return arr
+    flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.reshape(-1)]
+    return np.array(flat, dtype=str if flat else "<U1").reshape(arr.shape)
 
 
 def to_tensor_proto(value) -> tensor_pb2.TensorProto:

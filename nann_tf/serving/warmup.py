@@ -105,8 +105,9 @@ def make_predict_request(model_name: str, signature_name: str,
             arr = np.asarray(value)
         except ValueError as e:
             raise ValueError(f"input {alias!r} is not a rectangular array: {e}") from None
-        if arr.dtype == object:
-            raise ValueError(f"input {alias!r} is not a rectangular numeric array")
+        if arr.dtype == object and not all(isinstance(v, (bytes, str))
+                                           for v in arr.reshape(-1)):
+            raise ValueError(f"input {alias!r} is not a rectangular numeric (or string) array")
         request.inputs[alias].CopyFrom(to_tensor_proto(arr))
     return request
 
