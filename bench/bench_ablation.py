@@ -38,7 +38,7 @@ from nann_tf.train import train
 
 
 def _pairs(text: str) -> dict:
-    from nann_tf.cli.train import parse_overrides
+    from nann_tf.config import parse_overrides
 
     return parse_overrides([p.strip() for p in text.split(",") if p.strip()])
 

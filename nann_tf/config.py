@@ -28,6 +28,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "load_config",
+    "parse_overrides",
     "resolve_config_path",
     "CONFIG_DIR",
 ]
@@ -356,6 +357,25 @@ def config_from_dict(raw: dict[str, Any], src: str = "<dict>", name: str = "cust
             setattr(obj, key, _check_type(v, getattr(obj, key), f"{src}: [{section}] {key}"))
     _validate(cfg, src)
     return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "model.variant=sum_pool"]`` -> ``{"train.epochs": 3, ...}``: each
+    VALUE is read as JSON (numbers, booleans, lists), else kept as a bare string.
+
+    Raises:
+      ConfigError: an item that is not ``SECTION.KEY=VALUE`` (the message quotes it).
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"{item!r}: expected SECTION.KEY=VALUE, e.g. train.epochs=3")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value  # a bare string such as two_tower
+    return out
 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

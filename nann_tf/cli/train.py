@@ -25,17 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """``["train.epochs=3", "model.variant=sum_pool"]`` -> ``{"train.epochs": 3, ...}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise CliError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.epochs=3")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value  # a bare string such as two_tower
-    return out
+    """``["train.epochs=3", "model.variant=sum_pool"]`` -> ``{"train.epochs": 3, ...}``
+    (:func:`nann_tf.config.parse_overrides`, its errors naming ``--set``)."""
+    from nann_tf.config import ConfigError, parse_overrides as parse
+
+    try:
+        return parse(items)
+    except ConfigError as e:
+        raise CliError(f"--set {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,12 +1,13 @@
 """What a user would run instead of NANN, on the same users: two-tower retrieval through an
-inner-product ANN index (hnswlib), beside the exact searches of :mod:`nann_tf.evaluation.evaluate`
-and the most-popular list (:func:`nann_tf.data.dataset.popularity_topk`)."""
+inner-product ANN index (hnswlib), a result list with the user's history filtered out, beside the
+exact searches of :mod:`nann_tf.evaluation.evaluate` and the most-popular list
+(:func:`nann_tf.data.dataset.popularity_topk`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["two_tower_ann_topk"]
+__all__ = ["two_tower_ann_topk", "without_history"]
 
 
 def two_tower_ann_topk(model, hist: np.ndarray, k: int, *, ef: int | None = None,
@@ -45,3 +46,24 @@ def two_tower_ann_topk(model, hist: np.ndarray, k: int, *, ef: int | None = None
     e_u = model.encode_user(tf.constant(np.asarray(hist, np.int32)))["e_u"].numpy()
     labels, _ = index.knn_query(e_u, k=k)
     return labels.astype(np.int64)
+
+
+def without_history(ids: np.ndarray, hist: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids of each row of ``ids`` that are not in that user's history (the
+    post-filter a two-tower deployment applies on logs where nobody takes an item twice).
+
+    Args:
+      ids: int [U, >= k + L] dense ids, best first (0 = padding).
+      hist: int [U, L] dense histories (0 = padding).
+      k: ids to keep per row.
+
+    Returns:
+      int64 [U, k] (0-padded where a row runs out).
+    """
+    ids, hist = np.asarray(ids), np.asarray(hist)
+    out = np.zeros((len(ids), k), np.int64)
+    for u in range(len(ids)):
+        seen = set(hist[u][hist[u] > 0].tolist())
+        row = [i for i in ids[u].tolist() if i > 0 and i not in seen][:k]
+        out[u, :len(row)] = row
+    return out

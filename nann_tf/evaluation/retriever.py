@@ -48,7 +48,8 @@ def check_index_matches(model, ds, index, *, index_name: str = "index", model_na
     if n != ds.num_items:
         raise IndexMismatchError(f"{index_name} holds {n} items but {data_name} has "
                                  f"{ds.num_items}: the index was built for another dataset")
-    if not np.array_equal(index.raw_item_id, ds.raw_item_id):
+    if not np.array_equal(index.raw_item_id, ds.raw_item_id) or not np.array_equal(
+            getattr(index, "raw_item_key", None), getattr(ds, "raw_item_key", None)):
         raise IndexMismatchError(f"{index_name}: its item ids differ from those of {data_name}: "
                                  "the index was built for another dataset")
     if model.num_items != n:
