@@ -57,7 +57,7 @@ class DataConfig:
 
     max_len: int = 50
     min_len: int = 10
-    train_min_len: int = 0
+    train_min_len: int = 2
     val_users: int = 10000
     test_users: int = 10000
     split_seed: int = 0
@@ -99,10 +99,9 @@ class ModelConfig:
     score_hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 64])
     attention_dim: int = 32
     dropout: float = 0.0
-    dot_term: bool = False
-    position_bias: bool = False
-    history_match: bool = False
-    ctx_dot: bool = False
+    dot_term: bool = True
+    position_bias: bool = True
+    history_match: bool = True
 
 
 @dataclasses.dataclass
@@ -159,7 +158,7 @@ class TrainConfig:
     negative_pool_factor: int = 32
     jit_compile: bool = True
     backup_every_steps: int = 2000
-    loss: str = "nce"
+    loss: str = "softmax"
     val_every_steps: int = 0
     val_users: int = 1000
     val_k: int = 100

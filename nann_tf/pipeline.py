@@ -111,6 +111,9 @@ class Pipeline:
                  overrides: dict | None = None, model_name: str = "nann", fresh: bool = False,
                  say: Callable[[str], None] | None = None, export_options: dict | None = None):
         self.cfg = config if isinstance(config, Config) else load_config(config, overrides)
+        # A named config trains with the data rules filling the keys it does not give (as
+        # `nann-tf train` does); a Config object is used as it is.
+        self._source = None if isinstance(config, Config) else (config, dict(overrides or {}))
         self.workdir = Path(workdir).resolve()
         if self.workdir.exists() and not self.workdir.is_dir():
             raise PipelineError(f"{self.workdir}: exists and is not a directory")
@@ -198,6 +201,10 @@ class Pipeline:
         if stage == "train":
             from nann_tf.train import train
 
+            if self._source is not None:
+                from nann_tf.autoconfig import load_config_for_data
+
+                cfg = load_config_for_data(self._source[0], p["data"], self._source[1])
             summary = train(cfg, p["data"], p["model"], overwrite=True)
             return {"examples_per_s": float(summary["examples_per_s"])}
         if stage == "build-index":

@@ -80,7 +80,7 @@ def _trainer(eps, variant="attention"):
     model = NANNModel(n, c, np.r_[0, rng.integers(1, c + 1, n)],
                       ModelConfig(variant=variant, item_dim=8, category_dim=4, embedding_dim=8,
                                   item_hidden=[8], user_hidden=[8], score_hidden=[16],
-                                  attention_dim=8))
+                                  attention_dim=8), max_len=5)
     model.build_all(5)
     noise = NoiseDistribution(rng.integers(0, 20, n + 1), 0.75)
     return NANNTrainer(model, noise.log_q, 6, eps, 1.0), rng, noise
@@ -153,3 +153,23 @@ def test_relative_step_scales_with_the_embeddings_and_absolute_does_not():
     assert float(fgsm_step_size(10 * e, 0.1, "absolute")) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="absolute or relative"):
         fgsm_step_size(e, 0.1, "scaled")
+
+
+def test_sampled_softmax_matches_numpy_and_leaves_accidental_hits_out():
+    from nann_tf.model.losses import sampled_softmax_loss
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (4, 6)).astype(np.float32)
+    mask = np.ones((4, 6), np.float32)
+    mask[1, 3] = mask[2, 1] = 0.0  # accidental hits: not in the normaliser
+    got = float(sampled_softmax_loss(tf.constant(logits), tf.constant(mask)))
+    want = np.mean([np.log(np.exp(logits[b][mask[b] > 0]).sum()) - logits[b, 0]
+                    for b in range(4)])
+    assert got == pytest.approx(want, rel=1e-5)
+    # A masked candidate's logit does not change the loss; an unmasked one does.
+    bumped = logits.copy()
+    bumped[1, 3] += 5.0
+    assert float(sampled_softmax_loss(tf.constant(bumped), tf.constant(mask))) == \
+        pytest.approx(got, rel=1e-6)
+    bumped[1, 2] += 5.0
+    assert float(sampled_softmax_loss(tf.constant(bumped), tf.constant(mask))) > got + 0.1

@@ -10,13 +10,17 @@ from nann_tf.model import NANNModel
 N, C = 40, 5
 
 
-def make(variant):
+def make(variant, **options):
     rng = np.random.default_rng(0)
     m = NANNModel(N, C, np.r_[0, rng.integers(1, C + 1, N)],
                   ModelConfig(variant=variant, item_dim=8, category_dim=4, embedding_dim=8,
                               item_hidden=[16], user_hidden=[16], score_hidden=[16],
-                              attention_dim=8))
+                              attention_dim=8, **options), max_len=6)
     m.build_all(6)
+    if m.cfg.position_bias:  # trained recency logits differ by position; zeros would not
+        m.recency.assign(rng.normal(0, 1, m.recency.shape).astype(np.float32))
+    if m.cfg.history_match and variant == "attention":
+        m.match_weight.assign(-2.0)
     return m
 
 
@@ -67,3 +71,54 @@ def test_item_category_table_is_a_weight_and_bad_shape_is_refused():
     assert any("item_category" in n for n in names)
     with pytest.raises(ValueError, match="item_category"):
         NANNModel(N, C, np.zeros(N), ModelConfig())
+
+
+@pytest.mark.parametrize("variant", ["attention", "sum_pool", "two_tower"])
+def test_recency_counts_positions_from_the_most_recent_behaviour(variant):
+    """The same behaviours, most recent last, get the same weights whatever the padding: a
+    recency counted from the left (oldest) end would move with the history length."""
+    m = make(variant)
+    items = tf.constant([[1, 2, 3]], tf.int32)
+    a = m({"hist": tf.constant([[0, 0, 0, 7, 8, 9]]), "items": items}).numpy()
+    b = m({"hist": tf.constant([[7, 8, 9]]), "items": items}).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    c = m({"hist": tf.constant([[0, 0, 0, 9, 8, 7]]), "items": items}).numpy()
+    assert not np.allclose(a, c), "the order of the behaviours matters"
+    off = make(variant, position_bias=False)
+    d = off({"hist": tf.constant([[0, 0, 0, 9, 8, 7]]), "items": items}).numpy()
+    e = off({"hist": tf.constant([[0, 0, 0, 7, 8, 9]]), "items": items}).numpy()
+    if variant != "attention":  # mean pooling: the order does not matter without recency
+        np.testing.assert_allclose(d, e, rtol=1e-5, atol=1e-6)
+
+
+def test_history_match_sees_the_candidates_already_in_the_history():
+    """The feature is the candidate's largest cosine with a history item: 1 for an item the user
+    has, and with a negative learned weight those items drop; padding never matches."""
+    m = make("attention")
+    hist = tf.constant([[0, 0, 0, 7, 8, 9]])
+    state = m.encode_user(hist)
+    e = m.item_embedding(tf.constant([[7, 9, 1, 2]]))
+    unit = tf.math.l2_normalize(e, -1)
+    sim = tf.einsum("bcd,bld->bcl", unit, state["values_unit"]).numpy()[0]
+    best = np.where(np.arange(6) >= 3, sim, -3).max(axis=1)
+    np.testing.assert_allclose(best[:2], 1.0, atol=1e-5)
+    assert (best[2:] < 1.0 - 1e-4).all()
+    assert "values_unit" not in make("attention", history_match=False).encode_user(hist)
+    # The learned weight enters linearly: moving it by delta moves exactly the matched items by
+    # delta (cos = 1) and the others by delta * their best cosine.
+    s0 = m.score(state, e).numpy()[0]
+    m.match_weight.assign(m.match_weight - 1.0)
+    s1 = m.score(state, e).numpy()[0]
+    np.testing.assert_allclose(s0 - s1, best, rtol=1e-4, atol=1e-5)
+
+
+def test_dot_term_adds_the_inner_product_of_a_user_vector_and_e_v():
+    m = make("attention", dot_term=True, history_match=False, position_bias=False)
+    hist = tf.constant([[1, 2, 3, 4, 5, 6]])
+    state = m.encode_user(hist)
+    e = m.item_embedding(tf.constant([[7, 30, 11]]))
+    with_dot = m.score(state, e).numpy()
+    without = m.score({k: v for k, v in state.items() if k != "dot_u"}, e).numpy()
+    expected = tf.einsum("bd,bcd->bc", state["dot_u"], e).numpy()
+    np.testing.assert_allclose(with_dot - without, expected, rtol=1e-4, atol=1e-5)
+    assert "dot_u" not in make("two_tower", dot_term=True).encode_user(hist)

@@ -16,7 +16,7 @@ def model_and_table():
     rng = np.random.default_rng(0)
     m = NANNModel(N, 4, np.r_[0, rng.integers(1, 5, N)],
                   ModelConfig(item_dim=8, category_dim=4, embedding_dim=8, item_hidden=[8],
-                              user_hidden=[8], score_hidden=[16], attention_dim=8))
+                              user_hidden=[8], score_hidden=[16], attention_dim=8), max_len=5)
     m.build_all(5)
     table = m.item_embedding(tf.range(N + 1)).numpy()
     return m, table

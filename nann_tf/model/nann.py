@@ -104,9 +104,6 @@ class NANNModel(keras.Model):
             self.score_network = mlp(config.score_hidden, 1, "score_network", dropout=rate)
             if config.dot_term:
                 self.dot_user = keras.layers.Dense(d, name="dot_user")
-                if self.variant == "attention" and config.ctx_dot:
-                    # The candidate against the history it attends to: an item-to-item term.
-                    self.dot_ctx = keras.layers.Dense(d, use_bias=False, name="dot_ctx")
         if self.variant == "attention":
             self.att_query = keras.layers.Dense(config.attention_dim, use_bias=False,
                                                 name="att_query")
@@ -214,8 +211,6 @@ class NANNModel(keras.Model):
             out += self.match_weight * match
         if "dot_u" in user_state:  # the two-tower term beside the MLP
             out += tf.einsum("bd,bcd->bc", user_state["dot_u"], e_v)
-            if self.variant == "attention" and self.cfg.ctx_dot:
-                out += tf.reduce_sum(self.dot_ctx(ctx) * e_v, axis=-1)
         return out
 
     def call(self, inputs, training=False):
