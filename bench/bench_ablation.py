@@ -83,6 +83,9 @@ def main():
                                                next_n=args.next_n)
                     runs[split].append(pu["model"])
             row = {"label": label, "overrides": overrides, "runs": info}
+            arrays = {f"{split}/{k}": np.mean([r[k] for r in runs[split]], axis=0)
+                      for split in runs for k in runs[split][0]}
+            np.savez(work / f"per-user-{len(results)}.npz", **arrays)  # for later comparisons
             for split in ("val", "test"):
                 mean = {k: np.mean([r[k] for r in runs[split]], axis=0) for k in runs[split][0]}
                 boot = Bootstrap(len(getattr(ds, split)), 1000, 0)

@@ -83,6 +83,11 @@ def data_rules(stats: DataStats, M: int = 32) -> dict[str, Any]:
     # Training length: early stopping on validation users ends it; the epoch cap only bounds
     # small data (~3M examples at most), and big data runs one epoch.
     rules["train.epochs"] = int(min(50, max(1, math.ceil(3_000_000 / max(s, 1)))))
+    # Batch and negatives: the sizes the project's corpora were measured with -- 256 x 100 on
+    # the small real logs and ci-synth, 512 x 100 on the 1M corpus, the paper's 800 x 200 at
+    # its 100M-sample scale (a step costs ~B x (K+1) candidates).
+    rules["train.batch_size"] = 256 if s < 1_000_000 else 512 if s < 20_000_000 else 800
+    rules["train.num_negatives"] = 100 if n < 2_000_000 else 200
     # The search: start level by corpus size, the 1M corpus's beams above it.
     start = _start_level(n, M)
     k = int(min(200, n))

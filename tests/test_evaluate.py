@@ -246,3 +246,44 @@ def test_brute_force_mode_has_intervals_and_the_paired_difference(tmp_path,
     assert diff["recall_all@50_ci95"][0] > 0, diff
     line = next(ln for ln in stdout.splitlines() if ln.startswith("model - most popular"))
     assert f"{diff['recall_all@50']:+.4f}" in line
+
+
+def test_next_n_scores_the_later_behaviours_beside_the_papers_target(tmp_path,
+                                                                     attention_model_dir,
+                                                                     ci_dataset, capsys):
+    """--next-n 5: the ground truth is the target and the 4 behaviours after it; the paper's
+    one-item figure is printed beside it, unchanged."""
+    from nann_tf.evaluation.metrics import per_user_recall
+    from nann_tf.model.nann import all_item_embeddings
+    from nann_tf.search.brute_force import ExactScorer
+
+    out = tmp_path / "bf.json"
+    rc, stdout = run_cli_output("evaluate", "--model", attention_model_dir, "--data",
+                                ci_dataset, "--brute-force", "--users", USERS, "--at", "50",
+                                "--next-n", "5", "--output-json", out)
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["metrics"] == ["recall_all@50", "recall_all_next5@50"]
+    ds = Dataset.load(ci_dataset)
+    model, _, _ = load_trained_model(attention_model_dir)
+    ids, _ = ExactScorer(model, all_item_embeddings(model)).topk(ds.test.hist[:USERS], 50)
+    truth = []
+    for u in range(USERS):  # the target, then the next 4 behaviours, distinct
+        a, b = ds.test.later_splits[u], ds.test.later_splits[u + 1]
+        truth.append(list(dict.fromkeys([int(ds.test.target[u])] +
+                                        ds.test.later[a:b][:4].tolist())))
+    assert max(len(t) for t in truth) > 1
+    want = np.nanmean(per_user_recall(ids, truth, 50))
+    assert res["model"]["recall_all_next5@50"] == pytest.approx(want, abs=1e-12)
+    one = np.nanmean(per_user_recall(ids, ds.test.target[:USERS], 50))
+    assert res["model"]["recall_all@50"] == pytest.approx(one, abs=1e-12)
+    lo, hi = res["model"]["recall_all_next5@50_ci95"]
+    # More ground truth per user: a narrower interval than the one-item figure's.
+    lo1, hi1 = res["model"]["recall_all@50_ci95"]
+    assert hi - lo < hi1 - lo1
+    assert "recall-all-next5@50" in stdout
+    for args, needle in ((["--next-n", "0"], "--next-n 0"),
+                         (["--next-n", "3", "--index", str(tmp_path)], "--brute-force alone")):
+        assert run_cli("evaluate", "--model", attention_model_dir, "--data", ci_dataset,
+                       "--brute-force", *args) == 2
+        assert needle in capsys.readouterr().err

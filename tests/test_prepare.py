@@ -32,7 +32,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _reference(rows, min_len, max_len, val_users, test_users):
+def _reference(rows, min_len, max_len, val_users, test_users, train_min_len=None):
     """Pure-Python prepare, given the held-out user sets chosen by the real one.
 
     rows: (user, item, category, ts) in file order. Returns a dict comparable to the output.
@@ -40,7 +40,9 @@ def _reference(rows, min_len, max_len, val_users, test_users):
     by_user = defaultdict(list)
     for i, (u, it, c, ts) in enumerate(rows):
         by_user[u].append((ts, i, it, c))
-    seqs = {u: sorted(v) for u, v in by_user.items() if len(v) >= min_len}
+    keep = min(min_len, train_min_len or min_len)
+    seqs = {u: sorted(v) for u, v in by_user.items() if len(v) >= keep}
+    assert all(len(seqs[u]) >= min_len for u in set(val_users) | set(test_users))
     users = sorted(seqs)
     vocab = sorted({x[2] for u in users for x in seqs[u]})
     dense = {it: k + 1 for k, it in enumerate(vocab)}
@@ -68,9 +70,9 @@ def _reference(rows, min_len, max_len, val_users, test_users):
             "val": held(val_users), "test": held(test_users)}
 
 
-def _check_against_reference(ds: Dataset, rows, min_len):
+def _check_against_reference(ds: Dataset, rows, min_len, train_min_len=None):
     val_u, test_u = set(ds.val.user.tolist()), set(ds.test.user.tolist())
-    ref = _reference(rows, min_len, ds.max_len, val_u, test_u)
+    ref = _reference(rows, min_len, ds.max_len, val_u, test_u, train_min_len)
     assert not val_u & test_u
     assert sorted(val_u | test_u | set(ds.train_users.tolist())) == ref["users"]
     assert ds.raw_item_id[1:].tolist() == ref["vocab"]
@@ -314,6 +316,36 @@ def test_min_len_filter_and_held_out_scaling(tmp_path, caplog):
     _check_against_reference(ds, rows, min_len=10)
 
 
+def test_short_users_train_but_are_never_held_out(tmp_path):
+    """train_min_len: users with 2..min_len-1 behaviours join training (their samples, items
+    and frequencies), and the held-out users are exactly those of a run without them."""
+    lines = []
+    for u in range(1, 61):
+        n = 2 + u % 3 if u % 4 == 0 else 12  # every 4th user has 2-4 behaviours
+        lines += [f"{u},{(u * 7 + j) % 80 + 1},{j % 3},pv,{j}" for j in range(n)]
+    lines.append("999,500,1,pv,1")  # one behaviour: no sample, dropped
+    path = _write(tmp_path / "l.csv", "\n".join(lines) + "\n")
+    meta = prepare_dataset(path, tmp_path / "short", max_len=6, min_len=10, val_users=4,
+                           test_users=3, train_min_len=2)
+    prepare_dataset(path, tmp_path / "long", max_len=6, min_len=10, val_users=4,
+                    test_users=3)
+    ds, old = Dataset.load(tmp_path / "short"), Dataset.load(tmp_path / "long")
+    assert meta["train_min_len"] == 2 and "train_min_len" not in old.meta
+    short = {u for u in range(1, 61) if u % 4 == 0}
+    assert set(ds.train_users.tolist()) == set(old.train_users.tolist()) | short
+    assert 999 not in set(ds.train_users.tolist()) and 500 not in set(ds.raw_item_id.tolist())
+    for split in ("val", "test"):
+        assert getattr(ds, split).user.tolist() == getattr(old, split).user.tolist()
+        assert not short & set(getattr(ds, split).user.tolist())
+    assert ds.num_train_samples > old.num_train_samples
+    rows = [tuple(int(x) for x in (lambda f: (f[0], f[1], f[2], f[4]))(line.split(",")))
+            for line in lines]
+    _check_against_reference(ds, rows, min_len=10, train_min_len=2)
+    with pytest.raises(DataError, match="train_min_len must be >= 2"):
+        prepare_dataset(path, tmp_path / "bad", min_len=10, train_min_len=1)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_csv_format_one_category_and_min_rating(tmp_path):
     lines = ["user,item,rating,timestamp"] + \
         [f"{u},{(u + j) % 9 + 100},{1 + (u + j) % 5},{j}" for u in range(1, 21) for j in range(30)]
@@ -478,7 +510,10 @@ def test_explicit_held_out_sizes_are_honoured_or_refused_naming_the_flag(tmp_pat
     67); asking for more than half of the users is an error; config defaults still scale."""
     path = tmp_path / "log.csv"
     write_userbehavior_csv(generate_log(700, 300, 5, 30, seed=4), path)
-    base = ["--format", "userbehavior", "--input", path, "--min-len", "10", "--max-len", "20"]
+    # --train-min-len 10: every kept user may be held out, so "kept" below is what the 10% cap
+    # and the half rule count (short training-only users are test_short_users_... 's subject).
+    base = ["--format", "userbehavior", "--input", path, "--min-len", "10", "--max-len", "20",
+            "--train-min-len", "10"]
     assert _prepare(base + ["--output", tmp_path / "a", "--val-users", "100",
                             "--test-users", "200"]) == 0
     meta = Dataset.load(tmp_path / "a").meta

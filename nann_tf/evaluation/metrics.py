@@ -249,7 +249,10 @@ def _stats(per_user: dict[str, np.ndarray], bootstrap: Bootstrap | None):
 
 
 def _ordered(ms: list[int], have) -> list[str]:
-    return [f"{name}@{mm}" for mm in ms for name in METRICS if f"{name}@{mm}" in have]
+    """The paper's metrics in table order, then any other ``<name>@M`` figures (e.g.
+    ``recall_all_next10@50``) in the order they came."""
+    known = [f"{name}@{mm}" for mm in ms for name in METRICS if f"{name}@{mm}" in have]
+    return known + [k for k in have if k not in known and "@" in k]
 
 
 def summarize_per_user(per_user: dict[str, np.ndarray],
