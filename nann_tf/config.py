@@ -85,6 +85,9 @@ class ModelConfig:
         score network's output: the two-tower score as a term of the deep one.
       position_bias: a learned logit per history position (recency), added to the attention
         logits and weighting the pooled history (instead of a plain mean).
+      id_dropout: in training, each item occurrence (candidates and history alike) loses its
+        id embedding with this probability (0: never), so e_v also learns from the category
+        alone: a regulariser for rare items, and what an item without a trained id gets.
       history_match: (attention; the other variants ignore it) the candidate's largest cosine similarity with a history item
         as an input of the score network and a learned term of the score: whether users come
         back to what they already had is learnt from the data.
@@ -102,6 +105,7 @@ class ModelConfig:
     dot_term: bool = True
     position_bias: bool = True
     history_match: bool = True
+    id_dropout: float = 0.0
 
 
 @dataclasses.dataclass
@@ -289,6 +293,9 @@ def _validate(cfg: Config, src: str) -> None:
                           f"only), got {cfg.train.backup_every_steps}")
     if cfg.train.loss not in ("nce", "softmax"):
         raise ConfigError(f"{src}: [train] loss must be nce or softmax, got {cfg.train.loss!r}")
+    if not 0.0 <= cfg.model.id_dropout < 1.0:
+        raise ConfigError(f"{src}: [model] id_dropout must be in [0, 1), got "
+                          f"{cfg.model.id_dropout}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"{src}: [model] dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.train.val_every_steps < -1:

@@ -122,3 +122,22 @@ def test_dot_term_adds_the_inner_product_of_a_user_vector_and_e_v():
     expected = tf.einsum("bd,bcd->bc", state["dot_u"], e).numpy()
     np.testing.assert_allclose(with_dot - without, expected, rtol=1e-4, atol=1e-5)
     assert "dot_u" not in make("two_tower", dot_term=True).encode_user(hist)
+
+
+def test_id_dropout_drops_whole_id_embeddings_in_training_only():
+    """A dropped occurrence gets exactly the e_v of its category alone (a zero id embedding);
+    about id_dropout of them are dropped; inference never drops."""
+    m = make("attention", id_dropout=0.5)
+    ids = tf.constant(np.arange(1, N + 1, dtype=np.int32)[None, :].repeat(50, axis=0))
+    kept = m.item_embedding(ids).numpy()
+    np.testing.assert_array_equal(kept, m.item_embedding(ids).numpy())  # no randomness
+    train = m.item_embedding(ids, training=True).numpy()
+    saved = m.item_id_embedding.embeddings.numpy().copy()
+    m.item_id_embedding.embeddings.assign(np.zeros_like(saved))
+    category_only = m.item_embedding(ids).numpy()
+    m.item_id_embedding.embeddings.assign(saved)
+    same_as_kept = np.isclose(train, kept, atol=1e-6).all(-1)
+    same_as_dropped = np.isclose(train, category_only, atol=1e-6).all(-1)
+    assert (same_as_kept | same_as_dropped).all()
+    assert 0.4 < same_as_dropped.mean() < 0.6
+    assert not make("attention").cfg.id_dropout  # off by default

@@ -95,6 +95,7 @@ class NANNModel(keras.Model):
             num_categories + 1, config.category_dim, name="category_embedding",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05))
         rate = config.dropout
+        self._id_seed = keras.random.SeedGenerator(7) if config.id_dropout > 0 else None
         self.item_network = mlp(config.item_hidden, d, "item_network", dropout=rate)
         self.user_network = mlp(config.user_hidden, None, "user_network", dropout=rate)
         self.embed_dropout = keras.layers.Dropout(rate) if rate > 0 else None
@@ -129,7 +130,15 @@ class NANNModel(keras.Model):
         if item_ids.dtype != tf.int32:
             item_ids = tf.cast(item_ids, tf.int32)
         cats = tf.gather(self.item_category, item_ids)
-        x = tf.concat([self.item_id_embedding(item_ids), self.category_embedding(cats)], axis=-1)
+        e_id = self.item_id_embedding(item_ids)
+        if training and self.cfg.id_dropout > 0:
+            # Each occurrence loses its id embedding with probability id_dropout (no rescaling:
+            # a dropped id looks exactly like an id the model has no embedding for), so the
+            # item network also learns e_v from the category alone.
+            keep = keras.random.uniform(tf.shape(item_ids), seed=self._id_seed) >= \
+                self.cfg.id_dropout
+            e_id = e_id * tf.cast(keep, e_id.dtype)[..., None]
+        x = tf.concat([e_id, self.category_embedding(cats)], axis=-1)
         if self.embed_dropout is not None:
             x = self.embed_dropout(x, training=training)
         return self.item_network(x, training=training)
