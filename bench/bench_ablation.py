@@ -53,6 +53,8 @@ def main():
                     help="'LABEL: KEY=VALUE,...' applied on top of the rows before")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--next-n", type=int, default=10)
+    ap.add_argument("--users", type=int, default=0,
+                    help="evaluate the first N validation and test users (0: all)")
     ap.add_argument("--workdir")
     args = ap.parse_args()
     ds = Dataset.load(args.data)
@@ -79,8 +81,8 @@ def main():
                 model, _, _ = load_trained_model(out)
                 for split in ("val", "test"):
                     pu: dict = {}
-                    res = evaluate_brute_force(model, ds, split, 0, ms, per_user_out=pu,
-                                               next_n=args.next_n)
+                    res = evaluate_brute_force(model, ds, split, args.users, ms,
+                                               per_user_out=pu, next_n=args.next_n)
                     runs[split].append(pu["model"])
             row = {"label": label, "overrides": overrides, "runs": info}
             arrays = {f"{split}/{k}": np.mean([r[k] for r in runs[split]], axis=0)
@@ -88,7 +90,7 @@ def main():
             np.savez(work / f"per-user-{len(results)}.npz", **arrays)  # for later comparisons
             for split in ("val", "test"):
                 mean = {k: np.mean([r[k] for r in runs[split]], axis=0) for k in runs[split][0]}
-                boot = Bootstrap(len(getattr(ds, split)), 1000, 0)
+                boot = Bootstrap(len(mean[next(iter(mean))]), 1000, 0)
                 row[split] = summarize_per_user(mean, boot)
                 if per_user[split]:
                     row[f"{split}_minus_previous"] = paired_difference(mean, per_user[split][-1],
@@ -100,12 +102,14 @@ def main():
     keys = res["metrics"]
     out = {"name": args.name, "data": str(args.data), "config": args.config,
            "command": "python bench/bench_ablation.py " + " ".join(sys.argv[1:]),
-           "num_items": ds.num_items, "val_users": len(ds.val), "test_users": len(ds.test),
+           "num_items": ds.num_items,
+           "val_users": min(len(ds.val), args.users or len(ds.val)),
+           "test_users": min(len(ds.test), args.users or len(ds.test)),
            "seeds": seeds, "next_n": args.next_n, "metrics": keys, "rows": results}
     write_json_atomic(Path(__file__).resolve().parent / "results" / f"ablation-{args.name}.json",
                       out)
     for split in ("val", "test"):
-        print(f"\n{args.name}, {split} users ({len(getattr(ds, split))}), seeds {seeds}; each "
+        print(f"\n{args.name}, {split} users ({out[split + '_users']}), seeds {seeds}; each "
               "change minus the row before it (paired, 95%)\n")
         print("| change | " + " | ".join(k.replace("_", "-") for k in keys) + " |")
         print("|---|" + "---|" * len(keys))

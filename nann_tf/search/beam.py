@@ -57,6 +57,7 @@ from nann_tf.search import visited
 from nann_tf.search.params import DEFAULT_EF, DEFAULT_T
 
 __all__ = [
+    "ItemFilter",
     "Scorer",
     "beam_search",
 ]
@@ -71,7 +72,7 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 ef: Mapping[Any, Any] | None = None, T: Mapping[Any, Any] | None = None,
                 k: Any = 200, start_level: int | None = None, visited_impl: str = "tf",
                 exclude_ids: Any = None, traversal_device: str | None = "/CPU:0",
-                seed_ids: Any = None):
+                seed_ids: Any = None, item_filter: "ItemFilter | None" = None):
     """Beam-retrieval of the top ``k`` items for each of ``batch_size`` queries.
 
     Args:
@@ -92,6 +93,10 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
       seed_ids: optional int ``[B, E]`` entry items per query (0 = none; repeats are fine),
         e.g. the user's history; ``E`` may be 0. Ids outside ``[0, N]`` raise
         InvalidArgumentError.
+      item_filter: optional ``item_filter(row_ids, item_ids) -> bool [n]``, which items may be
+        returned to which query. The walk is unchanged (items that fail still enter the beam
+        and lead to their neighbours: the graph stays connected); the output is the top ``k``
+        of every item the query scored that passes, kept in a buffer of its own.
 
     Returns:
       ``(ids int32 [B, k], scores float32 [B, k], num_scored int32 [B])``.
@@ -142,6 +147,17 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                                                       rows[n_grid:], scores[n_grid:],
                                                       ctx.batch_size, width)
         res_ids = tf.where(res_scores > _NEG_INF, res_ids, 0)
+        out = None
+        if item_filter is not None:  # the passing items scored so far, best first
+            out = resize_results(tf.zeros([ctx.batch_size, 0], tf.int32),
+                                 tf.zeros([ctx.batch_size, 0], tf.float32), k)
+            # Two merges: the start grid's rows and the seeds' rows are each sorted, not
+            # together.
+            out = _merge_passing(out, item_filter, ids[:n_grid], rows[:n_grid],
+                                 scores[:n_grid], ctx, k)
+            if seeds is not None:
+                out = _merge_passing(out, item_filter, ids[n_grid:], rows[n_grid:],
+                                     scores[n_grid:], ctx, k)
 
     for level in range(s_level - 1, -1, -1):
         ef_l = ef_by_level[level]
@@ -161,13 +177,28 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 f_rows = tf.concat([f_rows, seeds[1]], 0)
                 order = tf.argsort(f_rows, stable=True)
                 f_ids, f_rows = tf.gather(f_ids, order), tf.gather(f_rows, order)
-        res_ids, res_scores, state, num_scored = _run_level(
+        res_ids, res_scores, state, num_scored, out = _run_level(
             ctx, graph.levels[level], ef_l, width, t_by_level[level], res_ids, res_scores,
-            f_ids, f_rows, state, num_scored)
+            f_ids, f_rows, state, num_scored, out, item_filter, k)
 
+    if out is not None:
+        return out[0], out[1], num_scored
     with ctx.device():
         out_ids, out_scores = resize_results(res_ids, res_scores, k)
     return out_ids, out_scores, num_scored
+
+
+ItemFilter = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _merge_passing(out, item_filter: ItemFilter, ids, rows, scores, ctx, k):
+    """The output buffer ``(ids [B, k], scores)`` with the newly scored items that pass the
+    filter merged in (rows sorted ascending, as every scorer call's are)."""
+    with ctx.device():
+        passing = tf.where(item_filter(rows, ids), scores, _NEG_INF)
+        out_ids, out_scores, _, _ = merge_results(out[0], out[1], ids, rows, passing,
+                                                  ctx.batch_size, k)
+    return out_ids, out_scores
 
 
 def _seed_pairs(seed_ids: Any, ctx: "SearchContext"):
@@ -207,14 +238,17 @@ def _invalid(message: str) -> tf.errors.InvalidArgumentError:
 
 
 def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: Any,
-               rounds: Any, res_ids, res_scores, f_ids, f_rows, state, num_scored):
+               rounds: Any, res_ids, res_scores, f_ids, f_rows, state, num_scored,
+               out=None, item_filter: ItemFilter | None = None, k: Any = None):
     """At most ``rounds`` expansion rounds on one level (a tf.while_loop); each round keeps
-    the best ``ef`` and pads the results back to the carried ``width``."""
+    the best ``ef`` and pads the results back to the carried ``width``; with a filter, the
+    passing items of every round also go to the output buffer ``out``."""
+    filtered = out is not None
 
-    def cond(t, res_ids, res_scores, f_ids, f_rows, state, num_scored):
+    def cond(t, res_ids, res_scores, f_ids, f_rows, state, num_scored, *out):
         return tf.logical_and(t < rounds, tf.size(f_ids) > 0)
 
-    def body(t, res_ids, res_scores, f_ids, f_rows, state, num_scored):
+    def body(t, res_ids, res_scores, f_ids, f_rows, state, num_scored, *out):
         with ctx.device():
             n_ids, n_rows, state = ctx.expand(f_ids, f_rows, level_rt, state)
         n_scores = ctx.score(n_rows, n_ids)
@@ -225,15 +259,18 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
             f_ids = tf.boolean_mask(res_ids, entered)
             f_rows = tf.cast(tf.where(entered)[:, 0], tf.int32)
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
-        return t + 1, res_ids, res_scores, f_ids, f_rows, state, num_scored
+        if filtered:
+            out = _merge_passing(out, item_filter, n_ids, n_rows, n_scores, ctx, k)
+        return (t + 1, res_ids, res_scores, f_ids, f_rows, state, num_scored, *out)
 
-    loop_vars = (tf.constant(0), res_ids, res_scores, f_ids, f_rows, state, num_scored)
-    out = tf.while_loop(cond, body, loop_vars,
-                        shape_invariants=(tf.TensorShape([]), res_ids.shape, res_scores.shape,
-                                          tf.TensorShape([None]), tf.TensorShape([None]),
-                                          relaxed_shapes(state), num_scored.shape))
-    _, res_ids, res_scores, _, _, state, num_scored = out
-    return res_ids, res_scores, state, num_scored
+    loop_vars = (tf.constant(0), res_ids, res_scores, f_ids, f_rows, state, num_scored,
+                 *(out or ()))
+    invariants = (tf.TensorShape([]), res_ids.shape, res_scores.shape,
+                  tf.TensorShape([None]), tf.TensorShape([None]), relaxed_shapes(state),
+                  num_scored.shape, *((out[0].shape, out[1].shape) if filtered else ()))
+    result = tf.while_loop(cond, body, loop_vars, shape_invariants=invariants)
+    _, res_ids, res_scores, _, _, state, num_scored, *out = result
+    return res_ids, res_scores, state, num_scored, (tuple(out) if filtered else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ _NEG_INF = float("-inf")
 
 def brute_force(scorer: Scorer, batch_size: Any, num_items: int, k: Any = 200,
                 chunk_size: int = DEFAULT_CHUNK_SIZE, exclude_ids: Any = None,
-                traversal_device: str | None = "/CPU:0"):
+                traversal_device: str | None = "/CPU:0", item_filter=None):
     """Exact top ``k`` of items ``1..num_items`` for each of ``batch_size`` queries.
 
     Args:
@@ -44,6 +44,8 @@ def brute_force(scorer: Scorer, batch_size: Any, num_items: int, k: Any = 200,
       chunk_size: items per chunk.
       exclude_ids: optional int ``[B, E]`` items never to return (0 = none).
       traversal_device: device for the top-k bookkeeping (``None``: no placement).
+      item_filter: optional ``item_filter(row_ids, item_ids) -> bool [n]``: only items that
+        pass are returned (the exact filtered top k, the filtered search's reference).
 
     Returns:
       ``(ids int32 [B, k], scores float32 [B, k], num_scored int32 [B])`` (``num_scored`` is N).
@@ -75,6 +77,8 @@ def brute_force(scorer: Scorer, batch_size: Any, num_items: int, k: Any = 200,
             flat_ids = tf.tile(ids, [b])
         scores = ctx.score(rows, flat_ids)
         with ctx.device():
+            if item_filter is not None:
+                scores = tf.where(item_filter(rows, flat_ids), scores, _NEG_INF)
             cand_ids = tf.concat([res_ids, tf.reshape(flat_ids, [b, -1])], axis=1)
             cand_scores = tf.concat([res_scores, tf.reshape(scores, [b, -1])], axis=1)
             res_ids, res_scores = top_by_key(cand_ids, cand_scores, k)

@@ -1,0 +1,272 @@
+"""Business rules inside the search: filters by item labels, per-category caps.
+
+Every item carries labels: its category (the model's own) and, optionally, a small set of integer
+tags from an item table given at export. A request filters by **raw** label ids, as they appear
+in the log and the item table (dense int64 lists per row, 0 = padding):
+
+* an item passes when it matches at least one of the row's include labels (categories or tags;
+  no include list = no restriction) and none of its exclude labels;
+* an include label that no item carries matches nothing (a row asking only for unknown labels
+  gets no results); an exclude label that no item carries excludes nothing.
+
+:class:`LabelTable` holds the labels as arrays (built once, at export): the dense category of
+every item, its dense tags (``[N + 1, max_tags]``, 0 = none), the raw -> dense maps, and per
+label a posting list of its items (CSR) with its count, so a request's selectivity is known
+before any item is scored. :class:`LabelTensors` is the same in the served graph (variables), and
+builds for a batch of requests:
+
+* :meth:`LabelTensors.item_filter`, the ``item_filter(row_ids, item_ids) -> bool`` the beam
+  search and brute force take (:mod:`nann_tf.search.beam`);
+* :meth:`LabelTensors.include_candidates`, every item of a row's include labels (its posting
+  lists, concatenated; items in two lists appear twice), for the exact path of a narrow filter;
+* :meth:`LabelTensors.include_count`, the number of items the row's include labels hold (an upper
+  bound on what passes; no include list: N).
+
+:func:`cap_per_category` keeps at most ``cap`` results of each category per row (0 = no cap) and
+backfills from the rest of the ranked candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["LabelTable", "LabelTensors", "RequestLabels", "cap_per_category", "MAX_TAGS"]
+
+#: Tags per item an item table may give.
+MAX_TAGS = 16
+
+
+def _posting(labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR posting lists ``(values int32 [n], splits int64 [num_labels + 2])`` of a flat
+    (item, label) list given as ``labels[item]`` ragged by item: ``values[splits[l]:splits[l +
+    1]]`` are the items carrying dense label ``l`` (ascending)."""
+    items, labs = labels
+    order = np.lexsort((items, labs))
+    counts = np.bincount(labs, minlength=num_labels + 1)
+    splits = np.zeros(num_labels + 2, np.int64)
+    np.cumsum(counts, out=splits[1:])
+    return items[order].astype(np.int32), splits
+
+
+@dataclasses.dataclass
+class LabelTable:
+    """The items' labels as arrays (see the module docstring).
+
+    Attributes:
+      item_category: int32 [N+1] dense category of each item (1..C, 0 at the padding id).
+      raw_category_id: int64 [C+1] raw id of each dense category (index 0 unused).
+      item_tags: int32 [N+1, T] dense tags of each item (1..G, 0 = none; T >= 1).
+      raw_tag_id: int64 [G+1] raw id of each dense tag (index 0 unused).
+      category_items / category_splits: the categories' posting lists (CSR over 0..C).
+      tag_items / tag_splits: the tags' posting lists (CSR over 0..G).
+    """
+
+    item_category: np.ndarray
+    raw_category_id: np.ndarray
+    item_tags: np.ndarray
+    raw_tag_id: np.ndarray
+    category_items: np.ndarray
+    category_splits: np.ndarray
+    tag_items: np.ndarray
+    tag_splits: np.ndarray
+
+    @classmethod
+    def build(cls, item_category, raw_category_id, item_tags: list | None = None):
+        """From the dense categories, their raw ids, and per item a list of raw tag ids.
+
+        Args:
+          item_category: int [N+1] dense categories (0 at index 0).
+          raw_category_id: int [C+1] raw category ids.
+          item_tags: optional list of N+1 sequences of raw (int) tag ids (index 0 empty).
+        """
+        item_category = np.asarray(item_category, np.int32)
+        raw_category_id = np.asarray(raw_category_id, np.int64)
+        n = len(item_category) - 1
+        c = len(raw_category_id) - 1
+        ids = np.arange(1, n + 1)
+        cat_items, cat_splits = _posting((ids, item_category[1:].astype(np.int64)), c)
+        if item_tags is None:
+            item_tags = [()] * (n + 1)
+        raw_tags = np.unique(np.fromiter((t for row in item_tags for t in row), np.int64))
+        raw_tags = raw_tags[raw_tags != 0] if raw_tags.size else raw_tags
+        width = max([len(set(row)) for row in item_tags] + [1])
+        dense = np.zeros((n + 1, width), np.int32)
+        pairs_i, pairs_t = [], []
+        for i, row in enumerate(item_tags):
+            ts = sorted({int(t) for t in row})
+            if ts:
+                d = np.searchsorted(raw_tags, ts) + 1
+                dense[i, :len(d)] = d
+                pairs_i.extend([i] * len(d))
+                pairs_t.extend(d.tolist())
+        tag_items, tag_splits = _posting((np.asarray(pairs_i, np.int64),
+                                          np.asarray(pairs_t, np.int64)), len(raw_tags))
+        return cls(item_category, raw_category_id, dense, np.r_[0, raw_tags].astype(np.int64),
+                   cat_items, cat_splits, tag_items, tag_splits)
+
+    def category_counts(self) -> np.ndarray:
+        return np.diff(self.category_splits)[: len(self.raw_category_id)]
+
+    def tag_counts(self) -> np.ndarray:
+        return np.diff(self.tag_splits)[: len(self.raw_tag_id)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RequestLabels:
+    """A batch's filters, in dense label ids ([B, F] int32 each, 0 = padding or unknown), and
+    which rows gave an include list at all (bool [B])."""
+
+    include_categories: tf.Tensor
+    exclude_categories: tf.Tensor
+    include_tags: tf.Tensor
+    exclude_tags: tf.Tensor
+    has_include: tf.Tensor
+
+    @property
+    def any_filter(self) -> tf.Tensor:
+        """Whether any row of the batch filters at all (scalar bool)."""
+        return tf.logical_or(tf.reduce_any(self.has_include), tf.reduce_any(tf.concat(
+            [tf.reshape(self.exclude_categories > 0, [-1]),
+             tf.reshape(self.exclude_tags > 0, [-1])], 0)))
+
+
+class LabelTensors:
+    """A :class:`LabelTable` as variables of the served graph, and the per-request pieces."""
+
+    def __init__(self, table: LabelTable, device: str = "/CPU:0"):
+        self.device = device
+        with tf.device(device):
+            def var(x, name, dtype=None):
+                return tf.Variable(np.asarray(x), trainable=False, name=name, dtype=dtype)
+
+            self.item_category = var(table.item_category, "item_category")
+            self.item_tags = var(table.item_tags, "item_tags")
+            rc = np.asarray(table.raw_category_id, np.int64)
+            order = np.argsort(rc[1:], kind="stable")
+            self.sorted_raw_categories = var(rc[1:][order], "sorted_raw_categories")
+            self.sorted_dense_categories = var((order + 1).astype(np.int32),
+                                               "sorted_dense_categories")
+            rt = np.asarray(table.raw_tag_id, np.int64)
+            order = np.argsort(rt[1:], kind="stable")
+            self.sorted_raw_tags = var(np.r_[rt[1:][order], np.iinfo(np.int64).max],
+                                       "sorted_raw_tags")
+            self.sorted_dense_tags = var(np.r_[(order + 1), 0].astype(np.int32),
+                                         "sorted_dense_tags")
+            self.raw_category_id = var(rc, "raw_category_id")
+            self.category_items = var(np.r_[table.category_items, 0].astype(np.int32),
+                                      "category_items")
+            self.category_splits = var(table.category_splits, "category_splits")
+            self.tag_items = var(np.r_[table.tag_items, 0].astype(np.int32), "tag_items")
+            self.tag_splits = var(table.tag_splits, "tag_splits")
+        self.num_items = int(len(table.item_category) - 1)
+        self.has_tags = bool(len(table.raw_tag_id) > 1)
+
+    @staticmethod
+    def _dense(raw, sorted_raw, sorted_dense):
+        """Raw label ids (any shape) -> dense ids; 0, negative and unknown ids -> 0."""
+        flat = tf.reshape(tf.cast(raw, tf.int64), [-1])
+        pos = tf.searchsorted(sorted_raw, flat, side="left")
+        pos_c = tf.minimum(pos, tf.size(sorted_raw, out_type=pos.dtype) - 1)
+        hit = tf.logical_and(tf.equal(tf.gather(sorted_raw, pos_c), flat), flat > 0)
+        return tf.reshape(tf.where(hit, tf.gather(sorted_dense, pos_c), 0), tf.shape(raw))
+
+    def request(self, include_categories, exclude_categories, include_tags,
+                exclude_tags) -> RequestLabels:
+        """Dense label lists of a batch's raw ones (see the module docstring)."""
+        with tf.device(self.device):
+            cats = (self.sorted_raw_categories, self.sorted_dense_categories)
+            tags = (self.sorted_raw_tags, self.sorted_dense_tags)
+            has_include = tf.logical_or(tf.reduce_any(include_categories > 0, axis=1),
+                                        tf.reduce_any(include_tags > 0, axis=1))
+            return RequestLabels(self._dense(include_categories, *cats),
+                                 self._dense(exclude_categories, *cats),
+                                 self._dense(include_tags, *tags),
+                                 self._dense(exclude_tags, *tags), has_include)
+
+    def item_filter(self, req: RequestLabels):
+        """``item_filter(row_ids, item_ids) -> bool [n]`` for the batch of ``req``."""
+        def passes(rows, ids):
+            with tf.device(self.device):
+                cat = tf.gather(self.item_category, ids)[:, None]  # [n, 1]
+                tags = tf.gather(self.item_tags, ids)  # [n, T]
+
+                def hits(cat_list, tag_list):
+                    c = tf.gather(cat_list, rows)  # [n, F]
+                    t = tf.gather(tag_list, rows)  # [n, F']
+                    by_cat = tf.reduce_any(tf.logical_and(tf.equal(c, cat), c > 0), axis=1)
+                    by_tag = tf.reduce_any(tf.logical_and(
+                        tf.equal(t[:, None, :], tags[:, :, None]), t[:, None, :] > 0),
+                        axis=[1, 2])
+                    return tf.logical_or(by_cat, by_tag)
+
+                included = tf.logical_or(tf.logical_not(tf.gather(req.has_include, rows)),
+                                         hits(req.include_categories, req.include_tags))
+                excluded = hits(req.exclude_categories, req.exclude_tags)
+                return tf.logical_and(included, tf.logical_not(excluded))
+        return passes
+
+    def include_count(self, req: RequestLabels) -> tf.Tensor:
+        """int64 [B]: items the row's include labels hold (an item in two of them counts twice;
+        no include list: N)."""
+        with tf.device(self.device):
+            def count(dense, splits):
+                sizes = tf.gather(splits, dense + 1) - tf.gather(splits, dense)
+                return tf.reduce_sum(tf.where(dense > 0, sizes, 0), axis=1)
+
+            n = count(req.include_categories, self.category_splits) + \
+                count(req.include_tags, self.tag_splits)
+            return tf.where(req.has_include, n, self.num_items)
+
+    def include_candidates(self, req: RequestLabels, rows_mask) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(item_ids int32 [n], row_ids int32 [n])``: the posting lists of the include labels
+        of the rows where ``rows_mask`` is True, rows ascending (duplicates possible)."""
+        with tf.device(self.device):
+            parts = []
+            for dense, items, splits in ((req.include_categories, self.category_items,
+                                          self.category_splits),
+                                         (req.include_tags, self.tag_items, self.tag_splits)):
+                dense = tf.where(rows_mask[:, None], dense, 0)
+                start = tf.gather(splits, dense)
+                size = tf.where(dense > 0, tf.gather(splits, dense + 1) - start, 0)
+                flat_size = tf.reshape(size, [-1])
+                rows = tf.repeat(tf.repeat(tf.range(tf.shape(dense)[0]), tf.shape(dense)[1]),
+                                 flat_size)
+                offsets = tf.ragged.range(tf.zeros_like(flat_size), flat_size).flat_values
+                first = tf.repeat(tf.reshape(start, [-1]), flat_size)
+                parts.append((tf.gather(items, first + offsets), rows))
+            ids = tf.concat([p[0] for p in parts], 0)
+            rows = tf.concat([p[1] for p in parts], 0)
+            order = tf.argsort(rows, stable=True)
+            return tf.gather(ids, order), tf.gather(rows, order)
+
+
+def cap_per_category(ids, scores, categories, cap, k):
+    """At most ``cap[b]`` results per category in row ``b`` (0 = no cap), backfilled.
+
+    Args:
+      ids / scores: ``[B, W]`` ranked candidates (best first; id 0 = padding, score -inf).
+      categories: ``[B, W]`` the candidates' categories.
+      cap: int32 ``[B]``.
+      k: results per row (``k <= W``).
+
+    Returns:
+      ``(ids [B, k], scores [B, k])``: the first ``k`` candidates of each row, in rank order,
+      that are within their category's first ``cap`` (padding after them).
+    """
+    w = tf.shape(ids)[1]
+    same = tf.equal(categories[:, :, None], categories[:, None, :])  # [B, W, W]
+    earlier = tf.linalg.band_part(tf.ones([w, w], tf.bool), -1, 0)  # j <= i
+    earlier = tf.logical_and(earlier, tf.logical_not(tf.eye(w, dtype=tf.bool)))  # j < i
+    rank = tf.reduce_sum(tf.cast(tf.logical_and(same, earlier[None]), tf.int32), axis=2)
+    keep = tf.logical_and(ids > 0, tf.logical_or(cap[:, None] <= 0, rank < cap[:, None]))
+    # Stable compaction: kept candidates first, in rank order.
+    order = tf.argsort(tf.where(keep, 0, 1), axis=1, stable=True)
+    ids = tf.where(tf.gather(keep, order, batch_dims=1), tf.gather(ids, order, batch_dims=1), 0)
+    scores = tf.where(ids > 0, tf.gather(scores, order, batch_dims=1), float("-inf"))
+    return ids[:, :k], scores[:, :k]
