@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from nann_tf.cli import CliError
+
 from nann_tf.cli.common import add_search_arguments, parse_positive_list, search_overrides
 
 __all__ = ["add_arguments", "run"]
@@ -48,6 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "is below this")
     p.add_argument("--model-name", help="model name in warm-up requests (default: output dir "
                                         "name)")
+    f = p.add_argument_group("filters and request limits")
+    f.add_argument("--item-tags", metavar="FILE",
+                   help="an item table (CSV/TSV/Parquet) giving items integer tags to filter by")
+    f.add_argument("--tag-columns", metavar="item=COL,tags=COL",
+                   help="its item and tags columns (header names or 1-based positions)")
+    f.add_argument("--tag-sep", default="|", help="separator of several tags in one field")
+    f.add_argument("--limit", action="append", default=[], metavar="NAME=N",
+                   help="a request limit (max_batch, max_exclude, max_filter_labels, "
+                        "max_seeds), e.g. --limit max_exclude=50000")
+    f.add_argument("--exact-max-items", type=int, default=None,
+                   help="a filtered row whose include labels hold at most this many items is "
+                        "scored exactly instead of walked (default: twice the items the "
+                        "default search scores)")
     p.add_argument("--validate-loader", choices=["python", "cc"], default="python",
                    help="cc: also load the version through TensorFlow's C API as "
                         "tensorflow_model_server does (nann-tf validate --loader cc) and require "
@@ -59,6 +74,21 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = search_overrides(args)  # parses --ef/--T before anything loads
     overrides.pop("hnsw_ef")
+    limits = {}
+    for item in args.limit:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise CliError(f"--limit {item!r}: expected NAME=N with N >= 1 (names: max_batch, "
+                           "max_exclude, max_filter_labels, max_seeds)")
+        limits[name.strip()] = int(value)
+    from nann_tf.export.module import DEFAULT_LIMITS
+
+    unknown = sorted(set(limits) - set(DEFAULT_LIMITS))
+    if unknown:
+        raise CliError(f"--limit {unknown[0]}: unknown limit (names: "
+                       f"{', '.join(sorted(DEFAULT_LIMITS))})")
+    if args.exact_max_items is not None and args.exact_max_items < 0:
+        raise CliError(f"--exact-max-items {args.exact_max_items}: expected >= 0 (0: never)")
     info = export_version(
         args.model, args.index, args.output, version=args.version, visited=args.visited,
         xla=args.xla, embedding_dtype=args.embedding_dtype, **overrides,
@@ -66,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         warmup_requests=args.warmup_requests, min_coverage=args.min_coverage,
         model_name=args.model_name, validate_loader=args.validate_loader,
         similar={"ef": args.similar_ef, "T": args.similar_T, "k": args.similar_k},
-        warmup_batch_sizes=parse_positive_list(args.warmup_batch_sizes, "--warmup-batch-sizes"))
+        warmup_batch_sizes=parse_positive_list(args.warmup_batch_sizes, "--warmup-batch-sizes"),
+        item_tags=args.item_tags, tag_columns=args.tag_columns, tag_sep=args.tag_sep,
+        limits=limits, exact_max_items=args.exact_max_items)
     v = info["validation"]
     print(f"exported {args.output}/{info['version']}: {info['size_bytes'] / 1e6:.1f} MB, "
           f"visited={info['visited']}, xla={info['xla']}, grid {len(info['grid'])} sizes, "

@@ -144,6 +144,62 @@ def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray,
 SIMILAR_SIGNATURES = ("similar_items", "similar_items_model")
 
 
+def _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep):
+    """The items' labels for filters: categories with their raw ids (the index's; an older
+    index without them takes its dataset's), and the tags of ``item_tags``.
+
+    Raises:
+      ExportError: a tags file without its columns or the reverse, or a bad tags file.
+    """
+    from nann_tf.export.tags import TagsError, read_item_tags
+    from nann_tf.search.filters import LabelTable
+
+    if (item_tags is None) != (tag_columns is None):
+        raise ExportError("--item-tags and --tag-columns go together (the file and which of its "
+                          "columns hold the item and its tags)")
+    raw_cats = index.raw_category_id
+    if raw_cats is None:
+        from nann_tf.data.dataset import DataError, Dataset
+
+        source = data_dir or meta.get("data_dir")
+        try:
+            ds = Dataset.load(source)
+            if ds.num_items == index.num_items and np.array_equal(ds.item_category,
+                                                                  index.category):
+                raw_cats = ds.raw_category_id
+        except (DataError, TypeError):
+            pass
+        if raw_cats is None:
+            log.warning("the index holds no raw category ids and its dataset is not at hand: "
+                        "category filters take the dense ids 1..C (rebuild the index with this "
+                        "version of nann-tf to filter by the log's own ids)")
+            raw_cats = np.arange(int(index.category.max()) + 1)
+    tags = None
+    if item_tags is not None:
+        try:
+            tags = read_item_tags(item_tags, tag_columns, index.raw_item_id,
+                                  getattr(index, "raw_item_key", None), sep=tag_sep)
+        except TagsError as e:
+            raise ExportError(str(e)) from e
+    return LabelTable.build(index.category, raw_cats, tags)
+
+
+def rule_examples(module) -> list[dict]:
+    """One-row rule inputs that take every branch of the filtered search, for the warm-up file
+    and validation: none; an include filter on the largest category (the walk); one on the
+    smallest (the exact path); an exclusion with a cap of 2 per category."""
+    from nann_tf.export.module import rules_inputs
+
+    counts = np.diff(module.labels.category_splits.numpy())[1:]
+    raw = module.labels.raw_category_id.numpy()[1:]
+    big, small = raw[int(np.argmax(counts))], raw[int(np.argmin(counts + (counts == 0) *
+                                                               counts.max()))]
+    return [rules_inputs(1),
+            rules_inputs(1, include_categories=[[big]]),
+            rules_inputs(1, include_categories=[[small]]),
+            rules_inputs(1, exclude_categories=[[big]], max_per_category=[2])]
+
+
 def similar_requests(histories: np.ndarray, max_seeds: int = 3) -> dict:
     """``similar_items`` inputs made from raw-id histories, for warm-up and validation: row
     ``i`` takes the last ``1 + i % max_seeds`` items of history ``i`` as its seeds (one seed or
@@ -158,8 +214,10 @@ def similar_requests(histories: np.ndarray, max_seeds: int = 3) -> dict:
         seeds = np.where(cols > 0, hist[rows, np.maximum(cols - 1, 0)], "")
     else:
         seeds = seed_rows(hist.astype(np.int64), max_seeds)
+    from nann_tf.export.module import rules_inputs
+
     b = len(seeds)
-    return {"item_ids": seeds, "k": np.zeros([b], np.int32),
+    return {"item_ids": seeds, "k": np.zeros([b], np.int32), **rules_inputs(b),
             "exclude_item_ids": padding_ids([b, 1], seeds),
             "include_seeds": np.zeros([b], bool)}
 
@@ -192,7 +250,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    validation_users: int = 64, min_coverage: float = 0.8,
                    warmup_batch_sizes=(1, 8, 16),
                    model_name: str | None = None, validate: bool = True,
-                   validate_loader: str = "python") -> dict:
+                   validate_loader: str = "python", item_tags: str | None = None,
+                   tag_columns: str | None = None, tag_sep: str = "|",
+                   limits: dict | None = None, exact_max_items: int | None = None) -> dict:
     """Exports one version; returns its info dict (also saved as ``EXPORT_INFO``).
 
     The default search parameters are the model config's ``[search]`` table with
@@ -201,6 +261,12 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     :meth:`~nann_tf.search.params.SearchParams.checked`. The ``similar_items`` signature's
     parameters are the config's ``[similar]`` table with ``similar`` (``{"start_level", "ef",
     "T", "k"}``, named ``--similar-*`` in errors) replacing its values.
+
+    Filters: every item's category (raw ids from the index, or from its dataset) and, with
+    ``item_tags`` (a table file) and ``tag_columns`` (``item=COL,tags=COL``), its tags are
+    stored in the version (:mod:`nann_tf.export.tags`, :mod:`nann_tf.search.filters`);
+    ``limits`` overrides :data:`~nann_tf.export.module.DEFAULT_LIMITS` and ``exact_max_items``
+    the switch from the walk to the exact scan of a narrow filter.
 
     ``validate_loader="cc"`` also loads the version through TensorFlow's C API with the C
     loader (``nann-tf validate --loader cc``: no Python in its process, warm-up replayed) and
@@ -213,7 +279,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     """
     import tensorflow as tf
 
-    from nann_tf.export.module import RetrievalModule, default_max_ef
+    from nann_tf.export.module import MAX_T, RetrievalModule, default_max_ef
     from nann_tf.index.store import load_index
     from nann_tf.serving.warmup import write_warmup_requests
     from nann_tf.model.saved import load_trained_model
@@ -247,6 +313,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             loader_path()  # missing: refused before anything is written
         except CcLoaderError as e:
             raise ExportError(f"--validate-loader cc: {e}") from e
+    labels = _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep)
     if (base / str(version)).exists():
         raise ExportError(f"{base / str(version)} already exists: versions are never "
                           "overwritten (pick another --version, or omit it for the next one)")
@@ -259,7 +326,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     try:
         module = RetrievalModule(model, index, max_len, defaults, max_ef=max_ef,
                                  visited_impl=visited, xla=xla, embedding_dtype=embedding_dtype,
-                                 grid_ratio=grid_ratio, similar=similar_params)
+                                 grid_ratio=grid_ratio, similar=similar_params, labels=labels,
+                                 limits=limits, exact_max_items=exact_max_items)
         hist = validation_histories(index, data_dir or meta.get("data_dir"), max_len,
                                     max(validation_users, 8))
         t1 = time.perf_counter()
@@ -282,8 +350,11 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "hist_item_ids": h1, "k": np.array([defaults.k], np.int32),
             "ef": np.array([defaults.ef_row()], np.int32),
             "T": np.array([defaults.T_row()], np.int32),
-            "exclude_item_ids": padding_ids([1, 1], h1)}),
-            ("brute_force", {"hist_item_ids": h1})]
+            "exclude_item_ids": padding_ids([1, 1], h1), **rules}) for rules in
+            rule_examples(module)]
+        extra.append(("brute_force", {"hist_item_ids": h1}))
+        if module.explains:
+            extra.append(("retrieve_explained", dict(extra[0][1])))
         # Both similar-items signatures at every warm-up batch size: the model mode's score
         # network runs on the grid compiled above; this pays each signature's first call.
         for b in warmup_batch_sizes:
@@ -307,6 +378,11 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "warmup_records": len(records), "warmup_batch_sizes": list(warmup_batch_sizes),
             "tensorflow": tf.__version__,
             "signatures": sorted(module.signatures()),
+            "limits": {**module.limits, "max_ef": max_ef, "max_T": MAX_T},
+            "filters": {"categories": int(len(labels.raw_category_id) - 1),
+                        "tags": int(len(labels.raw_tag_id) - 1),
+                        "max_tags_per_item": int(labels.item_tags.shape[1]),
+                        "exact_max_items": module.exact_max_items},
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         info["export_seconds"] = time.perf_counter() - t0

@@ -51,6 +51,7 @@ the GPU when there is one (soft placement falls back to the CPU).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 
@@ -59,15 +60,35 @@ import tensorflow as tf
 
 from nann_tf.index.hnsw import make_graph_tensors
 from nann_tf.model.scorer import ModelScorer, ShapeGrid
-from nann_tf.search.beam import beam_search
+from nann_tf.search.beam import SearchContext, beam_search, merge_results, resize_results
 from nann_tf.search.brute_force import brute_force
+from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category
 from nann_tf.search.params import SearchParamsError, format_level_values, similar_for_index
-from nann_tf.search.similar import (DEFAULT_SIMILAR, seed_exclusions, seeds_as_history,
-                                    similar_by_embedding)
+from nann_tf.search.similar import (DEFAULT_SIMILAR, embedding_scorer, seed_exclusions,
+                                    seeds_as_history)
 
-__all__ = ["RetrievalModule", "MAX_T", "default_max_ef", "VOCABULARY_FILE", "write_vocabulary"]
+__all__ = ["RetrievalModule", "MAX_T", "default_max_ef", "VOCABULARY_FILE", "write_vocabulary",
+           "DEFAULT_LIMITS", "FILTER_INPUTS", "WALK", "EXACT", "rules_inputs"]
 
 MAX_T = 64  # rounds per level a request may ask for
+
+#: Bounds on every input whose size drives a request's cost (``limits`` of the export, recorded
+#: in its info and enforced by the graph: over a limit is INVALID_ARGUMENT naming the input and
+#: the limit, before any search work). ``max_ef`` and ``MAX_T`` bound ef and T; k is bounded by
+#: the row's level-0 ef.
+DEFAULT_LIMITS = {
+    "max_batch": 1024,            # rows per request
+    "max_exclude": 10000,         # exclude_item_ids columns
+    "max_filter_labels": 64,      # columns of each include/exclude label list
+    "max_seeds": 256,             # similar_items seed columns (similar_items_model: at most L)
+}
+
+#: The filter inputs of the search signatures, int64 [B, F] raw label ids (0 = padding), and the
+#: cap int32 [B].
+FILTER_INPUTS = ("include_categories", "exclude_categories", "include_tags", "exclude_tags")
+
+#: ``search_path`` values: the graph walk, or the exact scan of the include labels' items.
+WALK, EXACT = 0, 1
 VOCABULARY_FILE = "item_vocabulary.txt"  # the string-id vocabulary asset (assets/ of a version)
 
 CPU = "/CPU:0"
@@ -96,6 +117,27 @@ def write_vocabulary(path: str, keys) -> None:
         f.write("".join(f"{k}\n" for k in keys))
 
 
+def rules_inputs(batch: int, **given) -> dict:
+    """The rule inputs of the search signatures for ``batch`` rows: each of
+    :data:`FILTER_INPUTS` int64 ``[B, F]`` (``given`` lists, one per row, right-padded with 0;
+    none: a column of 0) and ``max_per_category`` int32 ``[B]`` (default 0: no cap)."""
+    out = {}
+    for name in FILTER_INPUTS:
+        rows = given.get(name)
+        if rows is None:
+            out[name] = np.zeros([batch, 1], np.int64)
+            continue
+        width = max([len(r) for r in rows] + [1])
+        arr = np.zeros([batch, width], np.int64)
+        for i, r in enumerate(rows):
+            arr[i, :len(r)] = r
+        out[name] = arr
+    cap = given.get("max_per_category")
+    out["max_per_category"] = (np.zeros([batch], np.int32) if cap is None
+                               else np.asarray(cap, np.int32).reshape([batch]))
+    return out
+
+
 def _assert(cond, message):
     return tf.debugging.Assert(cond, [tf.constant(message)])
 
@@ -117,11 +159,19 @@ class RetrievalModule(tf.Module):
       similar: the :class:`~nann_tf.search.params.SearchParams` of ``similar_items``
         (embedding mode), checked against the index; default
         :data:`~nann_tf.search.similar.DEFAULT_SIMILAR`.
+      labels: the items' labels for filters (:class:`~nann_tf.search.filters.LabelTable`);
+        default: the index's categories (raw ids when the index has them) and no tags.
+      limits: overrides of :data:`DEFAULT_LIMITS`.
+      exact_max_items: a filtered row whose include labels hold at most this many items is
+        answered by scoring them all (the exact path) instead of the walk (default: twice the
+        items the default search scores, at least 2,048; at most the XLA grid's widest row).
     """
 
     def __init__(self, model, index, max_len: int, search, max_ef: int | None = None,
                  visited_impl: str = "bitmap", xla: bool = True,
-                 embedding_dtype: str = "float32", grid_ratio: float = 1.25, similar=None):
+                 embedding_dtype: str = "float32", grid_ratio: float = 1.25, similar=None,
+                 labels: LabelTable | None = None, limits: dict | None = None,
+                 exact_max_items: int | None = None):
         super().__init__(name="nann_retrieval")
         if visited_impl not in ("bitmap", "tf"):
             raise ValueError(f"visited_impl must be bitmap or tf, got {visited_impl!r}")
@@ -182,18 +232,42 @@ class RetrievalModule(tf.Module):
                                                   name="sorted_raw_ids")
                 self.sorted_dense_ids = tf.Variable((order + 1).astype(np.int32),
                                                     trainable=False, name="sorted_dense_ids")
+        if labels is None:
+            raw_cats = getattr(index, "raw_category_id", None)
+            if raw_cats is None:
+                raw_cats = np.arange(int(index.category.max()) + 1)
+            labels = LabelTable.build(index.category, raw_cats)
+        self.labels = LabelTensors(labels, CPU)
+        self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
+        bad = [k for k in self.limits if k not in DEFAULT_LIMITS or int(self.limits[k]) < 1]
+        if bad:
+            raise ValueError(f"limits: unknown or < 1: {bad} (known: {sorted(DEFAULT_LIMITS)})")
+        if exact_max_items is None:
+            walk = (index.meta.get("tuned_search") or {}).get("items_scored") or \
+                max(search.ef.values()) * 16
+            exact_max_items = max(2048, int(2 * walk))
+        if self.grid is not None:
+            exact_max_items = min(exact_max_items, self.grid.max_size)
+        self.exact_max_items = int(exact_max_items)
         self._start_level = S
         self._num_start = int(len(start_nodes))
         self.scorer = ModelScorer(model, self.item_table, self.grid, gather_device=CPU)
         L = None
-        self.serving_default = tf.function(self._serve, input_signature=[
-            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")])
-        self.retrieve = tf.function(self._retrieve, input_signature=[
+        rules_spec = [tf.TensorSpec([None, None], tf.int64, name=n) for n in FILTER_INPUTS] + \
+            [tf.TensorSpec([None], tf.int32, name="max_per_category")]
+        retrieve_spec = [
             tf.TensorSpec([None, L], id_dtype, name="hist_item_ids"),
             tf.TensorSpec([None], tf.int32, name="k"),
             tf.TensorSpec([None, S + 1], tf.int32, name="ef"),
             tf.TensorSpec([None, S + 1], tf.int32, name="T"),
-            tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids")])
+            tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids")] + rules_spec
+        self.serving_default = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")])
+        self.retrieve = tf.function(self._retrieve, input_signature=retrieve_spec)
+        self.explains = model.variant == "attention"
+        if self.explains:
+            self.retrieve_explained = tf.function(self._retrieve_explained,
+                                                  input_signature=retrieve_spec)
         self.brute_force = tf.function(self._brute_force, input_signature=[
             tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")])
         self.warmup_grid = tf.function(self._warmup_grid, input_signature=[
@@ -202,7 +276,7 @@ class RetrievalModule(tf.Module):
         similar_spec = [tf.TensorSpec([None, None], id_dtype, name="item_ids"),
                         tf.TensorSpec([None], tf.int32, name="k"),
                         tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids"),
-                        tf.TensorSpec([None], tf.bool, name="include_seeds")]
+                        tf.TensorSpec([None], tf.bool, name="include_seeds")] + rules_spec
         self.similar_items = tf.function(self._similar_items, input_signature=similar_spec)
         self.similar_items_model = tf.function(self._similar_items_model,
                                                input_signature=similar_spec)
@@ -227,12 +301,15 @@ class RetrievalModule(tf.Module):
 
     # ----- pieces --------------------------------------------------------------------------
     def signatures(self) -> dict:
-        return {"serving_default": self.serving_default.get_concrete_function(),
-                "retrieve": self.retrieve.get_concrete_function(),
-                "brute_force": self.brute_force.get_concrete_function(),
-                "warmup_grid": self.warmup_grid.get_concrete_function(),
-                "similar_items": self.similar_items.get_concrete_function(),
-                "similar_items_model": self.similar_items_model.get_concrete_function()}
+        out = {"serving_default": self.serving_default.get_concrete_function(),
+               "retrieve": self.retrieve.get_concrete_function(),
+               "brute_force": self.brute_force.get_concrete_function(),
+               "warmup_grid": self.warmup_grid.get_concrete_function(),
+               "similar_items": self.similar_items.get_concrete_function(),
+               "similar_items_model": self.similar_items_model.get_concrete_function()}
+        if self.explains:
+            out["retrieve_explained"] = self.retrieve_explained.get_concrete_function()
+        return out
 
     def to_dense(self, raw_ids):
         """Raw item ids (any shape) -> dense ids; padding (<= 0, or ``""``) and unknown ids ->
@@ -285,19 +362,116 @@ class RetrievalModule(tf.Module):
                                   self.start_nodes, self._start_level, self.entry_point,
                                   self.num_items)
 
-    def _outputs(self, ids, scores, num_scored=None):
+    def _outputs(self, ids, scores, num_scored=None, path=None):
         out = {"item_ids": self.to_raw(ids), "scores": scores}
         if num_scored is not None:
             out["num_scored"] = num_scored
+        if path is not None:
+            out["search_path"] = path
         return out
 
+    def _check_rules(self, b, exclude_item_ids, rules):
+        """The bounded-cost checks of a search request's exclusions and rules."""
+        lim = self.limits
+        *labels, cap = rules
+        checks = [
+            _assert(b <= lim["max_batch"], f"the batch has more than max_batch="
+                                           f"{lim['max_batch']} rows (the export's limit)"),
+            _assert(tf.shape(exclude_item_ids)[1] <= lim["max_exclude"],
+                    f"exclude_item_ids: more than max_exclude={lim['max_exclude']} columns "
+                    "(the export's limit)"),
+            _assert(tf.reduce_all([tf.equal(tf.shape(x)[0], b) for x in rules]),
+                    f"{', '.join(FILTER_INPUTS)} and max_per_category must have the batch "
+                    "size as their first dimension"),
+            _assert(tf.reduce_all(cap >= 0), "max_per_category: every value must be >= 0 (0 "
+                                             "= no cap)"),
+        ]
+        for name, x in zip(FILTER_INPUTS, labels):
+            checks.append(_assert(tf.shape(x)[1] <= lim["max_filter_labels"],
+                                  f"{name}: more than max_filter_labels="
+                                  f"{lim['max_filter_labels']} columns (the export's limit)"))
+        return checks
+
+    def _search_rules(self, graph, scorer, b, ef, T, k_b, exclude, seeds, rules, width):
+        """The search with a request's rules: ``(ids [B, k_b], scores, num_scored, path)``.
+
+        A row filters with its labels (:mod:`nann_tf.search.filters`): rows whose include
+        labels hold at most ``exact_max_items`` items score those items exactly (path
+        :data:`EXACT`); the others walk the graph, the walk passing through items that fail
+        and returning the best that pass (:data:`WALK`). Rows with a cap keep at most that many
+        results per category, backfilled from the ``width`` best passing items scored. Without
+        any filter or cap in the batch, the plain search runs (path WALK).
+        """
+        *labels, cap = rules
+        req = self.labels.request(*labels)
+        with tf.device(CPU):
+            capped = tf.reduce_any(cap > 0)
+            active = tf.logical_or(req.any_filter, capped)
+            exact = tf.logical_and(req.has_include,
+                                   self.labels.include_count(req) <= self.exact_max_items)
+        search = functools.partial(beam_search, graph, scorer, b, ef, T,
+                                   visited_impl=self.visited_impl, exclude_ids=exclude,
+                                   traversal_device=CPU, seed_ids=seeds)
+
+        def plain():
+            ids, scores, n = search(k=k_b)
+            return ids, scores, n, tf.zeros([b], tf.int32)
+
+        def with_rules():
+            f = self.labels.item_filter(req)
+
+            def walk():
+                return search(k=width, item_filter=f)
+
+            def skip():
+                return (tf.zeros([b, width], tf.int32), tf.fill([b, width], float("-inf")),
+                        tf.zeros([b], tf.int32))
+
+            w_ids, w_scores, w_n = tf.cond(tf.reduce_all(exact), skip, walk)
+            e_ids, e_scores, e_n = tf.cond(tf.reduce_any(exact),
+                                           lambda: self._exact(scorer, b, req, exact, exclude,
+                                                               f, width), skip)
+            with tf.device(CPU):
+                ids = tf.where(exact[:, None], e_ids, w_ids)
+                scores = tf.where(exact[:, None], e_scores, w_scores)
+                n = tf.where(exact, e_n, w_n)
+                cats = tf.gather(self.labels.item_category, ids)
+                ids, scores = cap_per_category(ids, scores, cats, cap, width)
+                ids, scores = resize_results(ids, scores, k_b)
+            return ids, scores, n, tf.cast(exact, tf.int32) * EXACT
+
+        return tf.cond(active, with_rules, plain)
+
+    def _exact(self, scorer, b, req, rows_mask, exclude, item_filter, width):
+        """The exact path: every item of the masked rows' include labels scored once, the best
+        ``width`` that pass."""
+        ctx = SearchContext(scorer, b, self.num_items, exclude, self.visited_impl, CPU)
+        with tf.device(CPU):
+            ids, rows = self.labels.include_candidates(req, rows_mask)
+            ids, rows, _ = ctx.filter_unvisited(ids, rows, ctx.visited_init())  # unique
+        scores = ctx.score(rows, ids)
+        with tf.device(CPU):
+            scores = tf.where(item_filter(rows, ids), scores, float("-inf"))
+            empty = resize_results(tf.zeros([b, 0], tf.int32), tf.zeros([b, 0], tf.float32),
+                                   width)
+            out_ids, out_scores, _, _ = merge_results(empty[0], empty[1], ids, rows, scores,
+                                                      b, width)
+            return out_ids, out_scores, ctx.count_per_row(rows)
+
     # ----- signatures ----------------------------------------------------------------------
-    def search_dense(self, dense_hist, batch, ef, T, k, exclude_dense=None):
-        state = self.encode(dense_hist)
-        return beam_search(self.graph_tensors(), self.scorer.bind(state, batch), batch, ef, T,
+    def search_dense(self, dense_hist, batch, ef, T, k, exclude_dense=None, rules=None,
+                     width=None, state=None):
+        """The retrieval search for dense histories; with ``rules`` (the filter inputs and
+        the cap), :meth:`_search_rules` (returns the path too)."""
+        state = self.encode(dense_hist) if state is None else state
+        scorer = self.scorer.bind(state, batch)
+        seeds = dense_hist if self.search.history_seeds else None
+        if rules is not None:
+            return self._search_rules(self.graph_tensors(), scorer, batch, ef, T, k,
+                                      exclude_dense, seeds, rules, width)
+        return beam_search(self.graph_tensors(), scorer, batch, ef, T,
                            k, visited_impl=self.visited_impl, exclude_ids=exclude_dense,
-                           traversal_device=CPU,
-                           seed_ids=dense_hist if self.search.history_seeds else None)
+                           traversal_device=CPU, seed_ids=seeds)
 
     def _serve(self, hist_item_ids):
         dense, b = self._prepare_history(hist_item_ids)
@@ -305,36 +479,77 @@ class RetrievalModule(tf.Module):
                                            self.search.k)
         return self._outputs(ids, scores, n)
 
-    def _retrieve(self, hist_item_ids, k, ef, T, exclude_item_ids):
+    def _retrieve(self, hist_item_ids, k, ef, T, exclude_item_ids, include_categories,
+                  exclude_categories, include_tags, exclude_tags, max_per_category):
+        rules = (include_categories, exclude_categories, include_tags, exclude_tags,
+                 max_per_category)
+        ids, scores, n, path, _, _ = self._retrieve_dense(hist_item_ids, k, ef, T,
+                                                          exclude_item_ids, rules)
+        return self._outputs(ids, scores, n, path)
+
+    def _retrieve_explained(self, hist_item_ids, k, ef, T, exclude_item_ids,
+                            include_categories, exclude_categories, include_tags,
+                            exclude_tags, max_per_category):
+        rules = (include_categories, exclude_categories, include_tags, exclude_tags,
+                 max_per_category)
+        ids, scores, n, path, dense, state = self._retrieve_dense(
+            hist_item_ids, k, ef, T, exclude_item_ids, rules)
+        out = self._outputs(ids, scores, n, path)
+        # "Because you viewed": the history item each result attends to most.
+        with tf.device(CPU):
+            e = tf.cast(tf.gather(self.item_table, ids), tf.float32)
+        w = self.model.attention_weights(state, e)  # [B, k, L]
+        with tf.device(CPU):
+            pos = tf.argmax(w, axis=2, output_type=tf.int32)
+            weight = tf.reduce_max(w, axis=2)
+            because = tf.gather(dense, pos, batch_dims=1)
+            real = tf.logical_and(ids > 0, weight > 0)
+            out["because_item_ids"] = self.to_raw(tf.where(real, because, 0))
+            out["because_weights"] = tf.where(real, weight, 0.0)
+        return out
+
+    def _retrieve_dense(self, hist_item_ids, k, ef, T, exclude_item_ids, rules):
+        """A checked ``retrieve`` request searched: ``(dense ids [B, max k], scores,
+        num_scored, path, dense history, user state)``."""
         dense, b = self._prepare_history(hist_item_ids)
         S = self._start_level
         with tf.device(CPU):
-            checks = [
+            checks = self._check_rules(b, exclude_item_ids, rules) + [
                 _assert(tf.reduce_all([tf.equal(tf.shape(k)[0], b), tf.equal(tf.shape(ef)[0], b),
                                        tf.equal(tf.shape(T)[0], b),
                                        tf.equal(tf.shape(exclude_item_ids)[0], b)]),
                         "k, ef, T and exclude_item_ids must have the batch size of "
                         "hist_item_ids as their first dimension"),
-                _assert(tf.reduce_all(k >= 1), "k: every value must be >= 1"),
-                _assert(tf.reduce_all(ef >= 1), "ef: every value must be >= 1"),
+                _assert(tf.reduce_all(k >= 0), "k: every value must be >= 0 (0 = the export's "
+                                               f"default, {self.search.k})"),
+                _assert(tf.reduce_all(ef >= 0), "ef: every value must be >= 0 (0 = the "
+                                                "export's default for that level)"),
+                _assert(tf.reduce_all(T[:, :S] >= -1), "T: every value must be >= -1 (-1 = "
+                                                       "the export's default for that level)"),
                 _assert(tf.reduce_all(ef <= self.max_ef),
                         f"ef: every value must be <= max_ef={self.max_ef} (the export's "
                         "XLA shape grid and memory bound)"),
-                _assert(tf.reduce_all(k <= ef[:, 0]), "k: must be <= ef[:, 0] (the level-0 "
-                                                      "beam width) in every row"),
-                _assert(tf.reduce_all(T[:, :S] >= 0), "T: every value must be >= 0"),
                 _assert(tf.reduce_all(T[:, :S] <= MAX_T), f"T: every value must be <= {MAX_T}"),
             ]
             with tf.control_dependencies(checks):
+                # 0 (ef, k) and -1 (T): the export's defaults, so a request may give only what
+                # it changes (a filter, k).
+                ef = tf.where(ef == 0, tf.constant(self.search.ef_row(), tf.int32)[None], ef)
+                T = tf.where(T < 0, tf.constant(self.search.T_row(), tf.int32)[None], T)
+                k = tf.where(k == 0, self.search.k, k)
+            with tf.control_dependencies([_assert(tf.reduce_all(k <= ef[:, 0]), (
+                    "k: must be <= ef[:, 0] (the level-0 beam width) in every row"))]):
                 ef_b = tf.reduce_max(ef, axis=0)
                 T_b = tf.reduce_max(T, axis=0)
                 k_b = tf.reduce_max(k)
                 exclude = self.to_dense(exclude_item_ids)
         ef_d = {lv: ef_b[lv] for lv in range(S + 1)}
         T_d = {lv: T_b[lv] for lv in range(S)}
-        ids, scores, n = self.search_dense(dense, b, ef_d, T_d, k_b, exclude)
+        state = self.encode(dense)
+        ids, scores, n, path = self.search_dense(dense, b, ef_d, T_d, k_b, exclude, rules,
+                                                 width=ef_b[0], state=state)
         ids, scores = self._cut_to_k(ids, scores, k, k_b)
-        return self._outputs(ids, scores, n)
+        return ids, scores, n, path, dense, state
 
     def _brute_force(self, hist_item_ids):
         dense, b = self._prepare_history(hist_item_ids)
@@ -346,13 +561,14 @@ class RetrievalModule(tf.Module):
         return self._outputs(ids, scores)
 
     def _prepare_seeds(self, item_ids, k, exclude_item_ids, include_seeds, default_k: int,
-                       max_k: int, max_seeds: int | None):
+                       max_k: int, max_seeds: int | None, rules):
         """Checks a similar-items request; returns ``(dense seeds, dense exclusions, batch,
         k per row, k of the batch)``."""
         with tf.device(CPU):
             shape = tf.shape(item_ids)
             b = shape[0]
-            checks = [
+            max_seeds = min(max_seeds or self.limits["max_seeds"], self.limits["max_seeds"])
+            checks = self._check_rules(b, exclude_item_ids, rules) + [
                 _assert(b > 0, "item_ids: the batch is empty (expected [B, Q] with B >= 1)"),
                 _assert(shape[1] > 0, "item_ids: no seed columns (expected [B, Q] with Q >= 1 "
                                       "seed items per row, 0 = padding)"),
@@ -366,10 +582,9 @@ class RetrievalModule(tf.Module):
                 _assert(tf.reduce_all(k <= max_k), f"k: every value must be <= {max_k} (the "
                                                    "level-0 beam width of this search)"),
             ]
-            if max_seeds is not None:
-                checks.append(_assert(shape[1] <= max_seeds, (
-                    f"item_ids: more than L={max_seeds} seed columns; the model reads the "
-                    f"seeds as a history of at most {max_seeds} items")))
+            checks.append(_assert(shape[1] <= max_seeds, (
+                f"item_ids: more than {max_seeds} seed columns (max_seeds; the model mode reads "
+                f"the seeds as a history of at most L={self.max_len} items)")))
             with tf.control_dependencies(checks):
                 seeds = self.to_dense(item_ids)
                 exclude = self.to_dense(exclude_item_ids)
@@ -384,32 +599,40 @@ class RetrievalModule(tf.Module):
             beyond = tf.range(k_b)[None, :] >= k_row[:, None]
             return tf.where(beyond, 0, ids), tf.where(beyond, float("-inf"), scores)
 
-    def _similar_items(self, item_ids, k, exclude_item_ids, include_seeds):
+    def _similar_items(self, item_ids, k, exclude_item_ids, include_seeds, include_categories,
+                       exclude_categories, include_tags, exclude_tags, max_per_category):
+        rules = (include_categories, exclude_categories, include_tags, exclude_tags,
+                 max_per_category)
         p = self.similar
         seeds, exclude, b, k_row, k_b = self._prepare_seeds(
-            item_ids, k, exclude_item_ids, include_seeds, p.k, p.ef[0], None)
-        ids, scores, n = similar_by_embedding(
-            self.graph_tensors(similar=True), self.item_table, seeds, b, p.ef, p.T, k_b,
-            exclude_ids=exclude, include_seeds=include_seeds, visited_impl=self.visited_impl,
-            traversal_device=CPU)
+            item_ids, k, exclude_item_ids, include_seeds, p.k, p.ef[0], None, rules)
+        scorer, exclude = embedding_scorer(self.item_table, seeds, exclude, include_seeds, CPU)
+        ids, scores, n, path = self._search_rules(
+            self.graph_tensors(similar=True), scorer, b, p.ef, p.T, k_b, exclude, seeds,
+            rules, p.ef[0])
         ids, scores = self._cut_to_k(ids, scores, k_row, k_b)
-        return self._outputs(ids, scores, n)
+        return self._outputs(ids, scores, n, path)
 
-    def _similar_items_model(self, item_ids, k, exclude_item_ids, include_seeds):
+    def _similar_items_model(self, item_ids, k, exclude_item_ids, include_seeds,
+                             include_categories, exclude_categories, include_tags, exclude_tags,
+                             max_per_category):
+        rules = (include_categories, exclude_categories, include_tags, exclude_tags,
+                 max_per_category)
         p = self.search
         seeds, exclude, b, k_row, k_b = self._prepare_seeds(
-            item_ids, k, exclude_item_ids, include_seeds, p.k, p.ef[0], self.max_len)
+            item_ids, k, exclude_item_ids, include_seeds, p.k, p.ef[0], self.max_len, rules)
         with tf.device(CPU):
             hist = seeds_as_history(seeds, self.max_len)
             exclude = seed_exclusions(seeds, exclude, include_seeds)
-        ids, scores, n = self.search_dense(hist, b, p.ef, p.T, k_b, exclude)
+        ids, scores, n, path = self.search_dense(hist, b, p.ef, p.T, k_b, exclude, rules,
+                                                 width=p.ef[0])
         with tf.device(CPU):
             # A row without a known seed has no history: it gets no results (as in the
             # embedding mode), not the model's answer for an empty history.
             no_seed = tf.reduce_all(tf.equal(seeds, 0), axis=1)
             k_row = tf.where(no_seed, 0, k_row)
         ids, scores = self._cut_to_k(ids, scores, k_row, k_b)
-        return self._outputs(ids, scores, n)
+        return self._outputs(ids, scores, n, path)
 
     def _warmup_grid(self, hist_item_ids, width):
         dense, b = self._prepare_history(hist_item_ids)

@@ -41,6 +41,7 @@ class ItemIndex:
     category: np.ndarray
     meta: dict
     raw_item_key: np.ndarray | None = None  # string item ids (dense id -> id), else None
+    raw_category_id: np.ndarray | None = None  # raw id of each dense category (filters)
 
     @property
     def num_items(self) -> int:
@@ -85,6 +86,11 @@ def validate_index(idx: ItemIndex, source: Path) -> None:
         _check(key[0] == "" and bool(np.all(key[1:] != "")) and len(np.unique(key[1:])) == n,
                source / "items.npz", "raw_item_key: expected '' at 0 and distinct non-empty "
                "ids")
+    if idx.raw_category_id is not None:
+        _check(idx.raw_category_id.ndim == 1 and
+               len(idx.raw_category_id) >= int(idx.category.max()) + 1, source / "items.npz",
+               f"raw_category_id: expected [C+1] with C >= {int(idx.category.max())}, got "
+               f"{list(np.shape(idx.raw_category_id))}")
     idx.graph.validate(str(source / "graph"))
 
 
@@ -97,6 +103,8 @@ def save_index(idx: ItemIndex, directory: str | os.PathLike) -> Path:
     try:
         np.save(tmp / "embeddings.npy", idx.embeddings)
         keys = {} if idx.raw_item_key is None else {"raw_item_key": idx.raw_item_key}
+        if idx.raw_category_id is not None:
+            keys["raw_category_id"] = np.asarray(idx.raw_category_id, np.int64)
         np.savez(tmp / "items.npz", raw_item_id=idx.raw_item_id, category=idx.category, **keys)
         idx.graph.save(tmp / "graph")
         meta = dict(idx.meta, format=INDEX_FORMAT, version=1, num_items=idx.num_items,
@@ -130,11 +138,12 @@ def load_index(directory: str | os.PathLike) -> ItemIndex:
         with np.load(d / "items.npz", allow_pickle=False) as z:
             raw, cat = z["raw_item_id"], z["category"]
             key = z["raw_item_key"] if "raw_item_key" in z.files else None
+            raw_cat = z["raw_category_id"] if "raw_category_id" in z.files else None
     except FileNotFoundError as e:
         raise HnswIndexError(f"{e.filename}: missing") from e
     except (ValueError, OSError, KeyError) as e:
         raise HnswIndexError(f"{d}: unreadable index array: {e}") from e
     idx = ItemIndex(load_graph(d / "graph"), emb, raw.astype(np.int64), cat.astype(np.int32),
-                    meta, raw_item_key=key)
+                    meta, raw_item_key=key, raw_category_id=raw_cat)
     validate_index(idx, d)
     return idx

@@ -184,19 +184,25 @@ class NANNModel(keras.Model):
                                                 tf.not_equal(hist, 0), training=training)
 
     # ----- score -----------------------------------------------------------------------------
+    def attention_weights(self, user_state: UserState, e_v):
+        """The target attention of candidates ``e_v`` [B, C, d] over the history: weights
+        ``[B, C, L]`` (softmax over the real behaviours; 0 at padding, all 0 for an empty
+        history). Attention models only."""
+        q = self.att_query(e_v)  # [B, C, a]
+        logits = tf.einsum("bca,bla->bcl", q, user_state["keys"])
+        logits /= np.sqrt(float(self.cfg.attention_dim)).astype(np.float32)
+        if "recency" in user_state:
+            logits += user_state["recency"][:, None, :]
+        mask = user_state["mask"][:, None, :]  # [B, 1, L]
+        logits += (1.0 - mask) * -1e9
+        return tf.nn.softmax(logits, axis=-1) * mask
+
     def score(self, user_state: UserState, e_v, training=False):
         """Scores ``e_v`` [B, C, d] for the B users of ``user_state`` -> logits [B, C]."""
         if self.variant == "two_tower":
             return tf.einsum("bd,bcd->bc", user_state["e_u"], e_v)
         if self.variant == "attention":
-            q = self.att_query(e_v)  # [B, C, a]
-            logits = tf.einsum("bca,bla->bcl", q, user_state["keys"])
-            logits /= np.sqrt(float(self.cfg.attention_dim)).astype(np.float32)
-            if "recency" in user_state:
-                logits += user_state["recency"][:, None, :]
-            mask = user_state["mask"][:, None, :]  # [B, 1, L]
-            logits += (1.0 - mask) * -1e9
-            w = tf.nn.softmax(logits, axis=-1) * mask  # all-padding history -> zeros
+            w = self.attention_weights(user_state, e_v)
             ctx = tf.einsum("bcl,bld->bcd", w, user_state["values"])
         else:
             ctx = tf.broadcast_to(user_state["pooled"][:, None, :], tf.shape(e_v))

@@ -300,7 +300,16 @@ class SearchContext:
             if exclude.shape.rank != 2:
                 raise ValueError(f"exclude_ids must be [batch_size, E], got shape "
                                  f"{exclude.shape}")
-            self.exclude = tf.cast(exclude, tf.int32)
+            # One sorted key per (row, excluded id): a scored pair is looked up by binary
+            # search, O(n log(B E)) per call instead of comparing it with all E ids of its row.
+            with self.device():
+                exclude = tf.cast(exclude, tf.int64)
+                rows = tf.cast(tf.repeat(tf.range(tf.shape(exclude)[0]),
+                                         tf.shape(exclude)[1]), tf.int64)
+                flat = tf.reshape(exclude, [-1])
+                span = tf.constant(self.num_items + 1, tf.int64)
+                keys = tf.sort(tf.boolean_mask(rows * span + flat, flat > 0))
+                self.exclude = tf.concat([keys, [tf.int64.max]], 0)  # never empty
 
     def device(self):
         if self.traversal_device is None:
@@ -315,8 +324,9 @@ class SearchContext:
                 "scorer(row_ids, item_ids) must return one score per item"))
             scores = tf.where(tf.math.is_nan(scores), _NEG_INF, scores)
             if self.exclude is not None:
-                hit = tf.reduce_any(tf.equal(tf.gather(self.exclude, rows), ids[:, None]),
-                                    axis=1)
+                key = tf.cast(rows, tf.int64) * (self.num_items + 1) + tf.cast(ids, tf.int64)
+                pos = tf.searchsorted(self.exclude, key, side="left")
+                hit = tf.equal(tf.gather(self.exclude, pos), key)
                 scores = tf.where(hit, _NEG_INF, scores)
         return scores
 

@@ -136,10 +136,12 @@ class RequestLabels:
              tf.reshape(self.exclude_tags > 0, [-1])], 0)))
 
 
-class LabelTensors:
-    """A :class:`LabelTable` as variables of the served graph, and the per-request pieces."""
+class LabelTensors(tf.Module):
+    """A :class:`LabelTable` as variables of the served graph (a ``tf.Module``, so a SavedModel
+    holding it saves them), and the per-request pieces."""
 
     def __init__(self, table: LabelTable, device: str = "/CPU:0"):
+        super().__init__(name="labels")
         self.device = device
         with tf.device(device):
             def var(x, name, dtype=None):

@@ -30,7 +30,7 @@ from nann_tf.search.beam import beam_search
 from nann_tf.search.params import DEFAULT_SIMILAR
 
 __all__ = ["EMBEDDING", "MODEL", "MODES", "DEFAULT_SIMILAR", "DistanceScorer", "seed_centroid",
-           "seed_exclusions", "seeds_as_history", "similar_by_embedding"]
+           "seed_exclusions", "seeds_as_history", "similar_by_embedding", "embedding_scorer"]
 
 EMBEDDING = "embedding"
 MODEL = "model"
@@ -137,9 +137,18 @@ def similar_by_embedding(graph, item_table, seeds, batch_size: Any, ef: Mapping,
     Returns:
       ``(ids int32 [B, k], scores float32 [B, k], num_scored int32 [B])``.
     """
+    scorer, exclude = embedding_scorer(item_table, seeds, exclude_ids, include_seeds,
+                                       traversal_device)
+    return beam_search(graph, scorer, batch_size, ef, T, k, visited_impl=visited_impl,
+                       exclude_ids=exclude, traversal_device=traversal_device, seed_ids=seeds)
+
+
+def embedding_scorer(item_table, seeds, exclude_ids=None, include_seeds=None,
+                     traversal_device: str | None = "/CPU:0"):
+    """The embedding mode's ``(scorer, exclude_ids)``: :class:`DistanceScorer` to the seeds'
+    centroid, and the exclusions with the seeds added unless ``include_seeds``."""
     with tf.device(traversal_device) if traversal_device else contextlib.nullcontext():
         centroid, has_seed = seed_centroid(item_table, seeds)
         scorer = DistanceScorer(item_table, centroid, has_seed, traversal_device)
         exclude = seed_exclusions(seeds, exclude_ids, include_seeds)
-    return beam_search(graph, scorer, batch_size, ef, T, k, visited_impl=visited_impl,
-                       exclude_ids=exclude, traversal_device=traversal_device, seed_ids=seeds)
+    return scorer, exclude

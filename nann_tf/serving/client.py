@@ -267,12 +267,16 @@ class RetrievalClient:
 
     def retrieve(self, hist_item_ids, k: int | Sequence[int] | None = None,
                  ef=None, T=None, exclude_item_ids=None, signature: str | None = None,
-                 version: int | None = None):
+                 version: int | None = None, *, include_categories=None,
+                 exclude_categories=None, include_tags=None, exclude_tags=None,
+                 max_per_category: int | Sequence[int] | None = None, explain: bool = False,
+                 full: bool = False):
         """Top-k items for a batch of users.
 
-        Without search parameters the ``serving_default`` signature runs with the model's
-        defaults; giving ``k``/``ef``/``T``/``exclude_item_ids`` selects the ``retrieve``
-        signature, which needs ``k``, ``ef`` and ``T`` together.
+        Without search parameters or rules the ``serving_default`` signature runs with the
+        model's defaults; giving any of them selects the ``retrieve`` signature (or
+        ``retrieve_explained`` with ``explain``), where what is not given takes the export's
+        default (``k``, ``ef``, ``T``: sent as 0 / -1).
 
         Args:
             hist_item_ids: raw item ids, one history (flat list) or a batch; ragged histories
@@ -288,11 +292,22 @@ class RetrievalClient:
                 list per row (ragged lists are right-padded with 0, or ``""``).
             signature: override the signature choice.
             version: a specific model version.
+            include_categories / exclude_categories / include_tags / exclude_tags: raw label
+                ids (as in the log and the export's item table): one flat list for every row,
+                or one list per row. An item is returned when it matches one of the row's
+                include labels (none given: any item) and none of its exclude labels.
+            max_per_category: at most this many results per category (0: no cap), one value
+                or one per row.
+            explain: ``retrieve_explained``: for each result, the history item the model
+                attends to most ("because you viewed") and its attention weight.
+            full: return every output of the signature as a dict (``search_path``,
+                ``because_item_ids``, ...) instead of the tuple.
 
         Returns:
             ``(item_ids int64 [B, k], scores float32 [B, k], num_scored int32 [B])``;
             ``num_scored`` is ``None`` for a signature without it (``brute_force``). For a
-            model with string item ids, ``item_ids`` is a str array (padding ``""``).
+            model with string item ids, ``item_ids`` is a str array (padding ``""``). With
+            ``full``: ``{output name: array}``.
 
         Raises:
             SearchParamsError: bad ``ef``/``T``/``k``.
@@ -301,13 +316,15 @@ class RetrievalClient:
         """
         from nann_tf.search.params import SearchParams
 
-        params_given = any(p is not None for p in (k, ef, T, exclude_item_ids))
-        signature = signature or ("retrieve" if params_given else self.signature_name)
-        if signature == "retrieve":
-            missing = [n for n, v in (("k", k), ("ef", ef), ("T", T)) if v is None]
-            if missing:
-                raise ValueError(f"the retrieve signature needs k, ef and T; missing "
-                                 f"{', '.join(missing)}")
+        rules = {"include_categories": include_categories,
+                 "exclude_categories": exclude_categories, "include_tags": include_tags,
+                 "exclude_tags": exclude_tags}
+        params_given = any(p is not None for p in (k, ef, T, exclude_item_ids)) or \
+            any(v is not None for v in rules.values()) or max_per_category is not None
+        signature = signature or ("retrieve_explained" if explain else "retrieve"
+                                  if params_given else self.signature_name)
+        searching = signature in ("retrieve", "retrieve_explained")
+        if searching and (ef is not None or T is not None):
             parsed = SearchParams().overridden(ef=ef, T=T, prefix="")  # before any RPC
         if isinstance(hist_item_ids, np.ndarray) and hist_item_ids.ndim == 2 \
                 and np.issubdtype(hist_item_ids.dtype, np.integer):
@@ -321,24 +338,76 @@ class RetrievalClient:
                                  string=self.item_id_type(signature, version) == "string")
         batch = hist.shape[0]
         inputs: dict[str, np.ndarray] = {"hist_item_ids": hist}
-        if signature == "retrieve":
-            ks = _as_batch(k, batch, "k", np.int32, 1)
-            params = parsed.replace(start_level=self.start_level(version),
-                                    k=int(ks.max()) if ks.size else 1).checked()
+        if searching:
+            if not self._takes_rules(signature, version):
+                missing = [n for n, v in (("k", k), ("ef", ef), ("T", T)) if v is None]
+                if missing:  # an export from before defaults could be asked for
+                    raise ValueError(f"the served model's {signature} signature needs k, ef "
+                                     f"and T; missing {', '.join(missing)}")
+            ks = _as_batch(0 if k is None else k, batch, "k", np.int32, 1)
+            if ef is not None or T is not None:
+                if ef is None or T is None:
+                    raise ValueError("ef and T go together (the levels S..0 of the served "
+                                     "model); give both, or neither for the export's defaults")
+                params = parsed.replace(start_level=self.start_level(version),
+                                        k=max(int(ks.max()) if ks.size else 1, 1)).checked()
+                inputs["ef"] = _as_batch(params.ef_row(), batch, "ef", np.int32, 2)
+                inputs["T"] = _as_batch(params.T_row(), batch, "T", np.int32, 2)
+            else:  # the export's defaults: ef 0 and T -1 on every level
+                levels = self.start_level(version) + 1
+                inputs["ef"] = np.zeros([batch, levels], np.int32)
+                inputs["T"] = np.full([batch, levels], -1, np.int32)
             inputs["k"] = ks
-            inputs["ef"] = _as_batch(params.ef_row(), batch, "ef", np.int32, 2)
-            inputs["T"] = _as_batch(params.T_row(), batch, "T", np.int32, 2)
             inputs["exclude_item_ids"] = self._exclusions(exclude_item_ids, batch,
                                                           string=hist.dtype.kind == "U")
+            inputs.update(self._rules(rules, max_per_category, batch, signature, version))
         elif params_given:
-            raise ValueError(f"k/ef/T/exclude_item_ids need the retrieve signature, not "
-                             f"{signature!r}")
-        out = self.predict(inputs, signature=signature, version=version).outputs
-        return _ids_out(out["item_ids"]), out["scores"], out.get("num_scored")
+            raise ValueError(f"k/ef/T/exclude_item_ids and filters need the retrieve "
+                             f"signature, not {signature!r}")
+        out = dict(self.predict(inputs, signature=signature, version=version).outputs)
+        out["item_ids"] = _ids_out(out["item_ids"])
+        if "because_item_ids" in out:
+            out["because_item_ids"] = _ids_out(out["because_item_ids"])
+        if full:
+            return out
+        return out["item_ids"], out["scores"], out.get("num_scored")
+
+    def _takes_rules(self, signature: str, version: int | None) -> bool:
+        """Whether the served signature has the filter inputs (exports since filters exist)."""
+        sig = self._signature_defs(version).get(signature)
+        return sig is not None and "include_categories" in sig.inputs
+
+    def _rules(self, rules: dict, max_per_category, batch: int, signature: str,
+               version: int | None) -> dict:
+        """The filter and cap inputs (only for a signature that has them: a model exported
+        before filters existed takes none, and a request with rules is refused naming them)."""
+        given = [n for n, v in rules.items() if v is not None] + \
+            (["max_per_category"] if max_per_category is not None else [])
+        if not self._takes_rules(signature, version):
+            if given:
+                raise ValueError(f"{', '.join(given)}: the served model's {signature!r} "
+                                 "signature takes no filters (exported before they existed; "
+                                 "export it again)")
+            return {}
+        out = {}
+        for name, value in rules.items():
+            if value is None:
+                out[name] = np.zeros([batch, 1], np.int64)
+                continue
+            seq = value.tolist() if isinstance(value, np.ndarray) else list(value)
+            rows = [seq] * batch if not seq or np.ndim(seq[0]) == 0 else seq
+            out[name] = self._id_rows(rows, batch, name)
+            if out[name].shape[1] == 0:
+                out[name] = np.zeros([batch, 1], np.int64)
+        out["max_per_category"] = _as_batch(0 if max_per_category is None else max_per_category,
+                                            batch, "max_per_category", np.int32, 1)
+        return out
 
     def similar_items(self, item_ids, k: int | Sequence[int] | None = None,
                       exclude_item_ids=None, include_seeds: bool | Sequence[bool] = False,
-                      mode: str = "embedding", version: int | None = None):
+                      mode: str = "embedding", version: int | None = None, *,
+                      include_categories=None, exclude_categories=None, include_tags=None,
+                      exclude_tags=None, max_per_category=None, full: bool = False):
         """Items similar to seed items (items-to-item).
 
         Args:
@@ -354,6 +423,8 @@ class RetrievalClient:
                 ``similar_items``, scores are ``-squared distance``) or ``"model"`` (the NANN
                 model's score with the seeds as the history: ``similar_items_model``).
             version: a specific model version.
+            include_categories / exclude_categories / include_tags / exclude_tags /
+                max_per_category / full: as :meth:`retrieve`.
 
         Returns:
             ``(item_ids int64 [B, k], scores float32 [B, k], num_scored int32 [B])``; rows
@@ -384,8 +455,15 @@ class RetrievalClient:
             "exclude_item_ids": self._exclusions(exclude_item_ids, batch, string),
             "include_seeds": np.broadcast_to(np.asarray(include_seeds, bool), (batch,)).copy(),
         }
-        out = self.predict(inputs, signature=signatures[mode], version=version).outputs
-        return _ids_out(out["item_ids"]), out["scores"], out["num_scored"]
+        rules = {"include_categories": include_categories,
+                 "exclude_categories": exclude_categories, "include_tags": include_tags,
+                 "exclude_tags": exclude_tags}
+        inputs.update(self._rules(rules, max_per_category, batch, signatures[mode], version))
+        out = dict(self.predict(inputs, signature=signatures[mode], version=version).outputs)
+        out["item_ids"] = _ids_out(out["item_ids"])
+        if full:
+            return out
+        return out["item_ids"], out["scores"], out["num_scored"]
 
     @staticmethod
     def _id_rows(rows, batch: int, name: str, string: bool = False) -> np.ndarray:
