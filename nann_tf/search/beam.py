@@ -94,9 +94,10 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
         e.g. the user's history; ``E`` may be 0. Ids outside ``[0, N]`` raise
         InvalidArgumentError.
       item_filter: optional ``item_filter(row_ids, item_ids) -> bool [n]``, which items may be
-        returned to which query. The walk is unchanged (items that fail still enter the beam
-        and lead to their neighbours: the graph stays connected); the output is the top ``k``
-        of every item the query scored that passes, kept in a buffer of its own.
+        returned to which query. Items that fail still enter the beam and lead to their
+        neighbours (the graph stays connected); the output is the top ``k`` of every item the
+        query scored that passes, kept in a buffer of its own, whose new entries are expanded
+        too (a second beam, of passing items).
 
     Returns:
       ``(ids int32 [B, k], scores float32 [B, k], num_scored int32 [B])``.
@@ -171,6 +172,13 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
             frontier = res_ids > 0
             f_ids = tf.boolean_mask(res_ids, frontier)
             f_rows = tf.cast(tf.where(frontier)[:, 0], tf.int32)
+            if out is not None:
+                # A filtered walk also expands the best passing items: where the items that
+                # pass cluster (e_v knows the category), their neighbours pass too.
+                passing = out[0] > 0
+                f_ids, f_rows = _join_frontiers(
+                    f_ids, f_rows, tf.boolean_mask(out[0], passing),
+                    tf.cast(tf.where(passing)[:, 0], tf.int32))
             if level == 0 and seeds is not None:
                 # The seeds join level 0's first frontier; rows must stay sorted.
                 f_ids = tf.concat([f_ids, seeds[0]], 0)
@@ -191,14 +199,27 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
 ItemFilter = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def _merge_passing(out, item_filter: ItemFilter, ids, rows, scores, ctx, k):
+def _merge_passing(out, item_filter: ItemFilter, ids, rows, scores, ctx, k,
+                   with_entered: bool = False):
     """The output buffer ``(ids [B, k], scores)`` with the newly scored items that pass the
-    filter merged in (rows sorted ascending, as every scorer call's are)."""
+    filter merged in (rows sorted ascending, as every scorer call's are); with
+    ``with_entered``, also the mask ``[B, k]`` of the new items that entered it."""
     with ctx.device():
         passing = tf.where(item_filter(rows, ids), scores, _NEG_INF)
-        out_ids, out_scores, _, _ = merge_results(out[0], out[1], ids, rows, passing,
-                                                  ctx.batch_size, k)
+        out_ids, out_scores, entered, _ = merge_results(out[0], out[1], ids, rows, passing,
+                                                        ctx.batch_size, k)
+    if with_entered:
+        return out_ids, out_scores, entered
     return out_ids, out_scores
+
+
+def _join_frontiers(a_ids, a_rows, b_ids, b_rows):
+    """Two frontiers as one, rows ascending (an item in both is expanded twice: the visited
+    set scores its neighbours once)."""
+    ids = tf.concat([a_ids, b_ids], 0)
+    rows = tf.concat([a_rows, b_rows], 0)
+    order = tf.argsort(rows, stable=True)
+    return tf.gather(ids, order), tf.gather(rows, order)
 
 
 def _seed_pairs(seed_ids: Any, ctx: "SearchContext"):
@@ -260,7 +281,13 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
             f_rows = tf.cast(tf.where(entered)[:, 0], tf.int32)
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
         if filtered:
-            out = _merge_passing(out, item_filter, n_ids, n_rows, n_scores, ctx, k)
+            o_ids, o_scores, o_entered = _merge_passing(out, item_filter, n_ids, n_rows,
+                                                        n_scores, ctx, k, with_entered=True)
+            out = (o_ids, o_scores)
+            with ctx.device():  # the next frontier: what entered either beam
+                f_ids, f_rows = _join_frontiers(
+                    f_ids, f_rows, tf.boolean_mask(o_ids, o_entered),
+                    tf.cast(tf.where(o_entered)[:, 0], tf.int32))
         return (t + 1, res_ids, res_scores, f_ids, f_rows, state, num_scored, *out)
 
     loop_vars = (tf.constant(0), res_ids, res_scores, f_ids, f_rows, state, num_scored,
