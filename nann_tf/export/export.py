@@ -144,6 +144,28 @@ def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray,
 SIMILAR_SIGNATURES = ("similar_items", "similar_items_model")
 
 
+def filtered_requests(module, histories: np.ndarray) -> dict:
+    """``retrieve`` inputs for validation: the histories with the export's default search
+    parameters, row ``i`` with the rules of :func:`rule_examples` number ``i % 4`` (none, a
+    walked filter, an exact one, an exclusion with a cap)."""
+    from nann_tf.export.module import rules_inputs
+
+    hist = np.asarray(histories)
+    b = len(hist)
+    examples = rule_examples(module)
+    pick = [examples[i % len(examples)] for i in range(b)]
+    rules = {name: [list(p[name][0][p[name][0] != 0]) for p in pick]
+             for name in ("include_categories", "exclude_categories", "include_tags",
+                          "exclude_tags")}
+    s = module.search
+    return {"hist_item_ids": hist, "k": np.zeros([b], np.int32),
+            "ef": np.zeros([b, s.start_level + 1], np.int32),
+            "T": np.full([b, s.start_level + 1], -1, np.int32),
+            "exclude_item_ids": padding_ids([b, 1], hist),
+            **rules_inputs(b, **rules,
+                           max_per_category=[int(p["max_per_category"][0]) for p in pick])}
+
+
 def _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep):
     """The items' labels for filters: categories with their raw ids (the index's; an older
     index without them takes its dataset's), and the tags of ``item_tags``.
@@ -339,6 +361,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         for sig in SIMILAR_SIGNATURES:
             out = getattr(module, sig)(**{n: tf.constant(v) for n, v in similar_queries.items()})
             expected.update({f"{sig}_{name}": t.numpy() for name, t in out.items()})
+        filtered = filtered_requests(module, hist[:validation_users])
+        out = module.retrieve(**{n: tf.constant(v) for n, v in filtered.items()})
+        expected.update({f"filtered_{name}": t.numpy() for name, t in out.items()})
         log.info("export: in-memory search done in %.1fs; saving the SavedModel...",
                  time.perf_counter() - t1)
         t1 = time.perf_counter()
@@ -360,6 +385,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         for b in warmup_batch_sizes:
             rows = similar_requests(hist[np.arange(b) % len(hist)])
             extra += [(sig, rows) for sig in SIMILAR_SIGNATURES]
+        for rules in rule_examples(module)[1:]:  # their filtered paths (walk, exact, cap)
+            extra += [(sig, {**similar_requests(hist[:1]), **rules})
+                      for sig in SIMILAR_SIGNATURES]
         if warmup_requests:
             extra += read_request_log(warmup_requests, model_name)
         grid = module.grid.to_list() if module.grid else []
@@ -391,7 +419,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         if validate:
             info["validation"] = validate_in_subprocess(tmp, hist[:validation_users], expected,
                                                         visited, min_coverage,
-                                                        progress_total=len(records) + 4)
+                                                        progress_total=len(records) + 5,
+                                                        filtered=filtered)
             if validate_loader == "cc":
                 from nann_tf.export.cc_loader import CcLoaderError, validate_version
 
@@ -412,7 +441,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
 
 
 def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, visited: str,
-                           min_coverage: float, progress_total: int | None = None) -> dict:
+                           min_coverage: float, progress_total: int | None = None,
+                           filtered: dict | None = None) -> dict:
     """Runs :mod:`nann_tf.export.validate` on ``version_dir`` in a fresh Python process
     (showing its requests, warm-up replay included, as progress)."""
     from nann_tf.export.validate import PROGRESS_MARK
@@ -422,7 +452,8 @@ def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, 
         q = Path(td) / "queries.npz"
         np.savez(q, hist_item_ids=hist,
                  **{f"expected_{k}": savable(v) for k, v in expected.items()},
-                 **{f"similar_{k}": v for k, v in similar_requests(hist).items()})
+                 **{f"similar_{k}": v for k, v in similar_requests(hist).items()},
+                 **{f"filtered_{k}": v for k, v in (filtered or {}).items()})
         cmd = [*python_module_command("nann_tf.export.validate"), str(version_dir), str(q),
                "--min-coverage", str(min_coverage), "--progress-marks"]
         if visited == "tf":

@@ -4,7 +4,7 @@
 
 Loads VERSION_DIR with the TF1 session loader (``tf.compat.v1.saved_model.loader.load``),
 runs ``serving_default`` (and, when the queries file has ``similar_*`` inputs, both similar-items
-signatures) on the queries and checks that it answers what the in-memory search answered, that
+signatures; with ``filtered_*`` inputs, ``retrieve`` with filters and caps) on the queries and checks that it answers what the in-memory search answered, that
 its top-k covers the ``brute_force`` signature's top-k at least ``C`` on average, and that every
 warm-up record runs. With ``--stock-ops-only`` the op library is NOT loaded and every op in the
 graph (function library included) must be a stock TensorFlow op, i.e. the model runs on the
@@ -126,6 +126,20 @@ def main(argv=None) -> int:
                         raise RuntimeError(f"{sig}: the loaded model answers differently from "
                                            f"the in-memory search: only {same:.3f} of the ids "
                                            "agree")
+            filtered = {name[len("filtered_"):]: q[name] for name in q.files
+                        if name.startswith("filtered_")}
+            if filtered:  # the filtered paths (walk, exact, cap) as in memory
+                out = model.run("retrieve", filtered)
+                mark()
+                same = float((_ids(out["item_ids"]) ==
+                              q["expected_filtered_item_ids"]).mean())
+                report["filtered_same_ids_as_in_memory"] = same
+                np.testing.assert_array_equal(out["search_path"],
+                                              q["expected_filtered_search_path"])
+                if same < 0.99:
+                    raise RuntimeError(f"retrieve with filters: the loaded model answers "
+                                       f"differently from the in-memory search: only {same:.3f}"
+                                       " of the ids agree")
             bf = model.run("brute_force", {"hist_item_ids": hist})
             mark()
             k = got["item_ids"].shape[1]
