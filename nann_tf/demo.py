@@ -160,6 +160,50 @@ def _similar_examples(address: str, model_name: str, ds, rows: int = 100, show: 
             "shares_category": share, "random_shares_category": base}
 
 
+def _rules_example(address: str, model_name: str, ds, k: int = 5,
+                   timeout_s: float = 60.0) -> dict:
+    """One filtered query (only the category of the user's most recent item) and one
+    explained result ("because you viewed"), over gRPC, for the first test user with a
+    history."""
+    import numpy as np
+
+    from nann_tf.serving.client import RetrievalClient
+
+    held = ds.test
+    u = int(np.flatnonzero(held.hist_len > 0)[0])
+    raw = ds.raw_item_id.astype(np.int64)
+    hist = [int(raw[d]) for d in held.hist[u] if d > 0]
+    dense_of = {int(r): i for i, r in enumerate(raw) if i > 0}
+    last = dense_of[hist[-1]]
+    raw_cat = int(ds.raw_category_id[ds.item_category[last]])
+    with RetrievalClient(address, model_name, timeout_s=timeout_s, retries=1) as client:
+        only = client.retrieve([hist], k=k, include_categories=[raw_cat], full=True)
+        explained = client.retrieve([hist], k=k, explain=True, full=True)
+    return {"history_last": {"item": hist[-1], "category": _category_label(ds, last)},
+            "category": raw_cat, "search_path": int(only["search_path"][0]),
+            "only_category": [{"item": int(r), "category": _category_label(
+                ds, dense_of.get(int(r), 0))} for r in only["item_ids"][0] if r != 0],
+            "explained": [{"item": int(r), "because": int(b), "weight": float(w)}
+                          for r, b, w in zip(explained["item_ids"][0],
+                                             explained["because_item_ids"][0],
+                                             explained["because_weights"][0]) if r != 0]}
+
+
+def format_rules(example: dict) -> str:
+    """The demo's filtered and explained results."""
+    last = example["history_last"]
+    path = "scored exactly" if example["search_path"] else "walked"
+    lines = [f"business rules (retrieve over gRPC; the user's most recent item {last['item']} "
+             f"[{last['category']}]):",
+             f"  only category {example['category']} ({path}): " + ", ".join(
+                 f"{r['item']} [{r['category']}]" for r in example["only_category"]),
+             "  because you viewed (retrieve_explained: item <- the history item it attends "
+             "to most, weight):"]
+    lines += [f"      {r['item']} <- {r['because']}  {r['weight']:.2f}"
+              for r in example["explained"]]
+    return "\n".join(lines)
+
+
 def format_similar(similar: dict) -> str:
     """The demo's similar-items lines."""
     lines = ["similar items (similar_items over gRPC: nearest in the item embedding space; "
@@ -250,6 +294,8 @@ def run_demo(workdir, config: str = "ci-synth", *, port: int = 0, host: str = "1
                                      ds.num_items)
             report["similar"] = _similar_examples(address, model_name, ds,
                                                   rows=min(queries, 100))
+            if cfg.model.variant == "attention":
+                report["rules"] = _rules_example(address, model_name, ds)
         except ServingError as e:
             raise DemoError(f"a gRPC query to {address} failed: {e} (server log: "
                            f"{paths['serve_log']})") from e
@@ -275,6 +321,8 @@ def run_demo(workdir, config: str = "ci-synth", *, port: int = 0, host: str = "1
           f"top-{q['k']} the beam search returns; latency: one user per gRPC request.",
           flush=True)
     print("\n" + format_similar(report["similar"]), flush=True)
+    if "rules" in report:
+        print("\n" + format_rules(report["rules"]), flush=True)
     write_json_atomic(work / RESULTS_FILE, report, default=float)
     print(f"\nartefacts under {work}; measurements in {work / RESULTS_FILE}", flush=True)
     return report

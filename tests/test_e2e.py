@@ -492,6 +492,14 @@ def test_demo_runs_end_to_end_then_reuses_its_artefacts(tmp_path, capsys, monkey
     # 0.087 for random items (30 seeds); 0.4 allows about 13 fewer of the 150 listed items.
     assert sim["shares_category"] >= 0.4 and sim["shares_category"] >= \
         4 * sim["random_shares_category"]
+    # One filtered query and one explained result, over gRPC.
+    rules = first["rules"]
+    assert "business rules (retrieve over gRPC" in out and "because you viewed" in out
+    assert len(rules["only_category"]) == 5
+    assert {r["category"] for r in rules["only_category"]} == \
+        {rules["history_last"]["category"]}
+    assert len(rules["explained"]) == 5 and all(0 < r["weight"] <= 1
+                                                for r in rules["explained"])
     for path in ("log.csv", "data/meta.json", "model/model.json", "index/index.json",
                  "models/nann/1/saved_model.pb", "logs/serve.log", STATE_FILE):
         assert (work / path).exists(), path
