@@ -323,3 +323,27 @@ def test_a_bad_tags_file_is_refused_naming_file_line_and_column(served, tmp_path
         err = capsys.readouterr().err
         assert needle in err and "t.csv" in err, err
         assert not out.exists() or not any(out.iterdir()), "nothing written"
+
+
+def test_similar_items_signatures_take_the_rules_too(served):
+    """Both similar-items modes: an include filter returns only its items (walked or exact),
+    an exclusion none of them."""
+    from nann_tf.export.export import similar_requests
+    from nann_tf.serving.loader import SessionModel
+
+    version, ds, _ = served
+    hist = np.where(ds.test.hist[:4] > 0, ds.raw_item_id[ds.test.hist[:4]], 0)
+    base = similar_requests(hist)
+    raw_to_dense = {int(r): i for i, r in enumerate(ds.raw_item_id) if i}
+    big = int(np.argmax(np.bincount(ds.item_category[1:])))
+    raw_big = int(ds.raw_category_id[big])
+    with SessionModel(version, load_ops=False) as m:
+        for sig in ("similar_items", "similar_items_model"):
+            for rule, want in (("include_categories", True), ("exclude_categories", False)):
+                inputs = dict(base, **{rule: np.full([4, 1], raw_big, np.int64)})
+                out = m.run(sig, inputs)
+                ids = out["item_ids"][out["item_ids"] != 0]
+                assert len(ids) > 0, (sig, rule)
+                cats = ds.item_category[[raw_to_dense[int(r)] for r in ids]]
+                assert ((cats == big) == want).all(), (sig, rule)
+            assert (out["search_path"] == 0).all()  # an exclusion walks
