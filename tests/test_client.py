@@ -247,7 +247,7 @@ def test_query_cli_truncates_a_long_history_to_the_most_recent_L(served, eager, 
 @pytest.mark.parametrize("argv, message", [
     (["--history", "12,x"], "'x' is not an integer"),
     (["--history", "12", "--model", "nosuch"], "NOT_FOUND"),
-    (["--history", "12", "-k", "3", "--signature", "retrieve"], "needs -k, --ef and --T"),
+    (["--history", "12", "-k", "3", "--signature", "retrieve"], "needs k, ef and T; missing ef, T"),
     (["--history", "12", "--ef", "2=3,1=2,0=1", "--T", "1=1,0=1", "-k", "5"],
      "ef for level 0 must be >= k"),
     (["--history", "12", "--ef", "1,2,3", "--T", "1=1,0=1", "-k", "5"],

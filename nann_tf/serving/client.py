@@ -526,6 +526,18 @@ class RetrievalClient:
             self._history_length[key] = self.metadata(version)[1]
         return self._history_length[key]
 
+    def _signature(self, signature: str, version: int | None):
+        """The served SignatureDef of ``signature``.
+
+        Raises:
+            ValueError: the model has no such signature (naming the ones it has).
+        """
+        sigs = self._signature_defs(version)
+        if signature not in sigs:
+            raise ValueError(f"model {self.model_name} has no signature {signature!r}; "
+                             f"it has {sorted(s for s in sigs if not s.startswith('__'))}")
+        return sigs[signature]
+
     def history_length(self, signature: str | None = None,
                        version: int | None = None) -> int | None:
         """The model's ``L``: dimension 1 of ``hist_item_ids`` in the signature (cached).
@@ -539,11 +551,7 @@ class RetrievalClient:
         signature = signature or self.signature_name
         key = (signature, version)
         if key not in self._history_length:
-            sigs = self._signature_defs(version)
-            if signature not in sigs:
-                raise ValueError(f"model {self.model_name} has no signature {signature!r}; "
-                                 f"it has {sorted(s for s in sigs if not s.startswith('__'))}")
-            inputs = sigs[signature].inputs
+            inputs = self._signature(signature, version).inputs
             if "hist_item_ids" not in inputs:
                 raise ValueError(f"signature {signature!r} has no hist_item_ids input")
             dims = inputs["hist_item_ids"].tensor_shape.dim
@@ -564,11 +572,7 @@ class RetrievalClient:
         signature = signature or self.signature_name
         key = (f"{signature}:item_id_type", version)
         if key not in self._history_length:
-            sigs = self._signature_defs(version)
-            if signature not in sigs:
-                raise ValueError(f"model {self.model_name} has no signature {signature!r}; "
-                                 f"it has {sorted(s for s in sigs if not s.startswith('__'))}")
-            inputs = sigs[signature].inputs
+            inputs = self._signature(signature, version).inputs
             name = next((n for n in ("hist_item_ids", "item_ids") if n in inputs), None)
             if name is None:
                 raise ValueError(f"signature {signature!r} takes no item ids")
