@@ -532,7 +532,8 @@ def _similar(m, seeds, k=0, exclude=None, include=False, signature="similar_item
     return m.run(signature, {
         "item_ids": seeds, "k": np.broadcast_to(np.asarray(k, np.int32), (b,)).copy(),
         "exclude_item_ids": np.zeros([b, 1], np.int64) if exclude is None else exclude,
-        "include_seeds": np.broadcast_to(np.asarray(include, bool), (b,)).copy()})
+        "include_seeds": np.broadcast_to(np.asarray(include, bool), (b,)).copy(),
+        **rules_inputs(b)})
 
 
 @pytest.fixture(scope="module")

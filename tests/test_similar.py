@@ -85,10 +85,12 @@ def test_exact_when_ef_covers_the_corpus(setup, mode):
 
 def test_default_parameters_meet_the_quality_contract(setup):
     """The CI config's [similar] and [search] defaults against exact search on 60 mixed seed
-    rows. Measured: embedding 1.000 scoring 27% of the 1,996 items (a small corpus: the start
-    level alone is 3%), model 0.9999 scoring 59%. Thresholds 0.99 leave room for other
+    rows. Measured (the softmax-trained CI model): embedding 1.000 scoring 48% of the 1,996
+    items (a small corpus: the start level alone is 3%, and T=8 rounds of a degree-64 level 0
+    reach half of it), model 0.997 scoring 72%. Thresholds 0.99 leave room for other
     machines' round-off; a walk that stopped early or lost the seeds' neighbourhood would fall
-    far below (ef0=5: about 0.5)."""
+    far below (ef0=5: about 0.5); a walk that scored everything would exceed the work bounds
+    (measured + 7 points)."""
     from nann_tf.evaluation.metrics import coverage
 
     r, seeds = setup["r"], setup["seeds"]
@@ -96,7 +98,7 @@ def test_default_parameters_meet_the_quality_contract(setup):
         got = r.similar(seeds, mode, p)
         exact = r.similar_exact(seeds, mode, p.k)
         assert coverage(got.ids, exact.ids, p.k) >= 0.99, mode
-        assert got.num_scored.mean() <= (0.35 if mode == "embedding" else 0.7) * \
+        assert got.num_scored.mean() <= (0.55 if mode == "embedding" else 0.8) * \
             setup["index"].num_items, mode
     narrow = setup["params"]["embedding"].replace(ef={1: 5, 0: 5}, T={0: 1}, k=5)
     got = r.similar(seeds, "embedding", narrow)

@@ -60,7 +60,8 @@ import tensorflow as tf
 
 from nann_tf.index.hnsw import make_graph_tensors
 from nann_tf.model.scorer import ModelScorer, ShapeGrid
-from nann_tf.search.beam import SearchContext, beam_search, merge_results, resize_results
+from nann_tf.search.beam import (SearchContext, beam_search, merge_results, order_keys,
+                                 resize_results)
 from nann_tf.search.brute_force import brute_force
 from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category
 from nann_tf.search.params import SearchParamsError, format_level_values, similar_for_index
@@ -68,7 +69,7 @@ from nann_tf.search.similar import (DEFAULT_SIMILAR, embedding_scorer, seed_excl
                                     seeds_as_history)
 
 __all__ = ["RetrievalModule", "MAX_T", "default_max_ef", "VOCABULARY_FILE", "write_vocabulary",
-           "DEFAULT_LIMITS", "FILTER_INPUTS", "WALK", "EXACT", "rules_inputs"]
+           "DEFAULT_LIMITS", "FILTER_INPUTS", "WALK", "EXACT", "rules_inputs", "CAP_REFILL_ROUNDS"]
 
 MAX_T = 64  # rounds per level a request may ask for
 
@@ -89,6 +90,9 @@ FILTER_INPUTS = ("include_categories", "exclude_categories", "include_tags", "ex
 
 #: ``search_path`` values: the graph walk, or the exact scan of the include labels' items.
 WALK, EXACT = 0, 1
+# A capped row short of k after its search searches again outside its full categories, at
+# most this many times (each round one more walk of the batch; measured in bench_filters).
+CAP_REFILL_ROUNDS = 3
 VOCABULARY_FILE = "item_vocabulary.txt"  # the string-id vocabulary asset (assets/ of a version)
 
 CPU = "/CPU:0"
@@ -417,9 +421,8 @@ class RetrievalModule(tf.Module):
             ids, scores, n = search(k=k_b)
             return ids, scores, n, tf.zeros([b], tf.int32)
 
-        def with_rules():
-            f = self.labels.item_filter(req)
-
+        def candidates(f):
+            """The best ``width`` items passing ``f`` per row: exact or walked."""
             def walk():
                 return search(k=width, item_filter=f)
 
@@ -432,15 +435,68 @@ class RetrievalModule(tf.Module):
                                            lambda: self._exact(scorer, b, req, exact, exclude,
                                                                f, width), skip)
             with tf.device(CPU):
-                ids = tf.where(exact[:, None], e_ids, w_ids)
-                scores = tf.where(exact[:, None], e_scores, w_scores)
-                n = tf.where(exact, e_n, w_n)
-                cats = tf.gather(self.labels.item_category, ids)
-                ids, scores = cap_per_category(ids, scores, cats, cap, width)
+                return (tf.where(exact[:, None], e_ids, w_ids),
+                        tf.where(exact[:, None], e_scores, w_scores),
+                        tf.where(exact, e_n, w_n))
+
+        def with_rules():
+            base = self.labels.item_filter(req)
+            ids, scores, n = candidates(base)
+            with tf.device(CPU):
+                ids, scores = cap_per_category(ids, scores, self.labels.category_of(ids), cap,
+                                               width)
+            # Refill: a capped row short of k searches again among the categories it has
+            # not filled, without the items it holds (CAP_REFILL_ROUNDS at most).
+            for _ in range(CAP_REFILL_ROUNDS):
+                ids, scores, n = tf.cond(
+                    tf.reduce_any(self._short(ids, cap, k_b)),
+                    functools.partial(self._refill, candidates, base, ids, scores, n, cap,
+                                      k_b, width),
+                    lambda i=ids, s=scores, m=n: (i, s, m))
+            with tf.device(CPU):
                 ids, scores = resize_results(ids, scores, k_b)
             return ids, scores, n, tf.cast(exact, tf.int32) * EXACT
 
         return tf.cond(active, with_rules, plain)
+
+    @staticmethod
+    def _short(ids, cap, k_b):
+        """bool [B]: rows with a cap that hold fewer than k results."""
+        with tf.device(CPU):
+            held = tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1)
+            return tf.logical_and(cap > 0, held < tf.cast(k_b, tf.int32))
+
+    def _refill(self, candidates, base, ids, scores, n, cap, k_b, width):
+        """One refill round of a capped search: the short rows' best items outside their
+        full categories and their results, merged into the results and capped again."""
+        with tf.device(CPU):
+            short = self._short(ids, cap, k_b)
+            cats = self.labels.category_of(ids)
+            same = tf.equal(cats[:, :, None], cats[:, None, :])
+            count = tf.reduce_sum(tf.cast(tf.logical_and(same, ids[:, None, :] > 0), tf.int32),
+                                  axis=2)
+            full = tf.where(tf.logical_and(ids > 0, count >= cap[:, None]), cats, 0)
+
+        def passes(rows, items):
+            with tf.device(CPU):
+                cat = self.labels.category_of(items)[:, None]
+                in_full = tf.reduce_any(tf.logical_and(tf.equal(tf.gather(full, rows), cat),
+                                                       tf.gather(full, rows) > 0), axis=1)
+                held = tf.reduce_any(tf.equal(tf.gather(ids, rows), items[:, None]), axis=1)
+                fresh = tf.logical_not(tf.logical_or(in_full, held))
+                return tf.logical_and(tf.logical_and(base(rows, items), fresh),
+                                      tf.gather(short, rows))
+
+        new_ids, new_scores, new_n = candidates(passes)
+        with tf.device(CPU):
+            all_ids = tf.concat([ids, new_ids], 1)
+            all_scores = tf.concat([scores, new_scores], 1)
+            _, order = tf.math.top_k(order_keys(all_ids, all_scores), k=tf.shape(all_ids)[1])
+            all_ids = tf.gather(all_ids, order, batch_dims=1)
+            all_scores = tf.gather(all_scores, order, batch_dims=1)
+            out_ids, out_scores = cap_per_category(all_ids, all_scores,
+                                                   self.labels.category_of(all_ids), cap, width)
+            return out_ids, out_scores, n + tf.where(short, new_n, 0)
 
     def _exact(self, scorer, b, req, rows_mask, exclude, item_filter, width):
         """The exact path: every item of the masked rows' include labels scored once, the best

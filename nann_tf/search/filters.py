@@ -191,6 +191,11 @@ class LabelTensors(tf.Module):
                                  self._dense(include_tags, *tags),
                                  self._dense(exclude_tags, *tags), has_include)
 
+    def category_of(self, ids) -> tf.Tensor:
+        """Dense category of each item id (any shape; id 0 -> category 0)."""
+        with tf.device(self.device):
+            return tf.gather(self.item_category, ids)
+
     def item_filter(self, req: RequestLabels):
         """``item_filter(row_ids, item_ids) -> bool [n]`` for the batch of ``req``."""
         def passes(rows, ids):
