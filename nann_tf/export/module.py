@@ -447,12 +447,13 @@ class RetrievalModule(tf.Module):
                                                width)
             # Refill: a capped row short of k searches again among the categories it has
             # not filled, without the items it holds (CAP_REFILL_ROUNDS at most).
-            for _ in range(CAP_REFILL_ROUNDS):
-                ids, scores, n = tf.cond(
-                    tf.reduce_any(self._short(ids, cap, k_b)),
-                    functools.partial(self._refill, candidates, base, ids, scores, n, cap,
-                                      k_b, width),
-                    lambda i=ids, s=scores, m=n: (i, s, m))
+            # One copy of the search in the graph (a loop, not unrolled rounds).
+            _, ids, scores, n = tf.while_loop(
+                lambda r, i, s, m: tf.logical_and(
+                    r < CAP_REFILL_ROUNDS, tf.reduce_any(self._short(i, cap, k_b))),
+                lambda r, i, s, m: (r + 1, *self._refill(candidates, base, i, s, m, cap, k_b,
+                                                         width)),
+                [tf.constant(0), ids, scores, n], parallel_iterations=1)
             with tf.device(CPU):
                 ids, scores = resize_results(ids, scores, k_b)
             return ids, scores, n, tf.cast(exact, tf.int32) * EXACT
