@@ -12,4 +12,4 @@ fi
 # installed without build isolation.
 .venv/bin/python -m pip install -q "tensorflow==2.21.*" "tensorflow-serving-api==2.21.*" pybind11 numpy tensorboard
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 "$@" tests

@@ -11,6 +11,7 @@ import tensorflow as tf
 from nann_tf.data.dataset import Dataset
 from nann_tf.export import export as export_mod
 from nann_tf.export.export import EXPORT_INFO, ExportError, export_version
+from nann_tf.export.module import rules_inputs
 from nann_tf.export.validate import graph_op_types
 from nann_tf.index.store import load_index
 from nann_tf.serving.loader import SessionModel
@@ -639,7 +640,7 @@ def test_similar_items_bad_requests_are_invalid_argument(v_tf, similar_seeds, si
         with pytest.raises((tf.errors.InvalidArgumentError, RequestError), match=needle) as e:
             m.run(signature, {"item_ids": seeds, "k": k,
                               "exclude_item_ids": np.zeros([b, 1], np.int64),
-                              "include_seeds": include})
+                              "include_seeds": include, **rules_inputs(b)})
     assert getattr(e.value, "code", "INVALID_ARGUMENT") in ("INVALID_ARGUMENT",
                                                              tf.errors.INVALID_ARGUMENT)
 
