@@ -42,6 +42,14 @@ def test_search_writes_the_best_config_and_a_table(tiny_dataset, tmp_path):
     assert best.model.score_hidden == params["model.score_hidden"]
     # Keys outside the space keep the base config's values.
     assert best.train.batch_size == 64 and best.model.embedding_dim == 8
+    # Trial 0 is the base config (a short search cannot end below its starting point).
+    import optuna
+    study = optuna.load_study(study_name="nann-tf",
+                              storage=f"sqlite:///{tmp_path / 'best.study' / 'study.db'}")
+    t0 = SearchSpace(SPACE, base).decode(study.trials[0].params)
+    assert t0 == {"train.learning_rate": base.train.learning_rate, "model.variant": "attention",
+                  "model.score_hidden": [8]}
+    assert res["best_value"] >= study.trials[0].value
     table = (tmp_path / "best.trials.md").read_text()
     assert table.count("\n") == 2 + 3 and "model.score_hidden" in table
     # The best trial's model is kept, and its recorded validation figure is the search's best.

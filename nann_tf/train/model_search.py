@@ -89,6 +89,14 @@ class Param:
                                      step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
 
+    def encode(self, value: Any) -> Any:
+        """A config value -> as Optuna stores it, or None when the space does not hold it."""
+        if self.choices is not None:
+            return json.dumps(value) if value in self.choices else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return value if self.low <= value <= self.high else None
+
     def decode(self, raw: Any) -> Any:
         """A value as Optuna stores it in ``trial.params`` -> the config value."""
         return json.loads(raw) if self.choices is not None else raw
@@ -161,6 +169,16 @@ class SearchSpace:
 
     def suggest(self, trial) -> dict[str, Any]:
         return {p.key: p.suggest(trial) for p in self.params}
+
+    def base_params(self, base: Config) -> dict[str, Any]:
+        """The base config's point of the space (its values the space holds)."""
+        out = {}
+        for p in self.params:
+            section, _, name = p.key.partition(".")
+            raw = p.encode(getattr(getattr(base, section), name))
+            if raw is not None:
+                out[p.key] = raw
+        return out
 
     def decode(self, params: dict[str, Any]) -> dict[str, Any]:
         by_key = {p.key: p for p in self.params}
@@ -306,6 +324,10 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
         study.set_user_attr("data", str(data_dir.resolve()))
         study.set_user_attr("space", space.to_dict())
         study.set_user_attr("base", base.to_dict())
+        # The first trial is the base config itself (the defaults that follow the data), so a
+        # search, however short, never returns a configuration worse than what it started from
+        # on the validation users.
+        study.enqueue_trial(space.base_params(base), skip_if_exists=False)
     elif known != fingerprint:
         raise SearchError(f"{study_dir}: holds a search over another dataset, base config or "
                           f"space ({study.user_attrs.get('data')}); use another --study "
