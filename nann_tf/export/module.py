@@ -403,7 +403,8 @@ class RetrievalModule(tf.Module):
         labels hold at most ``exact_max_items`` items score those items exactly (path
         :data:`EXACT`); the others walk the graph, the walk passing through items that fail
         and returning the best that pass (:data:`WALK`). Rows with a cap keep at most that many
-        results per category, backfilled from the ``width`` best passing items scored. Without
+        results per category, backfilled from the ``width`` best passing items scored and, while
+        a row is short of k, from refill rounds (:meth:`_refill`). Without
         any filter or cap in the batch, the plain search runs (path WALK).
         """
         *labels, cap = rules
@@ -421,8 +422,12 @@ class RetrievalModule(tf.Module):
             ids, scores, n = search(k=k_b)
             return ids, scores, n, tf.zeros([b], tf.int32)
 
-        def candidates(f):
-            """The best ``width`` items passing ``f`` per row: exact or walked."""
+        def candidates(f, rows=None):
+            """The best ``width`` items passing ``f`` per row: exact or walked. ``rows`` (bool
+            [B], default all) are the rows that need any: a path none of them takes is
+            skipped."""
+            need = tf.ones([b], tf.bool) if rows is None else rows
+
             def walk():
                 return search(k=width, item_filter=f)
 
@@ -430,8 +435,9 @@ class RetrievalModule(tf.Module):
                 return (tf.zeros([b, width], tf.int32), tf.fill([b, width], float("-inf")),
                         tf.zeros([b], tf.int32))
 
-            w_ids, w_scores, w_n = tf.cond(tf.reduce_all(exact), skip, walk)
-            e_ids, e_scores, e_n = tf.cond(tf.reduce_any(exact),
+            w_ids, w_scores, w_n = tf.cond(
+                tf.reduce_any(tf.logical_and(need, tf.logical_not(exact))), walk, skip)
+            e_ids, e_scores, e_n = tf.cond(tf.reduce_any(tf.logical_and(need, exact)),
                                            lambda: self._exact(scorer, b, req, exact, exclude,
                                                                f, width), skip)
             with tf.device(CPU):
@@ -488,7 +494,7 @@ class RetrievalModule(tf.Module):
                 return tf.logical_and(tf.logical_and(base(rows, items), fresh),
                                       tf.gather(short, rows))
 
-        new_ids, new_scores, new_n = candidates(passes)
+        new_ids, new_scores, new_n = candidates(passes, short)
         with tf.device(CPU):
             all_ids = tf.concat([ids, new_ids], 1)
             all_scores = tf.concat([scores, new_scores], 1)
