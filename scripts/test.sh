@@ -12,4 +12,11 @@ fi
 # installed without build isolation.
 .venv/bin/python -m pip install -q "tensorflow==2.21.*" "tensorflow-serving-api==2.21.*" pybind11 numpy tensorboard
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 "$@" tests
+# Two workers (the CI machine has 2 cores; much of a test's time is tracing, XLA compiles and
+# subprocesses): NANN_TEST_WORKERS=0 runs in this process.
+WORKERS=${NANN_TEST_WORKERS:-2}
+XDIST=()
+if [ "$WORKERS" != "0" ]; then
+  XDIST=(-n "$WORKERS" --dist loadgroup)
+fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 "${XDIST[@]}" "$@" tests

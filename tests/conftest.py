@@ -24,6 +24,20 @@ CI_CONFIG = "ci-synth"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# With pytest-xdist (scripts/test.sh runs two workers, --dist loadgroup), the tests that use the
+# session's exported versions (v_tf, v_xla below) run on one worker, so each version is
+# exported once; every other test goes to whichever worker is free.
+EXPORT_MODULES = {"test_export.py", "test_filters.py", "test_e2e.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.name in EXPORT_MODULES and not item.name.startswith(
+                ("test_demo_", "test_stage_keys_")) or fixtures & {"v_tf", "v_xla"}:
+            item.add_marker(pytest.mark.xdist_group("exports"))
+
+
 def run_cli(*args) -> int:
     return cli_main([str(a) for a in args])
 
@@ -115,3 +129,75 @@ def two_tower_model_dir(ci_workdir, ci_dataset) -> Path:
 def ci_index_dir(ci_pipeline) -> Path:
     """The HNSW index of the attention model's item embeddings."""
     return ci_pipeline.paths["index"]
+
+
+# ------------------------------------------------------------------ exported versions (shared)
+# Exporting the CI model costs 1.5-3.5 minutes on 2 cores (tracing, saving, a validation
+# process replaying the warm-up), so the two versions below are exported once per session and
+# shared: test_export checks them, test_filters queries version 1's filters, test_e2e serves a
+# copy of version 2. Tests that need another export option export their own.
+
+TAGS_EXACT_MAX = 100  # --exact-max-items of version 1 (see test_filters)
+
+
+@pytest.fixture(scope="session")
+def ci_item_tags(tmp_path_factory, ci_dataset) -> Path:
+    """An item table with tags: tag 5 on every 7th item, tag 6 on every 23rd (by dense id)."""
+    from nann_tf.data.dataset import Dataset
+
+    ds = Dataset.load(ci_dataset)
+    rows = ["sku,flags"]
+    for dense in range(1, ds.num_items + 1):
+        tags = [t for t, every in ((5, 7), (6, 23)) if dense % every == 0]
+        rows.append(f"{ds.raw_item_id[dense]},{'|'.join(map(str, tags))}")
+    path = tmp_path_factory.mktemp("item-tags") / "tags.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def export_base(tmp_path_factory):
+    return tmp_path_factory.mktemp("models") / "nann"
+
+
+@pytest.fixture(scope="session")
+def leftovers(export_base):
+    """Temporary export directories found in the base path before the first export: one of an
+    export whose process is gone, one of an export still running in another process."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    export_base.mkdir(parents=True)
+    paths = {"dead": export_base / f".tmp-7-{dead.pid}",
+             "live": export_base / f".tmp-8-{live.pid}"}
+    for p in paths.values():
+        p.mkdir()
+        (p / "saved_model.pb").write_bytes(b"partial")
+    yield paths
+    live.kill()
+    live.wait()
+
+
+@pytest.fixture(scope="session")
+def v_tf(export_base, leftovers, attention_model_dir, ci_index_dir, ci_item_tags):
+    """Version 1: stock ops only, no XLA, item tags from a table, narrow filters (<= 100
+    items) scored exactly; validated by the C API loader too."""
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", export_base, "--visited", "tf", "--no-xla",
+                   "--item-tags", ci_item_tags, "--tag-columns", "item=sku,tags=flags",
+                   "--exact-max-items", str(TAGS_EXACT_MAX),
+                   "--validate-loader", "cc") == 0
+    return export_base / "1"
+
+
+@pytest.fixture(scope="session")
+def v_xla(export_base, v_tf, attention_model_dir, ci_index_dir):
+    """Version 2: the C++ bitmap op with XLA scoring over the shape grid (the CLI's default
+    export, model name "nann"); validated by the C API loader too."""
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", export_base, "--visited", "bitmap", "--xla",
+                   "--embedding-dtype", "float32", "--validate-loader", "cc") == 0
+    return export_base / "2"

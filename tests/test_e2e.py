@@ -1,16 +1,13 @@
 """End to end over real gRPC: the CI model exported as a SavedModel version, served by
 ``nann-tf serve`` in a subprocess on 127.0.0.1, and queried: same answers as in-process, bad
-requests, concurrent load, a hot swap under load; and ``nann-tf demo`` on tiny sizes.
+requests, concurrent load; and ``nann-tf demo`` on tiny sizes.
 
-One server runs for the module (fixture ``served``); the hot-swap test exports version 2 into its
-base path, so it runs after every test that expects version 1 (tests pin ``version=1`` where the
-answer matters).
+One server runs for the module (fixture ``served``), on a copy of the session's default export.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import grpc
 import numpy as np
@@ -22,7 +19,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from nann_tf import demo as demo_lib
 from nann_tf.pipeline import STATE_FILE, Pipeline
 from nann_tf.data.dataset import Dataset
-from nann_tf.export.export import EXPORT_INFO, export_version
+from nann_tf.export.export import EXPORT_INFO
 from nann_tf.serving.client import RetrievalClient
 from nann_tf.serving.loader import SessionModel
 from nann_tf.serving.process import ServerProcess
@@ -30,22 +27,22 @@ from nann_tf.serving.tensors import from_tensor_proto
 from nann_tf.serving.warmup import make_predict_request
 
 from conftest import run_cli
-from traffic import BackgroundTraffic, fixed_load, wait_for
+from traffic import fixed_load
 
 MODEL = "nann"
 MAX_BATCH = 64
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, attention_model_dir, ci_index_dir, ci_dataset):
-    """Version 1 of the CI model: the default export (C++ visited op, XLA over the shape grid),
-    with warm-up records for batch sizes 1 and 8 only -- the sizes these tests send -- so the
-    server compiles 2 x 22 grid shapes at load instead of 3 x 22 (the graph is the same)."""
+def exported(tmp_path_factory, v_xla):
+    """Version 1 here: a copy of the session's default export (conftest ``v_xla``: the C++
+    visited op, XLA over the shape grid, validated), published under this module's base path.
+    (The hot swap under load is test_export's ``test_hot_swap_to_an_xla_version_under_load``.)"""
+    import shutil
+
     base = tmp_path_factory.mktemp("e2e") / MODEL
-    # test_export.py covers the export's own validation; skipping it here saves a process.
-    info = export_version(attention_model_dir, ci_index_dir, base, data_dir=str(ci_dataset),
-                          model_name=MODEL, warmup_batch_sizes=(1, 8), validate=False)
-    assert info["version"] == 1
+    base.mkdir()
+    shutil.copytree(v_xla, base / "1")
     return base
 
 
@@ -361,54 +358,6 @@ def test_eight_concurrent_clients_500_requests_each(served, v1, histories):
     print(f"\nCI model over gRPC, 8 clients x 500 requests (B=1, serving_default): "
           f"{len(ms) / elapsed:.0f} QPS in {elapsed:.1f} s, p50 {np.percentile(ms, 50):.2f} ms, "
           f"p99 {np.percentile(ms, 99):.2f} ms")
-
-
-# --------------------------------------------------------------------------- hot swap
-def test_hot_swap_under_load(served, exported, histories, attention_model_dir, ci_index_dir,
-                             ci_dataset):
-    """Version 2 is exported while 4 clients query: no request fails, and every client's
-    answers switch from version 1 to version 2 for good.
-
-    Version 2 stores e_v as float16 (so its answers differ) and is exported without XLA: the
-    swap works the same (load, warm-up replay, switch, unload), but loading does not pay a
-    compile per shape-grid size, which on 2 shared cores costs tens of seconds.
-    """
-    pool = histories[:6]
-    # Steady traffic rather than a flood: on 2 cores a flood starves the export and the new
-    # version's warm-up, which only makes the test slower.
-    with BackgroundTraffic(served["address"], MODEL, pool, clients=4, timeout_s=60,
-                           pause_s=0.01) as traffic:
-        errors = traffic.errors
-        wait_for(lambda: traffic.count(1) >= 40, 60, "answers from version 1", errors)
-        info2 = export_version(attention_model_dir, ci_index_dir, exported,
-                               data_dir=str(ci_dataset), model_name=MODEL,
-                               embedding_dtype="float16", xla=False, validate=False)
-        assert info2["version"] == 2
-        exported_at = time.perf_counter()
-        wait_for(lambda: traffic.count(2) >= 1, 240, "the first answer from version 2", errors)
-        swap_seconds = time.perf_counter() - exported_at
-        wait_for(lambda: all(traffic.count(2, w) >= 10 for w in range(4)), 60,
-                 "every client to get answers from version 2", errors)
-    results = traffic.results
-    assert errors == []
-    for w in range(4):
-        versions = traffic.versions_seen_by(w)
-        assert versions == sorted(versions) and set(versions) == {1, 2}, "switched for good"
-    expected = {}
-    for version in (1, 2):
-        with SessionModel(exported / str(version)) as m:
-            expected[version] = [m.run("serving_default", {"hist_item_ids": h[None]})
-                                 for h in pool]
-    for _, version, j, outputs in results:
-        _assert_same(outputs, expected[version][j])
-    assert any(not np.array_equal(expected[1][j]["scores"], expected[2][j]["scores"])
-               for j in range(len(pool))), "the versions are distinguishable"
-    with RetrievalClient(served["address"], MODEL) as client:
-        states = {s.version: s.state for s in client.status()}
-    assert states == {2: "AVAILABLE", 1: "END"}
-    print(f"\nhot swap: {len(results)} requests, {traffic.count(1)} answered by version 1, "
-          f"{traffic.count(2)} by version 2, 0 failed; version 2 answered {swap_seconds:.1f} s after "
-          "its directory appeared")
 
 
 def test_server_stops_on_sigterm_with_status_0(served):

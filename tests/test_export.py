@@ -22,46 +22,9 @@ from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("models") / "nann"
-
-
-@pytest.fixture(scope="module")
-def leftovers(base):
-    """Temporary export directories found in the base path before the first export: one of an
-    export whose process is gone, one of an export still running in another process."""
-    import subprocess
-    import sys
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-    base.mkdir(parents=True)
-    paths = {"dead": base / f".tmp-7-{dead.pid}", "live": base / f".tmp-8-{live.pid}"}
-    for p in paths.values():
-        p.mkdir()
-        (p / "saved_model.pb").write_bytes(b"partial")
-    yield paths
-    live.kill()
-    live.wait()
-
-
-@pytest.fixture(scope="module")
-def v_tf(base, leftovers, attention_model_dir, ci_index_dir):
-    """Stock ops only, no XLA (version 1)."""
-    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
-                   "--output", base, "--visited", "tf", "--no-xla",
-                   "--validate-loader", "cc") == 0
-    return base / "1"
-
-
-@pytest.fixture(scope="module")
-def v_xla(base, v_tf, attention_model_dir, ci_index_dir):
-    """The C++ bitmap op with XLA scoring over the shape grid (version 2)."""
-    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
-                   "--output", base, "--visited", "bitmap", "--xla",
-                   "--embedding-dtype", "float32", "--validate-loader", "cc") == 0
-    return base / "2"
+def base(export_base):
+    """The base path of the session's two exports (conftest: ``v_tf`` = 1, ``v_xla`` = 2)."""
+    return export_base
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +43,10 @@ def test_history_seeds_on_by_default_and_same_as_the_offline_search(
     from nann_tf.evaluation.retriever import Retriever
     from nann_tf.model.saved import load_trained_model
 
-    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
-                   "--output", tmp_path / "plain", "--visited", "tf", "--no-xla",
-                   "--no-history-seeds") == 0
+    # Not validated (this test compares it with the offline search itself; validation is
+    # covered by the session's exports): saves a loading process.
+    export_version(attention_model_dir, ci_index_dir, tmp_path / "plain", visited="tf",
+                   xla=False, history_seeds=False, validate=False)
     v_plain = tmp_path / "plain" / "1"
     assert json.loads((v_tf / EXPORT_INFO).read_text())["search"]["history_seeds"] is True
     assert json.loads((v_plain / EXPORT_INFO).read_text())["search"]["history_seeds"] is False
@@ -334,7 +298,7 @@ def test_validate_cli_and_bad_version_directories(v_tf, tmp_path, capsys):
     out = tmp_path / "report.json"
     assert run_cli("validate", v_tf, "--loader", "cc", "--output-json", out) == 0
     assert json.loads(out.read_text())["bit_identical"] is True
-    assert run_cli("validate", v_tf, "--loader", "python") == 0
+    # (the python loader is what every export's validation runs: tested there)
     capsys.readouterr()
     # A missing variable shard: the loader's error names the variables file.
     broken = _copy_version(v_tf, tmp_path / "no-shard")
@@ -481,7 +445,8 @@ def test_warmup_records_cover_grid_at_each_batch_size_and_replay_a_request_log(t
 def test_hot_swap_to_an_xla_version_under_load(v_tf, v_xla, queries, tmp_path):
     """Clients keep querying while a version whose warm-up compiles the whole XLA shape grid is
     published next to a stock-ops version: no request fails, every answer is the answer of the
-    version that gave it, and once the XLA version is AVAILABLE it takes the traffic."""
+    version that gave it, and once the XLA version is AVAILABLE it takes every client's traffic
+    for good (version 1 then unloads)."""
     import shutil
 
     from nann_tf.serving.model_config import ServedModelConfig, ServerOptions
@@ -506,6 +471,8 @@ def test_hot_swap_to_an_xla_version_under_load(v_tf, v_xla, queries, tmp_path):
             (tmp_path / ".staging").rename(base / "2")  # published complete, as export does
             wait_for(lambda: traffic.count(2) >= 20, 300, "requests on version 2",
                      traffic.errors)
+            wait_for(lambda: all(traffic.count(2, w) >= 3 for w in range(3)), 60,
+                     "every client to get answers from version 2", traffic.errors)
         # Version 1 leaves service as soon as 2 is AVAILABLE, then unloads (UNLOADING -> END).
         wait_for(lambda: {r.version: r.state for r in server.manager.status("nann")}.get(1)
                  == "END", 60, "version 1 to finish unloading")

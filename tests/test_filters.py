@@ -12,6 +12,7 @@ from nann_tf.search.brute_force import brute_force
 from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category
 from nann_tf.evaluation.metrics import coverage
 
+from conftest import TAGS_EXACT_MAX as EXACT_MAX
 from test_beam import l2_scores, oracle_topk, table_scorer
 
 N = 3000
@@ -137,31 +138,19 @@ def test_filtered_beam_search_returns_only_passing_items_and_finds_them(labels):
 # ------------------------------------------------------------------ the served model (CI model)
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, attention_model_dir, ci_index_dir, ci_dataset):
-    """The CI model exported with tags from an item table (tag 5 on every 7th item, tag 6 on
-    every 23rd, by dense id), without XLA (faster to build; the same graph otherwise). On this
-    2,000-item corpus every filter would be scored exactly by default (the walk scores half the
-    corpus): --exact-max-items just above tag 6's 86 items makes broader filters walk."""
+def served(v_tf, ci_dataset, ci_item_tags):
+    """The session's version 1 (conftest ``v_tf``): the CI model exported with tags from an
+    item table (tag 5 on every 7th item, tag 6 on every 23rd, by dense id), without XLA (the
+    same graph otherwise). On this 2,000-item corpus every filter would be scored exactly by
+    default (the walk scores half the corpus): --exact-max-items just above tag 6's 86 items
+    makes broader filters walk."""
     from nann_tf.data.dataset import Dataset
-    from conftest import run_cli
 
     ds = Dataset.load(ci_dataset)
-    d = tmp_path_factory.mktemp("filters")
-    rows = ["sku,flags"]
-    for dense in range(1, ds.num_items + 1):
-        tags = [t for t, every in ((5, 7), (6, 23)) if dense % every == 0]
-        rows.append(f"{ds.raw_item_id[dense]},{'|'.join(map(str, tags))}")
-    (d / "tags.csv").write_text("\n".join(rows) + "\n")
-    out = d / "models" / "nann"
-    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
-                   "--output", out, "--visited", "tf", "--no-xla", "--item-tags",
-                   d / "tags.csv", "--tag-columns", "item=sku,tags=flags",
-                   "--exact-max-items", str(EXACT_MAX)) == 0
     assert np.bincount(ds.item_category[1:]).max() > EXACT_MAX  # the largest category walks
-    return out / "1", ds, d
+    return v_tf, ds, ci_item_tags.parent
 
 
-EXACT_MAX = 100
 
 
 def _reference(ds, attention_model_dir, hist_dense, allowed, k):
