@@ -379,6 +379,7 @@ def item_side_table(model: NANNModel, e_table, batch_size: int = 65536) -> np.nd
     return np.concatenate(out, axis=0).astype(np.float32)
 
 
+@tf.autograph.experimental.do_not_convert
 def split_item_side(model: NANNModel, e_v, side) -> dict:
     """The :meth:`NANNModel.item_side` dict of candidates from their e_v and their rows of
     :func:`item_side_table` (both [..., ·])."""
