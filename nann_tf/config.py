@@ -137,7 +137,13 @@ class TrainConfig:
         (train-negatives-synth-1m.json; equal wall time not yet measured). Ignored by shared
         negatives.
       jit_compile: compile the train step with XLA (the default: 1.08-1.16x examples/s for the
-        attention model on 2 CPU cores, bench/results/train.json "xla").
+        attention model on 2 CPU cores, bench/results/train.json "xla"). With sparse updates
+        the forward and backward pass are the XLA program and the optimizer runs beside it.
+      sparse_min_items: from this many items up, the item-id table is updated sparsely: only
+        the rows a batch touched (lazy Adam, :mod:`nann_tf.train.optim`; rows not in a batch
+        keep their values and moments until their next batch), instead of the whole table and
+        both its moment tables every step. Below it the dense update inside the XLA step is
+        cheaper (bench/results/train-step-*.json). 0: always sparse.
       backup_every_steps: back up the run (weights and optimizer state) every this many steps
         and at the end of every epoch; an interrupted run resumes from the last backup, mid-epoch
         included, with the data continuing at the step after it. 0: at epoch ends only.
@@ -164,6 +170,7 @@ class TrainConfig:
     negatives: str = "per_example"
     negative_pool_factor: int = 32
     jit_compile: bool = True
+    sparse_min_items: int = 100_000
     backup_every_steps: int = 2000
     loss: str = "softmax"
     val_every_steps: int = 0

@@ -110,6 +110,7 @@ class Retriever:
         import tensorflow as tf
 
         from nann_tf.index.hnsw import graph_tensors
+        from nann_tf.model.nann import item_side_table
         from nann_tf.model.scorer import ModelScorer
 
         if not 0 <= start_level <= index.graph.max_level:
@@ -129,7 +130,9 @@ class Retriever:
         self.num_items = index.num_items
         self._graph = graph_tensors(index.graph, self.start_level)
         self.grid = grid
-        self._scorer = ModelScorer(model, tf.constant(index.embeddings), grid)
+        side = item_side_table(model, index.embeddings)
+        self._scorer = ModelScorer(model, tf.constant(index.embeddings), grid,
+                                   side_table=None if side is None else tf.constant(side))
         self._bf = None
         s = self.start_level
         hist_spec = tf.TensorSpec([None, None], tf.int32)

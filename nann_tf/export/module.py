@@ -59,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from nann_tf.index.hnsw import make_graph_tensors
+from nann_tf.model.nann import item_side_table
 from nann_tf.model.scorer import ModelScorer, ShapeGrid
 from nann_tf.search.beam import (SearchContext, beam_search, merge_results, order_keys,
                                  resize_results)
@@ -72,6 +73,13 @@ __all__ = ["RetrievalModule", "MAX_T", "default_max_ef", "VOCABULARY_FILE", "wri
            "DEFAULT_LIMITS", "FILTER_INPUTS", "WALK", "EXACT", "rules_inputs", "CAP_REFILL_ROUNDS"]
 
 MAX_T = 64  # rounds per level a request may ask for
+#: A filtered row scores its passing items exactly when they are at most this many times the
+#: items the default (unfiltered) walk scores: scanning E items costs about what the walk costs
+#: when E is ~1.4x the walk's items (the scan has no traversal; 1M corpus, B=1: 16,000 items
+#: scanned in 34.6 ms vs a walk scoring 11,800 in 36.6 ms, bench/results/filters-synth-1m.json
+#: "switch_point"), and it is exact, where a walk that returns only passing items finds ~0.9 of
+#: them at the default parameters.
+EXACT_PER_WALK_ITEM = 1.5
 
 #: Bounds on every input whose size drives a request's cost (``limits`` of the export, recorded
 #: in its info and enforced by the graph: over a limit is INVALID_ARGUMENT naming the input and
@@ -167,8 +175,11 @@ class RetrievalModule(tf.Module):
         default: the index's categories (raw ids when the index has them) and no tags.
       limits: overrides of :data:`DEFAULT_LIMITS`.
       exact_max_items: a filtered row whose include labels hold at most this many items is
-        answered by scoring them all (the exact path) instead of the walk (default: twice the
-        items the default search scores, at least 2,048; at most the XLA grid's widest row).
+        answered by scoring them all (the exact path) instead of the walk. Default: an estimate
+        of the items the default search scores (the index's tuned search, else 16 x ef) times
+        :data:`EXACT_PER_WALK_ITEM`, at least 2,048, at most the XLA grid's widest row;
+        ``nann-tf export`` replaces the estimate by the items its validation queries scored
+        (:meth:`measured_exact_max_items`) before any filtered signature is traced.
     """
 
     def __init__(self, model, index, max_len: int, search, max_ef: int | None = None,
@@ -213,6 +224,11 @@ class RetrievalModule(tf.Module):
         with tf.device(CPU):
             self.item_table = tf.Variable(index.embeddings.astype(embedding_dtype),
                                           trainable=False, name="item_embeddings")
+            # The item side of the score (attention query, e_v's first-layer block), computed
+            # once per item here so that a scored candidate costs only the pair block.
+            side = item_side_table(model, index.embeddings)
+            self.item_side = None if side is None else tf.Variable(
+                side.astype(embedding_dtype), trainable=False, name="item_side")
             self.level_values = [tf.Variable(v.astype(np.int32), trainable=False,
                                              name=f"level{i}_values")
                                  for i, (v, _) in enumerate(graph.levels)]
@@ -246,16 +262,17 @@ class RetrievalModule(tf.Module):
         bad = [k for k in self.limits if k not in DEFAULT_LIMITS or int(self.limits[k]) < 1]
         if bad:
             raise ValueError(f"limits: unknown or < 1: {bad} (known: {sorted(DEFAULT_LIMITS)})")
+        self._rules_traced = False
+        self.exact_max_items_given = exact_max_items is not None
         if exact_max_items is None:
             walk = (index.meta.get("tuned_search") or {}).get("items_scored") or \
                 max(search.ef.values()) * 16
-            exact_max_items = max(2048, int(2 * walk))
-        if self.grid is not None:
-            exact_max_items = min(exact_max_items, self.grid.max_size)
-        self.exact_max_items = int(exact_max_items)
+            exact_max_items = self._exact_max_for(walk)
+        self.exact_max_items = self._grid_capped(exact_max_items)
         self._start_level = S
         self._num_start = int(len(start_nodes))
-        self.scorer = ModelScorer(model, self.item_table, self.grid, gather_device=CPU)
+        self.scorer = ModelScorer(model, self.item_table, self.grid, gather_device=CPU,
+                                  side_table=self.item_side)
         L = None
         rules_spec = [tf.TensorSpec([None, None], tf.int64, name=n) for n in FILTER_INPUTS] + \
             [tf.TensorSpec([None], tf.int32, name="max_per_category")]
@@ -396,6 +413,23 @@ class RetrievalModule(tf.Module):
                                   f"{lim['max_filter_labels']} columns (the export's limit)"))
         return checks
 
+    @staticmethod
+    def _exact_max_for(walk_items: float) -> int:
+        return max(2048, int(EXACT_PER_WALK_ITEM * walk_items))
+
+    def _grid_capped(self, n: int) -> int:
+        return int(min(n, self.grid.max_size) if self.grid is not None else n)
+
+    def measured_exact_max_items(self, walk_items_scored: float) -> int:
+        """Sets the default exact-path bound from the items the default search was measured to
+        score (the mean over some queries) and returns it; an explicit ``exact_max_items`` is
+        kept. Call before any signature with rules is traced (it is a constant of the graph)."""
+        if self._rules_traced:
+            raise RuntimeError("exact_max_items is already part of a traced signature")
+        if not self.exact_max_items_given:
+            self.exact_max_items = self._grid_capped(self._exact_max_for(walk_items_scored))
+        return self.exact_max_items
+
     def _search_rules(self, graph, scorer, b, ef, T, k_b, exclude, seeds, rules, width):
         """The search with a request's rules: ``(ids [B, k_b], scores, num_scored, path)``.
 
@@ -408,6 +442,7 @@ class RetrievalModule(tf.Module):
         any filter or cap in the batch, the plain search runs (path WALK).
         """
         *labels, cap = rules
+        self._rules_traced = True
         req = self.labels.request(*labels)
         with tf.device(CPU):
             capped = tf.reduce_any(cap > 0)

@@ -29,7 +29,8 @@ import tensorflow as tf
 
 from nann_tf.config import ModelConfig
 
-__all__ = ["NANNModel", "UserState", "MLP", "mlp", "all_item_embeddings"]
+__all__ = ["NANNModel", "UserState", "MLP", "mlp", "all_item_embeddings", "item_side_table",
+           "split_item_side"]
 
 UserState = dict  # str -> tf.Tensor with leading batch dimension B
 
@@ -103,6 +104,10 @@ class NANNModel(keras.Model):
             self.user_tower = keras.layers.Dense(d, name="user_tower")
         else:
             self.score_network = mlp(config.score_hidden, 1, "score_network", dropout=rate)
+            # Built here: its first layer is only ever applied in blocks (see score_items).
+            u = config.user_hidden[-1] if config.user_hidden else d
+            match = config.history_match and self.variant == "attention"
+            self.score_network(tf.zeros([1, u + 3 * d + int(match)]))
             if config.dot_term:
                 self.dot_user = keras.layers.Dense(d, name="dot_user")
         if self.variant == "attention":
@@ -122,6 +127,11 @@ class NANNModel(keras.Model):
             # softmax weights of the pooled history (every variant): recency.
             self.recency = self.add_weight(name="recency", shape=(self.max_len,),
                                            initializer="zeros")
+
+    def sparse_tables(self) -> list:
+        """The trainable tables that grow with the catalogue (read by gathers, updated
+        sparsely in training): the item-id embedding."""
+        return [self.item_id_embedding.embeddings]
 
     # ----- item side -------------------------------------------------------------------------
     def item_embedding(self, item_ids, training=False):
@@ -184,11 +194,63 @@ class NANNModel(keras.Model):
                                                 tf.not_equal(hist, 0), training=training)
 
     # ----- score -----------------------------------------------------------------------------
-    def attention_weights(self, user_state: UserState, e_v):
-        """The target attention of candidates ``e_v`` [B, C, d] over the history: weights
-        ``[B, C, L]`` (softmax over the real behaviours; 0 at padding, all 0 for an empty
-        history). Attention models only."""
-        q = self.att_query(e_v)  # [B, C, a]
+    # The score of a (user, item) pair is computed in three blocks, each where it belongs:
+    #   item side (once per distinct item; the search can precompute it for the whole corpus):
+    #     e_v, the attention query W_q e_v, and e_v's block of the score network's first layer;
+    #   user side (once per user, in the user state): user_vec's block of that layer;
+    #   pair (per candidate): the attention over the history, ctx's and ctx * e_v's blocks, the
+    #     history match, the remaining layers.
+    # The first layer's kernel is one [in, h] matrix over [user_vec, ctx, e_v, ctx * e_v
+    # (, match)]: the blocks are its row slices, so the weights (and saved models) are the same
+    # as those of the layer applied to the concatenation, and so are the scores (to float
+    # rounding).
+
+    def _first_layer_blocks(self):
+        """The score network's first Dense layer and its kernel's row blocks ``(layer, u, c, e,
+        ce, m)`` (``m`` None without the history match)."""
+        layer = self.score_network.dense[0]
+        u = self.cfg.user_hidden[-1] if self.cfg.user_hidden else self.cfg.embedding_dim
+        d = self.cfg.embedding_dim
+        match = self.cfg.history_match and self.variant == "attention"
+        k = layer.kernel
+        blocks = [k[:u], k[u:u + d], k[u + d:u + 2 * d], k[u + 2 * d:u + 3 * d]]
+        m = k[u + 3 * d:] if match else None
+        return (layer, *blocks, m)
+
+    def item_side(self, e_v) -> dict:
+        """The item-side tensors of candidates ``e_v`` [..., d] (see above): ``{"e_v", "q",
+        "h_e"}`` (``q``: attention models; ``h_e``: not two-tower)."""
+        side = {"e_v": e_v}
+        if self.variant == "two_tower":
+            return side
+        if self.variant == "attention":
+            side["q"] = self.att_query(e_v)
+        side["h_e"] = tf.tensordot(e_v, self._first_layer_blocks()[3], axes=1)
+        return side
+
+    def item_side_width(self) -> dict:
+        """The last dimension of each :meth:`item_side` tensor."""
+        d = self.cfg.embedding_dim
+        out = {"e_v": d}
+        if self.variant != "two_tower":
+            if self.variant == "attention":
+                out["q"] = self.cfg.attention_dim
+            out["h_e"] = int(self.score_network.dense[0].units)
+        return out
+
+    def user_block(self, user_state: UserState):
+        """user_vec's block of the score network's first layer (plus its bias), [B, h]: once
+        per user (:meth:`score_items` adds it when the state lacks it)."""
+        layer, w_u = self._first_layer_blocks()[:2]
+        out = tf.matmul(user_state["user_vec"], w_u)
+        return out + layer.bias if layer.use_bias else out
+
+    def attention_weights(self, user_state: UserState, e_v=None, q=None):
+        """The target attention of candidates ``e_v`` [B, C, d] (or their queries ``q`` = W_q
+        e_v [B, C, a]) over the history: weights ``[B, C, L]`` (softmax over the real
+        behaviours; 0 at padding, all 0 for an empty history). Attention models only."""
+        if q is None:
+            q = self.att_query(e_v)  # [B, C, a]
         logits = tf.einsum("bca,bla->bcl", q, user_state["keys"])
         logits /= np.sqrt(float(self.cfg.attention_dim)).astype(np.float32)
         if "recency" in user_state:
@@ -199,6 +261,56 @@ class NANNModel(keras.Model):
 
     def score(self, user_state: UserState, e_v, training=False):
         """Scores ``e_v`` [B, C, d] for the B users of ``user_state`` -> logits [B, C]."""
+        return self.score_items(user_state, self.item_side(e_v), training=training)
+
+    def score_items(self, user_state: UserState, side: dict, training=False):
+        """Scores candidates given by their :meth:`item_side` tensors (each [B, C, ·]) for the B
+        users of ``user_state`` -> logits [B, C]: only the pair block runs per candidate."""
+        e_v = side["e_v"]
+        if self.variant == "two_tower":
+            return tf.einsum("bd,bcd->bc", user_state["e_u"], e_v)
+        layer, _, w_c, _, w_ce, w_m = self._first_layer_blocks()
+        if self.variant == "attention":
+            w = self.attention_weights(user_state, q=side["q"])
+            ctx = tf.einsum("bcl,bld->bcd", w, user_state["values"])
+            # (tensordot: a 2-D matmul; einsum's gradient here broadcasts the kernel per row)
+            pre = tf.tensordot(ctx, w_c, axes=1) + tf.tensordot(ctx * e_v, w_ce, axes=1)
+        else:  # sum_pool: ctx is the pooled history, the same for every candidate
+            ctx = user_state["pooled"][:, None, :]
+            pre = tf.matmul(user_state["pooled"], w_c)[:, None, :] + \
+                tf.tensordot(ctx * e_v, w_ce, axes=1)
+        user = user_state["user_block"] if "user_block" in user_state else \
+            self.user_block(user_state)
+        pre += side["h_e"] + user[:, None, :]
+        match = None
+        if "values_unit" in user_state:
+            # How close the candidate is to its nearest history item (cosine; 1 for an item the
+            # user already has): the feature that lets the score learn, from the data, whether
+            # people come back to what they had (groceries) or not (films).
+            sim = tf.einsum("bcd,bld->bcl", tf.math.l2_normalize(e_v, axis=-1),
+                            user_state["values_unit"])
+            mask = user_state["mask"][:, None, :]
+            match = tf.reduce_max(sim * mask - 2.0 * (1.0 - mask), axis=-1)  # [B, C]
+            pre += match[..., None] * w_m[0]
+        x = layer.activation(pre) if layer.activation is not None else pre
+        net = self.score_network
+        if net.drop is not None and net.n_hidden > 0:
+            x = net.drop(x, training=training)
+        for i, dense in enumerate(net.dense[1:], start=1):
+            x = dense(x)
+            if net.drop is not None and i < net.n_hidden:
+                x = net.drop(x, training=training)
+        out = tf.squeeze(x, axis=-1)
+        if match is not None:
+            out += self.match_weight * match
+        if "dot_u" in user_state:  # the two-tower term beside the MLP
+            out += tf.einsum("bd,bcd->bc", user_state["dot_u"], e_v)
+        return out
+
+    def score_concat(self, user_state: UserState, e_v, training=False):
+        """The score network applied to the concatenated ``[user_vec, ctx, e_v, ctx * e_v
+        (, match)]`` per candidate, as written in the paper: the reference :meth:`score` is
+        tested against (same weights, same function)."""
         if self.variant == "two_tower":
             return tf.einsum("bd,bcd->bc", user_state["e_u"], e_v)
         if self.variant == "attention":
@@ -212,9 +324,6 @@ class NANNModel(keras.Model):
         parts = [user_vec, ctx, e_v, ctx * e_v]
         match = None
         if "values_unit" in user_state:
-            # How close the candidate is to its nearest history item (cosine; 1 for an item the
-            # user already has): the feature that lets the score learn, from the data, whether
-            # people come back to what they had (groceries) or not (films).
             sim = tf.einsum("bcd,bld->bcl", tf.math.l2_normalize(e_v, axis=-1),
                             user_state["values_unit"])
             mask = user_state["mask"][:, None, :]
@@ -224,7 +333,7 @@ class NANNModel(keras.Model):
         out = tf.squeeze(self.score_network(x, training=training), axis=-1)
         if match is not None:
             out += self.match_weight * match
-        if "dot_u" in user_state:  # the two-tower term beside the MLP
+        if "dot_u" in user_state:
             out += tf.einsum("bd,bcd->bc", user_state["dot_u"], e_v)
         return out
 
@@ -248,3 +357,35 @@ def all_item_embeddings(model: NANNModel, batch_size: int = 65536) -> np.ndarray
     out = [fn(tf.range(i, min(i + batch_size, n), dtype=tf.int32)).numpy()
            for i in range(0, n, batch_size)]
     return np.concatenate(out, axis=0).astype(np.float32)
+
+
+def item_side_table(model: NANNModel, e_table, batch_size: int = 65536) -> np.ndarray | None:
+    """The item-side tensors other than e_v (:meth:`NANNModel.item_side`: the attention query
+    and e_v's first-layer block) of every row of ``e_table`` [N + 1, d], concatenated in
+    :meth:`NANNModel.item_side_width` order: float32 ``[N + 1, w]``, or None for a model
+    without any (two-tower; a model that is not a :class:`NANNModel`). The search precomputes it once per corpus, so a scored candidate
+    costs only the pair block."""
+    if not hasattr(model, "item_side_width"):  # a scorer of another kind (tests' toy models)
+        return None
+    widths = model.item_side_width()
+    keys = [k for k in widths if k != "e_v"]
+    if not keys:
+        return None
+    e_table = np.asarray(e_table, np.float32)
+    fn = tf.function(lambda e: tf.concat([model.item_side(e)[k] for k in keys], axis=-1),
+                     input_signature=[tf.TensorSpec([None, e_table.shape[1]], tf.float32)])
+    out = [fn(tf.constant(e_table[i:i + batch_size])).numpy()
+           for i in range(0, len(e_table), batch_size)]
+    return np.concatenate(out, axis=0).astype(np.float32)
+
+
+@tf.autograph.experimental.do_not_convert
+def split_item_side(model: NANNModel, e_v, side) -> dict:
+    """The :meth:`NANNModel.item_side` dict of candidates from their e_v and their rows of
+    :func:`item_side_table` (both [..., ·])."""
+    out, at = {"e_v": e_v}, 0
+    for k, w in model.item_side_width().items():
+        if k != "e_v":
+            out[k] = side[..., at:at + w]
+            at += w
+    return out

@@ -98,20 +98,31 @@ class ModelScorer:
       grid: pad widths up to this grid and run the score network with XLA (None: no padding, no
         XLA).
       gather_device: where to gather candidate embeddings (the CPU, beside the index).
+      side_table: the item-side tensors of ids 0..N (:func:`~nann_tf.model.nann.item_side_table`,
+        same dtype as ``item_table``), gathered beside e_v so that each scored candidate costs
+        only the pair block; None: computed per candidate from e_v (the same scores, to float
+        rounding).
     """
 
     def __init__(self, model, item_table, grid: ShapeGrid | None = None,
-                 gather_device: str | None = "/CPU:0"):
+                 gather_device: str | None = "/CPU:0", side_table=None):
         self.model = model
         self.item_table = item_table
+        self.side_table = side_table
         self.grid = grid
         self.gather_device = gather_device
         self._score = tf.function(self._score_dense, jit_compile=True,
                                   reduce_retracing=True) if grid is not None else \
             self._score_dense
 
-    def _score_dense(self, user_state, e):
-        return self.model.score(user_state, tf.cast(e, tf.float32))
+    def _score_dense(self, user_state, e, side=None):
+        from nann_tf.model.nann import split_item_side
+
+        e = tf.cast(e, tf.float32)
+        if side is None:
+            return self.model.score(user_state, e)
+        return self.model.score_items(
+            user_state, split_item_side(self.model, e, tf.cast(side, tf.float32)))
 
     def _device(self):
         return (tf.device(self.gather_device) if self.gather_device
@@ -158,7 +169,9 @@ class ModelScorer:
             index = tf.stack([rows_sorted, slot], axis=1)
             dense_ids = tf.scatter_nd(index, tf.gather(item_ids, order), tf.stack([b, width]))
             e = tf.gather(self.item_table, dense_ids)
-        scores = self._score(user_state, e)
+            side = None if self.side_table is None else tf.gather(self.side_table, dense_ids)
+        scores = self._score(user_state, e) if side is None else \
+            self._score(user_state, e, side)
         with self._device():
             s_sorted = tf.gather_nd(scores, index)
             return tf.scatter_nd(order[:, None], s_sorted, tf.shape(row_ids))

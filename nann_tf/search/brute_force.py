@@ -113,10 +113,15 @@ class ExactScorer:
         again without retracing: validation during training does).
       pair_budget: users x items x history length scored per model call (bounds memory).
       user_batch: users per call.
+      side_table: the items' precomputed item-side tensors
+        (:func:`~nann_tf.model.nann.item_side_table`; a ``tf.Variable`` beside a variable
+        ``item_table``). Default: computed here from an array ``item_table``; none (computed per
+        pair) beside a variable one.
     """
 
     def __init__(self, model, item_table: np.ndarray, pair_budget: int = 2 ** 24,
-                 user_batch: int = 128):
+                 user_batch: int = 128, side_table=None):
+        from nann_tf.model.nann import item_side_table
         from nann_tf.model.scorer import ModelScorer
 
         self.model = model
@@ -124,8 +129,13 @@ class ExactScorer:
         self.pair_budget = int(pair_budget)
         self.user_batch = int(user_batch)
         if not isinstance(item_table, tf.Variable):
+            if side_table is None:
+                side_table = item_side_table(model, item_table)
             item_table = tf.constant(item_table)
-        self._scorer = ModelScorer(model, item_table, grid=None, gather_device=None)
+        if side_table is not None and not isinstance(side_table, tf.Variable):
+            side_table = tf.constant(side_table)
+        self._scorer = ModelScorer(model, item_table, grid=None, gather_device=None,
+                                   side_table=side_table)
         self._spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)]
         self._topk_fns: dict[int, Any] = {}
 

@@ -42,6 +42,7 @@ from nann_tf.model.saved import MODEL_META, build_model, save_trained_model
 from nann_tf.progress import Progress, format_count
 from nann_tf.train.input import InputError, InputPipeline, TrainSamples
 from nann_tf.train.noise import NoiseDistribution
+from nann_tf.train.optim import make_optimizer
 from nann_tf.train.step import NANNTrainer
 from nann_tf.train.validation import ValidationState, Validator, default_val_every
 
@@ -269,7 +270,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     try:
         pipeline = InputPipeline(samples, noise, batch_size=tc.batch_size,
                                  num_negatives=tc.num_negatives, negatives=tc.negatives,
-                                 seed=tc.seed, pool_factor=tc.negative_pool_factor)
+                                 seed=tc.seed, pool_factor=tc.negative_pool_factor,
+                                 emit_pool=True)
     except InputError as e:
         raise TrainError(str(e)) from e
     steps = tc.steps_per_epoch or pipeline.steps_per_epoch
@@ -283,16 +285,17 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     with strategy.scope():
         model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category,
                             max_len=ds.max_len)
+        # Sparse updates: XLA runs the forward and backward pass, the lazy optimizer beside it.
+        sparse = ds.num_items >= tc.sparse_min_items
         trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, tc.fgsm_eps, tc.fgsm_lambda,
-                              fgsm_eps_mode=tc.fgsm_eps_mode, loss=tc.loss)
-        opt_kwargs = dict(learning_rate=tc.learning_rate)
-        if tc.weight_decay > 0:
-            optimizer = keras.optimizers.AdamW(weight_decay=tc.weight_decay, **opt_kwargs)
-        else:
-            optimizer = keras.optimizers.Adam(**opt_kwargs)
-        trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
+                              fgsm_eps_mode=tc.fgsm_eps_mode, loss=tc.loss,
+                              xla_grads=jit_compile and sparse)
+        optimizer = make_optimizer(tc.learning_rate, tc.weight_decay, sparse)
+        trainer.compile(optimizer=optimizer, jit_compile=jit_compile and not sparse)
         trainer({"hist": tf.ones([1, ds.max_len], tf.int32),
                  "items": tf.ones([1, 2], tf.int32)})  # build (restoring a backup needs it)
+        if sparse:
+            optimizer.sparse_variables(model.sparse_tables())
 
         done, val_state = _restore(trainer, work)  # an interrupted run's step (0: none)
 
@@ -343,11 +346,12 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         callbacks.append(TrainProgressLog(total - done, tc.batch_size, validator=validator))
     K = tc.num_negatives
     log.info("training %s on %d samples (%d items): %d epochs x %d steps, batch %d, K=%d %s "
-             "negatives, %d replica(s), XLA %s, FGSM eps=%g (%s; fgsm_step and aux in the "
-             "progress line show it acting)", cfg.model.variant, num_samples, ds.num_items,
-             tc.epochs, steps, tc.batch_size, K, tc.negatives.replace("_", "-"),
-             strategy.num_replicas_in_sync, "on" if jit_compile else "off", tc.fgsm_eps,
-             tc.fgsm_eps_mode)
+             "negatives, %d replica(s), XLA %s, item table updated %s, FGSM eps=%g (%s; "
+             "fgsm_step and aux in the progress line show it acting)", cfg.model.variant,
+             num_samples, ds.num_items, tc.epochs, steps, tc.batch_size, K,
+             tc.negatives.replace("_", "-"), strategy.num_replicas_in_sync,
+             "on" if jit_compile else "off",
+             "sparsely (lazy Adam)" if sparse else "densely", tc.fgsm_eps, tc.fgsm_eps_mode)
     t0 = time.perf_counter()
     history: dict[str, list] = {}
     for first_epoch, end_epoch, phase_steps, start_step in phases:

@@ -105,6 +105,9 @@ class InputPipeline:
       seed: the seed of the epoch permutations and of the negatives.
       pool_factor: per-example negatives per pool draw (``[train] negative_pool_factor``, an
         int >= 1; 1: no pool); ignored by shared negatives.
+      emit_pool: with a pool, yield the pool itself, int32 ``[rows, s]`` (:meth:`pool_shape`),
+        instead of each example's K ids gathered from it: the trainer then computes each draw's
+        item-side tensors once (``NANNTrainer.compute_losses`` takes either layout).
 
     Raises:
       InputError: a bad ``negatives`` mode, pool factor or a non-positive size.
@@ -112,7 +115,7 @@ class InputPipeline:
 
     def __init__(self, samples: TrainSamples, noise: NoiseDistribution, *, batch_size: int,
                  num_negatives: int, negatives: str = "per_example", seed: int = 0,
-                 pool_factor: int = 1):
+                 pool_factor: int = 1, emit_pool: bool = False):
         if negatives not in NEGATIVE_MODES:
             raise InputError(f"[train] negatives must be one of {', '.join(NEGATIVE_MODES)}, "
                              f"got {negatives!r}")
@@ -131,6 +134,7 @@ class InputPipeline:
         self.negatives = negatives
         self.seed = int(seed)
         self.pool_factor = int(pool_factor)
+        self.emit_pool = bool(emit_pool)
         self.steps_per_epoch = math.ceil(len(samples) / self.batch_size)
         self._tensors = None
 
@@ -235,6 +239,8 @@ class InputPipeline:
         if s == K:  # no pool (f = 1): b * K draws
             return self._sample_negatives(row, [b, K])
         pool = tf.reshape(self._sample_negatives(row, [rows * s]), [rows, s])
+        if self.emit_pool:
+            return pool
         # Sample i's negatives are blocks i .. i + A - 1: one gather of whole blocks (b * A
         # copies of s ids from a small, cache-resident pool; ~3x faster than gathering the
         # b * K ids one by one, and than A slices concatenated).

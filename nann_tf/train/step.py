@@ -18,8 +18,12 @@ class NANNTrainer(keras.Model):
 
     def __init__(self, model: NANNModel, log_q: np.ndarray, num_negatives: int,
                  fgsm_eps: float, fgsm_lambda: float, fgsm_eps_mode: str = "absolute",
-                 loss: str = "nce", **kwargs):
+                 loss: str = "nce", xla_grads: bool = False, **kwargs):
         super().__init__(**kwargs)
+        # The step's forward and backward as one XLA program (the trainer is then compiled
+        # without jit_compile: see ``train_step``).
+        self._xla_grads = tf.function(self._losses_and_grads, jit_compile=True) \
+            if xla_grads else None
         if loss not in LOSSES:
             raise ValueError(f"[train] loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.loss_name = loss
@@ -59,28 +63,51 @@ class NANNTrainer(keras.Model):
         """Returns ``(total, l_nce, l_aux)`` for one batch (differentiable); with
         ``return_step``, also the FGSM step size used.
 
-        ``neg`` is int [B, K] (per-example negatives) or int [K] (negatives shared by the batch:
-        each is scored against every example, with the same logQ correction and accidental-hit
-        mask; e_v of a shared negative is broadcast, so FGSM perturbs it per example)."""
+        ``neg`` is one of:
+
+        * int [B, K]: per-example negatives;
+        * int [R, s] with ``s != K``: a per-batch pool of negatives (``InputPipeline`` with
+          ``emit_pool``): example i's negatives are the flat pool's entries ``i*s .. i*s + K-1``
+          (the same ids as the [B, K] layout the pipeline would gather);
+        * int [K]: negatives shared by the batch, each scored against every example, with the
+          same logQ correction and accidental-hit mask.
+
+        Item-side work (e_v, the attention query, e_v's first-layer block) runs once per pool
+        draw or shared negative, not once per (example, negative) slot, unless FGSM is on (it
+        perturbs each slot's e_v)."""
         m = self.model
-        if neg.shape.rank == 1:
+        per_slot = self.fgsm_eps > 0
+        b = tf.shape(pos)[0]
+        K = self.num_negatives
+        e_v = side = None
+        if neg.shape.rank == 1 or neg.shape[1] != K:
+            if neg.shape.rank == 1:  # shared: every example takes the K draws
+                index = tf.broadcast_to(tf.range(K)[None, :], [b, K])
+                draws = neg
+            else:  # a pool: example i takes the flat entries i*s .. i*s + K - 1
+                draws = tf.reshape(neg, [-1])
+                index = tf.range(b)[:, None] * neg.shape[1] + tf.range(K)[None, :]
+            neg = tf.gather(draws, index)
             e_pos = m.item_embedding(pos, training=training)  # [B, d]
-            e_neg = m.item_embedding(neg, training=training)  # [K, d], once per batch
-            b = tf.shape(e_pos)[0]
-            e_v = tf.concat([e_pos[:, None, :],
-                             tf.broadcast_to(e_neg[None], [b, tf.shape(e_neg)[0],
-                                                           tf.shape(e_neg)[1]])], axis=1)
-            neg = tf.broadcast_to(neg[None, :], [b, tf.shape(neg)[0]])
-            items = tf.concat([pos[:, None], neg], axis=1)
+            e_draws = m.item_embedding(draws, training=training)  # [P, d], once per draw
+            if per_slot:
+                e_v = tf.concat([e_pos[:, None, :], tf.gather(e_draws, index)], axis=1)
+            else:
+                s_pos, s_draws = m.item_side(e_pos), m.item_side(e_draws)
+                side = {k: tf.concat([s_pos[k][:, None, :], tf.gather(s_draws[k], index)],
+                                     axis=1) for k in s_pos}
         else:
-            items = tf.concat([pos[:, None], neg], axis=1)
-            e_v = m.item_embedding(items, training=training)
+            e_v = m.item_embedding(tf.concat([pos[:, None], neg], axis=1), training=training)
+        items = tf.concat([pos[:, None], neg], axis=1)
         mask = accidental_hit_mask(pos, neg)
         log_q = tf.gather(self.log_q, items)
         state = m.encode_user(hist, training=training)
         with tf.GradientTape(watch_accessed_variables=False) as inner:
-            inner.watch(e_v)
-            scores = m.score(state, e_v, training=training)
+            if side is None:
+                inner.watch(e_v)
+                scores = m.score(state, e_v, training=training)
+            else:
+                scores = m.score_items(state, side, training=training)
             logits = nce_logits(scores, log_q, self.num_negatives)
             l_nce = (nce_loss(logits, mask) if self.loss_name == "nce"
                      else sampled_softmax_loss(logits, mask))
@@ -94,16 +121,22 @@ class NANNTrainer(keras.Model):
         out = (l_nce + self.fgsm_lambda * l_aux, l_nce, l_aux)
         return out + (step,) if return_step else out
 
-    def train_step(self, data):
-        hist, pos, neg = data
+    def _losses_and_grads(self, hist, pos, neg):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             total, l_nce, l_aux, step = self.compute_losses(hist, pos, neg, return_step=True,
                                                             training=True)
             scaled = total / replicas
-        variables = self.model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        return grads, total, l_nce, l_aux, step
+
+    def train_step(self, data):
+        hist, pos, neg = data
+        # Forward and backward under XLA when asked (``xla_grads``); the optimizer outside it
+        # when the big tables are updated sparsely (its row dedup, tf.unique, has no XLA kernel).
+        fn = self._xla_grads if self._xla_grads is not None else self._losses_and_grads
+        grads, total, l_nce, l_aux, step = fn(hist, pos, neg)
+        self.optimizer.apply(grads, self.model.trainable_variables)
         self.loss_tracker.update_state(total)
         self.nce_tracker.update_state(l_nce)
         self.aux_tracker.update_state(l_aux)

@@ -137,13 +137,28 @@ class Validator:
         if self._scorer is None or self._scorer.model is not model:
             # One item table variable and one scorer for the whole run: no retracing.
             n = model.num_items + 1
-            self._embed = tf.function(
-                lambda: tf.concat([model.item_embedding(tf.range(i, min(i + 65536, n)))
-                                   for i in range(0, n, 65536)], axis=0))
-            self._table = tf.Variable(self._embed(), trainable=False)
-            self._scorer = ExactScorer(model, self._table)
+            keys = [k for k in model.item_side_width() if k != "e_v"]
+
+            def embed():
+                parts = []
+                for i in range(0, n, 65536):
+                    e = model.item_embedding(tf.range(i, min(i + 65536, n)))
+                    side = model.item_side(e)
+                    parts.append(tf.concat([e] + [side[k] for k in keys], axis=-1))
+                return tf.concat(parts, axis=0)
+
+            self._embed = tf.function(embed)
+            both = self._embed()
+            d = model.cfg.embedding_dim
+            self._table = tf.Variable(both[:, :d], trainable=False)
+            self._side = tf.Variable(both[:, d:], trainable=False) if keys else None
+            self._scorer = ExactScorer(model, self._table, side_table=self._side)
         else:
-            self._table.assign(self._embed())
+            both = self._embed()
+            d = model.cfg.embedding_dim
+            self._table.assign(both[:, :d])
+            if self._side is not None:
+                self._side.assign(both[:, d:])
         ids, _ = self._scorer.topk(self.hist, self.k, progress=False)
         return float(np.nanmean(per_user_recall(ids, self.targets, self.k)))
 

@@ -1,0 +1,80 @@
+"""Adam that updates only the rows of an embedding table a batch touched ("lazy" Adam).
+
+Keras's Adam turns a table's sparse gradient (``tf.IndexedSlices`` from a gather) into a dense
+tensor and updates the table and both of its moment tables in full every step: at 4.2M items x
+32 that is three 134M-float passes per step, most of the step. :class:`LazyAdam` updates, for a
+sparse gradient, only the rows in the batch:
+
+* the rows' gradients are summed per distinct row (a row seen twice gets one update with its
+  summed gradient, as dense Adam would compute it);
+* those rows' first and second moments and their values get Adam's update, with the same bias
+  correction (the optimizer's step count);
+* rows **not** in the batch are left exactly as they are: their moments do not decay and their
+  values do not move. Dense Adam would keep moving them with their decaying momentum
+  (``m_t = beta_1 m_{t-1}``) for a few hundred steps after their last gradient; here they wait
+  until their next batch, whose update then uses the moments they had (the usual lazy-Adam
+  trade: sparse rows move less between their batches);
+* with decoupled weight decay (AdamW), a table row decays only in the steps that touch it.
+
+Dense gradients (every other variable) get Keras's own Adam/AdamW update.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+__all__ = ["LazyAdam", "make_optimizer"]
+
+
+@keras.saving.register_keras_serializable(package="nann_tf")
+class LazyAdam(keras.optimizers.Adam):
+    """Adam (``weight_decay=0``) or AdamW with sparse updates of sparse gradients."""
+
+    def __init__(self, learning_rate=1e-3, weight_decay=0.0, **kwargs):
+        # Keras's decoupled weight decay (AdamW's) is the base optimizer's; None: off.
+        super().__init__(learning_rate=learning_rate,
+                         weight_decay=weight_decay if weight_decay else None, **kwargs)
+        self._sparse_vars: set[str] = set()
+
+    def sparse_variables(self, variables) -> None:
+        """The tables updated lazily; they are left out of Keras's dense weight-decay pass
+        (their touched rows decay in :meth:`update_step`)."""
+        self._sparse_vars = {self._var_key(v) for v in variables}
+        if self.weight_decay:
+            self.exclude_from_weight_decay(var_list=list(variables))
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        lr = tf.cast(learning_rate, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        alpha = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
+        rows, pos = tf.unique(tf.cast(gradient.indices, tf.int32))
+        g = tf.math.unsorted_segment_sum(tf.cast(gradient.values, dtype), pos, tf.size(rows))
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        m_rows = b1 * tf.gather(m, rows) + (1 - b1) * g
+        v_rows = b2 * tf.gather(v, rows) + (1 - b2) * tf.square(g)
+        self.assign(m, tf.IndexedSlices(m_rows, rows))
+        self.assign(v, tf.IndexedSlices(v_rows, rows))
+        delta = alpha * m_rows / (tf.sqrt(v_rows) + tf.cast(self.epsilon, dtype))
+        if self.weight_decay and self._var_key(variable) in self._sparse_vars:
+            delta += lr * tf.cast(self.weight_decay, dtype) * tf.gather(variable, rows)
+        self.assign_sub(variable, tf.IndexedSlices(delta, rows))
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_decay"] = config.get("weight_decay") or 0.0
+        return config
+
+
+def make_optimizer(learning_rate: float, weight_decay: float, sparse: bool):
+    """The training optimizer: :class:`LazyAdam` (``sparse``) or Keras's Adam / AdamW."""
+    if sparse:
+        return LazyAdam(learning_rate=learning_rate, weight_decay=weight_decay)
+    if weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    return keras.optimizers.Adam(learning_rate=learning_rate)

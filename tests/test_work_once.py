@@ -1,0 +1,180 @@
+"""Each piece of work once (issue 21): the item side of the score once per distinct item, the
+user block once per user, sparse (lazy Adam) updates of the item table -- all the same
+function as before, on the same weights."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nann_tf.config import ModelConfig
+from nann_tf.model import NANNModel
+from nann_tf.model.nann import item_side_table, split_item_side
+from nann_tf.model.scorer import ModelScorer
+from nann_tf.train.optim import LazyAdam
+from nann_tf.train.step import NANNTrainer
+
+N, C, L = 60, 5, 6
+
+OPTIONS = {
+    "attention": dict(variant="attention"),
+    "attention-plain": dict(variant="attention", history_match=False, dot_term=False,
+                            position_bias=False),
+    "attention-no-score-hidden": dict(variant="attention", score_hidden=[]),
+    "attention-no-user-hidden": dict(variant="attention", user_hidden=[]),
+    "sum_pool": dict(variant="sum_pool"),
+    "two_tower": dict(variant="two_tower"),
+}
+
+
+def make(name, seed=0):
+    rng = np.random.default_rng(seed)
+    opts = dict(item_dim=8, category_dim=4, embedding_dim=8, item_hidden=[16],
+                user_hidden=[12], score_hidden=[16, 8], attention_dim=4)
+    opts.update(OPTIONS[name])
+    m = NANNModel(N, C, np.r_[0, rng.integers(1, C + 1, N)], ModelConfig(**opts), max_len=L)
+    m.build_all(L)
+    # Trained-looking weights: every variable random (zeros would hide a missing block).
+    for v in m.trainable_variables:
+        v.assign(rng.normal(0, 0.5, v.shape).astype(np.float32))
+    return m
+
+
+def _hist():
+    return tf.constant([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]], tf.int32)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_split_score_is_the_concatenated_first_layer(name):
+    """score (item block + user block + pair block) == the score network applied to the
+    concatenated [user_vec, ctx, e_v, ctx * e_v (, match)], on the same weights; and a
+    precomputed item-side table gives the same scores."""
+    m = make(name)
+    state = m.encode_user(_hist())
+    items = tf.constant(np.random.default_rng(1).integers(1, N + 1, (3, 7)), tf.int32)
+    e = m.item_embedding(items)
+    concat = m.score_concat(state, e).numpy()
+    split = m.score(state, e).numpy()
+    np.testing.assert_allclose(split, concat, rtol=1e-5, atol=1e-5)
+    assert np.std(concat) > 0.1  # the scores differ between candidates
+    table = np.asarray(m.item_embedding(tf.range(N + 1)))
+    side = item_side_table(m, table)
+    if name == "two_tower":
+        assert side is None
+        return
+    assert side.shape == (N + 1, sum(w for k, w in m.item_side_width().items() if k != "e_v"))
+    pre = m.score_items(state, split_item_side(m, tf.gather(table, items),
+                                               tf.gather(side, items))).numpy()
+    np.testing.assert_allclose(pre, concat, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_saved_before_the_split_loads_and_scores_the_same(tmp_path):
+    """The first layer's weights are one kernel, as before: a weights file whose score network
+    was called on the concatenation loads into the split model and scores the same."""
+    m = make("attention")
+    state = m.encode_user(_hist())
+    e = m.item_embedding(tf.constant([[1, 2, 3], [4, 5, 6], [7, 8, 9]]))
+    want = m.score_concat(state, e).numpy()
+    path = str(tmp_path / "m.weights.h5")
+    m.save_weights(path)
+    fresh = make("attention", seed=5)
+    assert not np.allclose(fresh.score(fresh.encode_user(_hist()), e).numpy(), want)
+    fresh.load_weights(path)
+    np.testing.assert_allclose(fresh.score(fresh.encode_user(_hist()), e).numpy(), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["nce", "softmax"])
+def test_pool_layout_gives_the_losses_and_gradients_of_the_gathered_ids(loss):
+    """compute_losses on a negatives pool [R, s] (item side once per draw) == on the [B, K]
+    ids each example takes from it (item side per slot, concatenated first layer)."""
+    m = make("attention")
+    K, s, b = 6, 2, 3
+    rows = b + (K // s) - 1
+    rng = np.random.default_rng(3)
+    pool = tf.constant(rng.integers(1, N + 1, (rows, s)), tf.int32)
+    flat = tf.reshape(pool, [-1])
+    neg = tf.gather(flat, np.arange(b)[:, None] * s + np.arange(K)[None, :])
+    pos = tf.constant([3, 9, 6], tf.int32)  # 3 also among the draws: accidental hits
+    log_q = np.log(np.full(N + 1, 1.0 / N, np.float32))
+    tr = NANNTrainer(m, log_q, K, 0.0, 1.0, loss=loss)
+    out = {}
+    for name, negs in (("pool", pool), ("ids", neg)):
+        with tf.GradientTape() as tape:
+            total, l_nce, _ = tr.compute_losses(_hist(), pos, negs)
+        out[name] = (float(total), tape.gradient(total, m.trainable_variables))
+    assert out["pool"][0] == pytest.approx(out["ids"][0], rel=1e-5)
+    for g1, g2 in zip(out["pool"][1], out["ids"][1]):
+        np.testing.assert_allclose(tf.convert_to_tensor(g1), tf.convert_to_tensor(g2),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_model_scorer_with_the_side_table_scores_like_the_model():
+    m = make("attention")
+    table = np.asarray(m.item_embedding(tf.range(N + 1)))
+    state = m.encode_user(_hist())
+    rows = tf.constant([0, 0, 1, 2, 2, 2], tf.int32)
+    ids = tf.constant([5, 7, 5, 1, 2, 60], tf.int32)
+    plain = ModelScorer(m, tf.constant(table), gather_device=None)
+    side = ModelScorer(m, tf.constant(table), gather_device=None,
+                       side_table=tf.constant(item_side_table(m, table)))
+    a = plain.score_pairs(state, 3, rows, ids).numpy()
+    np.testing.assert_allclose(side.score_pairs(state, 3, rows, ids).numpy(), a, rtol=1e-5,
+                               atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- lazy Adam
+def _step(opt, table, dense, ids):
+    with tf.GradientTape() as t:
+        loss = tf.reduce_sum(tf.square(tf.reduce_sum(tf.gather(table, ids), axis=0) * dense))
+    grads = t.gradient(loss, [table, dense])
+    opt.apply(grads, [table, dense])
+    return grads
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_lazy_adam_equals_adam_when_every_row_is_in_every_batch(weight_decay):
+    rng = np.random.default_rng(0)
+    t0, d0 = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    lazy_t, lazy_d = keras.Variable(t0), keras.Variable(d0)
+    ref_t, ref_d = keras.Variable(t0), keras.Variable(d0)
+    lazy = LazyAdam(0.05, weight_decay=weight_decay)
+    lazy.build([lazy_t, lazy_d])
+    lazy.sparse_variables([lazy_t])
+    ref = keras.optimizers.Adam(0.05, weight_decay=weight_decay or None)
+    ref.build([ref_t, ref_d])
+    ids = tf.constant([0, 1, 2, 3, 4, 5, 6, 7, 2, 2])  # every row; row 2 three times
+    for _ in range(4):
+        grads = _step(lazy, lazy_t, lazy_d, ids)
+        assert isinstance(grads[0], tf.IndexedSlices)
+        with tf.GradientTape() as t:
+            loss = tf.reduce_sum(tf.square(tf.reduce_sum(tf.gather(ref_t, ids), axis=0)
+                                           * ref_d))
+        g = t.gradient(loss, [ref_t, ref_d])
+        ref.apply([tf.convert_to_tensor(g[0]), g[1]], [ref_t, ref_d])
+    np.testing.assert_allclose(lazy_t.numpy(), ref_t.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lazy_d.numpy(), ref_d.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(lazy_t.numpy(), t0)
+
+
+def test_lazy_adam_leaves_rows_outside_the_batch_and_their_moments_alone():
+    rng = np.random.default_rng(1)
+    table = keras.Variable(rng.normal(size=(8, 3)).astype(np.float32))
+    dense = keras.Variable(rng.normal(size=3).astype(np.float32))
+    opt = LazyAdam(0.05, weight_decay=0.1)
+    opt.build([table, dense])
+    opt.sparse_variables([table])
+    _step(opt, table, dense, tf.constant([0, 1, 2, 3, 4, 5, 6, 7]))  # every row has moments
+    before = table.numpy().copy()
+    m = [v.numpy().copy() for v in opt.variables if v.shape == (8, 3)]
+    _step(opt, table, dense, tf.constant([1, 1, 6]))
+    moved = np.flatnonzero(np.any(table.numpy() != before, axis=1)).tolist()
+    assert moved == [1, 6]
+    after = [v.numpy() for v in opt.variables if v.shape == (8, 3)]
+    assert len(after) == 2  # first and second moments of the table
+    for a, b in zip(m, after):
+        untouched = [r for r in range(8) if r not in (1, 6)]
+        np.testing.assert_array_equal(a[untouched], b[untouched])
+        assert not np.allclose(a[[1, 6]], b[[1, 6]])
