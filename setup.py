@@ -190,7 +190,7 @@ setup(
     package_data={"nann_tf.configs": ["*.toml"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest", "hypothesis", "pytest-timeout", "pytest-xdist"]},
+    extras_require={"test": ["pytest>=8,<9", "hypothesis", "pytest-timeout", "pytest-xdist"]},
     entry_points={"console_scripts": ["nann-tf=nann_tf.cli:main"]},
     ext_modules=EXT_MODULES,
     cmdclass={"build_ext": BuildNannExtensions},

@@ -16,7 +16,7 @@ fi
 # subprocesses): NANN_TEST_WORKERS=0 runs in this process.
 WORKERS=${NANN_TEST_WORKERS:-2}
 XDIST=()
-if [ "$WORKERS" != "0" ]; then
+if [ "$WORKERS" != "0" ] && [[ " $* " != *" --collect-only "* ]]; then
   XDIST=(-n "$WORKERS" --dist loadgroup)
 fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 "${XDIST[@]}" "$@" tests

@@ -30,6 +30,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXPORT_MODULES = {"test_export.py", "test_filters.py", "test_e2e.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the group markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))

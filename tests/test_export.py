@@ -159,9 +159,10 @@ def test_every_search_round_is_padded_to_a_grid_size(ci_index_dir, attention_mod
     seen = []
     inner = mod.scorer._score
 
-    def spy(state, e):
+    def spy(state, e, *side):  # side: the item-side rows gathered beside e_v
         seen.append(tuple(e.shape))
-        return inner(state, e)
+        assert not side or side[0].shape[:2] == e.shape[:2]
+        return inner(state, e, *side)
 
     mod.scorer._score = spy
     for b in (1, 5):
