@@ -75,7 +75,8 @@ __all__ = ["RetrievalModule", "MAX_T", "default_max_ef", "VOCABULARY_FILE", "wri
 MAX_T = 64  # rounds per level a request may ask for
 #: A filtered row scores its passing items exactly when they are at most this many times the
 #: items the default (unfiltered) walk scores: where the scan costs what a filtered walk costs.
-#: Measured on the 1M corpus, B=1 (bench/results/filters-synth-1m.json): the unfiltered walk
+#: Measured on the 1M corpus, B=1, quiet machine (bench/results/filters-synth-1m-factor1.5.json,
+#: the run before this factor; filters-synth-1m.json is the run with it): the unfiltered walk
 #: scores 4,711 items in 13.4 ms; a walked filter scores ~11,600 (its second beam of passing
 #: items) in 19-23 ms and finds 0.84-0.90 of the exact answer; the exact scan of 16,000 items
 #: takes 13.6 ms (8,000: 8.5 ms) and finds all of it. 16,000 / 4,711 = 3.4.
