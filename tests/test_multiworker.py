@@ -98,6 +98,11 @@ def _worker_main(data, out, interrupt):
                         extra_callbacks=[Interrupt()] if interrupt else [])
     except KeyboardInterrupt:
         print("INTERRUPTED", flush=True)
+        # Stay up a moment: the peer may still be in a step's all-reduce with this worker
+        # (Keras dispatches the next step before the batch-end callback runs); leaving at once
+        # fails it with UnavailableError instead of its own interrupt (seen with the suite's
+        # other worker loading the cores).
+        time.sleep(5)
         os._exit(3)  # skip interpreter teardown (collective executors)
     print(json.dumps(summary), flush=True)
     os._exit(0)
