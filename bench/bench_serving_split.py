@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     ds = Dataset.load(args.data)
     index = load_index(args.index)
     modules = {}
+    cfg = meta = None
     for name in ("per_candidate", "item_side"):
         model, cfg, meta = load_trained_model(args.model)
         search = search_defaults(cfg, meta, index.meta).checked(index.graph.max_level)
@@ -115,7 +116,6 @@ def main(argv=None) -> int:
         rows[f"item_side B={b}"]["speedup_p50"] = (rows[f"per_candidate B={b}"]["p50_ms"]
                                                    / rows[f"item_side B={b}"]["p50_ms"])
     m = modules["item_side"]
-    _, cfg, meta = load_trained_model(args.model)
     result = {"model": args.model, "index": args.index, "num_items": index.num_items,
               "users": users, "rounds": args.rounds, "search": m.search.to_dict(),
               "rows": rows,

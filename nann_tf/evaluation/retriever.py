@@ -131,8 +131,9 @@ class Retriever:
         self._graph = graph_tensors(index.graph, self.start_level)
         self.grid = grid
         side = item_side_table(model, index.embeddings)
+        self._side = None if side is None else tf.constant(side)  # brute force reuses it
         self._scorer = ModelScorer(model, tf.constant(index.embeddings), grid,
-                                   side_table=None if side is None else tf.constant(side))
+                                   side_table=self._side)
         self._bf = None
         s = self.start_level
         hist_spec = tf.TensorSpec([None, None], tf.int32)
@@ -339,7 +340,7 @@ class Retriever:
         from nann_tf.search.brute_force import ExactScorer
 
         if self._bf is None:
-            self._bf = ExactScorer(self.model, self.index.embeddings)
+            self._bf = ExactScorer(self.model, self.index.embeddings, side_table=self._side)
             if len(hist):
                 self._bf.topk(hist[:1], k)  # traces the chunk scorer outside the timing
         t0 = time.perf_counter()

@@ -105,8 +105,7 @@ class NANNModel(keras.Model):
         else:
             self.score_network = mlp(config.score_hidden, 1, "score_network", dropout=rate)
             # Built here: its first layer is only ever applied in blocks (see score_items).
-            u = config.user_hidden[-1] if config.user_hidden else d
-            match = config.history_match and self.variant == "attention"
+            u, _, match = self._score_input_widths()
             self.score_network(tf.zeros([1, u + 3 * d + int(match)]))
             if config.dot_term:
                 self.dot_user = keras.layers.Dense(d, name="dot_user")
@@ -205,13 +204,18 @@ class NANNModel(keras.Model):
     # as those of the layer applied to the concatenation, and so are the scores (to float
     # rounding).
 
+    def _score_input_widths(self) -> tuple[int, int, bool]:
+        """``(u, d, match)``: the widths of user_vec and of e_v in the score network's input,
+        and whether the history match is its last feature."""
+        cfg = self.cfg
+        u = cfg.user_hidden[-1] if cfg.user_hidden else cfg.embedding_dim
+        return u, cfg.embedding_dim, bool(cfg.history_match and self.variant == "attention")
+
     def _first_layer_blocks(self):
         """The score network's first Dense layer and its kernel's row blocks ``(layer, u, c, e,
         ce, m)`` (``m`` None without the history match)."""
         layer = self.score_network.dense[0]
-        u = self.cfg.user_hidden[-1] if self.cfg.user_hidden else self.cfg.embedding_dim
-        d = self.cfg.embedding_dim
-        match = self.cfg.history_match and self.variant == "attention"
+        u, d, match = self._score_input_widths()
         k = layer.kernel
         blocks = [k[:u], k[u:u + d], k[u + d:u + 2 * d], k[u + 2 * d:u + 3 * d]]
         m = k[u + 3 * d:] if match else None
@@ -240,7 +244,7 @@ class NANNModel(keras.Model):
 
     def user_block(self, user_state: UserState):
         """user_vec's block of the score network's first layer (plus its bias), [B, h]: once
-        per user (:meth:`score_items` adds it when the state lacks it)."""
+        per user and scoring call."""
         layer, w_u = self._first_layer_blocks()[:2]
         out = tf.matmul(user_state["user_vec"], w_u)
         return out + layer.bias if layer.use_bias else out
@@ -279,18 +283,9 @@ class NANNModel(keras.Model):
             ctx = user_state["pooled"][:, None, :]
             pre = tf.matmul(user_state["pooled"], w_c)[:, None, :] + \
                 tf.tensordot(ctx * e_v, w_ce, axes=1)
-        user = user_state["user_block"] if "user_block" in user_state else \
-            self.user_block(user_state)
-        pre += side["h_e"] + user[:, None, :]
-        match = None
-        if "values_unit" in user_state:
-            # How close the candidate is to its nearest history item (cosine; 1 for an item the
-            # user already has): the feature that lets the score learn, from the data, whether
-            # people come back to what they had (groceries) or not (films).
-            sim = tf.einsum("bcd,bld->bcl", tf.math.l2_normalize(e_v, axis=-1),
-                            user_state["values_unit"])
-            mask = user_state["mask"][:, None, :]
-            match = tf.reduce_max(sim * mask - 2.0 * (1.0 - mask), axis=-1)  # [B, C]
+        pre += side["h_e"] + self.user_block(user_state)[:, None, :]
+        match = self._history_match(user_state, e_v)
+        if match is not None:
             pre += match[..., None] * w_m[0]
         x = layer.activation(pre) if layer.activation is not None else pre
         net = self.score_network
@@ -300,10 +295,25 @@ class NANNModel(keras.Model):
             x = dense(x)
             if net.drop is not None and i < net.n_hidden:
                 x = net.drop(x, training=training)
-        out = tf.squeeze(x, axis=-1)
+        return self._beside_the_mlp(tf.squeeze(x, axis=-1), match, user_state, e_v)
+
+    def _history_match(self, user_state: UserState, e_v):
+        """How close each candidate is to its nearest history item (cosine; 1 for an item the
+        user already has), [B, C], or None without the feature: it lets the score learn, from
+        the data, whether people come back to what they had (groceries) or not (films)."""
+        if "values_unit" not in user_state:
+            return None
+        sim = tf.einsum("bcd,bld->bcl", tf.math.l2_normalize(e_v, axis=-1),
+                        user_state["values_unit"])
+        mask = user_state["mask"][:, None, :]
+        return tf.reduce_max(sim * mask - 2.0 * (1.0 - mask), axis=-1)
+
+    def _beside_the_mlp(self, out, match, user_state: UserState, e_v):
+        """The score network's output plus the terms beside it: the weighted history match and
+        the two-tower inner product (the dot term)."""
         if match is not None:
             out += self.match_weight * match
-        if "dot_u" in user_state:  # the two-tower term beside the MLP
+        if "dot_u" in user_state:
             out += tf.einsum("bd,bcd->bc", user_state["dot_u"], e_v)
         return out
 
@@ -322,20 +332,12 @@ class NANNModel(keras.Model):
                                    tf.concat([tf.shape(e_v)[:2],
                                               tf.shape(user_state["user_vec"])[1:]], 0))
         parts = [user_vec, ctx, e_v, ctx * e_v]
-        match = None
-        if "values_unit" in user_state:
-            sim = tf.einsum("bcd,bld->bcl", tf.math.l2_normalize(e_v, axis=-1),
-                            user_state["values_unit"])
-            mask = user_state["mask"][:, None, :]
-            match = tf.reduce_max(sim * mask - 2.0 * (1.0 - mask), axis=-1)  # [B, C]
+        match = self._history_match(user_state, e_v)
+        if match is not None:
             parts.append(match[..., None])
         x = tf.concat(parts, axis=-1)
         out = tf.squeeze(self.score_network(x, training=training), axis=-1)
-        if match is not None:
-            out += self.match_weight * match
-        if "dot_u" in user_state:
-            out += tf.einsum("bd,bcd->bc", user_state["dot_u"], e_v)
-        return out
+        return self._beside_the_mlp(out, match, user_state, e_v)
 
     def call(self, inputs, training=False):
         """``{"hist": [B, L], "items": [B, C]}`` -> logits [B, C]."""

@@ -16,7 +16,8 @@ sparse gradient, only the rows in the batch:
   trade: sparse rows move less between their batches);
 * with decoupled weight decay (AdamW), a table row decays only in the steps that touch it.
 
-Dense gradients (every other variable) get Keras's own Adam/AdamW update.
+Every sparse gradient gets this update (the item-id table's, and the small category table's);
+dense gradients (every other variable) get Keras's own Adam/AdamW update.
 """
 
 from __future__ import annotations
