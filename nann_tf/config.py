@@ -295,6 +295,9 @@ def _validate(cfg: Config, src: str) -> None:
                           f"{cfg.train.negatives!r}")
     if cfg.train.fgsm_eps < 0:
         raise ConfigError(f"{src}: [train] fgsm_eps must be >= 0, got {cfg.train.fgsm_eps}")
+    if cfg.train.sparse_min_items < 0:
+        raise ConfigError(f"{src}: [train] sparse_min_items must be >= 0 (0: always sparse), "
+                          f"got {cfg.train.sparse_min_items}")
     if cfg.train.backup_every_steps < 0:
         raise ConfigError(f"{src}: [train] backup_every_steps must be >= 0 (0: at epoch ends "
                           f"only), got {cfg.train.backup_every_steps}")

@@ -50,3 +50,10 @@ def test_backup_every_steps_is_checked():
     with pytest.raises(ConfigError, match=r"\[train\] backup_every_steps must be >= 0 \(0: at "
                                           r"epoch ends only\), got -5"):
         load_config("ci-synth", {"train.backup_every_steps": -5})
+
+
+def test_sparse_min_items_is_checked():
+    assert load_config("ci-synth", {"train.sparse_min_items": 0}).train.sparse_min_items == 0
+    with pytest.raises(ConfigError, match=r"\[train\] sparse_min_items must be >= 0 \(0: always "
+                                          r"sparse\), got -1"):
+        load_config("ci-synth", {"train.sparse_min_items": -1})
