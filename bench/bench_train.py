@@ -5,6 +5,9 @@ Usage (from the repository root, after `bash scripts/test.sh` or `pip install -e
     python bench/bench_train.py --input-only --config userbehavior
     python bench/bench_train.py --xla [--config ci-synth] [--steps 30]
     python bench/bench_train.py --negatives-quality --config ci-synth --seeds 0,1
+    python bench/bench_train.py --negatives-quality --config synth-1m --data D --seeds 0 \
+        --quality-modes per_example,per_example_pool8,per_example_pool32 --eval-users 500 \
+        --train-seconds 480                              # equal wall time
     python bench/bench_train.py [--config ci-synth]        # train step per variant x FGSM
 
 * ``--input-only``: examples/s of the tf.data input pipeline alone (iterated, no model) for
@@ -271,6 +274,9 @@ def bench_quality(args, cfg, data_dir: Path, workdir: Path) -> dict:
             mode, factor = _parse_mode(label)
             cfg.train.negatives, cfg.train.negative_pool_factor = mode, factor
             cfg.train.seed = seed
+            if args.train_seconds:  # equal wall time: every mode gets the same time box
+                cfg.train.max_seconds = args.train_seconds
+                cfg.train.epochs = max(cfg.train.epochs, 1000)
             out = workdir / f"model-{label}-{seed}"
             summary = train(cfg, data_dir, out, verbose=0, overwrite=True)
             model, _, _ = load_trained_model(out)
@@ -280,6 +286,8 @@ def bench_quality(args, cfg, data_dir: Path, workdir: Path) -> dict:
             per_user[(label, seed)] = pu
             runs.append({"negatives": label, "negatives_mode": mode, "pool_factor": factor,
                          "seed": seed, "train_seconds": summary["seconds"],
+                         "train_steps": summary["steps_run_now"],
+                         "time_box_reached": summary.get("time_box_reached"),
                          "train_examples_per_s": summary["examples_per_s"],
                          "final_loss": summary["final"], "test": res})
             print(label, seed, f"{summary['examples_per_s']:.0f} ex/s",
@@ -303,9 +311,11 @@ def bench_quality(args, cfg, data_dir: Path, workdir: Path) -> dict:
                                        boot))
         diffs[f"{label}_minus_per_example"] = d
     result = {**_env(), "config": args.config, "seeds": args.seeds, "modes": modes,
+              "train_seconds_each": args.train_seconds or None,
               "test_users": int(len(seed_mean("per_example", metrics[0]))),
               "seed_mean": means, "runs": runs, **diffs}
-    path = Path(args.output).parent / f"train-negatives-{args.config}.json"
+    suffix = f"-{args.train_seconds:g}s" if args.train_seconds else ""
+    path = Path(args.output).parent / f"train-negatives-{args.config}{suffix}.json"
     path.write_text(json.dumps(result, indent=2, default=float))
     print(json.dumps({"seed_mean": means, **diffs}, indent=2, default=float))
     return result
@@ -331,6 +341,10 @@ def main():
     ap.add_argument("--quality-modes", type=lambda s: s.split(","),
                     default=["shared", "per_example", "per_example_pool16"],
                     help="--negatives-quality: shared, per_example, per_example_pool<f>, ...")
+    ap.add_argument("--train-seconds", type=float, default=0.0,
+                    help="--negatives-quality: train every mode for this many seconds of wall "
+                         "time ([train] max_seconds) instead of the config's steps; the results "
+                         "file is train-negatives-<config>-<S>s.json")
     ap.add_argument("--eval-users", type=int, default=0,
                     help="--negatives-quality: test users to evaluate (0: all)")
     ap.add_argument("--data", help="a prepared dataset directory (default: generate the "

@@ -16,7 +16,11 @@ every variant alike. Variants:
   per pool draw, the user block once per example, the dense update (the default below
   ``[train] sparse_min_items``);
 * ``sparse``: lazy Adam on the item table, the rest as ``dense``;
-* ``sparse+pool``: both (the default from ``sparse_min_items`` up).
+* ``sparse+pool``: both (the default from ``sparse_min_items`` up);
+* ``fgsm-two-tape`` / ``fgsm-one-pass``: ``sparse+pool`` (``dense+pool`` below
+  ``sparse_min_items``) with the FGSM auxiliary loss on (``--fgsm-eps``, relative step), its
+  direction from a separate inner gradient (the step before issue 21 part 4) or from the loss's
+  own backward pass (today's step); compare them with the base variant for FGSM's cost ratio.
 
 Writes ``bench/results/train-step-<name>.json``: examples/s of each round and each variant's
 median, and the ratios to ``dense``.
@@ -36,10 +40,12 @@ import numpy as np
 VARIANTS = {"dense": dict(sparse=False, pool=False, concat=True),
             "dense+pool": dict(sparse=False, pool=True, concat=False),
             "sparse": dict(sparse=True, pool=False, concat=True),
-            "sparse+pool": dict(sparse=True, pool=True, concat=False)}
+            "sparse+pool": dict(sparse=True, pool=True, concat=False),
+            "fgsm-two-tape": dict(sparse=None, pool=True, concat=False, fgsm="two-tape"),
+            "fgsm-one-pass": dict(sparse=None, pool=True, concat=False, fgsm="one-pass")}
 
 
-def build(cfg, ds, variant):
+def build(cfg, ds, variant, fgsm_eps=0.1):
     import keras
     import tensorflow as tf
 
@@ -49,8 +55,12 @@ def build(cfg, ds, variant):
     from nann_tf.train.optim import make_optimizer
     from nann_tf.train.step import NANNTrainer
 
-    v = VARIANTS[variant]
+    v = dict(VARIANTS[variant])
     tc = cfg.train
+    if v["sparse"] is None:
+        v["sparse"] = ds.num_items >= tc.sparse_min_items
+    eps, mode = ((fgsm_eps, "relative") if v.get("fgsm") else
+                 (tc.fgsm_eps, tc.fgsm_eps_mode))
     keras.utils.set_random_seed(tc.seed)
     noise = NoiseDistribution(ds.item_freq, tc.noise_alpha)
     pipe = InputPipeline(TrainSamples.from_dataset(ds), noise, batch_size=tc.batch_size,
@@ -60,8 +70,10 @@ def build(cfg, ds, variant):
                         max_len=ds.max_len)
     if v["concat"]:
         model.score = model.score_concat  # the paper's concatenated first layer
-    trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, tc.fgsm_eps, tc.fgsm_lambda,
-                          loss=tc.loss, xla_grads=tc.jit_compile and v["sparse"])
+    trainer = NANNTrainer(model, noise.log_q, tc.num_negatives, eps, tc.fgsm_lambda,
+                          fgsm_eps_mode=mode, loss=tc.loss,
+                          xla_grads=tc.jit_compile and v["sparse"],
+                          fgsm_one_pass=v.get("fgsm") != "two-tape")
     opt = make_optimizer(tc.learning_rate, tc.weight_decay, v["sparse"])
     trainer.compile(optimizer=opt, jit_compile=tc.jit_compile and not v["sparse"])
     trainer({"hist": tf.ones([1, ds.max_len], tf.int32), "items": tf.ones([1, 2], tf.int32)})
@@ -93,13 +105,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--set", action="append", default=[], help="config overrides KEY=VALUE")
+    ap.add_argument("--fgsm-eps", type=float, default=0.1,
+                    help="the fgsm-* variants' relative FGSM step")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, overrides=parse_overrides(args.set))
     ds = Dataset.load(args.data)
     names = args.variants.split(",")
     built = {}
     for name in names:
-        trainer, fn, it = build(cfg, ds, name)
+        trainer, fn, it = build(cfg, ds, name, args.fgsm_eps)
         t = time.perf_counter()
         run_steps(fn, it, args.warmup)
         print(f"{name}: built, {args.warmup} warm-up steps in {time.perf_counter() - t:.1f}s",
@@ -120,6 +134,7 @@ def main(argv=None) -> int:
               "num_negatives": cfg.train.num_negatives,
               "negative_pool_factor": cfg.train.negative_pool_factor,
               "steps_per_round": args.steps, "rounds": args.rounds,
+              "fgsm_eps_relative": args.fgsm_eps,
               "examples_per_s": rates, "median_examples_per_s": med,
               "ratio_to_dense": ({n: med[n] / med["dense"] for n in names}
                                  if "dense" in med else None)}

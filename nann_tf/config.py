@@ -154,6 +154,9 @@ class TrainConfig:
         stop training (0: never). 0: once per epoch, at most every 5,000 steps; -1: no
         validation (the last weights are the model, as before validation existed).
       epochs: the most epochs to run (early stopping may stop sooner).
+      max_seconds: a time box: training stops at the end of the first step past this many
+        seconds (0: no limit), validates once more and writes the best weights validated, as
+        at the last step. A resumed run gets a new box.
     """
 
     batch_size: int = 800
@@ -178,6 +181,7 @@ class TrainConfig:
     val_k: int = 100
     val_next_n: int = 10
     patience: int = 3
+    max_seconds: float = 0.0
     seed: int = 0
 
 
@@ -295,6 +299,12 @@ def _validate(cfg: Config, src: str) -> None:
                           f"{cfg.train.negatives!r}")
     if cfg.train.fgsm_eps < 0:
         raise ConfigError(f"{src}: [train] fgsm_eps must be >= 0, got {cfg.train.fgsm_eps}")
+    if cfg.train.max_seconds < 0:
+        raise ConfigError(f"{src}: [train] max_seconds must be >= 0 (0: no time limit), got "
+                          f"{cfg.train.max_seconds}")
+    if cfg.train.max_seconds and cfg.train.strategy == "multi_worker":
+        raise ConfigError(f"{src}: [train] max_seconds is not supported with strategy = "
+                          "multi_worker (each worker's clock would stop it at another step)")
     if cfg.train.sparse_min_items < 0:
         raise ConfigError(f"{src}: [train] sparse_min_items must be >= 0 (0: always sparse), "
                           f"got {cfg.train.sparse_min_items}")

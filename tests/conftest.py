@@ -7,6 +7,7 @@ artefacts instead of training again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -24,22 +25,49 @@ CI_CONFIG = "ci-synth"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-# With pytest-xdist (scripts/test.sh runs two workers, --dist loadgroup), the tests that use the
-# session's exported versions (v_tf, v_xla below) run on one worker, so each version is
-# exported once; every other test goes to whichever worker is free.
-EXPORT_MODULES = {"test_export.py", "test_filters.py", "test_e2e.py"}
+# With pytest-xdist (scripts/test.sh runs two workers), what several tests share and costs
+# minutes (the CI pipeline, the two-tower model, the two exported versions) is built once per
+# run by whichever worker needs it first (`built_once`); the other worker waits for it. Tests
+# of a module whose module-scoped fixtures are expensive stay on one worker (one xdist group per
+# module); every other test goes to whichever worker is free.
+GROUPED_MODULES = {"test_string_ids.py", "test_evaluate.py", "test_sweep.py", "test_tune.py",
+                   "test_server.py", "test_loader.py", "test_e2e.py", "test_filters.py",
+                   "test_similar.py", "test_client.py"}
+# Tests that export (or load) the shared versions: their first one may wait for both exports.
+EXPORT_TIMEOUT_S = 1800
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the group markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if item.path.name in EXPORT_MODULES and not item.name.startswith(
-                ("test_demo_", "test_stage_keys_")) or fixtures & {"v_tf", "v_xla"}:
-            item.add_marker(pytest.mark.xdist_group("exports"))
-            # The first of them exports both versions in its setup: 9 minutes measured on 2
-            # shared cores (pytest.ini's 600 s would cut a slower machine short).
-            item.add_marker(pytest.mark.timeout(1800))
+        if item.path.name in GROUPED_MODULES and not item.name.startswith("test_demo_"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        if set(getattr(item, "fixturenames", ())) & {"v_tf", "v_xla"}:
+            item.add_marker(pytest.mark.timeout(EXPORT_TIMEOUT_S))
+
+
+def _run_root(tmp_path_factory) -> Path:
+    """The directory every xdist worker of this run shares (the session's own base temp
+    without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """``with built_once(f, name) as (path, built):`` -- ``path`` is this run's shared
+    directory for ``name``; build it there when ``built`` is False. Whichever worker enters
+    first builds while the others wait on the lock; a build that raises is retried by the next
+    worker that asks."""
+    import fcntl
+
+    root = _run_root(tmp_path_factory) / "shared"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / f"{name}.done"
+        yield root / name, done.exists()
+        done.touch()
 
 
 def run_cli(*args) -> int:
@@ -93,19 +121,21 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ci_workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ci-pipeline")
+def ci_pipeline(tmp_path_factory):
+    """synth -> prepare -> train -> build-index of the CI config, through the pipeline runner
+    (the same one ``nann-tf demo`` and the bench scripts use; the CLI has its own tests); once
+    per run (a worker that comes later reuses the stages' outputs)."""
+    from nann_tf.pipeline import Pipeline
+
+    with built_once(tmp_path_factory, "ci-pipeline") as (workdir, _):
+        pipeline = Pipeline(workdir, CI_CONFIG)
+        pipeline.run("build-index")
+    return pipeline
 
 
 @pytest.fixture(scope="session")
-def ci_pipeline(ci_workdir):
-    """synth -> prepare -> train -> build-index of the CI config, through the pipeline runner
-    (the same one ``nann-tf demo`` and the bench scripts use; the CLI has its own tests)."""
-    from nann_tf.pipeline import Pipeline
-
-    pipeline = Pipeline(ci_workdir, CI_CONFIG)
-    pipeline.run("build-index")
-    return pipeline
+def ci_workdir(ci_pipeline) -> Path:
+    return ci_pipeline.workdir
 
 
 @pytest.fixture(scope="session")
@@ -121,11 +151,12 @@ def attention_model_dir(ci_pipeline) -> Path:
 
 
 @pytest.fixture(scope="session")
-def two_tower_model_dir(ci_workdir, ci_dataset) -> Path:
+def two_tower_model_dir(tmp_path_factory, ci_dataset) -> Path:
     """The two-tower model on the same dataset (trained through the CLI)."""
-    out = ci_workdir / "model-two_tower"
-    assert run_cli("train", "--config", CI_CONFIG, "--data", ci_dataset, "--output", out,
-                   "--set", "model.variant=two_tower") == 0
+    with built_once(tmp_path_factory, "model-two_tower") as (out, built):
+        if not built:
+            assert run_cli("train", "--config", CI_CONFIG, "--data", ci_dataset, "--output",
+                           out, "--set", "model.variant=two_tower") == 0
     return out
 
 
@@ -161,47 +192,58 @@ def ci_item_tags(tmp_path_factory, ci_dataset) -> Path:
 
 @pytest.fixture(scope="session")
 def export_base(tmp_path_factory):
-    return tmp_path_factory.mktemp("models") / "nann"
+    """The base path of version 1 (``v_tf``), shared by the run's workers."""
+    return _run_root(tmp_path_factory) / "shared" / "models" / "nann"
 
 
 @pytest.fixture(scope="session")
-def leftovers(export_base):
+def leftovers(tmp_path_factory, export_base):
     """Temporary export directories found in the base path before the first export: one of an
     export whose process is gone, one of an export still running in another process."""
+    import json
     import subprocess
     import sys
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-    export_base.mkdir(parents=True)
-    paths = {"dead": export_base / f".tmp-7-{dead.pid}",
-             "live": export_base / f".tmp-8-{live.pid}"}
-    for p in paths.values():
-        p.mkdir()
-        (p / "saved_model.pb").write_bytes(b"partial")
-    yield paths
-    live.kill()
-    live.wait()
+    with built_once(tmp_path_factory, "leftovers") as (record, built):
+        if not built:
+            dead = subprocess.Popen([sys.executable, "-c", "pass"])
+            dead.wait()
+            # The run's main process (the xdist controller, this worker's parent; else this
+            # process) stands in for an export still running: alive until the run ends.
+            owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+            export_base.mkdir(parents=True)
+            paths = {"dead": export_base / f".tmp-7-{dead.pid}",
+                     "live": export_base / f".tmp-8-{owner}"}
+            for p in paths.values():
+                p.mkdir()
+                (p / "saved_model.pb").write_bytes(b"partial")
+            record.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+    return {k: Path(v) for k, v in json.loads(record.read_text()).items()}
 
 
 @pytest.fixture(scope="session")
-def v_tf(export_base, leftovers, attention_model_dir, ci_index_dir, ci_item_tags):
+def v_tf(tmp_path_factory, export_base, leftovers, attention_model_dir, ci_index_dir,
+         ci_item_tags):
     """Version 1: stock ops only, no XLA, item tags from a table, narrow filters (<= 100
     items) scored exactly; validated by the C API loader too."""
-    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
-                   "--output", export_base, "--visited", "tf", "--no-xla",
-                   "--item-tags", ci_item_tags, "--tag-columns", "item=sku,tags=flags",
-                   "--exact-max-items", str(TAGS_EXACT_MAX),
-                   "--validate-loader", "cc") == 0
+    with built_once(tmp_path_factory, "v_tf") as (_, built):
+        if not built:
+            assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                           "--output", export_base, "--version", "1", "--visited", "tf",
+                           "--no-xla", "--item-tags", ci_item_tags,
+                           "--tag-columns", "item=sku,tags=flags",
+                           "--exact-max-items", str(TAGS_EXACT_MAX),
+                           "--validate-loader", "cc") == 0
     return export_base / "1"
 
 
 @pytest.fixture(scope="session")
-def v_xla(export_base, v_tf, attention_model_dir, ci_index_dir):
-    """Version 2: the C++ bitmap op with XLA scoring over the shape grid (the CLI's default
-    export, model name "nann"); validated by the C API loader too."""
-    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
-                   "--output", export_base, "--visited", "bitmap", "--xla",
-                   "--embedding-dtype", "float32", "--validate-loader", "cc") == 0
-    return export_base / "2"
+def v_xla(tmp_path_factory, attention_model_dir, ci_index_dir):
+    """The C++ bitmap op with XLA scoring over the shape grid (the CLI's default export, model
+    name "nann"), in a base path of its own; validated by the C API loader too."""
+    with built_once(tmp_path_factory, "v_xla") as (root, built):
+        if not built:
+            assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                           "--output", root / "nann", "--visited", "bitmap", "--xla",
+                           "--embedding-dtype", "float32", "--validate-loader", "cc") == 0
+    return root / "nann" / "1"

@@ -23,7 +23,7 @@ from conftest import run_cli
 
 @pytest.fixture(scope="module")
 def base(export_base):
-    """The base path of the session's two exports (conftest: ``v_tf`` = 1, ``v_xla`` = 2)."""
+    """The base path of the session's version 1 (conftest ``v_tf``)."""
     return export_base
 
 
@@ -382,7 +382,7 @@ def test_a_failed_validation_leaves_nothing_behind(tmp_path, attention_model_dir
 
 
 def test_existing_version_is_refused_and_failed_export_leaves_nothing(
-        base, leftovers, v_tf, v_xla, attention_model_dir, ci_index_dir, monkeypatch, capsys):
+        base, leftovers, v_tf, attention_model_dir, ci_index_dir, monkeypatch, capsys):
     before = sorted(p.name for p in base.iterdir())
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                    "--output", base, "--version", "1") == 2

@@ -143,6 +143,39 @@ def test_mid_epoch_resume_trains_exactly_the_uninterrupted_model(tiny_dataset, t
         np.testing.assert_array_equal(a, b)
 
 
+class _SlowSteps(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        import time
+
+        time.sleep(0.05)
+
+
+def test_time_box_stops_training_validates_the_last_step_and_writes_the_model(
+        tiny_dataset, tmp_path):
+    """[train] max_seconds: 4,000 steps asked, a 3 s box: the run stops after the step that
+    ends the box, validates at that step (the model written is the best validated), and
+    records that the box ended it; 0 is no box, a negative value a config error."""
+    from nann_tf.config import ConfigError
+
+    cfg = _tiny_config(epochs=1000, max_seconds=3.0, val_every_steps=10)
+    out = tmp_path / "boxed"
+    summary = train(cfg, tiny_dataset, out, verbose=0, extra_callbacks=[_SlowSteps()])
+    steps = summary["steps_run_now"]
+    assert summary["time_box_reached"] is True and 1 <= steps < 4000 - 1
+    _, _, info = load_trained_model(out)
+    history = info["validation"]["history"]
+    assert history[-1]["step"] == steps, "the box's last step is validated"
+    assert info["train_summary"]["time_box_reached"] is True
+    free = _tiny_config()
+    unboxed = train(free, tiny_dataset, tmp_path / "free", verbose=0)
+    assert unboxed["time_box_reached"] is False
+    assert unboxed["steps_run_now"] == free.train.epochs * 4
+    with pytest.raises(ConfigError, match=r"max_seconds must be >= 0"):
+        _tiny_config(max_seconds=-1)
+    with pytest.raises(ConfigError, match=r"max_seconds is not supported with strategy"):
+        _tiny_config(max_seconds=5, strategy="multi_worker")
+
+
 def test_cli_bad_inputs(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "m"
     assert run_cli("train", "--config", "no-such-config", "--data", tiny_dataset,

@@ -172,9 +172,13 @@ def run_cc_loader(version_dir, requests: list, *, op_library: bool = True,
     return report
 
 
-def validate_version(version_dir, loader: str = "cc") -> dict:
+def validate_version(version_dir, loader: str = "cc", reference: list | None = None) -> dict:
     """Loads the version with ``loader``, replays its warm-up and runs every warm-up record;
     with ``cc``, every answer must equal the in-process session loader's bit for bit.
+
+    ``reference``: the session loader's answers to the warm-up records, in order, when another
+    process already computed them (the export's validation process replays the warm-up with
+    the same session config and keeps its answers): the version is then not loaded here again.
 
     Returns a JSON-ready report; raises :class:`CcLoaderError` on any failure.
     """
@@ -201,16 +205,23 @@ def validate_version(version_dir, loader: str = "cc") -> dict:
         cc = run_cc_loader(version_dir, requests, op_library=visited != "tf")
         report.update(warmup_records=cc["warmup_records"], cc_load_ms=cc.get("load_ms"),
                       signatures=sorted(s for s in cc["signatures"] if not s.startswith("__")))
-    t0 = time.perf_counter()
-    try:
-        with SessionModel(version_dir, load_ops=visited != "tf",
-                          session_config=session_config()) as model:
-            report["python_load_s"] = time.perf_counter() - t0
-            if loader == "python":
-                report["warmup_records"] = replay_warmup(model)
-            expected = [model.run(sig, inputs) for sig, inputs in requests]
-    except (ModelLoadError, RequestError, tf.errors.OpError) as e:
-        raise CcLoaderError(f"the session loader: {e}") from e
+    if reference is not None and loader == "cc":
+        if len(reference) != len(requests):
+            raise CcLoaderError(f"{len(reference)} reference answers for {len(requests)} "
+                                "warm-up records")
+        expected = reference
+        report["reference"] = "the validation process's warm-up replay"
+    else:
+        t0 = time.perf_counter()
+        try:
+            with SessionModel(version_dir, load_ops=visited != "tf",
+                              session_config=session_config()) as model:
+                report["python_load_s"] = time.perf_counter() - t0
+                if loader == "python":
+                    report["warmup_records"] = replay_warmup(model)
+                expected = [model.run(sig, inputs) for sig, inputs in requests]
+        except (ModelLoadError, RequestError, tf.errors.OpError) as e:
+            raise CcLoaderError(f"the session loader: {e}") from e
     report["signatures_run"] = sorted({sig for sig, _ in requests})
     if loader == "python":
         return report

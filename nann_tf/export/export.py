@@ -419,15 +419,18 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         log.info("export: %d warm-up records (XLA grid: %d sizes x batch sizes %s, then "
                  "replayed requests)", len(records), len(grid), list(warmup_batch_sizes))
         if validate:
+            answers: list | None = [] if validate_loader == "cc" else None
             info["validation"] = validate_in_subprocess(tmp, hist[:validation_users], expected,
                                                         visited, min_coverage,
                                                         progress_total=len(records) + 5,
-                                                        filtered=filtered)
+                                                        filtered=filtered,
+                                                        warmup_outputs=answers)
             if validate_loader == "cc":
                 from nann_tf.export.cc_loader import CcLoaderError, validate_version
 
-                try:
-                    info["validation"]["cc_loader"] = validate_version(tmp, "cc")
+                try:  # compared with the answers the validation process just gave
+                    info["validation"]["cc_loader"] = validate_version(tmp, "cc",
+                                                                       reference=answers)
                 except CcLoaderError as e:
                     raise ExportError(f"validation of {tmp} with the C API loader failed: "
                                       f"{e}") from e
@@ -444,9 +447,11 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
 
 def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, visited: str,
                            min_coverage: float, progress_total: int | None = None,
-                           filtered: dict | None = None) -> dict:
+                           filtered: dict | None = None,
+                           warmup_outputs: list | None = None) -> dict:
     """Runs :mod:`nann_tf.export.validate` on ``version_dir`` in a fresh Python process
-    (showing its requests, warm-up replay included, as progress)."""
+    (showing its requests, warm-up replay included, as progress). ``warmup_outputs``: a list
+    that receives the process's answer to every warm-up record, in order."""
     from nann_tf.export.validate import PROGRESS_MARK
     from nann_tf.progress import Progress
 
@@ -460,6 +465,9 @@ def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, 
                "--min-coverage", str(min_coverage), "--progress-marks"]
         if visited == "tf":
             cmd.append("--stock-ops-only")
+        answers_file = Path(td) / "warmup-answers.pkl"
+        if warmup_outputs is not None:
+            cmd += ["--warmup-outputs", str(answers_file)]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         stderr: list[str] = []
         with open(Path(td) / "stdout", "w+") as out, \
@@ -474,6 +482,11 @@ def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, 
             proc.wait()
             out.seek(0)
             stdout = out.read()
+        if warmup_outputs is not None and answers_file.is_file():
+            import pickle
+
+            with open(answers_file, "rb") as f:
+                warmup_outputs.extend(pickle.load(f))
     lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     report = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0 or not report.get("ok"):

@@ -78,6 +78,10 @@ def main(argv=None) -> int:
     ap.add_argument("--progress-marks", action="store_true",
                     help=f"write a {PROGRESS_MARK!r} line to stderr after every request (the "
                          "exporting process shows them as progress)")
+    ap.add_argument("--warmup-outputs", metavar="PATH",
+                    help="write every warm-up record's answer to PATH (a pickle: a list of "
+                         "{output alias: array}, in record order), for the C API loader's "
+                         "bit-for-bit comparison")
     args = ap.parse_args(argv)
     report = {"ok": False}
     try:
@@ -148,7 +152,14 @@ def main(argv=None) -> int:
             if cov < args.min_coverage:
                 raise RuntimeError(f"coverage@{k} vs brute force {cov:.3f} < "
                                    f"--min-coverage {args.min_coverage}")
-            report["warmup_records_replayed"] = replay_warmup(model, on_record=mark)
+            answers: list = []
+            report["warmup_records_replayed"] = replay_warmup(model, on_record=mark,
+                                                              outputs=answers)
+            if args.warmup_outputs:
+                import pickle
+
+                with open(args.warmup_outputs, "wb") as f:
+                    pickle.dump(answers, f, protocol=pickle.HIGHEST_PROTOCOL)
         report["ok"] = True
     except Exception as e:  # noqa: BLE001 - reported to the parent as JSON
         report["error"] = f"{type(e).__name__}: {e}"

@@ -410,7 +410,8 @@ class SessionModel:
 
 
 def replay_warmup(model: SessionModel, path: str | os.PathLike | None = None,
-                  iterations: int = 1, on_record=None, progress: str | None = None) -> int:
+                  iterations: int = 1, on_record=None, progress: str | None = None,
+                  outputs: list | None = None) -> int:
     """Replays a version's warm-up requests as TF Serving does before the version serves.
 
     Args:
@@ -418,6 +419,7 @@ def replay_warmup(model: SessionModel, path: str | os.PathLike | None = None,
         path: the warm-up file; default ``<version_dir>/assets.extra/tf_serving_warmup_requests``.
         iterations: how many times each record runs (``--num_request_iterations_for_warmup``).
         on_record: called with no argument after each record (progress).
+        outputs: a list to append each record's answer to (its last iteration's), in order.
         progress: a description: show records replayed, rate and ETA
             (:class:`~nann_tf.progress.Progress`; a long warm-up shows, a short one is silent
             off a terminal).
@@ -447,12 +449,14 @@ def replay_warmup(model: SessionModel, path: str | os.PathLike | None = None,
         for i, record in enumerate(records):
             for _ in range(max(1, int(iterations))):
                 try:
-                    model.run(record.signature_name, record.inputs)
+                    answer = model.run(record.signature_name, record.inputs)
                 except (RequestError, tf.errors.OpError) as e:
                     raise ModelLoadError(f"warm-up record {i} (signature "
                                          f"\"{record.signature_name or 'serving_default'}\") "
                                          f"of {model.version_dir} failed: {e}") from e
             bar.update()
+            if outputs is not None:
+                outputs.append(answer)
             if on_record is not None:
                 on_record()
     log.info("replayed %d warm-up records from %s", len(records), path)

@@ -102,8 +102,11 @@ class _Backup(keras.callbacks.Callback):
 
     def __init__(self, directory: Path, start: int, every: int, validator=None,
                  val_every: int = 0, total: int = 0, steps_per_epoch: int = 1,
-                 on_validation=None):
+                 on_validation=None, max_seconds: float = 0.0):
         super().__init__()
+        # ``[train] max_seconds``: the step that ends the time box is the last one (validated
+        # like the last step of the run); one box for every fit() phase of the run.
+        self._max_seconds, self._t0, self.time_box_reached = float(max_seconds), None, False
         self._dir, self.step, self._every = directory, start, every
         self._validator, self._val_every, self._total = validator, val_every, total
         self._steps_per_epoch = steps_per_epoch
@@ -127,10 +130,18 @@ class _Backup(keras.callbacks.Callback):
 
     def _validate_due(self) -> bool:
         return self._validator is not None and (
-            self.step % self._val_every == 0 or self.step == self._total)
+            self.step % self._val_every == 0 or self.step == self._total
+            or self.time_box_reached)
+
+    def on_train_begin(self, logs=None):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
+        if self._max_seconds and time.perf_counter() - self._t0 >= self._max_seconds:
+            self.time_box_reached = True
+            self.model.stop_training = True
         validated = False
         if self._validate_due():
             validated = True
@@ -333,7 +344,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
             phases.append((epoch0, tc.epochs, steps, epoch0 * steps))
 
     backup = _Backup(work / "backup", done, tc.backup_every_steps, validator,
-                     val_every if validator else 0, total, steps, on_validation)
+                     val_every if validator else 0, total, steps, on_validation,
+                     max_seconds=tc.max_seconds)
     callbacks = [
         backup,
         _EpochCheckpoint(model, work / "checkpoints"),
@@ -386,6 +398,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         "seconds": seconds,
         "examples_per_s": steps_run * tc.batch_size / max(seconds, 1e-9),
         "final": {k: float(v[-1]) for k, v in history.items() if v},
+        "time_box_reached": backup.time_box_reached,
     }
     if validator is not None and validator.state.best:
         summary["best_step"] = validator.state.best["step"]

@@ -18,7 +18,8 @@ class NANNTrainer(keras.Model):
 
     def __init__(self, model: NANNModel, log_q: np.ndarray, num_negatives: int,
                  fgsm_eps: float, fgsm_lambda: float, fgsm_eps_mode: str = "absolute",
-                 loss: str = "nce", xla_grads: bool = False, **kwargs):
+                 loss: str = "nce", xla_grads: bool = False, fgsm_one_pass: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         # The step's forward and backward as one XLA program (the trainer is then compiled
         # without jit_compile: see ``train_step``).
@@ -33,6 +34,9 @@ class NANNTrainer(keras.Model):
         fgsm_step_size(tf.zeros([1]), 0.0, fgsm_eps_mode)  # checks the mode
         self.fgsm_eps_mode = fgsm_eps_mode
         self.fgsm_lambda = float(fgsm_lambda)
+        # FGSM's direction taken from the loss's own backward pass (``_fgsm_losses_and_grads``);
+        # False: a separate inner gradient (``compute_losses``), the reference it is tested on.
+        self.fgsm_one_pass = bool(fgsm_one_pass)
         self.log_q = self.add_weight(name="log_q", shape=log_q.shape, dtype="float32",
                                      trainable=False,
                                      initializer=keras.initializers.Constant(log_q))
@@ -123,12 +127,69 @@ class NANNTrainer(keras.Model):
 
     def _losses_and_grads(self, hist, pos, neg):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if self.fgsm_eps > 0 and self.fgsm_one_pass:
+            return self._fgsm_losses_and_grads(hist, pos, neg, replicas)
         with tf.GradientTape() as tape:
             total, l_nce, l_aux, step = self.compute_losses(hist, pos, neg, return_step=True,
                                                             training=True)
             scaled = total / replicas
         grads = tape.gradient(scaled, self.model.trainable_variables)
         return grads, total, l_nce, l_aux, step
+
+    def _fgsm_losses_and_grads(self, hist, pos, neg, replicas):
+        """``_losses_and_grads`` with FGSM on, each part of the graph differentiated once.
+
+        The FGSM direction ``dL_nce/de_v`` is a by-product of ``L_nce``'s own backward pass
+        (the item network's gradient needs it anyway), and ``L_aux`` holds the clean scores
+        constant; so, with ``e_v`` and the user state as the boundary: (1) one backward pass
+        through the clean score graph gives its parameters' gradients and ``dL_nce/de_v``
+        together; (2) one through the adversarial score graph; (3) one through the user and
+        item networks, fed the sum of both passes' gradients at the boundary. The two-tape form
+        (``compute_losses``) runs a second backward through the clean score graph for the FGSM
+        direction alone; the gradients are the same (a test checks them)."""
+        m = self.model
+        variables = m.trainable_variables
+        n = len(variables)
+        with tf.GradientTape() as shared:  # the user network and e_v, recorded once
+            if neg.shape.rank == 1 or neg.shape[1] != self.num_negatives:
+                neg = self._per_example(neg, tf.shape(pos)[0])
+            items = tf.concat([pos[:, None], neg], axis=1)
+            e_v = m.item_embedding(items, training=True)
+            state = m.encode_user(hist, training=True)
+        mask = accidental_hit_mask(pos, neg)
+        log_q = tf.gather(self.log_q, items)
+        leaves = [e_v] + [t for t in tf.nest.flatten(state) if t.dtype.is_floating]
+        with tf.GradientTape(watch_accessed_variables=True) as clean:
+            clean.watch(leaves)
+            scores = m.score(state, e_v, training=True)
+            logits = nce_logits(scores, log_q, self.num_negatives)
+            l_nce = (nce_loss(logits, mask) if self.loss_name == "nce"
+                     else sampled_softmax_loss(logits, mask))
+            scaled = l_nce / replicas
+        g_clean = clean.gradient(scaled, variables + leaves)
+        step = fgsm_step_size(e_v, self.fgsm_eps, self.fgsm_eps_mode)
+        with tf.GradientTape() as adv:
+            adv.watch(leaves)
+            adv_scores = m.score(state, fgsm_perturb(e_v, g_clean[n], step), training=True)
+            l_aux = kl_aux_loss(scores, adv_scores, mask)
+            scaled = self.fgsm_lambda * l_aux / replicas
+        g_adv = adv.gradient(scaled, variables + leaves)
+        upstream = [_add_grads(a, b) for a, b in zip(g_clean[n:], g_adv[n:])]
+        upstream = [tf.zeros_like(t) if g is None else tf.convert_to_tensor(g)
+                    for t, g in zip(leaves, upstream)]
+        g_shared = shared.gradient(leaves, variables, output_gradients=upstream)
+        grads = [_add_grads(_add_grads(a, b), c)
+                 for a, b, c in zip(g_clean[:n], g_adv[:n], g_shared)]
+        return grads, l_nce + self.fgsm_lambda * l_aux, l_nce, l_aux, step
+
+    def _per_example(self, neg, b):
+        """A pool [R, s] or shared draws [K] as per-example negatives [B, K] (see
+        ``compute_losses``)."""
+        K = self.num_negatives
+        if neg.shape.rank == 1:
+            return tf.broadcast_to(neg[None, :], [b, K])
+        index = tf.range(b)[:, None] * neg.shape[1] + tf.range(K)[None, :]
+        return tf.gather(tf.reshape(neg, [-1]), index)
 
     def train_step(self, data):
         hist, pos, neg = data
@@ -147,3 +208,15 @@ class NANNTrainer(keras.Model):
             # which needs a dimension to reduce over.
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
+
+
+def _add_grads(a, b):
+    """The sum of two gradients of one variable, either of which may be None or sparse."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([a.values, b.values], 0),
+                                tf.concat([a.indices, b.indices], 0), a.dense_shape)
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
