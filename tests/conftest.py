@@ -27,20 +27,20 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # With pytest-xdist (scripts/test.sh runs two workers), what several tests share and costs
 # minutes (the CI pipeline, the two-tower model, the two exported versions) is built once per
-# run by whichever worker needs it first (`built_once`); the other worker waits for it. Tests
-# of a module whose module-scoped fixtures are expensive stay on one worker (one xdist group per
-# module); every other test goes to whichever worker is free.
-GROUPED_MODULES = {"test_string_ids.py", "test_evaluate.py", "test_sweep.py", "test_tune.py",
-                   "test_server.py", "test_loader.py", "test_e2e.py", "test_filters.py",
-                   "test_similar.py", "test_client.py"}
-# Tests that export (or load) the shared versions: their first one may wait for both exports.
+# run by whichever worker needs it first (`built_once`); a worker that needs it meanwhile waits.
+# A module's tests stay on one worker (one xdist group per module: its module-scoped fixtures
+# are built once), except the modules whose tests take most of the run: theirs go one by one
+# to whichever worker is free.
+SPLIT_MODULES = {"test_export.py", "test_filters.py"}
+# Tests that use the shared versions: their first one may wait for both exports.
 EXPORT_TIMEOUT_S = 1800
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the group markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in GROUPED_MODULES and not item.name.startswith("test_demo_"):
+        if item.path.name not in SPLIT_MODULES and not item.name.startswith(
+                ("test_demo_", "test_stage_keys_")):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
         if set(getattr(item, "fixturenames", ())) & {"v_tf", "v_xla"}:
             item.add_marker(pytest.mark.timeout(EXPORT_TIMEOUT_S))
@@ -131,11 +131,6 @@ def ci_pipeline(tmp_path_factory):
         pipeline = Pipeline(workdir, CI_CONFIG)
         pipeline.run("build-index")
     return pipeline
-
-
-@pytest.fixture(scope="session")
-def ci_workdir(ci_pipeline) -> Path:
-    return ci_pipeline.workdir
 
 
 @pytest.fixture(scope="session")
@@ -247,3 +242,35 @@ def v_xla(tmp_path_factory, attention_model_dir, ci_index_dir):
                            "--output", root / "nann", "--visited", "bitmap", "--xla",
                            "--embedding-dtype", "float32", "--validate-loader", "cc") == 0
     return root / "nann" / "1"
+
+
+class _Shared:
+    """A loaded version shared by one worker's tests: ``with fixture as m`` leaves it open
+    (loading the CI export takes ~10 s; the session closes it at the end)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture(scope="session")
+def tf_session(v_tf):
+    """Version 1 (``v_tf``) loaded once by the session loader (no op library)."""
+    from nann_tf.serving.loader import SessionModel
+
+    with SessionModel(v_tf, load_ops=False) as m:
+        yield _Shared(m)
+
+
+@pytest.fixture(scope="session")
+def xla_session(v_xla):
+    """``v_xla`` loaded once by the session loader (with the op library)."""
+    from nann_tf.serving.loader import SessionModel
+
+    with SessionModel(v_xla) as m:
+        yield _Shared(m)

@@ -69,8 +69,8 @@ def test_history_seeds_on_by_default_and_same_as_the_offline_search(
     assert (served[True]["num_scored"] != served[False]["num_scored"]).any()
 
 
-def test_signatures_and_dtypes(v_tf):
-    with SessionModel(v_tf, load_ops=False) as m:
+def test_signatures_and_dtypes(tf_session, v_tf):
+    with tf_session as m:
         meta = json.loads((v_tf / EXPORT_INFO).read_text())
         assert meta["signatures"] == ["brute_force", "retrieve", "retrieve_explained",
                                       "serving_default", "similar_items",
@@ -114,9 +114,9 @@ def test_signatures_and_dtypes(v_tf):
         assert all(v.tensor_shape.dim[0].size == -1 for v in d.inputs.values())
 
 
-def test_xla_equals_no_xla_and_raw_ids_are_valid(v_tf, v_xla, queries):
+def test_xla_equals_no_xla_and_raw_ids_are_valid(tf_session, xla_session, queries):
     hist, idx = queries
-    with SessionModel(v_tf, load_ops=False) as a, SessionModel(v_xla) as b:
+    with tf_session as a, xla_session as b:
         ra = a.run("serving_default", {"hist_item_ids": hist})
         rb = b.run("serving_default", {"hist_item_ids": hist})
     assert ra["item_ids"].shape == (len(hist), 50)
@@ -211,9 +211,9 @@ def _retrieve(m, hist, k=None, ef=None, T=None, exclude=None, **rules):
         **rules_inputs(b, **rules)})
 
 
-def test_retrieve_parameters_and_exclusion(v_tf, queries):
+def test_retrieve_parameters_and_exclusion(tf_session, queries):
     hist, _ = queries
-    with SessionModel(v_tf, load_ops=False) as m:
+    with tf_session as m:
         base_out = m.run("serving_default", {"hist_item_ids": hist[:4]})
         r = _retrieve(m, hist[:4])
         np.testing.assert_array_equal(r["item_ids"], base_out["item_ids"])
@@ -245,16 +245,16 @@ def test_retrieve_parameters_and_exclusion(v_tf, queries):
     (dict(exclude=np.ones([2, 10001], np.int64)), "exclude_item_ids: more than "
                                                    "max_exclude=10000"),
 ])
-def test_bad_parameters_are_invalid_argument(v_tf, queries, change, needle):
+def test_bad_parameters_are_invalid_argument(tf_session, queries, change, needle):
     hist, _ = queries
-    with SessionModel(v_tf, load_ops=False) as m:
+    with tf_session as m:
         with pytest.raises(tf.errors.InvalidArgumentError, match=needle):
             _retrieve(m, hist[:2], **change)
 
 
-def test_history_too_long_and_empty_batch(v_tf, queries):
+def test_history_too_long_and_empty_batch(tf_session, queries):
     hist, _ = queries
-    with SessionModel(v_tf, load_ops=False) as m:
+    with tf_session as m:
         too_long = np.concatenate([hist[:1], hist[:1]], axis=1)
         with pytest.raises(tf.errors.InvalidArgumentError, match="longer than L"):
             m.run("serving_default", {"hist_item_ids": too_long})
@@ -294,11 +294,21 @@ def _copy_version(src, dst):
 
 def test_validate_cli_and_bad_version_directories(v_tf, tmp_path, capsys):
     from nann_tf.export.cc_loader import CcLoaderError, run_cc_loader
-    from nann_tf.serving.warmup import warmup_file_path, write_warmup_requests
+    from nann_tf.serving.warmup import (read_warmup_requests, warmup_file_path,
+                                        write_warmup_requests)
 
+    # The CLI on a good version: v_tf with one warm-up record per signature (the export's own
+    # validation ran the C loader on every record: test_the_c_api_loader_answers_...).
+    few = _copy_version(v_tf, tmp_path / "few-records")
+    first = {}
+    for r in read_warmup_requests(warmup_file_path(few)):
+        first.setdefault(r.signature_name or "serving_default", r.inputs)
+    write_warmup_requests(warmup_file_path(few), "nann", "serving_default", list(first.items()))
     out = tmp_path / "report.json"
-    assert run_cli("validate", v_tf, "--loader", "cc", "--output-json", out) == 0
-    assert json.loads(out.read_text())["bit_identical"] is True
+    assert run_cli("validate", few, "--loader", "cc", "--output-json", out) == 0
+    report = json.loads(out.read_text())
+    assert report["bit_identical"] is True and report["requests"] == len(first) >= 5
+    assert set(report["signatures_run"]) == set(first)
     # (the python loader is what every export's validation runs: tested there)
     capsys.readouterr()
     # A missing variable shard: the loader's error names the variables file.
@@ -338,7 +348,7 @@ def test_export_removes_dead_exports_leftovers_and_keeps_a_live_ones(leftovers, 
     assert (v_tf / "saved_model.pb").is_file()
 
 
-def test_mixed_ef_T_rows_each_get_what_they_get_alone_at_the_batch_maximum(v_tf, queries):
+def test_mixed_ef_T_rows_each_get_what_they_get_alone_at_the_batch_maximum(tf_session, queries):
     """A batch runs with the element-wise maximum of its rows' ef and T (TF Serving batching
     merges requests with different parameters): each row's answer equals that row's answer
     alone at the maximum, not at its own, smaller, setting (nor at the minimum)."""
@@ -347,7 +357,7 @@ def test_mixed_ef_T_rows_each_get_what_they_get_alone_at_the_batch_maximum(v_tf,
     T = [[1, 0], [4, 0], [2, 0]]
     ef_max, T_max = np.max(ef, axis=0).tolist(), np.max(T, axis=0).tolist()
     assert ef_max == [200, 150] and T_max == [4, 0]  # no single row has both
-    with SessionModel(v_tf, load_ops=False) as m:
+    with tf_session as m:
         batch = _retrieve(m, hist[:3], ef=ef, T=T)
         for i in range(3):
             alone = _retrieve(m, hist[i:i + 1], ef=[ef_max], T=[T_max])
@@ -443,7 +453,8 @@ def test_warmup_records_cover_grid_at_each_batch_size_and_replay_a_request_log(t
         export_mod.read_request_log(str(tmp_path / "junk"), "nann")
 
 
-def test_hot_swap_to_an_xla_version_under_load(v_tf, v_xla, queries, tmp_path):
+def test_hot_swap_to_an_xla_version_under_load(tf_session, xla_session, v_tf, v_xla, queries,
+                                               tmp_path):
     """Clients keep querying while a version whose warm-up compiles the whole XLA shape grid is
     published next to a stock-ops version: no request fails, every answer is the answer of the
     version that gave it, and once the XLA version is AVAILABLE it takes every client's traffic
@@ -483,8 +494,8 @@ def test_hot_swap_to_an_xla_version_under_load(v_tf, v_xla, queries, tmp_path):
     assert traffic.errors == []
     assert status[2].state == "AVAILABLE" and status[1].state == "END"
     expected = {}
-    for version, vdir in ((1, v_tf), (2, v_xla)):
-        with SessionModel(vdir, load_ops=version == 2) as m:
+    for version, loaded in ((1, tf_session), (2, xla_session)):
+        with loaded as m:
             expected[version] = [m.run("serving_default", {"hist_item_ids": h[None]})
                                  for h in rows]
     for w in range(3):
@@ -518,7 +529,8 @@ def similar_seeds(ci_dataset, queries):
 
 @pytest.mark.parametrize("signature,mode", [("similar_items", "embedding"),
                                             ("similar_items_model", "model")])
-def test_similar_signatures_equal_the_in_process_search(v_tf, v_xla, similar_seeds,
+def test_similar_signatures_equal_the_in_process_search(tf_session, xla_session, v_tf,
+                                                        similar_seeds,
                                                         attention_model_dir, queries,
                                                         signature, mode):
     """Both exports (stock ops without XLA, bitmap op with XLA) answer what the offline
@@ -537,8 +549,8 @@ def test_similar_signatures_equal_the_in_process_search(v_tf, v_xla, similar_see
     assert params == (cfg.similar if mode == "embedding" else cfg.search)
     offline = Retriever(model, idx, cfg.search.start_level, "tf").similar(dense, mode, params)
     want = np.where(offline.ids > 0, idx.raw_item_id[offline.ids], 0)
-    for version in (v_tf, v_xla):
-        with SessionModel(version, load_ops=version == v_xla) as m:
+    for version in (tf_session, xla_session):
+        with version as m:
             got = _similar(m, raw, signature=signature)
         assert got["item_ids"].shape == want.shape
         # The model mode scores in [B, W] blocks whose shape differs between the paths
@@ -547,7 +559,8 @@ def test_similar_signatures_equal_the_in_process_search(v_tf, v_xla, similar_see
         np.testing.assert_array_equal(got["num_scored"], offline.num_scored)
 
 
-def test_similar_items_masks_padding_and_unknown_ids_and_excludes_seeds(v_tf, similar_seeds):
+def test_similar_items_masks_padding_and_unknown_ids_and_excludes_seeds(tf_session, v_tf,
+                                                                        similar_seeds):
     raw, _ = similar_seeds
     s, t = int(raw[1, -1]), int(raw[1, -2])
     unknown = 987654321987
@@ -555,7 +568,7 @@ def test_similar_items_masks_padding_and_unknown_ids_and_excludes_seeds(v_tf, si
     # and with recency (model.position_bias) the order of a history matters.
     rows = [[s, 0, 0], [0, s, 0], [unknown, s, 0], [0, 0, 0], [unknown, 0, -5], [s, t, 0],
             [s, t, unknown]]
-    with SessionModel(v_tf, load_ops=False) as m:
+    with tf_session as m:
         for signature in ("similar_items", "similar_items_model"):
             out = _similar(m, rows, signature=signature)
             ids, scores = out["item_ids"], out["scores"]
@@ -593,8 +606,8 @@ def test_similar_items_masks_padding_and_unknown_ids_and_excludes_seeds(v_tf, si
      "item_ids: more than 20 seed columns.*L=20"),
     ("similar_items", dict(include=np.zeros(1, bool)), "batch size.*'include_seeds'"),
 ])
-def test_similar_items_bad_requests_are_invalid_argument(v_tf, similar_seeds, signature, change,
-                                                         needle):
+def test_similar_items_bad_requests_are_invalid_argument(tf_session, similar_seeds, signature,
+                                                         change, needle):
     raw, _ = similar_seeds
     seeds = change.pop("seeds", raw[:2])
     b = len(seeds)
@@ -603,7 +616,7 @@ def test_similar_items_bad_requests_are_invalid_argument(v_tf, similar_seeds, si
     include = change.pop("include", np.zeros([b], bool))
     from nann_tf.serving.loader import RequestError
 
-    with SessionModel(v_tf, load_ops=False) as m:
+    with tf_session as m:
         # Refused by the graph's own checks (what TF Serving runs), or, for inputs of
         # different batch sizes, by the loader before the graph (what TF Serving's batching
         # does too): INVALID_ARGUMENT naming the input either way.
@@ -627,7 +640,8 @@ def test_warmup_covers_the_similar_signatures_at_every_batch_size(v_xla):
     assert info["validation"]["similar_items_model_same_ids_as_in_memory"] >= 0.99
 
 
-def test_similar_items_over_grpc_and_the_query_cli(v_xla, similar_seeds, tmp_path, capsys):
+def test_similar_items_over_grpc_and_the_query_cli(tf_session, v_tf, similar_seeds, tmp_path,
+                                                   capsys):
     """The local server serves both similar signatures: the client and `nann-tf query
     --similar-to` get what the loaded SavedModel answers; a bad k is INVALID_ARGUMENT naming
     k."""
@@ -640,12 +654,13 @@ def test_similar_items_over_grpc_and_the_query_cli(v_xla, similar_seeds, tmp_pat
     raw, _ = similar_seeds
     base = tmp_path / "nann"
     base.mkdir()
-    shutil.copytree(v_xla, base / "2")
+    # The stock-ops version (test_e2e serves the XLA one; its warm-up compiles the grid).
+    shutil.copytree(v_tf, base / "2")
     server = ModelServer([ServedModelConfig("nann", str(base))],
                          ServerOptions(host="127.0.0.1", port=0, max_num_load_retries=0))
     port = server.start()
     try:
-        with SessionModel(v_xla, load_ops=True) as m:
+        with tf_session as m:
             want = {sig: _similar(m, raw[:4], signature=sig)
                     for sig in ("similar_items", "similar_items_model")}
         with RetrievalClient(f"127.0.0.1:{port}", "nann") as client:

@@ -138,7 +138,7 @@ def test_filtered_beam_search_returns_only_passing_items_and_finds_them(labels):
 # ------------------------------------------------------------------ the served model (CI model)
 
 @pytest.fixture(scope="module")
-def served(v_tf, ci_dataset, ci_item_tags):
+def served(v_tf, tf_session, ci_dataset, ci_item_tags):
     """The session's version 1 (conftest ``v_tf``): the CI model exported with tags from an
     item table (tag 5 on every 7th item, tag 6 on every 23rd, by dense id), without XLA (the
     same graph otherwise). On this 2,000-item corpus every filter would be scored exactly by
@@ -148,7 +148,7 @@ def served(v_tf, ci_dataset, ci_item_tags):
 
     ds = Dataset.load(ci_dataset)
     assert np.bincount(ds.item_category[1:]).max() > EXACT_MAX  # the largest category walks
-    return v_tf, ds, ci_item_tags.parent
+    return tf_session, ds, ci_item_tags.parent
 
 
 
@@ -172,7 +172,6 @@ def test_filters_on_mixed_rows_of_one_batch(served, attention_model_dir):
     unknown category (nothing); an excluded category; a tag or a category; all rows return only
     items that pass, the exact row its exact answer, every row min(k, passing) items."""
     from nann_tf.export.module import EXACT, WALK, rules_inputs
-    from nann_tf.serving.loader import SessionModel
 
     version, ds, _ = served
     k = 50
@@ -195,7 +194,7 @@ def test_filters_on_mixed_rows_of_one_batch(served, attention_model_dir):
     allowed[3] = False
     allowed[4] &= cat != big
     allowed[5] &= tag5 | (cat == 2)
-    with SessionModel(version, load_ops=False) as m:
+    with version as m:
         out = m.run("retrieve", {
             "hist_item_ids": hist, "k": np.full([rows], k, np.int32),
             "ef": np.zeros([rows, 2], np.int32), "T": np.full([rows, 2], -1, np.int32),
@@ -226,12 +225,11 @@ def test_filters_on_mixed_rows_of_one_batch(served, attention_model_dir):
 
 def test_cap_per_category(served, attention_model_dir):
     from nann_tf.export.module import rules_inputs
-    from nann_tf.serving.loader import SessionModel
 
     version, ds, _ = served
     hist_dense = ds.test.hist[:4]
     hist = np.where(hist_dense > 0, ds.raw_item_id[hist_dense], 0)
-    with SessionModel(version, load_ops=False) as m:
+    with version as m:
         run = lambda cap: m.run("retrieve", {  # noqa: E731
             "hist_item_ids": hist, "k": np.full([4], 30, np.int32),
             "ef": np.zeros([4, 2], np.int32), "T": np.full([4, 2], -1, np.int32),
@@ -272,13 +270,12 @@ def test_explanations_are_the_models_own_attention(served, attention_model_dir):
 
     from nann_tf.export.module import rules_inputs
     from nann_tf.model.saved import load_trained_model
-    from nann_tf.serving.loader import SessionModel
 
     version, ds, _ = served
     b = 5
     hist_dense = ds.test.hist[:b]
     hist = np.where(hist_dense > 0, ds.raw_item_id[hist_dense], 0)
-    with SessionModel(version, load_ops=False) as m:
+    with version as m:
         out = m.run("retrieve_explained", {
             "hist_item_ids": hist, "k": np.full([b], 20, np.int32),
             "ef": np.zeros([b, 2], np.int32), "T": np.full([b, 2], -1, np.int32),
@@ -326,7 +323,6 @@ def test_similar_items_signatures_take_the_rules_too(served):
     """Both similar-items modes: an include filter returns only its items (walked or exact),
     an exclusion none of them."""
     from nann_tf.export.export import similar_requests
-    from nann_tf.serving.loader import SessionModel
 
     version, ds, _ = served
     hist = np.where(ds.test.hist[:4] > 0, ds.raw_item_id[ds.test.hist[:4]], 0)
@@ -334,7 +330,7 @@ def test_similar_items_signatures_take_the_rules_too(served):
     raw_to_dense = {int(r): i for i, r in enumerate(ds.raw_item_id) if i}
     big = int(np.argmax(np.bincount(ds.item_category[1:])))
     raw_big = int(ds.raw_category_id[big])
-    with SessionModel(version, load_ops=False) as m:
+    with version as m:
         for sig in ("similar_items", "similar_items_model"):
             for rule, want in (("include_categories", True), ("exclude_categories", False)):
                 inputs = dict(base, **{rule: np.full([4, 1], raw_big, np.int64)})
