@@ -274,9 +274,10 @@ def bench_quality(args, cfg, data_dir: Path, workdir: Path) -> dict:
             mode, factor = _parse_mode(label)
             cfg.train.negatives, cfg.train.negative_pool_factor = mode, factor
             cfg.train.seed = seed
-            if args.train_seconds:  # equal wall time: every mode gets the same time box
-                cfg.train.max_seconds = args.train_seconds
-                cfg.train.epochs = max(cfg.train.epochs, 1000)
+            if args.train_seconds:  # equal wall time: every mode gets the same time box,
+                cfg.train.max_seconds = args.train_seconds  # all of it training (validation
+                cfg.train.epochs = max(cfg.train.epochs, 1000)  # would take a share of it
+                cfg.train.val_every_steps = -1                  # that depends on the speed)
             out = workdir / f"model-{label}-{seed}"
             summary = train(cfg, data_dir, out, verbose=0, overwrite=True)
             model, _, _ = load_trained_model(out)

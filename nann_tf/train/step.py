@@ -18,7 +18,7 @@ class NANNTrainer(keras.Model):
 
     def __init__(self, model: NANNModel, log_q: np.ndarray, num_negatives: int,
                  fgsm_eps: float, fgsm_lambda: float, fgsm_eps_mode: str = "absolute",
-                 loss: str = "nce", xla_grads: bool = False, fgsm_one_pass: bool = True,
+                 loss: str = "nce", xla_grads: bool = False, fgsm_one_pass: bool = False,
                  **kwargs):
         super().__init__(**kwargs)
         # The step's forward and backward as one XLA program (the trainer is then compiled
@@ -34,8 +34,11 @@ class NANNTrainer(keras.Model):
         fgsm_step_size(tf.zeros([1]), 0.0, fgsm_eps_mode)  # checks the mode
         self.fgsm_eps_mode = fgsm_eps_mode
         self.fgsm_lambda = float(fgsm_lambda)
-        # FGSM's direction taken from the loss's own backward pass (``_fgsm_losses_and_grads``);
-        # False: a separate inner gradient (``compute_losses``), the reference it is tested on.
+        # FGSM's direction taken from the loss's own backward pass (``_fgsm_losses_and_grads``)
+        # instead of a separate inner gradient (``compute_losses``). The same gradients, but not
+        # faster under XLA, which already shares the inner gradient's work with the outer
+        # backward pass: one-pass 0.95x the two-tape step at 1M items (sparse), 0.98x on
+        # ci-synth (bench/results/train-step-*-fgsm.json), so off by default.
         self.fgsm_one_pass = bool(fgsm_one_pass)
         self.log_q = self.add_weight(name="log_q", shape=log_q.shape, dtype="float32",
                                      trainable=False,
