@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
-SUBCOMMANDS=(synth prepare train build-index evaluate tune export serve query validate demo)
+SUBCOMMANDS=(synth prepare train build-index update-index evaluate tune export serve query validate demo)
 DEMO_TIMEOUT_S=${DEMO_TIMEOUT_S:-900}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nann-wheel-smoke.XXXXXX")

@@ -207,3 +207,63 @@ def test_finished_model_is_not_overwritten(tiny_dataset, tmp_path, capsys):
     (out / "model.weights.h5").write_bytes(b"garbage")
     with pytest.raises(ModelDirError, match="cannot load the weights"):
         load_trained_model(out)
+
+
+def test_warm_start_carries_weights_by_raw_id(tiny_dataset, tmp_path, capsys):
+    """A model trained on day 1 seeds the model of day 2, whose catalogue lost the even items
+    and gained new ones: every item both days know gets its day-1 row, a new item keeps its
+    fresh initialisation, every other weight is day 1's; another [model] table is refused
+    naming the weight."""
+    from nann_tf.data.prepare import prepare_dataset
+    from nann_tf.model.saved import build_model
+    from nann_tf.train.warm_start import warm_start
+
+    day1 = tmp_path / "day1"
+    cfg = _tiny_config()
+    train(cfg, tiny_dataset, day1, verbose=0)
+    old, _, _ = load_trained_model(day1)
+    log1 = tiny_dataset.parent / "log.csv"
+    rows = []
+    for line in log1.read_text().splitlines():  # user,item,category,behaviour,time
+        f = line.split(",")
+        if int(f[1]) % 2 == 0:
+            f[1] = str(int(f[1]) + 100_000)  # an even item is withdrawn, a new one launched
+        rows.append(",".join(f))
+    (tmp_path / "log2.csv").write_text("\n".join(rows) + "\n")
+    prepare_dataset(tmp_path / "log2.csv", tmp_path / "data2", "userbehavior", max_len=10,
+                    val_users=20, test_users=20)
+    ds1, ds2 = Dataset.load(tiny_dataset), Dataset.load(tmp_path / "data2")
+    new = build_model(cfg, ds2.num_items, ds2.num_categories, ds2.item_category,
+                      max_len=ds2.max_len)
+    new.build_all(ds2.max_len)
+    fresh = new.item_id_embedding.embeddings.numpy().copy()
+    report = warm_start(new, ds2, day1)
+    rows1 = {int(r): i for i, r in enumerate(ds1.raw_item_id) if i}
+    table, old_table = new.item_id_embedding.embeddings.numpy(), \
+        old.item_id_embedding.embeddings.numpy()
+    kept = 0
+    for i in range(1, ds2.num_items + 1):
+        raw = int(ds2.raw_item_id[i])
+        if raw in rows1:
+            np.testing.assert_array_equal(table[i], old_table[rows1[raw]])
+            kept += 1
+        else:
+            assert raw >= 100_000
+            np.testing.assert_array_equal(table[i], fresh[i])
+    assert report["items_kept"] == kept > 0 and report["items_new"] == ds2.num_items - kept > 0
+    assert report["items_dropped"] == ds1.num_items - kept > 0
+    np.testing.assert_array_equal(new.item_network.weights[0].numpy(),
+                                  old.item_network.weights[0].numpy())
+    # Through the CLI: the model records where it started from.
+    out = tmp_path / "day2"
+    assert run_cli("train", "--config", "ci-synth", "--data", tmp_path / "data2", "--output",
+                   out, "--warm-start", day1, *sum((["--set", f"{k}={v}"] for k, v in {
+                       "data.max_len": 10, "model.embedding_dim": 8, "model.item_hidden": "[8]",
+                       "model.user_hidden": "[8]", "model.score_hidden": "[8]",
+                       "train.batch_size": 64, "train.num_negatives": 8,
+                       "train.steps_per_epoch": 4}.items()), [])) == 0
+    _, _, info = load_trained_model(out)
+    assert info["warm_start"]["items_kept"] == kept
+    assert run_cli("train", "--config", "ci-synth", "--data", tmp_path / "data2", "--output",
+                   tmp_path / "other", "--warm-start", day1, "--set", "data.max_len=10") == 2
+    assert "--warm-start" in capsys.readouterr().err

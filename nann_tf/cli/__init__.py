@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search-config": ("nann_tf.cli.search_config", "a model search on your log within a "
                                                    "time budget -> the best config (TOML)"),
     "build-index": ("nann_tf.cli.build_index", "item embeddings + HNSW levels"),
+    "update-index": ("nann_tf.cli.update_index", "launch and retire items in an index, "
+                                                 "without training or rebuilding"),
     "evaluate": ("nann_tf.cli.evaluate", "recall / coverage of brute force and graph search"),
     "tune": ("nann_tf.cli.tune", "cheapest beam parameters meeting a coverage target"),
     "export": ("nann_tf.cli.export", "write a TF Serving SavedModel version"),

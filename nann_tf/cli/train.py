@@ -22,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.epochs=3 "
                         "--set model.variant=two_tower (VALUE is TOML/JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished model")
+    p.add_argument("--warm-start", metavar="MODEL_DIR",
+                   help="start from a model trained on an earlier dataset: item and category "
+                        "rows carried over by raw id (new ids fresh, vanished ids dropped), every "
+                        "other weight copied (same [model] table), optimizer fresh")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -43,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config_for_data(args.config, args.data, parse_overrides(args.set))
-        summary = train(cfg, args.data, args.output, overwrite=args.overwrite)
+        summary = train(cfg, args.data, args.output, overwrite=args.overwrite,
+                        warm_start_from=args.warm_start)
     except (ConfigError, DataError, TrainError) as e:
         raise CliError(str(e)) from e
     best = ""

@@ -76,7 +76,12 @@ def validation_histories(index, data_dir: str | None, max_len: int, n: int,
     if data_dir:
         try:
             ds = Dataset.load(data_dir)
-            if ds.num_items == index.num_items and len(ds.val):
+            first = np.arange(1, ds.num_items + 1)
+            same = ds.num_items == index.num_items or (  # or grown by update-index
+                ds.num_items < index.num_items and np.array_equal(
+                    (ds.raw_item_key if ds.raw_item_key is not None else ds.raw_item_id)[first],
+                    index.raw_ids(first)))
+            if same and len(ds.val):
                 dense = ds.val.hist[:n]
                 if dense.shape[1] > max_len:
                     dense = dense[:, -max_len:]
@@ -311,8 +316,11 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     base = Path(base_dir)
     model, cfg, meta = load_trained_model(model_dir)
     index = load_index(index_dir)
-    if index.num_items != meta["num_items"]:
-        raise ExportError(f"--index {index_dir} has {index.num_items} items but --model "
+    # An index grown by update-index holds more items than the model was trained on (the
+    # launched ones, embedded from their category); its first model_items are the model's.
+    model_items = int(index.meta.get("model_items", index.num_items))
+    if model_items != meta["num_items"] or index.num_items < model_items:
+        raise ExportError(f"--index {index_dir} was built for {model_items} items but --model "
                           f"{model_dir} was trained on {meta['num_items']}")
     # The config's [search] table with the given overrides, checked by the one set of rules:
     # a level missing or unused, or a start level above the index's top, is an error.
@@ -402,6 +410,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "variant": cfg.model.variant, "visited": visited, "xla": xla,
             "embedding_dtype": embedding_dtype, "max_len": max_len,
             "num_items": index.num_items, "item_id_type": index.item_id_type,
+            "launched_items": index.num_items - model_items,
+            "retired_items": int(index.retired.sum()) if index.retired is not None else 0,
             "search": {**defaults.to_dict(), "max_ef": max_ef},
             "similar": similar_params.to_dict(),
             "grid": grid,

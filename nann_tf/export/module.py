@@ -245,6 +245,9 @@ class RetrievalModule(tf.Module):
                     name="similar_start_nodes")
             self.entry_point = tf.Variable(int(graph.entry_point), dtype=tf.int32,
                                            trainable=False, name="entry_point")
+            retired = getattr(index, "retired", None)
+            self.retired = None if retired is None or not retired.any() else tf.Variable(
+                np.asarray(retired, bool), trainable=False, name="retired_items")
             if self.string_ids:
                 self._init_vocabulary(np.asarray(keys))
             else:
@@ -320,6 +323,20 @@ class RetrievalModule(tf.Module):
             default_value=-1, name="item_vocabulary")
         self.raw_item_ids = tf.Variable(np.char.encode(keys, "utf-8"), dtype=tf.string,
                                         trainable=False, name="raw_item_keys")
+
+    def _live(self, scorer):
+        """``scorer`` with the retired items (``nann-tf update-index``) scored ``-inf``, like a
+        request's excluded items: walked past, never returned, whatever the signature."""
+        if self.retired is None:
+            return scorer
+        retired = self.retired
+
+        def live(rows, ids):
+            scores = scorer(rows, ids)
+            with tf.device(CPU):
+                gone = tf.reshape(tf.gather(retired, tf.reshape(ids, [-1])), tf.shape(scores))
+                return tf.where(gone, tf.constant(float("-inf"), scores.dtype), scores)
+        return live
 
     # ----- pieces --------------------------------------------------------------------------
     def signatures(self) -> dict:
@@ -563,7 +580,7 @@ class RetrievalModule(tf.Module):
         """The retrieval search for dense histories; with ``rules`` (the filter inputs and
         the cap), :meth:`_search_rules` (returns the path too)."""
         state = self.encode(dense_hist) if state is None else state
-        scorer = self.scorer.bind(state, batch)
+        scorer = self._live(self.scorer.bind(state, batch))
         seeds = dense_hist if self.search.history_seeds else None
         if rules is not None:
             return self._search_rules(self.graph_tensors(), scorer, batch, ef, T, k,
@@ -654,7 +671,7 @@ class RetrievalModule(tf.Module):
         dense, b = self._prepare_history(hist_item_ids)
         state = self.encode(dense)
         chunk = min(self.grid.max_size if self.grid else 16384, self.num_items, 16384)
-        ids, scores, _ = brute_force(self.scorer.bind(state, b), b, self.num_items,
+        ids, scores, _ = brute_force(self._live(self.scorer.bind(state, b)), b, self.num_items,
                                      self.search.k,
                                      chunk_size=chunk)
         return self._outputs(ids, scores)
@@ -706,6 +723,7 @@ class RetrievalModule(tf.Module):
         seeds, exclude, b, k_row, k_b = self._prepare_seeds(
             item_ids, k, exclude_item_ids, include_seeds, p.k, p.ef[0], None, rules)
         scorer, exclude = embedding_scorer(self.item_table, seeds, exclude, include_seeds, CPU)
+        scorer = self._live(scorer)
         ids, scores, n, path = self._search_rules(
             self.graph_tensors(similar=True), scorer, b, p.ef, p.T, k_b, exclude, seeds,
             rules, p.ef[0])

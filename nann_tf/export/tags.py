@@ -40,8 +40,13 @@ def parse_tag_columns(text: str) -> dict[str, str | int]:
     return out
 
 
-def _rows(path: Path, columns: dict, delimiter: str | None):
-    """Yields ``(where, item text, tags text)``."""
+def table_rows(path: Path, columns: dict, delimiter: str | None = None, error=None,
+               flag: str = "--tag-columns"):
+    """Yields ``(where, {role: value})`` for each row of an item table (CSV/TSV with a header
+    when ``columns`` names columns, or Parquet); ``columns`` maps each role to a header name or
+    a 1-based position. ``where`` names the line (CSV) or row group and row (Parquet) for error
+    messages; ``error`` is the exception class raised (default :class:`TagsError`)."""
+    error = error or TagsError
     by_position = all(isinstance(c, int) for c in columns.values())
     if path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -52,16 +57,16 @@ def _rows(path: Path, columns: dict, delimiter: str | None):
         for role, c in columns.items():
             if isinstance(c, int):
                 if not 1 <= c <= len(names):
-                    raise TagsError(f"{path}: --tag-columns {role}={c}: the file has "
-                                    f"{len(names)} columns")
+                    raise error(f"{path}: {flag} {role}={c}: the file has {len(names)} columns")
                 c = names[c - 1]
             elif c not in names:
-                raise TagsError(f"{path}: no column {c!r} (columns: {', '.join(names)})")
+                raise error(f"{path}: no column {c!r} (columns: {', '.join(names)})")
             cols[role] = c
         for g in range(f.num_row_groups):
             t = f.read_row_group(g, columns=list(dict.fromkeys(cols.values()))).to_pydict()
-            for i, (item, tags) in enumerate(zip(t[cols["item"]], t[cols["tags"]])):
-                yield f"row group {g}, row {i}", item, tags
+            n = len(next(iter(t.values()))) if t else 0
+            for i in range(n):
+                yield f"row group {g}, row {i}", {r: t[c][i] for r, c in cols.items()}
         return
     with open(path, newline="", encoding="utf-8") as fh:
         head = fh.read(8192)
@@ -76,7 +81,7 @@ def _rows(path: Path, columns: dict, delimiter: str | None):
             header = next(reader, None)
             line = 1
             if header is None:
-                raise TagsError(f"{path}: empty file")
+                raise error(f"{path}: empty file")
             header = [h.strip() for h in header]
             for role, c in columns.items():
                 if isinstance(c, int):
@@ -84,8 +89,8 @@ def _rows(path: Path, columns: dict, delimiter: str | None):
                 elif c in header:
                     index[role] = header.index(c)
                 else:
-                    raise TagsError(f"{path}: line 1: no column {c!r} in the header "
-                                    f"({', '.join(header)})")
+                    raise error(f"{path}: line 1: no column {c!r} in the header "
+                                f"({', '.join(header)})")
         else:
             index = {role: c - 1 for role, c in columns.items()}
         for fields in reader:
@@ -94,9 +99,15 @@ def _rows(path: Path, columns: dict, delimiter: str | None):
                 continue
             need = max(index.values()) + 1
             if len(fields) < need:
-                raise TagsError(f"{path}: line {line}: {len(fields)} fields, the mapping needs "
-                                f"{need}")
-            yield f"line {line}", fields[index["item"]], fields[index["tags"]]
+                raise error(f"{path}: line {line}: {len(fields)} fields, the mapping needs "
+                            f"{need}")
+            yield f"line {line}", {role: fields[i] for role, i in index.items()}
+
+
+def _rows(path: Path, columns: dict, delimiter: str | None):
+    """Yields ``(where, item text, tags text)``."""
+    for where, row in table_rows(path, columns, delimiter):
+        yield where, row["item"], row["tags"]
 
 
 def read_item_tags(path, columns: str | dict, raw_item_id: np.ndarray,

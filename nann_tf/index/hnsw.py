@@ -223,7 +223,8 @@ def load(directory: str | os.PathLike) -> HnswGraph:
 
 
 def build_hnsw(embeddings: np.ndarray, labels: np.ndarray | None = None, M: int = 32,
-               ef_construction: int = 40, num_threads: int = 0, seed: int = 100) -> HnswGraph:
+               ef_construction: int = 40, num_threads: int = 0, seed: int = 100,
+               hnswlib_file: str | os.PathLike | None = None) -> HnswGraph:
     """Builds an hnswlib ``l2`` index over item embeddings and reads its levels out.
 
     Args:
@@ -237,6 +238,8 @@ def build_hnsw(embeddings: np.ndarray, labels: np.ndarray | None = None, M: int 
       num_threads: threads for ``add_items`` (0: all cores). With more than one thread the
         insertion order, and so the graph, is not reproducible.
       seed: hnswlib's random seed (the level of each node).
+      hnswlib_file: also save the hnswlib index there (``Index.save_index``: what
+        :func:`add_to_hnsw` inserts into later).
 
     Returns:
       The :class:`HnswGraph`.
@@ -287,11 +290,41 @@ def build_hnsw(embeddings: np.ndarray, labels: np.ndarray | None = None, M: int 
             hi = min(n, lo + _ADD_CHUNK)
             index.add_items(data[lo:hi], lab[lo:hi], num_threads=threads)
             bar.update(hi - lo)
+    if hnswlib_file is not None:
+        index.save_index(os.fspath(hnswlib_file))
     state = index.__getstate__()[0]
     del index  # the state is a copy: free hnswlib's own buffers before reading it out
     graph = _graph_from_state(state)
     graph.M, graph.ef_construction, graph.seed = int(M), int(ef_construction), int(seed)
     return graph
+
+
+def add_to_hnsw(hnswlib_file: str | os.PathLike, embeddings: np.ndarray, first_id: int,
+                dim: int, output_file: str | os.PathLike, num_threads: int = 0) -> HnswGraph:
+    """Inserts items into a saved hnswlib index (``build_hnsw(hnswlib_file=...)``) and reads
+    the grown graph out: rows of ``embeddings`` [a, d] get the dense ids ``first_id`` ..
+    ``first_id + a - 1`` (the next ones). The grown hnswlib index is saved to ``output_file``;
+    the input file is not changed. hnswlib links each new item as it would have been linked in
+    a build (same M and ef_construction), and existing items gain links to it."""
+    import hnswlib
+
+    data = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if data.ndim != 2 or data.shape[1] != dim:
+        raise ValueError(f"embeddings must be [a, {dim}], got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise ValueError("embeddings: a new item has a non-finite value")
+    index = hnswlib.Index(space="l2", dim=int(dim))
+    index.load_index(os.fspath(hnswlib_file))
+    n = index.get_current_count()
+    if first_id != n + 1:
+        raise HnswIndexError(f"{hnswlib_file}: holds {n} items, so the next id is {n + 1}, not "
+                             f"{first_id}")
+    index.resize_index(n + len(data))
+    if len(data):
+        index.add_items(data, np.arange(first_id, first_id + len(data), dtype=np.int64),
+                        num_threads=int(num_threads) if num_threads > 0 else -1)
+    index.save_index(os.fspath(output_file))
+    return graph_from_hnswlib(index)
 
 
 def graph_from_hnswlib(index: Any) -> HnswGraph:

@@ -8,7 +8,13 @@ Layout (format ``nann-tf-index``, version 1):
 - ``items.npz``: ``raw_item_id`` int64 ``[N + 1]`` and ``category`` int32 ``[N + 1]`` (the
   dataset's vocabulary, so an export needs nothing else); for a dataset with string item ids
   also its ``raw_item_key`` (str ``[N + 1]``, ``""`` at 0; see :mod:`nann_tf.data.dataset`);
-- ``graph/``: the HNSW levels (:meth:`nann_tf.index.hnsw.HnswGraph.save`).
+- ``graph/``: the HNSW levels (:meth:`nann_tf.index.hnsw.HnswGraph.save`);
+- ``hnswlib.bin``: the hnswlib index the levels were read from (``Index.save_index``), so that
+  ``nann-tf update-index`` can insert items into the same graph (absent in indexes written
+  before it);
+- in ``items.npz`` also ``retired`` (bool ``[N + 1]``) once ``update-index`` retired items:
+  they stay in the graph and the vocabulary (valid history items and seeds) and are never
+  returned.
 
 The directory is written next to its destination and renamed into place, so a failed build
 leaves any earlier index untouched.
@@ -31,6 +37,7 @@ from nann_tf.index.hnsw import HnswGraph, HnswIndexError, load as load_graph
 __all__ = ["ItemIndex", "save_index", "load_index", "INDEX_FORMAT"]
 
 INDEX_FORMAT = "nann-tf-index"
+HNSWLIB_FILE = "hnswlib.bin"
 
 
 @dataclasses.dataclass
@@ -42,6 +49,8 @@ class ItemIndex:
     meta: dict
     raw_item_key: np.ndarray | None = None  # string item ids (dense id -> id), else None
     raw_category_id: np.ndarray | None = None  # raw id of each dense category (filters)
+    retired: np.ndarray | None = None  # bool [N + 1]: never returned (update-index)
+    hnswlib_file: Path | None = None  # the hnswlib index of the graph (update-index)
 
     @property
     def num_items(self) -> int:
@@ -91,6 +100,10 @@ def validate_index(idx: ItemIndex, source: Path) -> None:
                len(idx.raw_category_id) >= int(idx.category.max()) + 1, source / "items.npz",
                f"raw_category_id: expected [C+1] with C >= {int(idx.category.max())}, got "
                f"{list(np.shape(idx.raw_category_id))}")
+    if idx.retired is not None:
+        _check(idx.retired.dtype == bool and idx.retired.shape == (n + 1,) and
+               not idx.retired[0], source / "items.npz",
+               f"retired: expected bool [{n + 1}] with False at 0")
     idx.graph.validate(str(source / "graph"))
 
 
@@ -105,6 +118,10 @@ def save_index(idx: ItemIndex, directory: str | os.PathLike) -> Path:
         keys = {} if idx.raw_item_key is None else {"raw_item_key": idx.raw_item_key}
         if idx.raw_category_id is not None:
             keys["raw_category_id"] = np.asarray(idx.raw_category_id, np.int64)
+        if idx.retired is not None and idx.retired.any():
+            keys["retired"] = idx.retired
+        if idx.hnswlib_file is not None:
+            shutil.copyfile(idx.hnswlib_file, tmp / HNSWLIB_FILE)
         np.savez(tmp / "items.npz", raw_item_id=idx.raw_item_id, category=idx.category, **keys)
         idx.graph.save(tmp / "graph")
         meta = dict(idx.meta, format=INDEX_FORMAT, version=1, num_items=idx.num_items,
@@ -139,11 +156,13 @@ def load_index(directory: str | os.PathLike) -> ItemIndex:
             raw, cat = z["raw_item_id"], z["category"]
             key = z["raw_item_key"] if "raw_item_key" in z.files else None
             raw_cat = z["raw_category_id"] if "raw_category_id" in z.files else None
+            retired = z["retired"] if "retired" in z.files else None
     except FileNotFoundError as e:
         raise HnswIndexError(f"{e.filename}: missing") from e
     except (ValueError, OSError, KeyError) as e:
         raise HnswIndexError(f"{d}: unreadable index array: {e}") from e
     idx = ItemIndex(load_graph(d / "graph"), emb, raw.astype(np.int64), cat.astype(np.int32),
-                    meta, raw_item_key=key, raw_category_id=raw_cat)
+                    meta, raw_item_key=key, raw_category_id=raw_cat, retired=retired,
+                    hnswlib_file=(d / HNSWLIB_FILE) if (d / HNSWLIB_FILE).is_file() else None)
     validate_index(idx, d)
     return idx

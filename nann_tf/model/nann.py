@@ -152,6 +152,18 @@ class NANNModel(keras.Model):
             x = self.embed_dropout(x, training=training)
         return self.item_network(x, training=training)
 
+    def cold_item_embedding(self, categories):
+        """e_v of items the model has no id embedding for (items launched after training), from
+        their dense categories ``[...]`` alone: the id part is zero, exactly what an item whose
+        id was dropped in training looks like (``[model] id_dropout`` trains this path). A
+        category the model has never seen is given as 0 (the padding category's row)."""
+        cats = tf.cast(tf.convert_to_tensor(categories), tf.int32)
+        cats = tf.where((cats < 0) | (cats > self.num_categories), 0, cats)
+        c = self.category_embedding(cats)
+        e_id = tf.zeros(tf.concat([tf.shape(cats), [self.item_id_embedding.output_dim]], 0),
+                        c.dtype)
+        return self.item_network(tf.concat([e_id, c], axis=-1), training=False)
+
     # ----- user side -------------------------------------------------------------------------
     def _recency_logits(self, length):
         """The learned recency logit of each of the last ``length`` positions, oldest first

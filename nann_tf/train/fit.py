@@ -229,7 +229,7 @@ class TrainProgressLog(keras.callbacks.Callback):
 
 def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose: int | None = None,
           overwrite: bool = False, extra_callbacks: list | None = None,
-          on_validation=None) -> dict:
+          on_validation=None, warm_start_from: str | Path | None = None) -> dict:
     """Trains a model and writes it to ``output_dir`` (see module docstring).
 
     Args:
@@ -243,6 +243,9 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
       extra_callbacks: more Keras callbacks for ``fit``.
       on_validation: called with each validation's entry (``{"step", "epoch", "value",
         "seconds"}``); returning True stops training (the model search prunes trials so).
+      warm_start_from: a model directory trained on an earlier dataset: its weights seed this
+        model, item and category rows matched by raw id (:mod:`nann_tf.train.warm_start`); the
+        optimizer starts fresh. An interrupted run resumes from its own backup instead.
 
     Returns:
       A summary dict (steps, examples/s, final losses).
@@ -308,6 +311,18 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         if sparse:
             optimizer.sparse_variables(model.sparse_tables())
 
+        warm = None
+        if warm_start_from is not None:
+            from nann_tf.train.warm_start import WarmStartError, warm_start
+
+            try:
+                warm = {"from": str(Path(warm_start_from).resolve()),
+                        **warm_start(model, ds, warm_start_from)}
+            except WarmStartError as e:
+                raise TrainError(str(e)) from e
+            log.info("warm start from %s: %d items kept, %d new, %d dropped; %d categories "
+                     "kept", warm_start_from, warm["items_kept"], warm["items_new"],
+                     warm["items_dropped"], warm["categories_kept"])
         done, val_state = _restore(trainer, work)  # an interrupted run's step (0: none)
 
     total = tc.epochs * steps
@@ -379,7 +394,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
             break
     seconds = time.perf_counter() - t0
     steps_run = backup.step - done
-    extra = {}
+    extra = {} if warm is None else {"warm_start": warm}
     if validator is not None:
         if validator.state.best_weights:  # the model written is the best one validated
             model.load_weights(str(work / "backup" / validator.state.best_weights))
