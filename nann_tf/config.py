@@ -134,8 +134,10 @@ class TrainConfig:
         (above 500k examples/s on 2 cores) at no measured recall cost on ci-synth
         (bench/results/train.json "input_pipeline", train-negatives-ci-synth.json); on the
         1M corpus it cost 0.056 recall-all@200 at equal steps for 1.6x the examples/s
-        (train-negatives-synth-1m.json; equal wall time not yet measured). Ignored by shared
-        negatives.
+        (train-negatives-synth-1m.json), and nothing at equal wall time: 300 s of training each,
+        500 test users, paired against unpooled, factor 8 +0.010 [-0.026, +0.044] (2.0x the
+        examples), factor 32 +0.002 [-0.036, +0.042] (2.2x) (train-negatives-synth-1m-300s.json),
+        so the default stays the fastest. Ignored by shared negatives.
       jit_compile: compile the train step with XLA (the default: 1.08-1.16x examples/s for the
         attention model on 2 CPU cores, bench/results/train.json "xla"). With sparse updates
         the forward and backward pass are the XLA program and the optimizer runs beside it.
