@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,10 +399,12 @@ def test_existing_version_is_refused_and_failed_export_leaves_nothing(
                    "--output", base, "--version", "1") == 2
     assert "already exists" in capsys.readouterr().err
 
-    def crash(*a, **k):
-        raise RuntimeError("simulated crash during validation")
+    def crash(obj, export_dir, *a, **k):  # half a SavedModel written, then the process fails
+        Path(export_dir).mkdir(parents=True, exist_ok=True)
+        (Path(export_dir) / "saved_model.pb").write_bytes(b"partial")
+        raise RuntimeError("simulated crash while saving")
 
-    monkeypatch.setattr(export_mod, "validate_in_subprocess", crash)
+    monkeypatch.setattr(tf.saved_model, "save", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         export_version(attention_model_dir, ci_index_dir, base, visited="tf", xla=False)
     assert sorted(p.name for p in base.iterdir()) == before

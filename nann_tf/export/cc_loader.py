@@ -20,6 +20,7 @@ the C loader must equal, bit for bit, the answers of the session loader in this 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import struct
@@ -201,27 +202,36 @@ def validate_version(version_dir, loader: str = "cc", reference: list | None = N
     visited = export_visited(version_dir)
     report = {"version_dir": str(version_dir), "loader": loader, "visited": visited,
               "requests": len(requests)}
-    if loader == "cc":  # the loader under test first: its own error messages surface
-        cc = run_cc_loader(version_dir, requests, op_library=visited != "tf")
-        report.update(warmup_records=cc["warmup_records"], cc_load_ms=cc.get("load_ms"),
-                      signatures=sorted(s for s in cc["signatures"] if not s.startswith("__")))
-    if reference is not None and loader == "cc":
-        if len(reference) != len(requests):
-            raise CcLoaderError(f"{len(reference)} reference answers for {len(requests)} "
-                                "warm-up records")
-        expected = reference
-        report["reference"] = "the validation process's warm-up replay"
-    else:
-        t0 = time.perf_counter()
-        try:
-            with SessionModel(version_dir, load_ops=visited != "tf",
-                              session_config=session_config()) as model:
-                report["python_load_s"] = time.perf_counter() - t0
-                if loader == "python":
-                    report["warmup_records"] = replay_warmup(model)
-                expected = [model.run(sig, inputs) for sig, inputs in requests]
-        except (ModelLoadError, RequestError, tf.errors.OpError) as e:
-            raise CcLoaderError(f"the session loader: {e}") from e
+    # The C loader's process runs beside the session loader's answers (two cores: the two
+    # loads and replays overlap); its errors are raised first, as the loader under test.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(run_cc_loader, version_dir, requests,
+                              op_library=visited != "tf") if loader == "cc" else None
+        session_error = None
+        if reference is not None and loader == "cc":
+            if len(reference) != len(requests):
+                session_error = CcLoaderError(f"{len(reference)} reference answers for "
+                                              f"{len(requests)} warm-up records")
+            expected = reference
+            report["reference"] = "the validation process's warm-up replay"
+        else:
+            t0 = time.perf_counter()
+            try:
+                with SessionModel(version_dir, load_ops=visited != "tf",
+                                  session_config=session_config()) as model:
+                    report["python_load_s"] = time.perf_counter() - t0
+                    if loader == "python":
+                        report["warmup_records"] = replay_warmup(model)
+                    expected = [model.run(sig, inputs) for sig, inputs in requests]
+            except (ModelLoadError, RequestError, tf.errors.OpError) as e:
+                session_error = CcLoaderError(f"the session loader: {e}")
+        if pending is not None:
+            cc = pending.result()
+            report.update(warmup_records=cc["warmup_records"], cc_load_ms=cc.get("load_ms"),
+                          signatures=sorted(s for s in cc["signatures"]
+                                            if not s.startswith("__")))
+        if session_error is not None:
+            raise session_error
     report["signatures_run"] = sorted({sig for sig, _ in requests})
     if loader == "python":
         return report
