@@ -78,9 +78,8 @@ def validation_histories(index, data_dir: str | None, max_len: int, n: int,
             ds = Dataset.load(data_dir)
             first = np.arange(1, ds.num_items + 1)
             same = ds.num_items == index.num_items or (  # or grown by update-index
-                ds.num_items < index.num_items and np.array_equal(
-                    (ds.raw_item_key if ds.raw_item_key is not None else ds.raw_item_id)[first],
-                    index.raw_ids(first)))
+                ds.num_items < index.num_items and np.array_equal(ds.raw_items(first),
+                                                                  index.raw_ids(first)))
             if same and len(ds.val):
                 dense = ds.val.hist[:n]
                 if dense.shape[1] > max_len:

@@ -18,26 +18,45 @@ import numpy as np
 
 from nann_tf.errors import UserError
 
-__all__ = ["TagsError", "read_item_tags", "parse_tag_columns"]
+__all__ = ["TagsError", "read_item_tags", "parse_tag_columns", "parse_columns", "raw_id_lookup",
+           "table_rows"]
 
 
 class TagsError(UserError, ValueError):
     """A bad item-tags file or column mapping."""
 
 
-def parse_tag_columns(text: str) -> dict[str, str | int]:
+def parse_columns(text: str, roles: tuple[str, ...], flag: str, error=None
+                  ) -> dict[str, str | int]:
     """``"item=sku,tags=flags"`` -> ``{"item": "sku", "tags": "flags"}`` (1-based positions as
-    ints)."""
+    ints): every one of ``roles`` given once, nothing else. ``flag`` names the mapping in
+    errors; ``error`` is the exception class raised (default :class:`TagsError`)."""
+    error = error or TagsError
     out: dict[str, str | int] = {}
     for part in str(text).split(","):
         role, sep, col = (x.strip() for x in part.partition("="))
-        if not sep or role not in ("item", "tags") or not col or role in out:
-            raise TagsError(f"--tag-columns {text!r}: expected item=COLUMN,tags=COLUMN (a "
-                            "header name or a 1-based position each)")
+        if not sep or role not in roles or not col or role in out:
+            raise error(f"{flag} {text!r}: expected "
+                        f"{','.join(f'{r}=COLUMN' for r in roles)} (a header name or a "
+                        "1-based position each)")
         out[role] = int(col) if col.isdigit() else col
-    if set(out) != {"item", "tags"}:
-        raise TagsError(f"--tag-columns {text!r}: both item= and tags= are needed")
+    if set(out) != set(roles):
+        raise error(f"{flag} {text!r}: {'both' if len(roles) == 2 else 'all of'} "
+                    f"{' and '.join(f'{r}=' for r in roles)} are needed")
     return out
+
+
+def parse_tag_columns(text: str) -> dict[str, str | int]:
+    """``"item=sku,tags=flags"`` -> ``{"item": "sku", "tags": "flags"}`` (1-based positions as
+    ints)."""
+    return parse_columns(text, ("item", "tags"), "--tag-columns")
+
+
+def raw_id_lookup(raw_item_id: np.ndarray, raw_item_key: np.ndarray | None = None) -> dict:
+    """Raw item id (int, or str for string ids) -> dense id, over a catalogue's vocabulary."""
+    if raw_item_key is not None:
+        return {str(k): i for i, k in enumerate(raw_item_key) if i}
+    return {int(r): i for i, r in enumerate(raw_item_id) if i}
 
 
 def table_rows(path: Path, columns: dict, delimiter: str | None = None, error=None,
@@ -135,10 +154,7 @@ def read_item_tags(path, columns: str | dict, raw_item_id: np.ndarray,
     if not path.is_file():
         raise TagsError(f"--item-tags {path}: no such file")
     n = len(raw_item_id) - 1
-    if raw_item_key is not None:
-        lookup = {str(k): i for i, k in enumerate(raw_item_key) if i}
-    else:
-        lookup = {int(r): i for i, r in enumerate(raw_item_id) if i}
+    lookup = raw_id_lookup(raw_item_id, raw_item_key)
     tags: list[set] = [set() for _ in range(n + 1)]
     seen = 0
     for where, item, field in _rows(path, cols, delimiter):

@@ -56,24 +56,17 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
         graph = build_hnsw(emb, M=M, ef_construction=efc, num_threads=threads, seed=ic.seed,
                            hnswlib_file=hnswlib_file)
         t2 = time.perf_counter()
-        return _finish(model, ds, cfg, model_dir, graph, emb, hnswlib_file, output, M, efc,
-                       t0, t1, t2, tune_coverage)
-
-
-def _finish(model, ds, cfg, model_dir, graph, emb, hnswlib_file, output, M, efc, t0, t1, t2,
-            tune_coverage):
-    """The rest of :func:`build_index` once the graph is built: metadata, tuning, saving."""
-    info = {"model_dir": str(model_dir), "config": cfg.to_dict(), "embed_seconds": t1 - t0,
-            "model_items": int(ds.num_items),
-            "hnsw_build_seconds": t2 - t1, "M": M, "ef_construction": efc,
-            "max_level": graph.max_level,
-            "nodes_per_level": [int((graph.node_level >= lv).sum())
-                                for lv in range(graph.max_level + 1)]}
-    idx = ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info,
-                    raw_item_key=ds.raw_item_key, raw_category_id=ds.raw_category_id,
-                    hnswlib_file=hnswlib_file)
-    info["tuned_search"] = _tune(model, idx, ds, cfg, tune_coverage)
-    save_index(idx, output)
+        info = {"model_dir": str(model_dir), "config": cfg.to_dict(), "embed_seconds": t1 - t0,
+                "model_items": int(ds.num_items),
+                "hnsw_build_seconds": t2 - t1, "M": M, "ef_construction": efc,
+                "max_level": graph.max_level,
+                "nodes_per_level": [int((graph.node_level >= lv).sum())
+                                    for lv in range(graph.max_level + 1)]}
+        idx = ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info,
+                        raw_item_key=ds.raw_item_key, raw_category_id=ds.raw_category_id,
+                        hnswlib_file=hnswlib_file)
+        info["tuned_search"] = _tune(model, idx, ds, cfg, tune_coverage)
+        save_index(idx, output)
     log.info("HNSW built in %.1fs: levels %s -> %s", t2 - t1, info["nodes_per_level"], output)
     return info
 

@@ -39,19 +39,6 @@ class UpdateError(HnswIndexError):
     """A bad update: an input file, an item, or an index that does not belong to the model."""
 
 
-def _parse_columns(text: str) -> dict:
-    out: dict = {}
-    for part in str(text).split(","):
-        role, sep, col = (x.strip() for x in part.partition("="))
-        if not sep or role not in ("item", "category") or not col or role in out:
-            raise UpdateError(f"columns {text!r}: expected item=COLUMN,category=COLUMN (a header "
-                              "name or a 1-based position each)")
-        out[role] = int(col) if col.isdigit() else col
-    if set(out) != {"item", "category"}:
-        raise UpdateError(f"columns {text!r}: both item= and category= are needed")
-    return out
-
-
 def _key(text: str, string_ids: bool, path: Path, where: str):
     text = "" if text is None else str(text).strip()
     if not text:
@@ -66,20 +53,21 @@ def _key(text: str, string_ids: bool, path: Path, where: str):
 
 
 def _lookup(idx: ItemIndex) -> dict:
-    if idx.raw_item_key is not None:
-        return {str(k): i for i, k in enumerate(idx.raw_item_key) if i}
-    return {int(r): i for i, r in enumerate(idx.raw_item_id) if i}
+    from nann_tf.export.tags import raw_id_lookup
+
+    return raw_id_lookup(idx.raw_item_id, idx.raw_item_key)
 
 
 def read_new_items(path, columns, idx: ItemIndex) -> tuple[list, list]:
     """``(raw ids, raw category ids)`` of the item table's rows, checked: every id new to the
     index and given once, every category an integer."""
-    from nann_tf.export.tags import table_rows
+    from nann_tf.export.tags import parse_columns, table_rows
 
     path = Path(path)
     if not path.is_file():
         raise UpdateError(f"--add-items {path}: no such file")
-    cols = _parse_columns(columns) if isinstance(columns, str) else dict(columns)
+    cols = parse_columns(columns, ("item", "category"), "columns", UpdateError) \
+        if isinstance(columns, str) else dict(columns)
     known = _lookup(idx)
     string_ids = idx.raw_item_key is not None
     ids, cats, seen = [], [], {}

@@ -88,12 +88,7 @@ class NANNTrainer(keras.Model):
         K = self.num_negatives
         e_v = side = None
         if neg.shape.rank == 1 or neg.shape[1] != K:
-            if neg.shape.rank == 1:  # shared: every example takes the K draws
-                index = tf.broadcast_to(tf.range(K)[None, :], [b, K])
-                draws = neg
-            else:  # a pool: example i takes the flat entries i*s .. i*s + K - 1
-                draws = tf.reshape(neg, [-1])
-                index = tf.range(b)[:, None] * neg.shape[1] + tf.range(K)[None, :]
+            draws, index = self._draws(neg, b)
             neg = tf.gather(draws, index)
             e_pos = m.item_embedding(pos, training=training)  # [B, d]
             e_draws = m.item_embedding(draws, training=training)  # [P, d], once per draw
@@ -155,7 +150,8 @@ class NANNTrainer(keras.Model):
         n = len(variables)
         with tf.GradientTape() as shared:  # the user network and e_v, recorded once
             if neg.shape.rank == 1 or neg.shape[1] != self.num_negatives:
-                neg = self._per_example(neg, tf.shape(pos)[0])
+                draws, index = self._draws(neg, tf.shape(pos)[0])
+                neg = tf.gather(draws, index)
             items = tf.concat([pos[:, None], neg], axis=1)
             e_v = m.item_embedding(items, training=True)
             state = m.encode_user(hist, training=True)
@@ -185,14 +181,15 @@ class NANNTrainer(keras.Model):
                  for a, b, c in zip(g_clean[:n], g_adv[:n], g_shared)]
         return grads, l_nce + self.fgsm_lambda * l_aux, l_nce, l_aux, step
 
-    def _per_example(self, neg, b):
-        """A pool [R, s] or shared draws [K] as per-example negatives [B, K] (see
-        ``compute_losses``)."""
+    def _draws(self, neg, b):
+        """``(draws, index)`` of shared negatives [K] or a pool [R, s] (see ``compute_losses``):
+        the distinct draws, and which of them each example takes ([B, K])."""
         K = self.num_negatives
-        if neg.shape.rank == 1:
-            return tf.broadcast_to(neg[None, :], [b, K])
-        index = tf.range(b)[:, None] * neg.shape[1] + tf.range(K)[None, :]
-        return tf.gather(tf.reshape(neg, [-1]), index)
+        if neg.shape.rank == 1:  # shared: every example takes the K draws
+            return neg, tf.broadcast_to(tf.range(K)[None, :], [b, K])
+        # a pool: example i takes the flat entries i*s .. i*s + K - 1
+        return (tf.reshape(neg, [-1]),
+                tf.range(b)[:, None] * neg.shape[1] + tf.range(K)[None, :])
 
     def train_step(self, data):
         hist, pos, neg = data

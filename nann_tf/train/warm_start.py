@@ -34,7 +34,12 @@ def _vocabulary(meta: dict, model_dir) -> dict:
     if ds.num_items != meta["num_items"]:
         raise WarmStartError(f"--warm-start {model_dir}: its dataset {meta['data_dir']} now has "
                              f"{ds.num_items} items, the model {meta['num_items']}")
-    return {"items": ds.raw_item_key if ds.raw_item_key is not None else ds.raw_item_id,
+    return _raw_vocabulary(ds)
+
+
+def _raw_vocabulary(ds) -> dict:
+    """A dataset's raw ids by dense id: ``{"items": [N + 1], "categories": [C + 1]}``."""
+    return {"items": ds.raw_items(np.arange(ds.num_items + 1)),
             "categories": ds.raw_category_id}
 
 
@@ -67,8 +72,7 @@ def warm_start(model, ds, model_dir) -> dict:
         return v.path.split("/", 1)[-1]
 
     old_vars = {rel(v): v for v in old.weights}
-    new_rows = {"items": (ds.raw_item_key if ds.raw_item_key is not None else ds.raw_item_id),
-                "categories": ds.raw_category_id}
+    new_rows = _raw_vocabulary(ds)
     report = {"variables": 0}
     skip = {id(model.item_category)}  # this dataset's own item -> category map
     for v in model.weights:
