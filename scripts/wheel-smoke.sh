@@ -9,8 +9,10 @@
 #   4. FROM THE REPOSITORY ROOT (a fresh copy of it, whose nann_tf/ source directory has no
 #      compiled .so files): `nann-tf --help` must list every subcommand, the installed package must
 #      be the one imported (also by `python -P -m` subprocesses such as the export validation),
-#      and `nann-tf demo --config smoke` must run the whole chain including export + validation,
-#      serve and gRPC queries.
+#      the README's quick start must run as written (synth, prepare, train, build-index, export
+#      with validation, serve, a gRPC query; scripts/readme_quickstart.py), `validate --loader cc`
+#      must accept its version, and examples/movielens.py must run (the Python API, in process
+#      and over gRPC). `nann-tf demo` itself is tested by the suite (tests/test_e2e.py).
 #
 # Any failure exits non-zero. The work directory is removed on success and kept on failure
 # (KEEP_SMOKE_DIR=1 keeps it always). Usage: bash scripts/wheel-smoke.sh
@@ -172,10 +174,14 @@ if [ "${#missing[@]}" -ne 0 ]; then
   exit 1
 fi
 
-step "demo --config smoke"
+step "README quick start, as written (smoke config)"
 timeout --kill-after=30 "$DEMO_TIMEOUT_S" \
-  nann-tf demo --workdir "$WORK/demo" --config smoke --queries 20
+  "$VENV/bin/python" -P scripts/readme_quickstart.py --workdir "$WORK/quickstart"
 
 step "validate --loader cc (the wheel's C API loader, rpath to the installed TensorFlow)"
-nann-tf validate "$WORK/demo/models/nann/1" --loader cc
+nann-tf validate "$WORK/quickstart/models/nann/1" --loader cc
+
+step "examples/movielens.py (Python API; a generated stand-in in the MovieLens layout)"
+timeout --kill-after=30 "$DEMO_TIMEOUT_S" \
+  "$VENV/bin/python" -P examples/movielens.py --workdir "$WORK/example" --epochs 1
 step ""

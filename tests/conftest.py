@@ -36,9 +36,27 @@ SPLIT_MODULES = {"test_export.py", "test_filters.py"}
 EXPORT_TIMEOUT_S = 1800
 
 
+# The `integration` marker (`scripts/test.sh --fast` deselects it): every test that trains,
+# exports or serves a model, i.e. uses one of the shared artefacts below, or sits in a module
+# whose own fixtures do (INTEGRATION_MODULES), or is marked by hand.
+SHARED_ARTEFACTS = {"ci_pipeline", "ci_dataset", "attention_model_dir", "two_tower_model_dir",
+                    "ci_index_dir", "ci_item_tags", "export_base", "leftovers", "v_tf", "v_xla",
+                    "tf_session", "xla_session"}
+INTEGRATION_MODULES = {"test_export.py", "test_e2e.py", "test_string_ids.py", "test_train.py",
+                       "test_multiworker.py", "test_model_search.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: trains, exports or serves a model "
+                            "(deselected by scripts/test.sh --fast)")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the group markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if (item.path.name in INTEGRATION_MODULES
+                or set(getattr(item, "fixturenames", ())) & SHARED_ARTEFACTS):
+            item.add_marker(pytest.mark.integration)
         if item.path.name not in SPLIT_MODULES and not item.name.startswith(
                 ("test_demo_", "test_stage_keys_")):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))

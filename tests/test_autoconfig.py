@@ -66,6 +66,7 @@ def test_train_without_a_config_records_what_followed_the_data(tiny_dataset, tmp
     assert meta["config"]["search"]["k"] == auto["applied"]["search.k"]
 
 
+@pytest.mark.integration
 def test_build_index_tunes_the_search_and_the_export_default_follows(tiny_dataset, tmp_path):
     """build-index measures the cheapest beam parameters reaching coverage@k 0.99 on validation
     users; a model whose [search] table followed the data serves with them, a config that gives

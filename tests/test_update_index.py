@@ -74,13 +74,18 @@ def test_the_updated_index_holds_the_launched_items_linked_and_the_retired_maske
     np.testing.assert_array_equal(idx.embeddings[:n + 1], old.embeddings)
     assert idx.retired.sum() == RETIRED and idx.retired[update["retired"]].all()
     assert not idx.retired[n + 1:].any()
-    # Their e_v: the item network on the category alone (a new category: the fallback row).
+    # Their e_v (the default cold start, "popular"): that of their category's most frequent
+    # trained item; a new category has none: the item network on the fallback row.
     model, _, _ = load_trained_model(attention_model_dir)
     cats = idx.category[n + 1:]
     assert idx.raw_category_id[cats[-1]] == NEW_CATEGORY and cats[-1] > model.num_categories
-    want = model.cold_item_embedding(tf.constant(np.where(cats > model.num_categories, 0,
-                                                          cats))).numpy()
-    np.testing.assert_allclose(idx.embeddings[n + 1:], want, rtol=1e-5, atol=1e-6)
+    for j, c in enumerate(cats[:-2]):
+        members = np.flatnonzero(old.category[:n + 1] == c)
+        best = members[np.argmax(old.freq[members])]  # ties: the smaller id
+        np.testing.assert_array_equal(idx.embeddings[n + 1 + j], old.embeddings[best])
+    want = model.cold_item_embedding(tf.constant([0, 0])).numpy()
+    np.testing.assert_allclose(idx.embeddings[-2:], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(idx.freq, np.r_[old.freq, np.zeros(LAUNCHED, np.int64)])
     # Inserted into the graph: linked on level 0, and old items link to them.
     values, splits = idx.graph.levels[0]
     for item in range(n + 1, n + LAUNCHED + 1):
@@ -89,6 +94,43 @@ def test_the_updated_index_holds_the_launched_items_linked_and_the_retired_maske
     meta = json.loads((update["index"] / "index.json").read_text())
     assert meta["added_items"] == LAUNCHED and meta["retired_items"] == RETIRED
     assert meta["new_categories"] == 1 and meta["model_items"] == n
+    assert meta["cold_start"] == "popular" and meta["placed_by_best_seller"] == LAUNCHED - 2
+
+
+def test_the_category_cold_start_and_an_index_without_training_counts(
+        update, attention_model_dir, ci_index_dir, tmp_path):
+    """``cold_start="category"``: every launched item gets the item network on its category
+    alone; an index without training counts (built before they were kept) falls back to it
+    and says so."""
+    import tensorflow as tf
+
+    from nann_tf.index.store import load_index, save_index
+    from nann_tf.index.update import UpdateError, update_index
+    from nann_tf.model.saved import load_trained_model
+
+    model, _, _ = load_trained_model(attention_model_dir)
+    new = update["dir"] / "new.csv"
+    info = update_index(attention_model_dir, ci_index_dir, tmp_path / "cat", add_items=new,
+                        columns="item=sku,category=genre", cold_start="category")
+    idx = load_index(tmp_path / "cat")
+    n = update["old"].num_items
+    cats = idx.category[n + 1:]
+    want = model.cold_item_embedding(
+        tf.constant(np.where(cats > model.num_categories, 0, cats))).numpy()
+    np.testing.assert_allclose(idx.embeddings[n + 1:], want, rtol=1e-5, atol=1e-6)
+    assert info["cold_start"] == "category" and "placed_by_best_seller" not in info
+    old = load_index(ci_index_dir)
+    old.freq = None
+    save_index(old, tmp_path / "no-counts")
+    info = update_index(attention_model_dir, tmp_path / "no-counts", tmp_path / "fallback",
+                        add_items=new, columns="item=sku,category=genre")
+    assert info["cold_start"].startswith("category (the index has no training counts")
+    np.testing.assert_allclose(load_index(tmp_path / "fallback").embeddings[n + 1:], want,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(UpdateError, match="cold start 'newest'"):
+        update_index(attention_model_dir, ci_index_dir, tmp_path / "x", add_items=new,
+                     columns="item=sku,category=genre", cold_start="newest")
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a specific model version (default: the latest served)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="RPC deadline in seconds (default 10)")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to SECONDS until the model has a version AVAILABLE "
+                             "(a server still loading or warming up; for scripts); default 0: "
+                             "ask at once")
 
 
 def _rules(args) -> dict:
@@ -136,6 +140,14 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise CliError(f"-k must be >= 1, got {args.k}")
     rules = _rules(args)
+    if args.wait < 0:
+        raise CliError(f"--wait must be >= 0 seconds, got {args.wait}")
+    if args.wait:
+        with RetrievalClient(args.server, args.model, timeout_s=args.timeout) as client:
+            try:
+                client.wait_until_ready(args.wait)
+            except TimeoutError as e:
+                raise CliError(f"--wait {args.wait:g}: {e}") from None
     if args.similar_to is not None:
         return _run_similar(args, rules)
     if args.include_seeds:

@@ -21,6 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retire-items", metavar="FILE",
                    help="raw ids, one per line: never returned again by any signature, still "
                         "valid in histories and as seeds")
+    p.add_argument("--cold-start", choices=["popular", "category"], default="popular",
+                   help="a launched item's embedding: that of its category's most frequent item "
+                        "in training (popular, the default) or the item network on its category "
+                        "alone (category; what [model] id_dropout trains)")
     p.add_argument("--threads", type=int, default=0, help="insertion threads (0: all cores)")
 
 
@@ -29,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     info = update_index(args.model, args.index, args.output, add_items=args.add_items,
                         columns=args.columns, retire_items=args.retire_items,
-                        num_threads=args.threads)
+                        num_threads=args.threads, cold_start=args.cold_start)
     print(f"index -> {args.output}: {info['added_items']} items launched "
-          f"({info['new_categories']} new categories), {info['retired_items']} retired in all, "
+          f"({info['new_categories']} new categories; cold start: "
+          f"{info.get('cold_start', args.cold_start)}), {info['retired_items']} retired in all, "
           f"in {info['seconds']:.1f}s; publish it with `nann-tf export --model {args.model} "
           f"--index {args.output} --output <base path>` (the next version)")
     return 0

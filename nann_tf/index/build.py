@@ -64,7 +64,7 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
                                     for lv in range(graph.max_level + 1)]}
         idx = ItemIndex(graph, emb, ds.raw_item_id, ds.item_category, info,
                         raw_item_key=ds.raw_item_key, raw_category_id=ds.raw_category_id,
-                        hnswlib_file=hnswlib_file)
+                        hnswlib_file=hnswlib_file, freq=ds.item_freq)
         info["tuned_search"] = _tune(model, idx, ds, cfg, tune_coverage)
         save_index(idx, output)
     log.info("HNSW built in %.1fs: levels %s -> %s", t2 - t1, info["nodes_per_level"], output)

@@ -51,6 +51,8 @@ class ItemIndex:
     raw_category_id: np.ndarray | None = None  # raw id of each dense category (filters)
     retired: np.ndarray | None = None  # bool [N + 1]: never returned (update-index)
     hnswlib_file: Path | None = None  # the hnswlib index of the graph (update-index)
+    freq: np.ndarray | None = None  # int64 [N + 1]: training occurrences (update-index's
+    #                                 popular cold start; 0 for launched items)
 
     @property
     def num_items(self) -> int:
@@ -104,6 +106,9 @@ def validate_index(idx: ItemIndex, source: Path) -> None:
         _check(idx.retired.dtype == bool and idx.retired.shape == (n + 1,) and
                not idx.retired[0], source / "items.npz",
                f"retired: expected bool [{n + 1}] with False at 0")
+    if idx.freq is not None:
+        _check(idx.freq.shape == (n + 1,) and idx.freq.min() >= 0, source / "items.npz",
+               f"freq: expected [{n + 1}] counts >= 0")
     idx.graph.validate(str(source / "graph"))
 
 
@@ -120,6 +125,8 @@ def save_index(idx: ItemIndex, directory: str | os.PathLike) -> Path:
             keys["raw_category_id"] = np.asarray(idx.raw_category_id, np.int64)
         if idx.retired is not None and idx.retired.any():
             keys["retired"] = idx.retired
+        if idx.freq is not None:
+            keys["freq"] = np.asarray(idx.freq, np.int64)
         if idx.hnswlib_file is not None:
             shutil.copyfile(idx.hnswlib_file, tmp / HNSWLIB_FILE)
         np.savez(tmp / "items.npz", raw_item_id=idx.raw_item_id, category=idx.category, **keys)
@@ -157,12 +164,13 @@ def load_index(directory: str | os.PathLike) -> ItemIndex:
             key = z["raw_item_key"] if "raw_item_key" in z.files else None
             raw_cat = z["raw_category_id"] if "raw_category_id" in z.files else None
             retired = z["retired"] if "retired" in z.files else None
+            freq = z["freq"] if "freq" in z.files else None
     except FileNotFoundError as e:
         raise HnswIndexError(f"{e.filename}: missing") from e
     except (ValueError, OSError, KeyError) as e:
         raise HnswIndexError(f"{d}: unreadable index array: {e}") from e
     idx = ItemIndex(load_graph(d / "graph"), emb, raw.astype(np.int64), cat.astype(np.int32),
-                    meta, raw_item_key=key, raw_category_id=raw_cat, retired=retired,
+                    meta, raw_item_key=key, raw_category_id=raw_cat, retired=retired, freq=freq,
                     hnswlib_file=(d / HNSWLIB_FILE) if (d / HNSWLIB_FILE).is_file() else None)
     validate_index(idx, d)
     return idx
