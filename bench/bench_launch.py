@@ -189,6 +189,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", help="default: a temporary directory")
     ap.add_argument("--skip-loop", action="store_true", help="no build-index/export/serve part")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="only part 5, from the id-dropout model an earlier run left in "
+                         "--workdir; merged into the results file")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     result: dict = {"config": args.config, "machine": platform.machine(),
@@ -203,6 +206,11 @@ def main(argv=None) -> int:
         write_json_atomic(out_path, result)
 
     ds = Dataset.load(args.data)
+    if args.warm_only:
+        result = json.loads(out_path.read_text())
+        warm_start_part(args, ds, work / f"model-dropout{args.id_dropout:g}", result)
+        save()
+        return 0
     n = ds.num_items
     held = np.zeros(n + 1, bool)
     held[rng.choice(np.arange(1, n + 1), max(1, round(args.hold * n)), replace=False)] = True
@@ -312,11 +320,27 @@ def main(argv=None) -> int:
                                           result["train"][f"id_dropout={p1:g}"]["seconds"])
         save()
 
-    # --- 5. warm start vs fresh at equal steps on today's log --------------------------------
+    warm_start_part(args, ds, models[p1], result)
+    save()
+    print(json.dumps(result, indent=2, default=float))
+    print(f"wrote {out_path}")
+    tmp.cleanup()
+    return 0
+
+
+def warm_start_part(args, ds, warm_dir, result) -> None:
+    """Part 5: warm start from ``warm_dir`` vs fresh, ``--warm-steps`` each, on today's log."""
+    from nann_tf.config import load_config
+    from nann_tf.evaluation.evaluate import evaluate_brute_force
+    from nann_tf.evaluation.metrics import Bootstrap, paired_difference
+    from nann_tf.model.saved import load_trained_model
+    from nann_tf.train import train
+
+    work = Path(warm_dir).parent
     runs, pu_w = {}, {}
-    for name, warm in (("warm", models[p1]), ("fresh", None)):
+    for name, warm in (("warm", warm_dir), ("fresh", None)):
         cfg = load_config(args.config)
-        cfg.model.id_dropout = p1
+        cfg.model.id_dropout = args.id_dropout
         cfg.train.seed = args.seed + 1
         cfg.train.epochs, cfg.train.steps_per_epoch = 1, args.warm_steps
         cfg.train.val_every_steps = -1
@@ -330,15 +354,11 @@ def main(argv=None) -> int:
                       "recall_all@200": float(pu["model"]["recall_all@200"].mean()),
                       "recall_all@50": float(pu["model"]["recall_all@50"].mean())}
         print(name, runs[name], flush=True)
+        del model
     boot_w = Bootstrap(len(pu_w["warm"]["recall_all@200"]), seed=args.seed)
     result["warm_start"] = {"steps": args.warm_steps, **runs,
                             "warm_minus_fresh": paired_difference(pu_w["warm"], pu_w["fresh"],
                                                                   boot_w)}
-    save()
-    print(json.dumps(result, indent=2, default=float))
-    print(f"wrote {out_path}")
-    tmp.cleanup()
-    return 0
 
 
 def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> dict:

@@ -14,8 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="the new index directory (must not exist)")
     p.add_argument("--add-items", metavar="FILE",
                    help="an item table of new items (CSV/TSV/Parquet): raw id and raw category "
-                        "id; embedded from their category (the model has no id embedding for "
-                        "them) and inserted into the graph")
+                        "id; placed from their category (--cold-start; the model has no id "
+                        "embedding for them) and inserted into the graph")
     p.add_argument("--columns", metavar="item=COL,category=COL",
                    help="--add-items's columns: header names or 1-based positions")
     p.add_argument("--retire-items", metavar="FILE",
