@@ -149,16 +149,6 @@ def launched_recall(model, known_table, placed: dict, hist, gt_pos, k: int = 200
     return out
 
 
-def _wait_available(server, name: str, version: int, timeout: float = 3600.0) -> float:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        states = {r.version: r.state for r in server.manager.status(name)}
-        if states.get(version) == "AVAILABLE":
-            return time.perf_counter()
-        time.sleep(0.1)
-    raise TimeoutError(f"version {version} not AVAILABLE after {timeout:.0f}s")
-
-
 def _ci(boot, values) -> list[float]:
     return [float(x) for x in boot.interval(boot.means(values))]
 
@@ -171,6 +161,7 @@ def main(argv=None) -> int:
     from nann_tf.evaluation.evaluate import evaluate_brute_force
     from nann_tf.evaluation.metrics import Bootstrap, paired_difference
     from nann_tf.fsutil import write_json_atomic
+    from nann_tf.index.update import best_sellers
     from nann_tf.model.nann import all_item_embeddings
     from nann_tf.model.saved import load_trained_model
     from nann_tf.train import train
@@ -224,7 +215,7 @@ def main(argv=None) -> int:
                            "test_users": len(ds1.test)}
 
     # --- 2. two models on yesterday's log, the same wall time --------------------------------
-    models, cfgs = {}, {}
+    models = {}
     for p in (0.0, args.id_dropout):
         cfg = load_config(args.config)
         cfg.model.id_dropout = p
@@ -234,7 +225,7 @@ def main(argv=None) -> int:
         cfg.train.val_every_steps = -1
         out = work / f"model-dropout{p:g}"
         s = train(cfg, d1, out, verbose=0, overwrite=True)
-        models[p], cfgs[p] = out, cfg
+        models[p] = out
         result.setdefault("train", {})[f"id_dropout={p:g}"] = {
             "seconds": s["seconds"], "steps": s["steps_run_now"],
             "examples_per_s": s["examples_per_s"]}
@@ -248,11 +239,8 @@ def main(argv=None) -> int:
     row_of[launched_old] = np.arange(1, len(launched_old) + 1)
     gt_pos = [row_of[g] for g in gt_old]
     cat1 = ds.item_category[launched_old]  # the category vocabulary is unchanged in D1
-    freq1 = ds1.item_freq.copy()
-    freq1[0] = -1
-    best_of_cat = np.zeros(ds.num_categories + 1, np.int64)
-    order = np.argsort(freq1, kind="stable")  # ascending: the last write per category wins
-    best_of_cat[ds1.item_category[order]] = order
+    # update-index's own choice (--cold-start popular): each category's best seller yesterday
+    best_of_cat = best_sellers(ds1.item_category, ds1.item_freq, ds.num_categories + 1)
     boot_k = Bootstrap(min(args.users, len(ds1.test)), seed=args.seed)
     boot_l = Bootstrap(len(hist_l), seed=args.seed)
     for p, mdir in models.items():
@@ -264,7 +252,7 @@ def main(argv=None) -> int:
         cold = model.cold_item_embedding(tf.constant(cat1)).numpy()
         rand = table[rng.integers(1, ds1.num_items + 1, len(launched_old))]
         pop_rows = best_of_cat[cat1]
-        pop = np.where(pop_rows[:, None] > 0, table[pop_rows], rand)
+        pop = np.where(pop_rows[:, None] > 0, table[pop_rows], cold)  # its fallback too
         # The category's expected id embedding (frequency-weighted mean of its known items'
         # rows) through the item network: the cold path with a better guess for the id part.
         ids_e = model.item_id_embedding.embeddings.numpy()
@@ -373,6 +361,8 @@ def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> 
     from nann_tf.serving.server import ModelServer
     from nann_tf.config import load_config
 
+    from bench_catalogue import _wait_available  # the same wait, beside it in bench/
+
     times = {}
     if args.log:
         t0 = time.perf_counter()
@@ -404,7 +394,7 @@ def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> 
                                        file_system_poll_wait_seconds=0.5))
     server.start()
     try:
-        _wait_available(server, "nann", 1)
+        _wait_available(server, "nann", 1, timeout=3600.0)
         t0 = time.perf_counter()
         upd = update_index(model_dir, index1, index2, add_items=work / "new.csv",
                            columns="item=item,category=category",
@@ -412,7 +402,7 @@ def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> 
         t1 = time.perf_counter()
         info = export_version(model_dir, index2, base, data_dir=str(d1))
         t2 = time.perf_counter()
-        t3 = _wait_available(server, "nann", 2)
+        t3 = _wait_available(server, "nann", 2, timeout=3600.0)
     finally:
         server.stop(2.0)
     update = {"update_index_s": t1 - t0, "export_s": t2 - t1, "until_available_s": t3 - t2,

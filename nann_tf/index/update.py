@@ -42,7 +42,7 @@ import numpy as np
 from nann_tf.index.hnsw import HnswIndexError, add_to_hnsw
 from nann_tf.index.store import HNSWLIB_FILE, ItemIndex, load_index, save_index
 
-__all__ = ["update_index", "UpdateError", "COLD_START"]
+__all__ = ["update_index", "UpdateError", "COLD_START", "best_sellers"]
 
 #: How a launched item's e_v is chosen (see the module docstring); the first is the default.
 COLD_START = ("popular", "category")
@@ -157,18 +157,16 @@ def check_model_matches(model, idx: ItemIndex, model_dir, index_dir, sample: int
                           "or update with the model that built it)")
 
 
-def _best_sellers(idx: ItemIndex, model_items: int, num_categories: int) -> np.ndarray | None:
-    """The dense id of each dense category's most frequent trained item (0: none), or None
-    when the index has no training counts."""
-    if idx.freq is None:
-        return None
-    items = np.arange(1, model_items + 1)
-    freq = idx.freq[items]
-    keep = freq > 0
-    items, cats, freq = items[keep], idx.category[items[keep]], freq[keep]
+def best_sellers(category: np.ndarray, freq: np.ndarray, num_categories: int) -> np.ndarray:
+    """The most frequent item of each dense category: ``category`` and ``freq`` are the items'
+    dense categories and training counts by dense id (index 0, the padding, is ignored).
+    Returns int64 [num_categories]: the dense id (ties: the smaller id), 0 where no item of the
+    category was seen in training."""
+    items = np.flatnonzero(np.asarray(freq)[1:] > 0) + 1
+    counts = np.asarray(freq)[items]
+    order = np.lexsort((-items, counts))  # ascending count, ties: the smaller id written last
     best = np.zeros(num_categories, np.int64)
-    order = np.lexsort((-items, freq))  # ascending count, ties: the smaller id written last
-    best[cats[order]] = items[order]
+    best[np.asarray(category)[items[order]]] = items[order]
     return best
 
 
@@ -225,8 +223,9 @@ def update_index(model_dir, index_dir, output, add_items=None, columns=None,
         graph, emb, hfile = idx.graph, idx.embeddings, idx.hnswlib_file
         if a:
             e_new = model.cold_item_embedding(tf.constant(dense_cats)).numpy().astype(np.float32)
-            best = _best_sellers(idx, info["model_items"], len(raw_cat_table)) \
-                if cold_start == "popular" else None
+            m = info["model_items"] + 1  # the trained items (launched ones have count 0)
+            best = best_sellers(idx.category[:m], idx.freq[:m], len(raw_cat_table)) \
+                if cold_start == "popular" and idx.freq is not None else None
             if best is not None:
                 rows = best[dense_cats]
                 e_new = np.where(rows[:, None] > 0, idx.embeddings[rows], e_new)
