@@ -20,8 +20,11 @@ Usage (repository root; D is a prepared dataset, e.g. the synth-1m corpus):
    path: category only, zero id part; what ``update-index`` does), ``random`` (e_v of a random
    known item), ``popular`` (e_v of the most frequent known item of the same category) and
    ``category_mean_id`` (the category's frequency-weighted mean id embedding through the item
-   network), for both models; paired differences.
-4. **The daily loop** (the id-dropout model): build-index (HNSW, no beam tuning) and export of
+   network), for both models; paired differences. The choice between update-index's two
+   placements (``popular`` vs ``category``) is made the same way on *validation* users who later
+   engaged with a launched item (``placement_chosen_on_validation``); the test users report it.
+4. **The daily loop** (the id-dropout model): build-index (beam parameters tuned, as by
+   default) and export of
    version 1, served by the in-process server; then ``update-index`` (launch the held-out items,
    retire ``--retire`` of the known ones), export of version 2 and the wait until AVAILABLE.
    The full rebuild is prepare (timed here with ``--log``) + the training box + build-index +
@@ -30,6 +33,14 @@ Usage (repository root; D is a prepared dataset, e.g. the synth-1m corpus):
 5. **Warm start vs fresh at equal steps** on "today's" full log (launched items included, new
    ids initialised fresh): ``--warm-steps`` steps from the id-dropout model vs from scratch;
    paired recall-all@200 on the full log's test users.
+6. **The graph after retraining**: for the warm-started model, a rebuilt HNSW graph over its
+   e_v vs yesterday's graph (part 4's updated index) kept with the new e_v: coverage@200
+   against the exact top-200 at equal search parameters (the tuner's grid replayed on both; a
+   paired interval in TensorFlow at the rebuilt graph's cheapest 0.99 setting).
+
+Parts can be re-run alone from an earlier run's ``--workdir`` (``--placement-only``,
+``--loop-only``, ``--warm-only``, ``--graph-only``); they are merged into the results file,
+their commands listed under ``later_runs``.
 
 Writes ``bench/results/launch-<config>.json``.
 """
@@ -106,10 +117,10 @@ def hold_out_dataset(ds, held: np.ndarray, out: Path) -> np.ndarray:
     return new_id
 
 
-def launched_users(ds, held: np.ndarray, new_id: np.ndarray, users: int):
-    """Test users of the full log who later engaged with a held-out item: ``(hist [U, L] in D1
-    ids without held-out items, ground truth: per user the held-out old ids)``."""
-    t = ds.test
+def launched_users(ds, held: np.ndarray, new_id: np.ndarray, users: int, split: str = "test"):
+    """``split`` users of the full log who later engaged with a held-out item: ``(hist [U, L]
+    in D1 ids without held-out items, ground truth: per user the held-out old ids)``."""
+    t = getattr(ds, split)
     rows, gts = [], []
     for u in range(len(t)):
         later = t.later[t.later_splits[u]:t.later_splits[u + 1]] if t.later is not None else []
@@ -149,6 +160,59 @@ def launched_recall(model, known_table, placed: dict, hist, gt_pos, k: int = 200
     return out
 
 
+def placement_on_validation(args, ds, ds1, held, models: dict, result: dict) -> None:
+    """The choice between update-index's two placements (``popular``: the category's best
+    seller's e_v; ``category``: the model's cold path) made on validation users who later
+    engaged with a launched item, for each model; the test-user figures of part 3 report it."""
+    import tensorflow as tf
+
+    from nann_tf.evaluation.metrics import Bootstrap, paired_difference
+    from nann_tf.index.update import best_sellers
+    from nann_tf.model.nann import all_item_embeddings
+    from nann_tf.model.saved import load_trained_model
+
+    n = ds.num_items
+    new_id = np.zeros(n + 1, np.int32)
+    known = np.flatnonzero(~held[1:]) + 1
+    new_id[known] = np.arange(1, len(known) + 1, dtype=np.int32)
+    hist, gt_old = launched_users(ds, held, new_id, args.users, split="val")
+    launched_old = np.flatnonzero(held)
+    row_of = np.zeros(n + 1, np.int64)
+    row_of[launched_old] = np.arange(1, len(launched_old) + 1)
+    gt_pos = [row_of[g] for g in gt_old]
+    cat1 = ds.item_category[launched_old]
+    best = best_sellers(ds1.item_category, ds1.item_freq, ds.num_categories + 1)
+    boot = Bootstrap(len(hist), seed=args.seed)
+    out = {"users": int(len(hist)), "split": "val"}
+    for p, mdir in models.items():
+        model, _, _ = load_trained_model(mdir)
+        table = all_item_embeddings(model)
+        cold = model.cold_item_embedding(tf.constant(cat1)).numpy()
+        rows = best[cat1]
+        pop = np.where(rows[:, None] > 0, table[rows], cold)
+        pad = table[:1]
+        rec = launched_recall(model, table, {
+            "popular": np.concatenate([pad, pop]).astype(np.float32),
+            "category": np.concatenate([pad, cold]).astype(np.float32)}, hist, gt_pos)
+        d = paired_difference({"recall_all@200": rec["popular"]},
+                              {"recall_all@200": rec["category"]}, boot)
+        out[f"id_dropout={p:g}"] = {
+            "popular": float(rec["popular"].mean()), "category": float(rec["category"].mean()),
+            "popular_minus_category": d,
+            "chosen": "popular" if rec["popular"].mean() >= rec["category"].mean()
+            else "category"}
+        print(f"validation, id_dropout={p:g}:", out[f"id_dropout={p:g}"], flush=True)
+    result["placement_chosen_on_validation"] = out
+
+
+def _held(ds, share: float, rng) -> np.ndarray:
+    """The held-out ("launched today") items: bool [N + 1], ``share`` of them at random."""
+    n = ds.num_items
+    held = np.zeros(n + 1, bool)
+    held[rng.choice(np.arange(1, n + 1), max(1, round(share * n)), replace=False)] = True
+    return held
+
+
 def _ci(boot, values) -> list[float]:
     return [float(x) for x in boot.interval(boot.means(values))]
 
@@ -183,6 +247,15 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-only", action="store_true",
                     help="only part 5, from the id-dropout model an earlier run left in "
                          "--workdir; merged into the results file")
+    ap.add_argument("--loop-only", action="store_true",
+                    help="only part 4, from the id-dropout model and yesterday's dataset an "
+                         "earlier run left in --workdir; merged into the results file")
+    ap.add_argument("--placement-only", action="store_true",
+                    help="only the placement choice on validation users (part 3's choice), "
+                         "from the two models an earlier run left in --workdir")
+    ap.add_argument("--graph-only", action="store_true",
+                    help="only part 6, from the models and index-2 an earlier run left in "
+                         "--workdir; merged into the results file")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     result: dict = {"config": args.config, "machine": platform.machine(),
@@ -197,14 +270,30 @@ def main(argv=None) -> int:
         write_json_atomic(out_path, result)
 
     ds = Dataset.load(args.data)
-    if args.warm_only:
+    if args.warm_only or args.loop_only or args.graph_only or args.placement_only:
+        command = result["command"]
         result = json.loads(out_path.read_text())
-        warm_start_part(args, ds, work / f"model-dropout{args.id_dropout:g}", result)
+        result.setdefault("later_runs", []).append(command)  # parts re-run alone
+        mdir = work / f"model-dropout{args.id_dropout:g}"
+        if args.loop_only:
+            held = _held(ds, args.hold, rng)  # the same draw as the full run
+            result["daily_loop"] = daily_loop(
+                args, ds, Dataset.load(work / "data-yesterday"), held, mdir,
+                work / "data-yesterday", work, rng,
+                result["train"][f"id_dropout={args.id_dropout:g}"]["seconds"])
+        if args.warm_only:
+            warm_start_part(args, ds, mdir, result)
+        if args.graph_only:
+            graph_reuse_part(args, ds, work, result)
+        if args.placement_only:
+            placement_on_validation(args, ds, Dataset.load(work / "data-yesterday"),
+                                    _held(ds, args.hold, np.random.default_rng(args.seed)),
+                                    {p: work / f"model-dropout{p:g}"
+                                     for p in (0.0, args.id_dropout)}, result)
         save()
         return 0
     n = ds.num_items
-    held = np.zeros(n + 1, bool)
-    held[rng.choice(np.arange(1, n + 1), max(1, round(args.hold * n)), replace=False)] = True
+    held = _held(ds, args.hold, rng)
     d1 = work / "data-yesterday"
     shutil.rmtree(d1, ignore_errors=True)
     new_id = hold_out_dataset(ds, held, d1)
@@ -301,6 +390,8 @@ def main(argv=None) -> int:
         launched[key] = paired_difference({"recall_all@200": a}, {"recall_all@200": b}, boot_l)
     result["launched_items"] = launched
     save()
+    placement_on_validation(args, ds, ds1, held, models, result)
+    save()
 
     # --- 4. the daily loop with the id-dropout model -----------------------------------------
     if not args.skip_loop:
@@ -310,6 +401,9 @@ def main(argv=None) -> int:
 
     warm_start_part(args, ds, models[p1], result)
     save()
+    if not args.skip_loop:
+        graph_reuse_part(args, ds, work, result)
+        save()
     print(json.dumps(result, indent=2, default=float))
     print(f"wrote {out_path}")
     tmp.cleanup()
@@ -349,6 +443,103 @@ def warm_start_part(args, ds, warm_dir, result) -> None:
                                                                   boot_w)}
 
 
+def relabel_graph(graph, new_of_old: np.ndarray):
+    """``graph`` with node ``o`` renamed ``new_of_old[o]`` (a permutation of ``1..N``, 0 -> 0):
+    the same links, in the dense ids of another dataset."""
+    from nann_tf.index.hnsw import HnswGraph
+
+    n = graph.num_items
+    old_of_new = np.zeros(n + 1, np.int64)
+    old_of_new[new_of_old] = np.arange(n + 1)
+    levels = []
+    for values, splits in graph.levels:
+        lens = np.diff(splits)[old_of_new]
+        new_splits = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        starts = np.repeat(splits[old_of_new], lens)
+        offset = np.arange(new_splits[-1]) - np.repeat(new_splits[:-1], lens)
+        levels.append((new_of_old[values[starts + offset]].astype(np.int32), new_splits))
+    return HnswGraph(levels, int(new_of_old[graph.entry_point]), graph.max_level,
+                     graph.node_level[old_of_new].astype(np.int32), n, graph.M,
+                     graph.ef_construction, graph.seed)
+
+
+def graph_reuse_part(args, ds, work: Path, result: dict) -> None:
+    """Part 6: after retraining (the warm-started model of part 5 on today's log), a rebuilt
+    HNSW graph over the new e_v vs yesterday's graph (index-2 of part 4: launched items
+    inserted) kept with the new e_v. Coverage@200 against the exact top-200 of the same model
+    on ``--users`` test users, at the same search parameters (the default grid of the tuner,
+    replayed on both graphs), and each graph's cheapest setting reaching 0.99."""
+    from nann_tf.config import load_config
+    from nann_tf.evaluation.metrics import Bootstrap, paired_difference
+    from nann_tf.evaluation.retriever import Retriever
+    from nann_tf.index.build import build_index
+    from nann_tf.index.store import ItemIndex, load_index
+    from nann_tf.model.saved import load_trained_model
+    from nann_tf.search.brute_force import ExactScorer, topk_of_scores
+    from nann_tf.search.tune import default_grid, grid_from_lists, replay_grid
+
+    model_dir, old_dir = work / "model-today-warm", work / "index-2"
+    rebuilt_dir = work / "index-today-rebuilt"
+    shutil.rmtree(rebuilt_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    build_index(model_dir, args.data, rebuilt_dir, tune_coverage=0)
+    rebuild_s = time.perf_counter() - t0
+    rebuilt = load_index(rebuilt_dir)
+    old = load_index(old_dir)
+    t0 = time.perf_counter()
+    dense_of_raw = {int(r): i for i, r in enumerate(ds.raw_item_id) if i}
+    new_of_old = np.array([0] + [dense_of_raw[int(r)] for r in old.raw_item_id[1:]], np.int64)
+    if old.num_items != ds.num_items or len(np.unique(new_of_old)) != ds.num_items + 1:
+        raise SystemExit(f"{old_dir} does not hold today's catalogue")
+    reused = ItemIndex(relabel_graph(old.graph, new_of_old), rebuilt.embeddings,
+                       ds.raw_item_id, ds.item_category, dict(rebuilt.meta))
+    reuse_s = time.perf_counter() - t0 + rebuilt.meta["embed_seconds"]
+    model, cfg, _ = load_trained_model(model_dir)
+    params = cfg.search.checked(min(rebuilt.graph.max_level, reused.graph.max_level))
+    s, k = params.start_level, 200
+    hist = ds.test.hist[:args.users]
+    scores = ExactScorer(model, rebuilt.embeddings, user_batch=64).full_scores(
+        hist, progress=lambda *a: None)
+    exact = topk_of_scores(scores, k)
+    ef_values, t_values = default_grid(s, k, len(rebuilt.graph.start_nodes(s)))
+    grid = grid_from_lists(s, ef_values, t_values, k)
+    seeds = np.asarray(hist, np.int64)
+    rows = {name: replay_grid(idx.graph, s, scores, exact, grid, k, 0, seeds=seeds)
+            for name, idx in (("rebuilt", rebuilt), ("reused", reused))}
+    del scores
+    cheapest = {}
+    for name, rs in rows.items():
+        ok = [r for r in rs if r["coverage"] >= 0.99]
+        cheapest[name] = min(ok, key=lambda r: r["items_scored"]) if ok else None
+    # Per user, in TensorFlow, at the rebuilt graph's cheapest setting (or the best one).
+    ref = cheapest["rebuilt"] or max(rows["rebuilt"], key=lambda r: r["coverage"])
+    per_user = {}
+    for name, idx in (("rebuilt", rebuilt), ("reused", reused)):
+        res = Retriever(model, idx, s).beam(hist, ref["ef"], ref["T"], k, True)
+        per_user[name] = {"coverage@200": np.array(
+            [len(set(a) & set(b)) / k for a, b in zip(res.ids.tolist(), exact.tolist())]),
+            "items_scored": np.asarray(res.num_scored, np.float64)}
+    boot = Bootstrap(len(hist), seed=args.seed)
+    same = [(r1, r2) for r1, r2 in zip(rows["rebuilt"], rows["reused"])]
+    result["graph_after_retraining"] = {
+        "users": int(len(hist)), "k": k, "start_level": s,
+        "rebuild_seconds": rebuild_s, "reuse_seconds": reuse_s,
+        "at_setting": {"ef": {int(a): int(b) for a, b in ref["ef"].items()},
+                       "T": {int(a): int(b) for a, b in ref["T"].items()},
+                       **{name: {m: float(v.mean()) for m, v in pu.items()}
+                          for name, pu in per_user.items()},
+                       "reused_minus_rebuilt": paired_difference(per_user["reused"],
+                                                                 per_user["rebuilt"], boot)},
+        "cheapest_at_0.99": {name: None if r is None else
+                             {"coverage": r["coverage"], "items_scored": r["items_scored"]}
+                             for name, r in cheapest.items()},
+        "grid": [{"coverage_rebuilt": a["coverage"], "coverage_reused": b["coverage"],
+                  "items_scored_rebuilt": a["items_scored"],
+                  "items_scored_reused": b["items_scored"]} for a, b in same]}
+    print("graph after retraining:", json.dumps(result["graph_after_retraining"]["at_setting"],
+                                                default=float), flush=True)
+
+
 def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> dict:
     """Build-index + export v1 (served), then update-index + export v2 until AVAILABLE."""
     from nann_tf.data.prepare import prepare_dataset
@@ -376,10 +567,14 @@ def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> 
     for p in (index1, index2, base.parent):
         shutil.rmtree(p, ignore_errors=True)
     t0 = time.perf_counter()
-    build_index(model_dir, d1, index1, tune_coverage=0)
+    built = build_index(model_dir, d1, index1)  # beam parameters tuned, as by default
     times["build_index_s"] = time.perf_counter() - t0
+    # The tuned parameters served: the synth configs pin [search], so the export is told
+    # (as `nann-tf export --ef ... --T ...` would be); update-index carries them along.
+    tuned = built.get("tuned_search") or {}
+    searched = {"ef": tuned.get("ef"), "T": tuned.get("T")}
     t0 = time.perf_counter()
-    export_version(model_dir, index1, base, data_dir=str(d1))
+    export_version(model_dir, index1, base, data_dir=str(d1), **searched)
     times["export_s"] = time.perf_counter() - t0
     rebuild = sum(times.values())
     launched_old = np.flatnonzero(held)
@@ -400,7 +595,7 @@ def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> 
                            columns="item=item,category=category",
                            retire_items=work / "retired.txt")
         t1 = time.perf_counter()
-        info = export_version(model_dir, index2, base, data_dir=str(d1))
+        info = export_version(model_dir, index2, base, data_dir=str(d1), **searched)
         t2 = time.perf_counter()
         t3 = _wait_available(server, "nann", 2, timeout=3600.0)
     finally:
@@ -425,7 +620,10 @@ def daily_loop(args, ds, ds1, held, model_dir, d1, work, rng, train_seconds) -> 
                                               for r in np.r_[got, exact].tolist())),
             "launched_items_in_answers": int(sum(len(set(r) & launched_raw)
                                                  for r in got.tolist())),
-            "export_info": {k: info.get(k) for k in ("launched_items", "retired_items")}}
+            "export_info": {k: info.get(k) for k in ("launched_items", "retired_items",
+                                                     "search", "stage_seconds")},
+            "validation_seconds": info.get("validation", {}).get("seconds"),
+            "tuned_search": tuned or None}
 
 
 if __name__ == "__main__":

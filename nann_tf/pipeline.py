@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nann_tf.config import Config, load_config
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 from nann_tf.fsutil import write_json_atomic
 
 __all__ = ["STAGES", "STATE_FILE", "Pipeline", "PipelineError", "StageLog", "fingerprint"]
@@ -254,8 +254,8 @@ class Pipeline:
                 continue
             if out.exists() and entry is None and not self.fresh and stage != "export":
                 raise PipelineError(f"{out} exists but was not written by this pipeline in "
-                                    f"{self.workdir}; use an empty work directory, or fresh "
-                                    "(--fresh) to replace it")
+                                    f"{self.workdir}; use an empty work directory, or "
+                                    f"{arg('fresh')} (start over) to replace it")
             redo = True  # everything downstream of a redone stage is redone too
             if stage == "train" and (self.fresh or (entry or {}).get("started_key") not in
                                      (None, keys[stage])):

@@ -146,6 +146,21 @@ def test_warmup_file_decodes_and_covers_every_grid_size(v_xla):
     assert info["validation"]["warmup_records_replayed"] == len(recs)
 
 
+def test_export_info_says_where_its_time_went(v_xla):
+    """The stage times of the export and of its validation are recorded, each positive, and
+    together they do not exceed the export's total (a stage timed twice or from the wrong
+    start would)."""
+    info = json.loads((v_xla / EXPORT_INFO).read_text())
+    stages = info["stage_seconds"]
+    assert set(stages) == {"build_module", "search_in_memory", "save", "warmup_file",
+                           "validate"}
+    assert all(v > 0 for v in stages.values()), stages
+    assert sum(stages.values()) <= info["export_seconds"] + 1e-6
+    val = info["validation"]["seconds"]
+    assert set(val) == {"load", "same_answers", "brute_force", "warmup_replay"}
+    assert sum(val.values()) <= stages["validate"], (val, stages)
+
+
 def test_every_search_round_is_padded_to_a_grid_size(ci_index_dir, attention_model_dir, queries):
     """Counts the shapes the XLA scorer sees over many queries: all on the grid."""
     from nann_tf.export.module import RetrievalModule
@@ -452,7 +467,7 @@ def test_warmup_records_cover_grid_at_each_batch_size_and_replay_a_request_log(t
     with pytest.raises(ExportError, match="more than TF Serving's 1000"):
         export_mod.warmup_inputs(list(range(1, 600)), hist, (1, 8))
     (tmp_path / "junk").write_bytes(b"not a tfrecord")
-    with pytest.raises(ExportError, match="--warmup-requests"):
+    with pytest.raises(ExportError, match="^warmup_requests "):  # the library names it
         export_mod.read_request_log(str(tmp_path / "junk"), "nann")
 
 

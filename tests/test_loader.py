@@ -230,7 +230,7 @@ def test_a_model_needing_an_unlinked_op_names_it(tmp_path, version_dir):
     with pytest.raises(ModelLoadError) as e:
         SessionModel(copy)
     assert "Op type not registered 'NannOpNotInThisBinary'" in str(e.value)
-    assert "op library" in str(e.value) and "--visited tf" in str(e.value)
+    assert "op library" in str(e.value) and "visited=tf" in str(e.value)
 
 
 def test_closed_model_refuses_requests(version_dir):

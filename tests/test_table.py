@@ -125,7 +125,7 @@ def test_item_table_join_gives_item_categories(tmp_path):
 
 @pytest.mark.parametrize("text,mapping,message", [
     (RATINGS, "user=userId,item=movie_id,time=timestamp",
-     "--columns item=movie_id: no column 'movie_id' in the header of {path} (columns: "
+     "columns item=movie_id: no column 'movie_id' in the header of {path} (columns: "
      "movieId, title, year, genres, userId, rating, timestamp)"),
     (RATINGS, "user=userId,item=movieId,user=rating", "role user is mapped twice"),
     (RATINGS, "user=userId,time=timestamp", "no item column"),

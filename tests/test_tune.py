@@ -90,7 +90,7 @@ def test_grid_frontier_and_choice():
     assert t_values == {1: [1, 2], 0: [1, 2, 3, 4, 6, 8, 12]}
     assert len(grid_from_lists(2, ef_values, t_values)) == 2 * 3 * 4 * 2 * 7
     assert parse_level_grid("1=50/25,0=100", "--ef-grid") == {1: [25, 50], 0: [100]}
-    with pytest.raises(SearchParamsError, match="--T-grid '0=-1': the value for level 0 must be >= 0"):
+    with pytest.raises(SearchParamsError, match="t_values '0=-1': the value for level 0 must be >= 0"):
         grid_from_lists(1, {1: [5], 0: [5]}, {0: [-1]})
     with pytest.raises(SearchParamsError, match="ef for level 0 must be >= k"):
         grid_from_lists(1, {1: [5], 0: [5, 50]}, {0: [1]}, k=10)

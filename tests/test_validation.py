@@ -108,7 +108,7 @@ def test_a_dataset_without_validation_users_is_refused_naming_the_fix(tmp_path, 
     data = tmp_path / "data"
     prepare_dataset(tmp_path / "log.csv", data, "userbehavior", max_len=10, val_users=0,
                     test_users=5, explicit_held_out=(True, True))
-    with pytest.raises(TrainError, match="no validation users.*--val-users"):
+    with pytest.raises(TrainError, match="no validation users.*val_users N"):
         train(_config(epochs=1, steps_per_epoch=2), data, tmp_path / "m", verbose=0)
     assert not (tmp_path / "m" / "model.json").exists()
     assert run_cli("train", "--config", "ci-synth", "--data", data, "--output",

@@ -18,9 +18,9 @@ import importlib
 import logging
 import sys
 
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, input_names
 
-__all__ = ["main", "build_parser", "COMMANDS", "CliError", "CommandImportError"]
+__all__ = ["main", "build_parser", "flag_names", "COMMANDS", "CliError", "CommandImportError"]
 
 # name -> (module, help). Order is the pipeline order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,6 +42,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                          "or session loader) and check every signature"),
     "demo": ("nann_tf.cli.demo", "the whole pipeline on generated data"),
 }
+
+
+# Library parameters whose flag is named otherwise (the rest match their flag's dest).
+PARAM_DESTS = {"model_dir": "model", "index_dir": "index", "data_dir": "data",
+               "base_dir": "output", "output_dir": "output", "ef_values": "ef_grid", "t_values": "T_grid", "warm_start_from": "warm_start", "num_threads": "threads", "study_dir": "study",
+               "validation_users": "users", "item_file": "item_file",
+               "cold_start": "cold_start", "tune_coverage": "tune_coverage"}
+
+
+def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """Library parameter -> flag while ``command`` runs (its long option, e.g. ``index_dir`` ->
+    ``--index``), for the library's error messages (:func:`nann_tf.errors.arg`). A parameter
+    of another command (``val_users`` while training: "prepare it with --val-users N") takes
+    that command's flag."""
+    by_dest: dict[str, str] = {}
+    subparsers = next(a for a in parser._actions
+                      if isinstance(a, argparse._SubParsersAction)).choices
+    for name in [*(n for n in subparsers if n != command), command]:  # command's own last
+        for action in subparsers[name]._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if longs and action.dest != "help" and (name == command or
+                                                    action.dest not in by_dest):
+                by_dest[action.dest] = longs[0]
+    names = dict(by_dest)
+    for param, dest in PARAM_DESTS.items():
+        if dest in by_dest:
+            names[param] = by_dest[dest]
+    if "similar_ef" in by_dest:  # export_version(similar={...}): the --similar-* flags
+        names["similar"] = "--similar-* flags"
+    return names
 
 
 class CliError(UserError):
@@ -86,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(args._module)
     try:
-        rc = module.run(args)
+        with input_names(flag_names(parser, args.command)):
+            rc = module.run(args)
     except UserError as e:
         print(f"nann-tf {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -143,7 +143,7 @@ def _run_similar(args, primary, ds, params, boot) -> int:
 
     max_level = primary.index.graph.max_level
     similar = similar_for_index(primary.cfg.similar, max_level).overridden(
-        ef=args.similar_ef, T=args.similar_T, k=args.similar_k, prefix="--similar-").checked(
+        ef=args.similar_ef, T=args.similar_T, k=args.similar_k, prefix="similar_").checked(
         max_level, source="similar-items parameters (--similar-ef/"
         "--similar-T/--similar-k over the model config's [similar] table)")
     modes = ("embedding", "model") if args.similar_mode == "both" else (args.similar_mode,)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from nann_tf.errors import arg
 from nann_tf.fsutil import replace_dir
 from nann_tf.progress import Progress
 
@@ -73,8 +74,8 @@ def held_out_sizes(num_users: int, val_users: int, test_users: int,
     n_test = test_users if explicit[1] else min(test_users, cap)
     if any(explicit) and 2 * (n_val + n_test) > num_users:
         asked = " and ".join(f"{flag} {n}" for flag, n, e in
-                             (("--val-users", n_val, explicit[0]),
-                              ("--test-users", n_test, explicit[1])) if e)
+                             ((arg("val_users"), n_val, explicit[0]),
+                              (arg("test_users"), n_test, explicit[1])) if e)
         raise DataError(f"{asked}: {n_val} validation + {n_test} test users would hold out "
                         f"more than half of the {num_users} users kept, leaving "
                         f"{num_users - n_val - n_test} to train on; ask for at most "
@@ -392,7 +393,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise DataError(f"{out}: exists and is not a directory")
     if _is_nonempty_dir(out) and not overwrite:
         raise DataError(f"{out}: output directory exists and is not empty "
-                        f"(pass --overwrite to replace it)")
+                        f"(pass {arg('overwrite')} to replace it)")
     if not out.parent.is_dir():
         raise DataError(f"{out.parent}: parent directory of the output does not exist")
 

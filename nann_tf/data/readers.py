@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from nann_tf.data.dataset import DataError
+from nann_tf.errors import arg
 from nann_tf.data.table import TableSpec, read_table
 
 __all__ = [
@@ -206,7 +207,7 @@ def find_movielens_files(directory: str | Path) -> tuple[Path, Path | None]:
                         f"{len(inter)}{': ' + ', '.join(p.name for p in inter) if inter else ''}")
     if len(items) > 1:
         raise DataError(f"{directory}: several *.item files ({', '.join(p.name for p in items)}); "
-                        f"name one with --item-file")
+                        f"name one with {arg('item_file')}")
     return inter[0], (items[0] if items else None)
 
 
@@ -261,7 +262,7 @@ def read_log(input_format: str, path: str | Path,
         raise DataError(f"an item file is only read with the movielens and table formats, not "
                         f"{input_format!r}")
     if (table is None) != (input_format != "table"):
-        raise DataError("the table format needs a column mapping (--columns), and only it "
+        raise DataError(f"the table format needs a column mapping ({arg('columns')}), and only it "
                         "takes one")
     t0 = time.perf_counter()
     with _read_progress(Path(path)) as bar:

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from nann_tf.data.dataset import MAX_ID_BYTES, DataError
+from nann_tf.errors import arg
 
 __all__ = ["ROLES", "CATEGORY_RULES", "ColumnMapping", "TableSpec", "read_table"]
 
@@ -70,7 +71,7 @@ class ColumnMapping:
     columns: Mapping[str, str | int]
 
     @classmethod
-    def parse(cls, text: str, name: str = "--columns",
+    def parse(cls, text: str, name: str | None = None,
               required: tuple[str, ...] = ("user", "item")) -> "ColumnMapping":
         """``"user=userId,item=2"`` -> the mapping.
 
@@ -78,6 +79,7 @@ class ColumnMapping:
           DataError: not ``ROLE=COLUMN`` pairs, an unknown role, a role mapped twice, or a
             required role missing (naming ``name``).
         """
+        name = name or arg("columns")
         out: dict[str, str | int] = {}
         for part in str(text).split(","):
             role, sep, column = part.strip().partition("=")
@@ -649,15 +651,15 @@ class _ItemTable:
 def _read_item_table(path: Path, spec: TableSpec, labels: _Labels) -> _ItemTable:
     import pyarrow as pa
 
-    mapping = ColumnMapping.parse(spec.item_columns or "", "--item-columns",
+    mapping = ColumnMapping.parse(spec.item_columns or "", arg("item_columns"),
                                   required=("item", "category"))
     extra = sorted(set(mapping.columns) - {"item", "category"})
     if extra:
-        raise DataError(f"--item-columns {spec.item_columns!r}: only item and category are "
+        raise DataError(f"{arg('item_columns')} {spec.item_columns!r}: only item and category are "
                         f"read from the item file, not {', '.join(extra)}")
     src = _Source(path, mapping, dataclasses.replace(spec, file_format=None,
                                                      delimiter=spec.item_delimiter, header=None,
-                                                     names=None), "--item-columns")
+                                                     names=None), arg("item_columns"))
     integer_only = "item" in spec.integer_roles
     items, texts, codes = [], [], []
     int_error = text_error = None
@@ -702,15 +704,16 @@ def read_table(path: str | Path, spec: TableSpec, item_file: str | Path | None =
     """
     path = Path(path)
     if spec.category_rule not in CATEGORY_RULES:
-        raise DataError(f"--category-rule {spec.category_rule!r}: expected one of "
+        raise DataError(f"{arg('category_rule')} {spec.category_rule!r}: expected one of "
                         f"{', '.join(CATEGORY_RULES)}")
     mapping = ColumnMapping.parse(spec.columns)
     if item_file is not None and "category" in mapping.columns:
-        raise DataError(f"--columns maps category and --item-file {item_file} gives categories "
-                        "too: take them from one of the two")
+        raise DataError(f"{arg('columns')} maps category and {arg('item_file')} {item_file} "
+                        "gives categories too: take them from one of the two")
     if item_file is None and spec.item_columns:
-        raise DataError("--item-columns needs --item-file (the item table to read them from)")
-    src = _Source(path, mapping, spec, "--columns")
+        raise DataError(f"{arg('item_columns')} needs {arg('item_file')} (the item table to "
+                        "read them from)")
+    src = _Source(path, mapping, spec, arg("columns"))
     string_roles: set[str] = set()
     while True:
         try:

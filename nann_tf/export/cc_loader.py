@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 
 __all__ = ["CcLoaderError", "LOADERS", "export_visited", "loader_path", "run_cc_loader",
            "session_config", "validate_version"]
@@ -189,7 +189,7 @@ def validate_version(version_dir, loader: str = "cc", reference: list | None = N
     from nann_tf.serving.warmup import WarmupError, read_warmup_requests, warmup_file_path
 
     if loader not in LOADERS:
-        raise CcLoaderError(f"--loader {loader!r}: expected one of {', '.join(LOADERS)}")
+        raise CcLoaderError(f"{arg('loader')} {loader!r}: expected one of {', '.join(LOADERS)}")
     version_dir = Path(version_dir)
     if not (version_dir / "saved_model.pb").is_file():
         raise CcLoaderError(f"{version_dir}: no saved_model.pb (not an exported version)")

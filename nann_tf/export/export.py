@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 from nann_tf.serving.process import python_module_command
 
 __all__ = ["ExportError", "export_version", "next_version", "EXPORT_INFO", "SIMILAR_SIGNATURES",
@@ -133,8 +133,8 @@ def warmup_inputs(grid_sizes: list[int] | None, histories: np.ndarray,
     if len(out) > limit:
         raise ExportError(f"{len(out)} warm-up records are needed to cover the XLA grid "
                           f"({len(grid_sizes)} sizes) at batch sizes {list(batch_sizes)}, more "
-                          f"than TF Serving's {limit}: use fewer --warmup-batch-sizes or a "
-                          "larger --grid-ratio")
+                          f"than TF Serving's {limit}: use fewer {arg('warmup_batch_sizes')} or a "
+                          f"larger {arg('grid_ratio')}")
     out.extend(extra or [])
     i = 0
     while len(out) < limit and i < 2 * len(histories):
@@ -181,8 +181,8 @@ def _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep):
     from nann_tf.search.filters import LabelTable
 
     if (item_tags is None) != (tag_columns is None):
-        raise ExportError("--item-tags and --tag-columns go together (the file and which of its "
-                          "columns hold the item and its tags)")
+        raise ExportError(f"{arg('item_tags')} and {arg('tag_columns')} go together (the file "
+                          "and which of its columns hold the item and its tags)")
     raw_cats = index.raw_category_id
     if raw_cats is None:
         from nann_tf.data.dataset import DataError, Dataset
@@ -255,7 +255,7 @@ def read_request_log(path: str, model_name: str) -> list:
     try:
         records = read_warmup_requests(path)
     except Exception as e:  # noqa: BLE001 - any decoding failure names the file
-        raise ExportError(f"--warmup-requests {path}: not a TFRecord file of PredictionLog "
+        raise ExportError(f"{arg('warmup_requests')} {path}: not a TFRecord file of PredictionLog "
                           f"protos: {e}") from e
     out = []
     for r in records:
@@ -319,39 +319,42 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     # launched ones, embedded from their category); its first model_items are the model's.
     model_items = int(index.meta.get("model_items", index.num_items))
     if model_items != meta["num_items"] or index.num_items < model_items:
-        raise ExportError(f"--index {index_dir} was built for {model_items} items but --model "
-                          f"{model_dir} was trained on {meta['num_items']}")
+        raise ExportError(f"{arg('index_dir')} {index_dir} was built for {model_items} items but "
+                          f"{arg('model_dir')} {model_dir} was trained on {meta['num_items']}")
     # The config's [search] table with the given overrides, checked by the one set of rules:
     # a level missing or unused, or a start level above the index's top, is an error.
     defaults = search_defaults(cfg, meta, index.meta).overridden(
         start_level=start_level, ef=ef, T=T, k=k,
         history_seeds=history_seeds).checked(index.graph.max_level)
     similar_params = similar_for_index(cfg.similar, index.graph.max_level).overridden(
-        **(similar or {}), prefix="--similar-").checked(
-        index.graph.max_level, source="the [similar] table and --similar-* flags")
+        **(similar or {}), prefix="similar_").checked(
+        index.graph.max_level, source=f"the [similar] table and {arg('similar')}")
     max_ef = default_max_ef(defaults) if max_ef is None else int(max_ef)
     version = next_version(base) if version is None else int(version)
     if version < 1:
-        raise ExportError(f"--version must be >= 1, got {version}")
+        raise ExportError(f"{arg('version')} must be >= 1, got {version}")
     if validate_loader not in ("python", "cc"):
-        raise ExportError(f"--validate-loader {validate_loader!r}: expected python or cc")
+        raise ExportError(f"{arg('validate_loader')} {validate_loader!r}: expected python or "
+                          "cc")
     if validate and validate_loader == "cc":
         from nann_tf.export.cc_loader import CcLoaderError, loader_path
 
         try:
             loader_path()  # missing: refused before anything is written
         except CcLoaderError as e:
-            raise ExportError(f"--validate-loader cc: {e}") from e
+            raise ExportError(f"{arg('validate_loader')} cc: {e}") from e
     labels = _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep)
     if (base / str(version)).exists():
         raise ExportError(f"{base / str(version)} already exists: versions are never "
-                          "overwritten (pick another --version, or omit it for the next one)")
+                          f"overwritten (pick another {arg('version')}, or omit it for the next "
+                          "one)")
     base.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(base)
     tmp = base / f".tmp-{version}-{os.getpid()}"
     max_len = int(meta["max_len"])
     model_name = model_name or base.name
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}  # where the export's time goes, in its info file
     try:
         module = RetrievalModule(model, index, max_len, defaults, max_ef=max_ef,
                                  visited_impl=visited, xla=xla, embedding_dtype=embedding_dtype,
@@ -360,6 +363,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         hist = validation_histories(index, data_dir or meta.get("data_dir"), max_len,
                                     max(validation_users, 8))
         t1 = time.perf_counter()
+        stages["build_module"] = t1 - t0
         log.info("export: searching %d validation histories in memory (compiles their XLA "
                  "shapes)...", min(len(hist), validation_users))
         expected = {name: t.numpy() for name, t in
@@ -373,11 +377,14 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         filtered = filtered_requests(module, hist[:validation_users])
         out = module.retrieve(**{n: tf.constant(v) for n, v in filtered.items()})
         expected.update({f"filtered_{name}": t.numpy() for name, t in out.items()})
+        stages["search_in_memory"] = time.perf_counter() - t1
         log.info("export: in-memory search done in %.1fs; saving the SavedModel...",
-                 time.perf_counter() - t1)
+                 stages["search_in_memory"])
         t1 = time.perf_counter()
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
-        log.info("export: saved in %.1fs", time.perf_counter() - t1)
+        stages["save"] = time.perf_counter() - t1
+        log.info("export: saved in %.1fs", stages["save"])
+        t1 = time.perf_counter()
         h1 = hist[:1]
         # One call of each other signature, so that none pays its first-call cost in service.
         extra = [("retrieve", {
@@ -424,7 +431,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                         "exact_max_items": module.exact_max_items},
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
-        info["export_seconds"] = time.perf_counter() - t0
+        stages["warmup_file"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
         log.info("export: %d warm-up records (XLA grid: %d sizes x batch sizes %s, then "
                  "replayed requests)", len(records), len(grid), list(warmup_batch_sizes))
         if validate:
@@ -443,6 +451,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                 except CcLoaderError as e:
                     raise ExportError(f"validation of {tmp} with the C API loader failed: "
                                       f"{e}") from e
+        stages["validate"] = time.perf_counter() - t1
+        info["export_seconds"] = time.perf_counter() - t0
+        info["stage_seconds"] = stages
         info["size_bytes"] = dir_size(tmp)
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         os.rename(tmp, base / str(version))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 
 __all__ = ["TagsError", "read_item_tags", "parse_tag_columns", "parse_columns", "raw_id_lookup",
            "table_rows"]
@@ -49,7 +49,7 @@ def parse_columns(text: str, roles: tuple[str, ...], flag: str, error=None
 def parse_tag_columns(text: str) -> dict[str, str | int]:
     """``"item=sku,tags=flags"`` -> ``{"item": "sku", "tags": "flags"}`` (1-based positions as
     ints)."""
-    return parse_columns(text, ("item", "tags"), "--tag-columns")
+    return parse_columns(text, ("item", "tags"), arg("tag_columns"))
 
 
 def raw_id_lookup(raw_item_id: np.ndarray, raw_item_key: np.ndarray | None = None) -> dict:
@@ -60,12 +60,13 @@ def raw_id_lookup(raw_item_id: np.ndarray, raw_item_key: np.ndarray | None = Non
 
 
 def table_rows(path: Path, columns: dict, delimiter: str | None = None, error=None,
-               flag: str = "--tag-columns"):
+               flag: str | None = None):
     """Yields ``(where, {role: value})`` for each row of an item table (CSV/TSV with a header
     when ``columns`` names columns, or Parquet); ``columns`` maps each role to a header name or
     a 1-based position. ``where`` names the line (CSV) or row group and row (Parquet) for error
     messages; ``error`` is the exception class raised (default :class:`TagsError`)."""
     error = error or TagsError
+    flag = flag or arg("tag_columns")
     by_position = all(isinstance(c, int) for c in columns.values())
     if path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -152,7 +153,7 @@ def read_item_tags(path, columns: str | dict, raw_item_id: np.ndarray,
     path = Path(path)
     cols = parse_tag_columns(columns) if isinstance(columns, str) else dict(columns)
     if not path.is_file():
-        raise TagsError(f"--item-tags {path}: no such file")
+        raise TagsError(f"{arg('item_tags')} {path}: no such file")
     n = len(raw_item_id) - 1
     lookup = raw_id_lookup(raw_item_id, raw_item_key)
     tags: list[set] = [set() for _ in range(n + 1)]

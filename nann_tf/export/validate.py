@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -104,7 +105,11 @@ def main(argv=None) -> int:
             if args.progress_marks:
                 print(PROGRESS_MARK, file=sys.stderr, flush=True)
 
+        seconds = report["seconds"] = {}  # where the validation's time goes
+        t = time.perf_counter()
         with SessionModel(args.version_dir, load_ops=not args.stock_ops_only) as model:
+            seconds["load"] = time.perf_counter() - t
+            t = time.perf_counter()
             got = model.run("serving_default", {"hist_item_ids": hist})
             mark()
             same = float((_ids(got["item_ids"]) == q["expected_item_ids"]).mean())
@@ -144,8 +149,11 @@ def main(argv=None) -> int:
                     raise RuntimeError(f"retrieve with filters: the loaded model answers "
                                        f"differently from the in-memory search: only {same:.3f}"
                                        " of the ids agree")
+            seconds["same_answers"] = time.perf_counter() - t
+            t = time.perf_counter()
             bf = model.run("brute_force", {"hist_item_ids": hist})
             mark()
+            seconds["brute_force"] = time.perf_counter() - t
             k = got["item_ids"].shape[1]
             cov = coverage(*_int_codes(got["item_ids"], bf["item_ids"]), k)
             report["coverage_vs_brute_force"] = cov
@@ -153,8 +161,10 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"coverage@{k} vs brute force {cov:.3f} < "
                                    f"--min-coverage {args.min_coverage}")
             answers: list = []
+            t = time.perf_counter()
             report["warmup_records_replayed"] = replay_warmup(model, on_record=mark,
                                                               outputs=answers)
+            seconds["warmup_replay"] = time.perf_counter() - t
             if args.warmup_outputs:
                 import pickle
 

@@ -7,6 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from nann_tf.errors import arg
 from nann_tf.index.hnsw import HnswIndexError, build_hnsw
 from nann_tf.index.store import HNSWLIB_FILE, ItemIndex, save_index
 
@@ -35,15 +36,16 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
     ds = Dataset.load(data_dir)
     model, cfg, meta = load_trained_model(model_dir)
     if meta["num_items"] != ds.num_items:
-        raise HnswIndexError(f"--model {model_dir} was trained on {meta['num_items']} items but "
-                             f"--data {data_dir} has {ds.num_items}: not the same dataset")
+        raise HnswIndexError(f"{arg('model_dir')} {model_dir} was trained on "
+                             f"{meta['num_items']} items but {arg('data_dir')} {data_dir} has "
+                             f"{ds.num_items}: not the same dataset")
     ic = cfg.index
     M = ic.M if M is None else M
     efc = ic.ef_construction if ef_construction is None else ef_construction
     threads = ic.num_threads if threads is None else threads
     if M < 2 or efc < 1 or threads < 0:
-        raise HnswIndexError(f"need --M >= 2, --ef-construction >= 1, --threads >= 0; got {M}, "
-                             f"{efc}, {threads}")
+        raise HnswIndexError(f"need {arg('M')} >= 2, {arg('ef_construction')} >= 1, "
+                             f"{arg('threads')} >= 0; got {M}, {efc}, {threads}")
     t0 = time.perf_counter()
     emb = _item_embeddings(model)
     t1 = time.perf_counter()

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nann_tf.errors import arg
 from nann_tf.index.hnsw import HnswIndexError, add_to_hnsw
 from nann_tf.index.store import HNSWLIB_FILE, ItemIndex, load_index, save_index
 
@@ -80,13 +81,13 @@ def read_new_items(path, columns, idx: ItemIndex) -> tuple[list, list]:
 
     path = Path(path)
     if not path.is_file():
-        raise UpdateError(f"--add-items {path}: no such file")
-    cols = parse_columns(columns, ("item", "category"), "columns", UpdateError) \
+        raise UpdateError(f"{arg('add_items')} {path}: no such file")
+    cols = parse_columns(columns, ("item", "category"), arg("columns"), UpdateError) \
         if isinstance(columns, str) else dict(columns)
     known = _lookup(idx)
     string_ids = idx.raw_item_key is not None
     ids, cats, seen = [], [], {}
-    for where, row in table_rows(path, cols, error=UpdateError, flag="--columns"):
+    for where, row in table_rows(path, cols, error=UpdateError, flag=arg("columns")):
         key = _key(row["item"], string_ids, path, where)
         if key in known:
             raise UpdateError(f"{path}: {where}: item {key!r} is already in the index (dense id "
@@ -114,7 +115,7 @@ def read_retired(path, idx: ItemIndex) -> np.ndarray:
     id in the index, given once, not retired already."""
     path = Path(path)
     if not path.is_file():
-        raise UpdateError(f"--retire-items {path}: no such file")
+        raise UpdateError(f"{arg('retire_items')} {path}: no such file")
     known = _lookup(idx)
     string_ids = idx.raw_item_key is not None
     dense, seen = [], {}
@@ -146,13 +147,15 @@ def check_model_matches(model, idx: ItemIndex, model_dir, index_dir, sample: int
 
     n = min(int(idx.meta.get("model_items", idx.num_items)), idx.num_items)
     if n != model.num_items:
-        raise UpdateError(f"--index {index_dir} was built by a model of {n} items; --model "
-                          f"{model_dir} has {model.num_items}: not this model's index")
+        raise UpdateError(f"{arg('index_dir')} {index_dir} was built by a model of {n} items; "
+                          f"{arg('model_dir')} {model_dir} has {model.num_items}: not this "
+                          "model's index")
     ids = np.unique(np.linspace(1, n, min(sample, n)).astype(np.int32))
     mine = model.item_embedding(tf.constant(ids)).numpy()
     if mine.shape[1] != idx.embeddings.shape[1] or not np.allclose(
             mine, idx.embeddings[ids], rtol=1e-4, atol=1e-5):
-        raise UpdateError(f"--index {index_dir} was not built by --model {model_dir}: its item "
+        raise UpdateError(f"{arg('index_dir')} {index_dir} was not built by {arg('model_dir')} "
+                          f"{model_dir}: its item "
                           "embeddings differ from the model's (build the index of this model, "
                           "or update with the model that built it)")
 
@@ -189,11 +192,11 @@ def update_index(model_dir, index_dir, output, add_items=None, columns=None,
     if add_items is None and retire_items is None:
         raise UpdateError("nothing to update: give items to add, to retire, or both")
     if (add_items is None) != (columns is None):
-        raise UpdateError("the item table to add and its columns go together (--add-items FILE "
-                          "--columns item=COL,category=COL)")
+        raise UpdateError(f"the item table to add and its columns go together "
+                          f"({arg('add_items')} FILE {arg('columns')} item=COL,category=COL)")
     output = Path(output)
     if output.exists():
-        raise UpdateError(f"--output {output}: exists (update-index writes a new index "
+        raise UpdateError(f"{arg('output')} {output}: exists (update-index writes a new index "
                           "directory; pick another path)")
     model, _, _ = load_trained_model(model_dir)
     idx = load_index(index_dir)
@@ -213,8 +216,9 @@ def update_index(model_dir, index_dir, output, add_items=None, columns=None,
         raw_cat_table = np.append(raw_cat_table, np.int64(c))
     dense_cats = np.asarray([cat_of[c] for c in raw_cats], np.int32)
     if idx.hnswlib_file is None and a:
-        raise UpdateError(f"--index {index_dir}: no {HNSWLIB_FILE} (an index written before "
-                          "update-index existed): run build-index again once to launch items")
+        raise UpdateError(f"{arg('index_dir')} {index_dir}: no {HNSWLIB_FILE} (an index written "
+                          "before update-index existed): run build-index again once to launch "
+                          "items")
     info = {"updated_from": str(index_dir), "added_items": a, "new_categories": len(new_cats),
             "retired_items": int(retired.sum()),
             "model_items": int(idx.meta.get("model_items", model.num_items))}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping
 
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 
 __all__ = [
     "DEFAULT_EF",
@@ -198,15 +198,16 @@ class SearchParams:
 
     def overridden(self, *, start_level: int | None = None, ef: Any = None, T: Any = None,
                    k: int | None = None, hnsw_ef: int | None = None,
-                   history_seeds: bool | None = None, prefix: str = "--") -> "SearchParams":
+                   history_seeds: bool | None = None, prefix: str = "") -> "SearchParams":
         """A copy with the given values replaced (``None``: keep); ``ef``/``T`` may be
-        ``LEVEL=VALUE`` strings (named ``--ef``/``--T`` in errors) or mappings. Not checked:
+        ``LEVEL=VALUE`` strings or mappings, named in errors as the inputs ``<prefix>ef`` /
+        ``<prefix>T`` (:func:`nann_tf.errors.arg`: ``--ef`` on the command line). Not checked:
         call :meth:`checked`."""
         changes: dict[str, Any] = {}
         if ef is not None:
-            changes["ef"] = level_values(ef, f"{prefix}ef", minimum=1)
+            changes["ef"] = level_values(ef, arg(f"{prefix}ef"), minimum=1)
         if T is not None:
-            changes["T"] = level_values(T, f"{prefix}T", minimum=0)
+            changes["T"] = level_values(T, arg(f"{prefix}T"), minimum=0)
         for key, value in (("start_level", start_level), ("k", k), ("hnsw_ef", hnsw_ef)):
             if value is not None:
                 changes[key] = int(value)

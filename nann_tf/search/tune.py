@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from nann_tf.errors import arg
 from nann_tf.search.params import (SearchParams, SearchParamsError, format_level_values,
                                   parse_level_grid)
 
@@ -75,7 +76,7 @@ def grid_from_lists(start_level: int, ef_values: Mapping[int, Sequence[int]],
     """
     ef_levels = list(range(start_level, -1, -1))
     t_levels = list(range(start_level - 1, -1, -1))
-    for name, values, low in (("--ef-grid", ef_values, 1), ("--T-grid", t_values, 0)):
+    for name, values, low in ((arg("ef_values"), ef_values, 1), (arg("t_values"), t_values, 0)):
         text = format_level_values(values)
         parse_level_grid(text, name, minimum=low)  # the value rules, with the same messages
     lowest = SearchParams(start_level, {lv: min(v) for lv, v in ef_values.items() if v},
@@ -83,7 +84,7 @@ def grid_from_lists(start_level: int, ef_values: Mapping[int, Sequence[int]],
     try:
         lowest.checked()
     except SearchParamsError as e:
-        raise SearchParamsError(f"the grid (--ef-grid/--T-grid): {e}") from None
+        raise SearchParamsError(f"the grid ({arg('ef_values')}/{arg('t_values')}): {e}") from None
     out = []
     for efs in itertools.product(*[sorted(set(ef_values[lv])) for lv in ef_levels]):
         for ts in itertools.product(*[sorted(set(t_values[lv])) for lv in t_levels]):

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from nann_tf.errors import arg
 from nann_tf.serving.tensors import dtype_name
 
 __all__ = [
@@ -212,7 +213,7 @@ class SessionModel:
                         "with the nann custom op needs the op library (it is compiled by "
                         f"`{REBUILD_COMMAND}`) here and a "
                         "tensorflow_model_server built with the op (see serving/README.md); "
-                        "or export with stock ops only (--visited tf).")
+                        f"or export with stock ops only ({arg('visited')}=tf).")
                 if op_library_problem:
                     hint += f" Op library status: {op_library_problem}."
                 raise ModelLoadError(f"cannot load {self.version_dir}: {text.strip()} -- {hint}"

@@ -33,7 +33,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 from nann_tf.config import Config
 from nann_tf.data.dataset import Dataset
 from nann_tf.fsutil import atomic_path, write_json_atomic
@@ -260,8 +260,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     tc = cfg.train
     is_chief, task_index = worker_role() if tc.strategy == "multi_worker" else (True, 0)
     if (out / MODEL_META).exists() and not overwrite:
-        raise TrainError(f"{out}: already holds a trained model ({MODEL_META}); use --overwrite "
-                         "or another --output")
+        raise TrainError(f"{out}: already holds a trained model ({MODEL_META}); use "
+                         f"{arg('overwrite')} or another {arg('output_dir')}")
     created_out = not out.exists()
     # Non-chief workers write everything into a directory of their own, removed at the end.
     work = out if is_chief else out / f"worker-{task_index}.tmp"
@@ -271,7 +271,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         prev = json.loads(run_cfg.read_text())
         if prev != json.loads(cfg.to_json()):
             raise TrainError(f"{work}: holds an interrupted run of a different configuration "
-                             f"({run_cfg}); use another --output or delete it")
+                             f"({run_cfg}); use another {arg('output_dir')} or delete it")
     write_json_atomic(run_cfg, json.loads(cfg.to_json()))
 
     strategy = make_strategy(tc.strategy)  # before other TF work (collectives need it)

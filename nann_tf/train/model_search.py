@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nann_tf.config import Config, ConfigError, config_from_dict
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 from nann_tf.fsutil import replace_dir, write_text_atomic
 
 __all__ = ["DEFAULT_SPACE", "SearchError", "SearchSpace", "run_search", "trials_table"]
@@ -293,20 +293,20 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
 
     data_dir, output = Path(data_dir), Path(output)
     if not (budget_minutes > 0 and math.isfinite(budget_minutes)):
-        raise SearchError(f"--budget-minutes must be > 0, got {budget_minutes}")
+        raise SearchError(f"{arg('budget_minutes')} must be > 0, got {budget_minutes}")
     if base.train.val_every_steps < 0:
         raise SearchError("the search ranks trials by validation: [train] val_every_steps must "
                           "not be -1")
     ds = Dataset.load(data_dir)
     if len(ds.val) == 0:
         raise SearchError(f"{data_dir}: the dataset has no validation users, which the search "
-                          "ranks trials by: prepare it with --val-users N (N > 0)")
+                          f"ranks trials by: prepare it with {arg('val_users')} N (N > 0)")
     space = space or SearchSpace(DEFAULT_SPACE, base, "the default search space")
     if output.suffix != ".toml":
-        raise SearchError(f"--output {output}: the best config is a TOML file: give a name "
+        raise SearchError(f"{arg('output')} {output}: the best config is a TOML file: give a name "
                           "ending in .toml")
     if not output.parent.is_dir():
-        raise SearchError(f"--output {output}: its directory does not exist")
+        raise SearchError(f"{arg('output')} {output}: its directory does not exist")
     study_dir = Path(study_dir) if study_dir else output.with_suffix(".study")
     study_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(data_dir, base, space)
@@ -330,8 +330,8 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
         study.enqueue_trial(space.base_params(base), skip_if_exists=False)
     elif known != fingerprint:
         raise SearchError(f"{study_dir}: holds a search over another dataset, base config or "
-                          f"space ({study.user_attrs.get('data')}); use another --study "
-                          "directory or delete this one")
+                          f"space ({study.user_attrs.get('data')}); use another "
+                          f"{arg('study_dir')} directory or delete this one")
     # Trials an earlier invocation did not finish: killed (still RUNNING in the storage) or
     # interrupted (Ctrl-C: Optuna records them as FAIL, the objective marks them): run again,
     # once, with the same parameters.
@@ -411,10 +411,10 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
         except _NoValidation as e:
             if not _finished(study):
                 raise SearchError(
-                    f"--budget-minutes {budget_minutes:g}: too small for one trial: trial "
+                    f"{arg('budget_minutes')} {budget_minutes:g}: too small for one trial: trial "
                     f"{e.number} ran {e.seconds / 60:.1f} minutes without reaching its first "
                     f"validation (every {base.train.val_every_steps or 'epoch'} steps); give a "
-                    "larger budget, or validate more often (--set train.val_every_steps=N)") \
+                    f"larger budget, or validate more often ({arg('set')} train.val_every_steps=N)") \
                     from None
             log.info("trial %d reached no validation before the budget ran out", e.number)
     else:

@@ -98,14 +98,14 @@ class Validator:
 
     def __init__(self, ds, *, k: int, users: int, next_n: int, patience: int,
                  min_delta: float = 0.0, seed: int = 0, log_dir: str | Path | None = None):
-        from nann_tf.errors import UserError
+        from nann_tf.errors import UserError, arg
 
         held = ds.val
         if len(held) == 0:
             raise UserError(f"{ds.path}: the dataset has no validation users, which validation "
-                            "during training needs: prepare it with --val-users N (N > 0), or "
-                            "train with --set train.val_every_steps=-1 (no validation, the "
-                            "last weights are kept)")
+                            f"during training needs: prepare it with {arg('val_users')} N (N > 0),"
+                            f" or train with {arg('set')} train.val_every_steps=-1 (no "
+                            "validation, the last weights are kept)")
         n = validation_users(len(held), users, ds.num_items)
         rows = np.arange(len(held))
         if n < len(held):

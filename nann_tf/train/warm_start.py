@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from nann_tf.errors import UserError
+from nann_tf.errors import UserError, arg
 
 __all__ = ["WarmStartError", "warm_start"]
 
 
 class WarmStartError(UserError, ValueError):
     """The warm-start model cannot seed this one."""
+
+
+def _named(model_dir) -> str:
+    """The warm-start model as an error message names it (``--warm-start DIR`` in the CLI)."""
+    return f"{arg('warm_start_from')} {model_dir}"
 
 
 def _vocabulary(meta: dict, model_dir) -> dict:
@@ -28,11 +33,11 @@ def _vocabulary(meta: dict, model_dir) -> dict:
     try:
         ds = Dataset.load(meta["data_dir"])
     except (DataError, KeyError, OSError) as e:
-        raise WarmStartError(f"--warm-start {model_dir}: the dataset it was trained on "
+        raise WarmStartError(f"{_named(model_dir)}: the dataset it was trained on "
                              f"({meta.get('data_dir')}) is needed to match items by raw id: "
                              f"{e}") from e
     if ds.num_items != meta["num_items"]:
-        raise WarmStartError(f"--warm-start {model_dir}: its dataset {meta['data_dir']} now has "
+        raise WarmStartError(f"{_named(model_dir)}: its dataset {meta['data_dir']} now has "
                              f"{ds.num_items} items, the model {meta['num_items']}")
     return _raw_vocabulary(ds)
 
@@ -80,12 +85,12 @@ def warm_start(model, ds, model_dir) -> dict:
             continue
         o = old_vars.get(rel(v))
         if o is None:
-            raise WarmStartError(f"--warm-start {model_dir}: has no weight {v.path} (another "
+            raise WarmStartError(f"{_named(model_dir)}: has no weight {v.path} (another "
                                  "[model] table)")
         kind = tables.get(id(v))
         if kind is not None:
             if tuple(o.shape[1:]) != tuple(v.shape[1:]):
-                raise WarmStartError(f"--warm-start {model_dir}: {v.path} has width "
+                raise WarmStartError(f"{_named(model_dir)}: {v.path} has width "
                                      f"{o.shape[1]}, this model {v.shape[1]} (another [model] "
                                      "table)")
             new_i, old_i = _match(vocab[kind], new_rows[kind])
@@ -97,7 +102,7 @@ def warm_start(model, ds, model_dir) -> dict:
             report[f"{kind}_dropped"] = int(o.shape[0] - 1 - len(old_i))
         else:
             if tuple(o.shape) != tuple(v.shape):
-                raise WarmStartError(f"--warm-start {model_dir}: {v.path} has shape "
+                raise WarmStartError(f"{_named(model_dir)}: {v.path} has shape "
                                      f"{list(o.shape)}, this model {list(v.shape)} (another "
                                      "[model] table or max_len)")
             v.assign(o.numpy())
