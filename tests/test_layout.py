@@ -98,3 +98,31 @@ def test_every_subcommand_is_listed(command, capsys):
         run_cli("--help")
     assert e.value.code == 0
     assert command in capsys.readouterr().out
+
+
+def test_no_long_function_without_its_reason():
+    """A function whose body (docstring aside) runs past 80 lines says why, in a comment
+    starting ``# Long on purpose:`` right above it (or its decorators)."""
+    root = Path(__file__).resolve().parents[1] / "nann_tf"
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        src = path.read_text()
+        lines = src.splitlines()
+        for node in ast.walk(ast.parse(src)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length = node.end_lineno - node.lineno + 1
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                length -= first.end_lineno - first.lineno + 1
+            if length <= 80:
+                continue
+            top = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 2
+            while top >= 0 and lines[top].strip().startswith("#") and \
+                    not lines[top].strip().startswith("# Long on purpose:"):
+                top -= 1
+            if top < 0 or not lines[top].strip().startswith("# Long on purpose:"):
+                missing.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} "
+                               f"({length} lines)")
+    assert not missing, "long functions without a reason above them:\n" + "\n".join(missing)

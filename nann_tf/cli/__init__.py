@@ -46,9 +46,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Library parameters whose flag is named otherwise (the rest match their flag's dest).
 PARAM_DESTS = {"model_dir": "model", "index_dir": "index", "data_dir": "data",
-               "base_dir": "output", "output_dir": "output", "ef_values": "ef_grid", "t_values": "T_grid", "warm_start_from": "warm_start", "num_threads": "threads", "study_dir": "study",
-               "validation_users": "users", "item_file": "item_file",
-               "cold_start": "cold_start", "tune_coverage": "tune_coverage"}
+               "base_dir": "output", "output_dir": "output", "ef_values": "ef_grid",
+               "t_values": "T_grid", "warm_start_from": "warm_start", "num_threads": "threads",
+               "study_dir": "study", "validation_users": "users"}
 
 
 def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:

@@ -168,15 +168,24 @@ def _run_similar(args, primary, ds, params, boot) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One of the modes of the module docstring: brute force alone, graph search vs brute force
+    (with a second model, a sweep), or similar items."""
     from nann_tf.data.dataset import DataError, Dataset
-    from nann_tf.evaluation.evaluate import (compare_models, evaluate_brute_force,
-                                             evaluate_retrieval, format_difference,
-                                             format_interval, format_table)
-    from nann_tf.evaluation.retriever import load_model_entry
-    from nann_tf.evaluation.sweep import run_sweep
-    from nann_tf.fsutil import write_json_atomic
-    from nann_tf.model.saved import load_trained_model
 
+    _check_args(args)
+    boot = {"resamples": args.bootstrap, "seed": args.bootstrap_seed}
+    overrides = search_overrides(args)  # parses --ef/--T before anything loads
+    try:
+        ds = Dataset.load(args.data)
+    except DataError as e:
+        raise CliError(f"--data: {e}") from e
+    if args.index is None:
+        return _run_brute_force(args, ds, boot)
+    return _run_retrieval(args, ds, overrides, boot)
+
+
+def _check_args(args) -> None:
+    """The option combinations and ranges, checked before anything loads."""
     if args.index is None:
         for flag in ("sweep", "compare_model", "eps_models", "similar"):
             if getattr(args, flag):
@@ -199,47 +208,55 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 100:
         raise CliError(f"--bootstrap {args.bootstrap}: expected >= 100 resamples (1000 gives "
                        f"intervals stable to about 0.005)")
-    boot = {"resamples": args.bootstrap, "seed": args.bootstrap_seed}
-    # Parsed before anything loads: a malformed --ef/--T fails at once.
-    overrides = search_overrides(args)  # parses --ef/--T before anything loads
-    try:
-        ds = Dataset.load(args.data)
-    except DataError as e:
-        raise CliError(f"--data: {e}") from e
 
-    if args.index is None:
-        ms = parse_positive_list(args.at or "50,200", "--at")
-        model, cfg, meta = load_trained_model(args.model)
-        if meta["num_items"] != ds.num_items:
-            raise CliError(f"--model {args.model} was trained on {meta['num_items']} items but "
-                           f"--data {args.data} has {ds.num_items}: not the same dataset")
-        try:
-            res = evaluate_brute_force(model, ds, args.split, args.users, ms, **boot,
-                                       next_n=args.next_n)
-        except DataError as e:
-            raise CliError(f"--next-n {args.next_n}: {e}") from e
-        res["variant"] = cfg.model.variant
-        keys = res["metrics"]
-        print(f"{args.split} users: {res['users']}, items: {res['num_items']}, "
-              f"model: {cfg.model.variant}")
-        print(f"{'method':<24}" + "".join(f"{k.replace('_', '-'):>28}" for k in keys))
-        for name, row in [(f"brute force ({cfg.model.variant})", res["model"]),
-                          ("most popular", res["most_popular"])]:
-            print(f"{name:<24}" + "".join(f"{format_interval(row, k):>28}" for k in keys))
-        d = res["model_minus_most_popular"]
-        print(f"{'model - most popular':<24}" + "".join(
-            f"{'{:+.4f} [{:+.4f}, {:+.4f}]'.format(d[k], *d[k + '_ci95']):>28}" for k in keys))
-        print(f"+/-: half the 95% interval; [lo, hi]: paired 95% interval (bootstrap over the "
-              f"{res['users']} users, {args.bootstrap} resamples)")
-        if args.output_json:
-            write_json_atomic(args.output_json, res, sort_keys=False)
-        return 0
+
+def _run_brute_force(args, ds, boot) -> int:
+    """``--brute-force`` alone: the model's exact top-M beside most popular."""
+    from nann_tf.data.dataset import DataError
+    from nann_tf.evaluation.evaluate import evaluate_brute_force, format_interval
+    from nann_tf.fsutil import write_json_atomic
+    from nann_tf.model.saved import load_trained_model
+
+    ms = parse_positive_list(args.at or "50,200", "--at")
+    model, cfg, meta = load_trained_model(args.model)
+    if meta["num_items"] != ds.num_items:
+        raise CliError(f"--model {args.model} was trained on {meta['num_items']} items but "
+                       f"--data {args.data} has {ds.num_items}: not the same dataset")
+    try:
+        res = evaluate_brute_force(model, ds, args.split, args.users, ms, **boot,
+                                   next_n=args.next_n)
+    except DataError as e:
+        raise CliError(f"--next-n {args.next_n}: {e}") from e
+    res["variant"] = cfg.model.variant
+    keys = res["metrics"]
+    print(f"{args.split} users: {res['users']}, items: {res['num_items']}, "
+          f"model: {cfg.model.variant}")
+    print(f"{'method':<24}" + "".join(f"{k.replace('_', '-'):>28}" for k in keys))
+    for name, row in [(f"brute force ({cfg.model.variant})", res["model"]),
+                      ("most popular", res["most_popular"])]:
+        print(f"{name:<24}" + "".join(f"{format_interval(row, k):>28}" for k in keys))
+    d = res["model_minus_most_popular"]
+    print(f"{'model - most popular':<24}" + "".join(
+        f"{'{:+.4f} [{:+.4f}, {:+.4f}]'.format(d[k], *d[k + '_ci95']):>28}" for k in keys))
+    print(f"+/-: half the 95% interval; [lo, hi]: paired 95% interval (bootstrap over the "
+          f"{res['users']} users, {args.bootstrap} resamples)")
+    if args.output_json:
+        write_json_atomic(args.output_json, res, sort_keys=False)
+    return 0
+
+
+def _run_retrieval(args, ds, overrides, boot) -> int:
+    """``--index``: graph search vs brute force (or ``--similar``), with ``--compare-model``
+    and ``--sweep`` when given."""
+    from nann_tf.evaluation.evaluate import evaluate_retrieval, format_table
+    from nann_tf.evaluation.retriever import load_model_entry
+    from nann_tf.fsutil import write_json_atomic
 
     # Cheap checks of the sweep options before anything slow runs.
-    scales = parse_positive_list(args.sweep_scales, "--sweep-scales", float)
-    t0s = parse_positive_list(args.sweep_T0, "--sweep-T0")
-    hnsw_efs = (parse_positive_list(args.sweep_hnsw_ef, "--sweep-hnsw-ef")
-                if args.sweep_hnsw_ef else None)
+    sweep_opts = {"scales": parse_positive_list(args.sweep_scales, "--sweep-scales", float),
+                  "t0s": parse_positive_list(args.sweep_T0, "--sweep-T0"),
+                  "hnsw_efs": (parse_positive_list(args.sweep_hnsw_ef, "--sweep-hnsw-ef")
+                               if args.sweep_hnsw_ef else None)}
     eps_list = _parse_eps_models(args.eps_models) if args.eps_models else []
     if args.perturb_r is not None and args.perturb_r <= 0:
         raise CliError(f"--perturb-r {args.perturb_r}: expected > 0")
@@ -263,15 +280,7 @@ def run(args: argparse.Namespace) -> int:
     compare = (load_model_entry(args.compare_model, args.compare_index, ds, data_name=data_name,
                                 model_flag="--compare-model", index_flag="--compare-index")
                if args.compare_model else None)
-    eps_entries = []
-    for eps, mdir, idir in eps_list:
-        entry = load_model_entry(mdir, idir, ds, data_name=data_name,
-                                 model_flag=f"--eps-models {mdir}",
-                                 index_flag=f"--eps-models {idir}")
-        if abs(entry.eps - eps) > 1e-12 * max(1.0, eps):
-            raise CliError(f"--eps-models entry {eps:g}:{mdir}:{idir}: the model was trained "
-                           f"with train.fgsm_eps={entry.eps:g}, not {eps:g}")
-        eps_entries.append(entry)
+    eps_entries = _eps_entries(eps_list, ds, data_name)
 
     t0 = time.perf_counter()
     result, arrays = evaluate_retrieval(primary.model, primary.index, ds, params, args.split,
@@ -284,41 +293,73 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     compare_state = None
     if compare is not None:
-        other, compare_state = evaluate_retrieval(compare.model, compare.index, ds, params,
-                                                  args.split, args.users, ms, args.visited,
-                                                  args.batch_size, **boot)
-        diff = compare_models(arrays, compare_state)
-        result["compare"] = {"model": args.compare_model, "index": args.compare_index,
-                             "variant": compare.cfg.model.variant, "fgsm_eps": compare.eps,
-                             "rows": other["rows"], "difference": diff}
-        print(f"\n--compare-model {args.compare_model} (fgsm_eps={compare.eps:g}), same users "
-              f"and search parameters:")
-        print(format_table(other))
-        print()
-        print(format_difference(diff, ms, f"paired difference, --model minus --compare-model "
-                                          f"(fgsm_eps {primary.eps:g} - {compare.eps:g}):"))
+        result["compare"], compare_state = _compare(args, primary, compare, ds, params, ms,
+                                                    arrays, boot)
     log.info("evaluation took %.1fs", time.perf_counter() - t0)
-
     if args.sweep:
-        sweep = run_sweep(primary, ds, params, args.sweep, compare=compare,
-                          eps_models=eps_entries, split=args.split, users=args.users, ms=ms,
-                          visited=args.visited, batch_size=args.batch_size, scales=scales,
-                          t0s=t0s, hnsw_efs=hnsw_efs, perturb_r=args.perturb_r,
-                          primary_state=arrays, compare_state=compare_state,
-                          progress=log.info, **boot)
-        result["sweep"] = {"dir": args.sweep, "files": sweep["files"],
-                           "perturb_r": sweep["perturb_r"],
-                           "perturbation_summary": sweep["perturbation_summary"]}
-        print(f"sweep -> {args.sweep}: " + ", ".join(Path(f).name for f in sweep["files"]))
-        result["sweep"]["eps_differences"] = sweep["eps_differences"]
-        m = ms[-1]
-        for d in sweep["eps_differences"]:
-            print(f"  Fig. 7a {d['series']} minus {d['vs']} (paired, 95%): " + ", ".join(
-                f"{key} {d[key]:+.4f} [{d[key + '_ci95'][0]:+.4f}, {d[key + '_ci95'][1]:+.4f}]"
-                for key in (f"coverage@{m}", f"recall_all@{m}")))
-        for label, s in sweep["perturbation_summary"].items():
-            print(f"  |s(e_v) - s(e_v + delta)| (r={sweep['perturb_r']:.3g}) {label}: "
-                  f"mean {s['mean']:.4g}, median {s['median']:.4g}, p90 {s['p90']:.4g}")
+        result["sweep"] = _sweep(args, primary, compare, eps_entries, ds, params, ms, arrays,
+                                 compare_state, sweep_opts, boot)
     if args.output_json:
         write_json_atomic(args.output_json, result, sort_keys=False)
     return 0
+
+
+def _eps_entries(eps_list, ds, data_name) -> list:
+    """The ``--eps-models`` entries loaded, each checked to be trained with its eps."""
+    from nann_tf.evaluation.retriever import load_model_entry
+
+    entries = []
+    for eps, mdir, idir in eps_list:
+        entry = load_model_entry(mdir, idir, ds, data_name=data_name,
+                                 model_flag=f"--eps-models {mdir}",
+                                 index_flag=f"--eps-models {idir}")
+        if abs(entry.eps - eps) > 1e-12 * max(1.0, eps):
+            raise CliError(f"--eps-models entry {eps:g}:{mdir}:{idir}: the model was trained "
+                           f"with train.fgsm_eps={entry.eps:g}, not {eps:g}")
+        entries.append(entry)
+    return entries
+
+
+def _compare(args, primary, compare, ds, params, ms, arrays, boot) -> tuple[dict, dict]:
+    """``--compare-model``: the second model on the same users and parameters, and the paired
+    difference. Returns ``(its result entry, its arrays)``."""
+    from nann_tf.evaluation.evaluate import (compare_models, evaluate_retrieval,
+                                             format_difference, format_table)
+
+    other, state = evaluate_retrieval(compare.model, compare.index, ds, params, args.split,
+                                      args.users, ms, args.visited, args.batch_size, **boot)
+    diff = compare_models(arrays, state)
+    print(f"\n--compare-model {args.compare_model} (fgsm_eps={compare.eps:g}), same users "
+          f"and search parameters:")
+    print(format_table(other))
+    print()
+    print(format_difference(diff, ms, f"paired difference, --model minus --compare-model "
+                                      f"(fgsm_eps {primary.eps:g} - {compare.eps:g}):"))
+    return ({"model": args.compare_model, "index": args.compare_index,
+             "variant": compare.cfg.model.variant, "fgsm_eps": compare.eps,
+             "rows": other["rows"], "difference": diff}, state)
+
+
+def _sweep(args, primary, compare, eps_entries, ds, params, ms, arrays, compare_state,
+           sweep_opts, boot) -> dict:
+    """``--sweep``: the paper's figures written to the directory; returns the result entry."""
+    from nann_tf.evaluation.sweep import run_sweep
+
+    sweep = run_sweep(primary, ds, params, args.sweep, compare=compare,
+                      eps_models=eps_entries, split=args.split, users=args.users, ms=ms,
+                      visited=args.visited, batch_size=args.batch_size,
+                      perturb_r=args.perturb_r, primary_state=arrays,
+                      compare_state=compare_state, progress=log.info, **sweep_opts, **boot)
+    entry = {"dir": args.sweep, "files": sweep["files"], "perturb_r": sweep["perturb_r"],
+             "perturbation_summary": sweep["perturbation_summary"],
+             "eps_differences": sweep["eps_differences"]}
+    print(f"sweep -> {args.sweep}: " + ", ".join(Path(f).name for f in sweep["files"]))
+    m = ms[-1]
+    for d in sweep["eps_differences"]:
+        print(f"  Fig. 7a {d['series']} minus {d['vs']} (paired, 95%): " + ", ".join(
+            f"{key} {d[key]:+.4f} [{d[key + '_ci95'][0]:+.4f}, {d[key + '_ci95'][1]:+.4f}]"
+            for key in (f"coverage@{m}", f"recall_all@{m}")))
+    for label, s in sweep["perturbation_summary"].items():
+        print(f"  |s(e_v) - s(e_v + delta)| (r={sweep['perturb_r']:.3g}) {label}: "
+              f"mean {s['mean']:.4g}, median {s['median']:.4g}, p90 {s['p90']:.4g}")
+    return entry

@@ -61,6 +61,8 @@ def format_frontier(result: dict) -> str:
     return "\n".join(lines)
 
 
+# Long on purpose: one CLI mode read top to bottom: its checks before anything loads, the tuning
+# run, its table and JSON.
 def run(args: argparse.Namespace) -> int:
     from nann_tf import ops
     from nann_tf.data.dataset import DataError, Dataset

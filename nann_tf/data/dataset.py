@@ -267,6 +267,8 @@ class Dataset:
     def num_train_samples(self) -> int:
         return int(len(self.train_items) - len(self.train_users))
 
+    # Long on purpose: one check per file and array, in file order, each message naming the file and
+    # the array it read.
     @classmethod
     def load(cls, path: str | Path) -> "Dataset":
         """Loads and validates a dataset directory.

@@ -185,6 +185,8 @@ def _join_item_table(raw_items: np.ndarray, tab_item: np.ndarray, tab_cat: np.nd
     return out, names
 
 
+# Long on purpose: the dataset's steps in their order (rating filter, held-out users, their
+# histories, training samples, frequencies) over per-user arrays every step shares.
 def build_dataset(data: BehaviorLog, *, max_len: int = 50, min_len: int = 10,
                   val_users: int = 10000, test_users: int = 10000, seed: int = 0,
                   min_rating: float | None = None,

@@ -149,6 +149,8 @@ def run_curve(retriever: Retriever, hist: np.ndarray, target: np.ndarray, bf_ids
     return rows
 
 
+# Long on purpose: the figures share the users, the exact answers and the bootstrap; each
+# figure is one block below, its maths in the helpers above.
 def run_sweep(primary: ModelEntry, ds, params, outdir: str | os.PathLike, *,
               compare: ModelEntry | None = None, eps_models: list[ModelEntry] = (),
               split: str = "test", users: int = 0, ms=(50, 200), visited: str = "tf",

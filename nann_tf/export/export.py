@@ -267,6 +267,8 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+# Long on purpose: one transaction, every input checked before anything is written, then the
+# steps (the helpers below) inside one temporary directory renamed into place at the end.
 def export_version(model_dir, index_dir, base_dir, *, version: int | None = None,
                    visited: str = "bitmap", xla: bool = True, embedding_dtype: str = "float32",
                    start_level: int | None = None, ef=None, T=None,
@@ -364,19 +366,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                                     max(validation_users, 8))
         t1 = time.perf_counter()
         stages["build_module"] = t1 - t0
-        log.info("export: searching %d validation histories in memory (compiles their XLA "
-                 "shapes)...", min(len(hist), validation_users))
-        expected = {name: t.numpy() for name, t in
-                    module.serving_default(tf.constant(hist[:validation_users])).items()}
-        # The walk's measured cost sets where a narrow filter is scanned exactly instead.
-        module.measured_exact_max_items(float(expected["num_scored"].mean()))
-        similar_queries = similar_requests(hist[:validation_users])
-        for sig in SIMILAR_SIGNATURES:
-            out = getattr(module, sig)(**{n: tf.constant(v) for n, v in similar_queries.items()})
-            expected.update({f"{sig}_{name}": t.numpy() for name, t in out.items()})
-        filtered = filtered_requests(module, hist[:validation_users])
-        out = module.retrieve(**{n: tf.constant(v) for n, v in filtered.items()})
-        expected.update({f"filtered_{name}": t.numpy() for name, t in out.items()})
+        expected, filtered = _reference_answers(module, hist[:validation_users])
         stages["search_in_memory"] = time.perf_counter() - t1
         log.info("export: in-memory search done in %.1fs; saving the SavedModel...",
                  stages["search_in_memory"])
@@ -385,25 +375,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         stages["save"] = time.perf_counter() - t1
         log.info("export: saved in %.1fs", stages["save"])
         t1 = time.perf_counter()
-        h1 = hist[:1]
-        # One call of each other signature, so that none pays its first-call cost in service.
-        extra = [("retrieve", {
-            "hist_item_ids": h1, "k": np.array([defaults.k], np.int32),
-            "ef": np.array([defaults.ef_row()], np.int32),
-            "T": np.array([defaults.T_row()], np.int32),
-            "exclude_item_ids": padding_ids([1, 1], h1), **rules}) for rules in
-            rule_examples(module)]
-        extra.append(("brute_force", {"hist_item_ids": h1}))
-        if module.explains:
-            extra.append(("retrieve_explained", dict(extra[0][1])))
-        # Both similar-items signatures at every warm-up batch size: the model mode's score
-        # network runs on the grid compiled above; this pays each signature's first call.
-        for b in warmup_batch_sizes:
-            rows = similar_requests(hist[np.arange(b) % len(hist)])
-            extra += [(sig, rows) for sig in SIMILAR_SIGNATURES]
-        for rules in rule_examples(module)[1:]:  # their filtered paths (walk, exact, cap)
-            extra += [(sig, {**similar_requests(hist[:1]), **rules})
-                      for sig in SIMILAR_SIGNATURES]
+        extra = _first_calls(module, hist, defaults, warmup_batch_sizes)
         if warmup_requests:
             extra += read_request_log(warmup_requests, model_name)
         grid = module.grid.to_list() if module.grid else []
@@ -436,21 +408,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         log.info("export: %d warm-up records (XLA grid: %d sizes x batch sizes %s, then "
                  "replayed requests)", len(records), len(grid), list(warmup_batch_sizes))
         if validate:
-            answers: list | None = [] if validate_loader == "cc" else None
-            info["validation"] = validate_in_subprocess(tmp, hist[:validation_users], expected,
-                                                        visited, min_coverage,
-                                                        progress_total=len(records) + 5,
-                                                        filtered=filtered,
-                                                        warmup_outputs=answers)
-            if validate_loader == "cc":
-                from nann_tf.export.cc_loader import CcLoaderError, validate_version
-
-                try:  # compared with the answers the validation process just gave
-                    info["validation"]["cc_loader"] = validate_version(tmp, "cc",
-                                                                       reference=answers)
-                except CcLoaderError as e:
-                    raise ExportError(f"validation of {tmp} with the C API loader failed: "
-                                      f"{e}") from e
+            info["validation"] = _validate(tmp, hist[:validation_users], expected, filtered,
+                                           len(records), visited, min_coverage,
+                                           validate_loader)
         stages["validate"] = time.perf_counter() - t1
         info["export_seconds"] = time.perf_counter() - t0
         info["stage_seconds"] = stages
@@ -463,6 +423,70 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     log.info("exported %s (%.1f MB) in %.1fs", base / str(version), info["size_bytes"] / 1e6,
              time.perf_counter() - t0)
     return info
+
+
+def _reference_answers(module, hist: np.ndarray) -> tuple[dict, dict]:
+    """The in-memory module's answers to the validation histories (``serving_default``, both
+    similar-items signatures, ``retrieve`` with rules), which the saved version must repeat;
+    also fixes the exact-path bound from what the walk scored. Returns ``(expected,
+    filtered request)``."""
+    import tensorflow as tf
+
+    log.info("export: searching %d validation histories in memory (compiles their XLA "
+             "shapes)...", len(hist))
+    expected = {name: t.numpy() for name, t in module.serving_default(tf.constant(hist)).items()}
+    # The walk's measured cost sets where a narrow filter is scanned exactly instead.
+    module.measured_exact_max_items(float(expected["num_scored"].mean()))
+    similar_queries = similar_requests(hist)
+    for sig in SIMILAR_SIGNATURES:
+        out = getattr(module, sig)(**{n: tf.constant(v) for n, v in similar_queries.items()})
+        expected.update({f"{sig}_{name}": t.numpy() for name, t in out.items()})
+    filtered = filtered_requests(module, hist)
+    out = module.retrieve(**{n: tf.constant(v) for n, v in filtered.items()})
+    expected.update({f"filtered_{name}": t.numpy() for name, t in out.items()})
+    return expected, filtered
+
+
+def _first_calls(module, hist: np.ndarray, defaults, warmup_batch_sizes) -> list:
+    """Warm-up records that call every signature besides the grid once (each of its paths),
+    so that none pays its first-call cost in service."""
+    h1 = hist[:1]
+    extra = [("retrieve", {
+        "hist_item_ids": h1, "k": np.array([defaults.k], np.int32),
+        "ef": np.array([defaults.ef_row()], np.int32),
+        "T": np.array([defaults.T_row()], np.int32),
+        "exclude_item_ids": padding_ids([1, 1], h1), **rules}) for rules in
+        rule_examples(module)]
+    extra.append(("brute_force", {"hist_item_ids": h1}))
+    if module.explains:
+        extra.append(("retrieve_explained", dict(extra[0][1])))
+    # Both similar-items signatures at every warm-up batch size: the model mode's score
+    # network runs on the grid compiled above; this pays each signature's first call.
+    for b in warmup_batch_sizes:
+        rows = similar_requests(hist[np.arange(b) % len(hist)])
+        extra += [(sig, rows) for sig in SIMILAR_SIGNATURES]
+    for rules in rule_examples(module)[1:]:  # their filtered paths (walk, exact, cap)
+        extra += [(sig, {**similar_requests(h1), **rules}) for sig in SIMILAR_SIGNATURES]
+    return extra
+
+
+def _validate(tmp: Path, hist, expected: dict, filtered: dict, num_records: int, visited: str,
+              min_coverage: float, validate_loader: str) -> dict:
+    """The written version validated in a fresh process (:func:`validate_in_subprocess`);
+    with ``validate_loader="cc"`` also through the C API loader, whose answers to every
+    warm-up record must equal the validation process's."""
+    answers: list | None = [] if validate_loader == "cc" else None
+    report = validate_in_subprocess(tmp, hist, expected, visited, min_coverage,
+                                    progress_total=num_records + 5, filtered=filtered,
+                                    warmup_outputs=answers)
+    if validate_loader == "cc":
+        from nann_tf.export.cc_loader import CcLoaderError, validate_version
+
+        try:  # compared with the answers the validation process just gave
+            report["cc_loader"] = validate_version(tmp, "cc", reference=answers)
+        except CcLoaderError as e:
+            raise ExportError(f"validation of {tmp} with the C API loader failed: {e}") from e
+    return report
 
 
 def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, visited: str,

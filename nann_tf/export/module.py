@@ -183,6 +183,8 @@ class RetrievalModule(tf.Module):
         (:meth:`measured_exact_max_items`) before any filtered signature is traced.
     """
 
+    # Long on purpose: every variable of the SavedModel is created here, in one place, with its
+    # device placement; the signatures below only read them.
     def __init__(self, model, index, max_len: int, search, max_ef: int | None = None,
                  visited_impl: str = "bitmap", xla: bool = True,
                  embedding_dtype: str = "float32", grid_ratio: float = 1.25, similar=None,

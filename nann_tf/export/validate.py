@@ -70,6 +70,8 @@ def _int_codes(*arrays) -> list[np.ndarray]:
     return out
 
 
+# Long on purpose: the validation program's checks, in the order a loaded version serves, each
+# reporting into the one JSON line the exporting process reads.
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("version_dir")

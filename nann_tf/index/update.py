@@ -173,6 +173,8 @@ def best_sellers(category: np.ndarray, freq: np.ndarray, num_categories: int) ->
     return best
 
 
+# Long on purpose: one transaction: every input checked, then the new index written in a
+# temporary directory that becomes the output only when complete.
 def update_index(model_dir, index_dir, output, add_items=None, columns=None,
                  retire_items=None, num_threads: int = 0, cold_start: str = "popular") -> dict:
     """Writes ``output``: ``index_dir`` with the items of ``add_items`` launched and those of

@@ -68,6 +68,8 @@ _NEG_INF = float("-inf")
 _ID_MASK = 0xFFFFFFFF
 
 
+# Long on purpose: it builds one TensorFlow graph; the start level and the level loop share the
+# search state (results, visited set, the passing items' buffer).
 def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 ef: Mapping[Any, Any] | None = None, T: Mapping[Any, Any] | None = None,
                 k: Any = 200, start_level: int | None = None, visited_impl: str = "tf",

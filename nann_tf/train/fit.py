@@ -227,6 +227,9 @@ class TrainProgressLog(keras.callbacks.Callback):
             self._bar.close()
 
 
+# Long on purpose: a training run's lifecycle (checks, resume, the strategy's scope, fit with
+# validation and backups, the atomic write of the model) over state every phase shares; the
+# step, the input and the validation are their own modules.
 def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose: int | None = None,
           overwrite: bool = False, extra_callbacks: list | None = None,
           on_validation=None, warm_start_from: str | Path | None = None) -> dict:

@@ -257,6 +257,8 @@ def _trial_seconds(trial) -> float:
     return 0.0
 
 
+# Long on purpose: a resumable study's lifecycle (checks, its storage, trials within the
+# budget, the best config written) over state every phase shares.
 def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
                budget_minutes: float, study_dir: str | Path | None = None,
                space: SearchSpace | None = None, max_trials: int = 0, seed: int = 0,
@@ -414,7 +416,8 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
                     f"{arg('budget_minutes')} {budget_minutes:g}: too small for one trial: trial "
                     f"{e.number} ran {e.seconds / 60:.1f} minutes without reaching its first "
                     f"validation (every {base.train.val_every_steps or 'epoch'} steps); give a "
-                    f"larger budget, or validate more often ({arg('set')} train.val_every_steps=N)") \
+                    f"larger budget, or validate more often ({arg('set')} "
+                    "train.val_every_steps=N)") \
                     from None
             log.info("trial %d reached no validation before the budget ran out", e.number)
     else:
