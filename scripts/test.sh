@@ -6,7 +6,7 @@
 #   bash scripts/test.sh --fast     the unit tier: tests not marked `integration` (nothing
 #                                   trains, exports or serves); skips the install when .venv
 #                                   already has nann-tf (run the full command after C++ changes)
-# Other arguments go to pytest (e.g. -k NAME, tests/test_beam.py).
+# Other arguments go to pytest (e.g. -k NAME, tests/search/test_beam.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -12,7 +12,7 @@
 #      the README's quick start must run as written (synth, prepare, train, build-index, export
 #      with validation, serve, a gRPC query; scripts/readme_quickstart.py), `validate --loader cc`
 #      must accept its version, and examples/movielens.py must run (the Python API, in process
-#      and over gRPC). `nann-tf demo` itself is tested by the suite (tests/test_e2e.py).
+#      and over gRPC). `nann-tf demo` itself is tested by the suite (tests/cli/test_e2e.py).
 #
 # Any failure exits non-zero. The work directory is removed on success and kept on failure
 # (KEEP_SMOKE_DIR=1 keeps it always). Usage: bash scripts/wheel-smoke.sh

@@ -126,3 +126,18 @@ def test_no_long_function_without_its_reason():
                 missing.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} "
                                f"({length} lines)")
     assert not missing, "long functions without a reason above them:\n" + "\n".join(missing)
+
+
+def test_tests_mirror_the_packages():
+    """A test module lives in the folder of the package it tests (tests/search/ for
+    nann_tf/search/); only tests of top-level modules and of the whole (docs, layout) sit in
+    tests/ itself. A folder with no package, or a package's tests left at the top, fails."""
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir()
+               and p.name != "__pycache__" and any(p.glob("test_*.py"))}
+    assert folders <= packages, f"test folders without a package: {sorted(folders - packages)}"
+    top_modules = {p.stem for p in PACKAGE.glob("*.py")}
+    whole = {"docs", "layout", "ops_build"}  # the repository as a whole
+    misplaced = [p.name for p in (ROOT / "tests").glob("test_*.py")
+                 if p.stem[len("test_"):] not in top_modules | whole]
+    assert misplaced == [], f"move into the folder of the package they test: {misplaced}"

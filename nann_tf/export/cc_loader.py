@@ -39,7 +39,7 @@ __all__ = ["CcLoaderError", "LOADERS", "export_visited", "loader_path", "run_cc_
 LOADER_NAME = "nann-tf-cc-loader"
 LOADERS = ("python", "cc")
 # serving/session_config.pbtxt, which the Docker image passes to tensorflow_model_server
-# (tests/test_image_build.py checks that this is what that file says).
+# (tests/export/test_image_build.py checks that this is what that file says).
 SESSION_CONFIG_TEXT = "allow_soft_placement: true\n"
 
 

@@ -129,7 +129,7 @@ def test_item_table_join_gives_item_categories(tmp_path):
      "movieId, title, year, genres, userId, rating, timestamp)"),
     (RATINGS, "user=userId,item=movieId,user=rating", "role user is mapped twice"),
     (RATINGS, "user=userId,time=timestamp", "no item column"),
-    # A non-integer id makes a string id column (tests/test_string_ids.py); an empty one is an
+    # A non-integer id makes a string id column (tests/data/test_string_ids.py); an empty one is an
     # error in either.
     (RATINGS.replace(",7,3.0,", ",,3.0,"), MAPPING, "{path} line 3, column userId (user): "
                                                      "empty user id"),

@@ -150,7 +150,7 @@ def test_load_missing_directory(tmp_path):
 @pytest.fixture(scope="module")
 def saved_strings(prepared, tmp_path_factory):
     """The dataset with string item and user ids (see nann_tf.data.dataset): what prepare
-    writes for a log of SKUs and hex customer ids (tests/test_table.py checks that)."""
+    writes for a log of SKUs and hex customer ids (tests/data/test_table.py checks that)."""
     import pyarrow as pa
 
     cols = generate_log(300, 200, 6, 20, seed=2)

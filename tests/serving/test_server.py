@@ -32,7 +32,7 @@ from traffic import BackgroundTraffic, fixed_load, wait_for
 
 from conftest import run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
 L = SPEC.history_length
 MAX_BATCH = 16

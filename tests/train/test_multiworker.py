@@ -2,7 +2,7 @@
 
 The chief writes the model once; the other worker's files go to a temporary directory that is
 removed; an interrupted cluster resumes from its backups. Run as a script, this file is one
-worker (``python tests/test_multiworker.py DATA OUTPUT [interrupt]``).
+worker (``python tests/train/test_multiworker.py DATA OUTPUT [interrupt]``).
 """
 
 import json

@@ -22,7 +22,7 @@ from nann_tf.data.synth import generate_log, write_userbehavior_csv
 
 from conftest import run_cli
 
-ML100K = Path(__file__).parents[1].parent / "shared/data/movielens-100k"
+ML100K = Path(__file__).parents[2].parent / "shared/data/movielens-100k"
 
 
 # ----------------------------------------------------------------------------- helpers
