@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         "speedup_bf16": float(np.mean(ratio)), "speedup_bf16_ci95": [float(lo), float(hi)],
         "max_abs_score_difference": float(np.max(np.abs(s32 - s16))),
         "score_std": float(np.std(s32)),
-        "command": "python bench/bench_bf16.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/bench_bf16.py", *sys.argv[1:]]),
     }
     out = Path(__file__).resolve().parent / "results" / "bf16.json"
     write_json_atomic(out, result)
