@@ -143,7 +143,6 @@ def launched_recall(model, known_table, placed: dict, hist, gt_pos, k: int = 200
     from nann_tf.search.brute_force import ExactScorer
 
     _, top_scores = ExactScorer(model, known_table).topk(hist, k)
-    kth = top_scores[:, -1]
     out = {}
     for name, table in placed.items():
         s = ExactScorer(model, table).full_scores(hist, progress=lambda *a: None)
@@ -469,7 +468,6 @@ def graph_reuse_part(args, ds, work: Path, result: dict) -> None:
     inserted) kept with the new e_v. Coverage@200 against the exact top-200 of the same model
     on ``--users`` test users, at the same search parameters (the default grid of the tuner,
     replayed on both graphs), and each graph's cheapest setting reaching 0.99."""
-    from nann_tf.config import load_config
     from nann_tf.evaluation.metrics import Bootstrap, paired_difference
     from nann_tf.evaluation.retriever import Retriever
     from nann_tf.index.build import build_index
@@ -480,8 +478,8 @@ def graph_reuse_part(args, ds, work: Path, result: dict) -> None:
 
     model_dir, old_dir = work / "model-today-warm", work / "index-2"
     rebuilt_dir = work / "index-today-rebuilt"
-    if not (rebuilt_dir / "index.json").is_file():  # else an earlier run's (same model)
-        build_index(model_dir, args.data, rebuilt_dir, tune_coverage=0)
+    shutil.rmtree(rebuilt_dir, ignore_errors=True)  # an earlier run's may hold another model's
+    build_index(model_dir, args.data, rebuilt_dir, tune_coverage=0)
     rebuilt = load_index(rebuilt_dir)
     rebuild_s = rebuilt.meta["embed_seconds"] + rebuilt.meta["hnsw_build_seconds"]
     old = load_index(old_dir)

@@ -103,9 +103,8 @@ def test_every_subcommand_is_listed(command, capsys):
 def test_no_long_function_without_its_reason():
     """A function whose body (docstring aside) runs past 80 lines says why, in a comment
     starting ``# Long on purpose:`` right above it (or its decorators)."""
-    root = Path(__file__).resolve().parents[1] / "nann_tf"
     missing = []
-    for path in sorted(root.rglob("*.py")):
+    for path in _py_files(PACKAGE):
         src = path.read_text()
         lines = src.splitlines()
         for node in ast.walk(ast.parse(src)):
@@ -123,7 +122,7 @@ def test_no_long_function_without_its_reason():
                     not lines[top].strip().startswith("# Long on purpose:"):
                 top -= 1
             if top < 0 or not lines[top].strip().startswith("# Long on purpose:"):
-                missing.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} "
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
                                f"({length} lines)")
     assert not missing, "long functions without a reason above them:\n" + "\n".join(missing)
 
@@ -133,8 +132,7 @@ def test_tests_mirror_the_packages():
     nann_tf/search/); only tests of top-level modules and of the whole (docs, layout) sit in
     tests/ itself. A folder with no package, or a package's tests left at the top, fails."""
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir()
-               and p.name != "__pycache__" and any(p.glob("test_*.py"))}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if any(p.glob("test_*.py"))}
     assert folders <= packages, f"test folders without a package: {sorted(folders - packages)}"
     top_modules = {p.stem for p in PACKAGE.glob("*.py")}
     whole = {"docs", "layout", "ops_build"}  # the repository as a whole

@@ -24,7 +24,8 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["ToyModelSpec", "write_toy_model", "raw_item_ids", "corrupt_version"]
+__all__ = ["ToyModelSpec", "write_toy_model", "raw_item_ids", "random_histories",
+           "corrupt_version"]
 
 
 class ToyModelSpec:
@@ -59,6 +60,18 @@ class ToyModelSpec:
 def raw_item_ids(num_items: int) -> np.ndarray:
     """The raw ids of a toy model's items, in index order."""
     return (1000 + 7 * np.arange(num_items)).astype(np.int64)
+
+
+def random_histories(spec: ToyModelSpec, batch: int, seed: int = 0) -> np.ndarray:
+    """``batch`` right-aligned histories of 1..L distinct raw ids of ``spec``'s catalogue (0 =
+    padding), rows of different lengths, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    raw = raw_item_ids(spec.num_items)
+    hist = np.zeros((batch, spec.history_length), np.int64)
+    for i in range(batch):
+        n = rng.integers(1, spec.history_length + 1)
+        hist[i, -n:] = rng.choice(raw, n, replace=False)
+    return hist
 
 
 def _build_module(spec: ToyModelSpec, seed: int, score_offset: float):

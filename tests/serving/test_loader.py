@@ -11,7 +11,8 @@ from nann_tf.serving.loader import (ModelLoadError, RequestError, SessionModel,
                                     replay_warmup)
 from nann_tf.serving.warmup import write_warmup_requests
 
-from toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
+from toy_model import (ToyModelSpec, corrupt_version, random_histories, raw_item_ids,
+                       write_toy_model)
 
 SPEC = ToyModelSpec(num_items=64, dim=8, history_length=6, num_levels=3, default_k=5)
 
@@ -33,12 +34,7 @@ def eager(version_dir):
 
 
 def _histories(batch, seed=0):
-    rng = np.random.default_rng(seed)
-    raw = raw_item_ids(SPEC.num_items)
-    hist = np.zeros((batch, SPEC.history_length), np.int64)
-    for i in range(batch):
-        n = rng.integers(1, SPEC.history_length + 1)
-        hist[i, -n:] = rng.choice(raw, n, replace=False)
+    hist = random_histories(SPEC, batch, seed)
     hist[0, 0] = 999_999  # an unknown id: masked like padding
     return hist
 

@@ -27,7 +27,7 @@ from nann_tf.serving.server import ModelServer
 from nann_tf.serving.tensors import from_tensor_proto
 from nann_tf.serving.warmup import make_predict_request
 
-from toy_model import ToyModelSpec, corrupt_version, raw_item_ids, write_toy_model
+from toy_model import ToyModelSpec, corrupt_version, random_histories, write_toy_model
 from traffic import BackgroundTraffic, fixed_load, wait_for
 
 from conftest import run_cli
@@ -39,13 +39,7 @@ MAX_BATCH = 16
 
 
 def _histories(batch, seed=0):
-    rng = np.random.default_rng(seed)
-    raw = raw_item_ids(SPEC.num_items)
-    hist = np.zeros((batch, L), np.int64)
-    for i in range(batch):
-        n = rng.integers(1, L + 1)
-        hist[i, -n:] = rng.choice(raw, n, replace=False)
-    return hist
+    return random_histories(SPEC, batch, seed)
 
 
 def _retrieve_inputs(batch=1, k=4):
