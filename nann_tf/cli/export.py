@@ -61,8 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "max_seeds), e.g. --limit max_exclude=50000")
     f.add_argument("--exact-max-items", type=int, default=None,
                    help="a filtered row whose include labels hold at most this many items is "
-                        "scored exactly instead of walked (default: twice the items the "
-                        "default search scores)")
+                        "scored exactly instead of walked (default: 7x the items the "
+                        "default search scores, at least 2,048)")
+    f.add_argument("--filter-entries", type=int, default=None,
+                   help="a walked filter's extra entry points per row: its include labels' "
+                        "most popular items, or the corpus's for a row that only excludes "
+                        "(default 4096; 0: none)")
     p.add_argument("--validate-loader", choices=["python", "cc"], default="python",
                    help="cc: also load the version through TensorFlow's C API as "
                         "tensorflow_model_server does (nann-tf validate --loader cc) and require "
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
                        f"{', '.join(sorted(DEFAULT_LIMITS))})")
     if args.exact_max_items is not None and args.exact_max_items < 0:
         raise CliError(f"--exact-max-items {args.exact_max_items}: expected >= 0 (0: never)")
+    if args.filter_entries is not None and args.filter_entries < 0:
+        raise CliError(f"--filter-entries {args.filter_entries}: expected >= 0 (0: none)")
     info = export_version(
         args.model, args.index, args.output, version=args.version, visited=args.visited,
         xla=args.xla, embedding_dtype=args.embedding_dtype, **overrides,
@@ -98,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         similar={"ef": args.similar_ef, "T": args.similar_T, "k": args.similar_k},
         warmup_batch_sizes=parse_positive_list(args.warmup_batch_sizes, "--warmup-batch-sizes"),
         item_tags=args.item_tags, tag_columns=args.tag_columns, tag_sep=args.tag_sep,
-        limits=limits, exact_max_items=args.exact_max_items)
+        limits=limits, exact_max_items=args.exact_max_items,
+        filter_entries=args.filter_entries)
     v = info["validation"]
     print(f"exported {args.output}/{info['version']}: {info['size_bytes'] / 1e6:.1f} MB, "
           f"visited={info['visited']}, xla={info['xla']}, grid {len(info['grid'])} sizes, "

@@ -207,7 +207,8 @@ def _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep):
                                   getattr(index, "raw_item_key", None), sep=tag_sep)
         except TagsError as e:
             raise ExportError(str(e)) from e
-    return LabelTable.build(index.category, raw_cats, tags)
+    return LabelTable.build(index.category, raw_cats, tags,
+                            popularity=getattr(index, "freq", None))
 
 
 def rule_examples(module) -> list[dict]:
@@ -280,7 +281,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    model_name: str | None = None, validate: bool = True,
                    validate_loader: str = "python", item_tags: str | None = None,
                    tag_columns: str | None = None, tag_sep: str = "|",
-                   limits: dict | None = None, exact_max_items: int | None = None) -> dict:
+                   limits: dict | None = None, exact_max_items: int | None = None,
+                   filter_entries: int | None = None) -> dict:
     """Exports one version; returns its info dict (also saved as ``EXPORT_INFO``).
 
     The default search parameters are the model config's ``[search]`` table with
@@ -293,8 +295,10 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     Filters: every item's category (raw ids from the index, or from its dataset) and, with
     ``item_tags`` (a table file) and ``tag_columns`` (``item=COL,tags=COL``), its tags are
     stored in the version (:mod:`nann_tf.export.tags`, :mod:`nann_tf.search.filters`);
-    ``limits`` overrides :data:`~nann_tf.export.module.DEFAULT_LIMITS` and ``exact_max_items``
-    the switch from the walk to the exact scan of a narrow filter.
+    ``limits`` overrides :data:`~nann_tf.export.module.DEFAULT_LIMITS`, ``exact_max_items``
+    the switch from the walk to the exact scan of a narrow filter, and ``filter_entries`` a
+    walked filter's extra entry points per row (default
+    :data:`~nann_tf.export.module.FILTER_ENTRIES`).
 
     ``validate_loader="cc"`` also loads the version through TensorFlow's C API with the C
     loader (``nann-tf validate --loader cc``: no Python in its process, warm-up replayed) and
@@ -361,7 +365,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         module = RetrievalModule(model, index, max_len, defaults, max_ef=max_ef,
                                  visited_impl=visited, xla=xla, embedding_dtype=embedding_dtype,
                                  grid_ratio=grid_ratio, similar=similar_params, labels=labels,
-                                 limits=limits, exact_max_items=exact_max_items)
+                                 limits=limits, exact_max_items=exact_max_items,
+                                 **({} if filter_entries is None
+                                    else {"filter_entries": filter_entries}))
         hist = validation_histories(index, data_dir or meta.get("data_dir"), max_len,
                                     max(validation_users, 8))
         t1 = time.perf_counter()
@@ -400,7 +406,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             "filters": {"categories": int(len(labels.raw_category_id) - 1),
                         "tags": int(len(labels.raw_tag_id) - 1),
                         "max_tags_per_item": int(labels.item_tags.shape[1]),
-                        "exact_max_items": module.exact_max_items},
+                        "exact_max_items": module.exact_max_items,
+                        "entry_points": module.filter_entries},
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         stages["warmup_file"] = time.perf_counter() - t1

@@ -74,13 +74,19 @@ __all__ = ["RetrievalModule", "MAX_T", "default_max_ef", "VOCABULARY_FILE", "wri
 
 MAX_T = 64  # rounds per level a request may ask for
 #: A filtered row scores its passing items exactly when they are at most this many times the
-#: items the default (unfiltered) walk scores: where the scan costs what a filtered walk costs.
-#: Measured on the 1M corpus, B=1, quiet machine (bench/results/filters-synth-1m-factor1.5.json,
-#: the run before this factor; filters-synth-1m.json is the run with it): the unfiltered walk
-#: scores 4,711 items in 13.4 ms; a walked filter scores ~11,600 (its second beam of passing
-#: items) in 19-23 ms and finds 0.84-0.90 of the exact answer; the exact scan of 16,000 items
-#: takes 13.6 ms (8,000: 8.5 ms) and finds all of it. 16,000 / 4,711 = 3.4.
-EXACT_PER_WALK_ITEM = 3.5
+#: items the default (unfiltered) walk scores: up to where the scan costs what a filtered walk
+#: costs. Measured on the 1M corpus, B=1, each path forced on random item sets
+#: (bench/results/filters-synth-1m.json, "switch_point"): the unfiltered walk scores 4,649
+#: items; the exact scan of 16,000 / 32,000 items takes 21.8 / 36.6 ms and finds all of the
+#: answer, the filtered walk 57.5 / 44.5 ms for 0.977 / 0.976 of it. 32,000 / 4,649 = 6.9.
+EXACT_PER_WALK_ITEM = 7.0
+
+#: A filtered walk's extra entry points per row: the heads of its include labels' posting lists
+#: (most popular first), or the most popular items for a row that only excludes.
+FILTER_ENTRIES = 4096
+
+#: A walked filter's level-0 beam, in multiples of the row's ``ef[0]`` (at most ``max_ef``).
+FILTER_EF_FACTOR = 2
 
 #: Bounds on every input whose size drives a request's cost (``limits`` of the export, recorded
 #: in its info and enforced by the graph: over a limit is INVALID_ARGUMENT naming the input and
@@ -181,6 +187,10 @@ class RetrievalModule(tf.Module):
         :data:`EXACT_PER_WALK_ITEM`, at least 2,048, at most the XLA grid's widest row;
         ``nann-tf export`` replaces the estimate by the items its validation queries scored
         (:meth:`measured_exact_max_items`) before any filtered signature is traced.
+      filter_hops: how a filtered row walks level 0 (``beam_search``'s ``filter_hops``): 2
+        (default) scores passing items only, reaching them through failing ones; 1 scores
+        every neighbour and keeps the passing ones apart (the earlier walk, kept to measure
+        against).
     """
 
     # Long on purpose: every variable of the SavedModel is created here, in one place, with its
@@ -189,8 +199,15 @@ class RetrievalModule(tf.Module):
                  visited_impl: str = "bitmap", xla: bool = True,
                  embedding_dtype: str = "float32", grid_ratio: float = 1.25, similar=None,
                  labels: LabelTable | None = None, limits: dict | None = None,
-                 exact_max_items: int | None = None):
+                 exact_max_items: int | None = None, filter_hops: int = 2,
+                 filter_entries: int = FILTER_ENTRIES):
         super().__init__(name="nann_retrieval")
+        if filter_hops not in (1, 2):
+            raise ValueError(f"filter_hops must be 1 or 2, got {filter_hops!r}")
+        self.filter_hops = filter_hops
+        if int(filter_entries) < 0:
+            raise ValueError(f"filter_entries must be >= 0, got {filter_entries!r}")
+        self.filter_entries = int(filter_entries)
         if visited_impl not in ("bitmap", "tf"):
             raise ValueError(f"visited_impl must be bitmap or tf, got {visited_impl!r}")
         if embedding_dtype not in ("float32", "float16"):
@@ -222,8 +239,8 @@ class RetrievalModule(tf.Module):
         raw = np.asarray(index.raw_item_id, np.int64)
         order = np.argsort(raw[1:], kind="stable")
         start_nodes = graph.start_nodes(S)
-        self.grid = ShapeGrid.for_search(graph, S, max_ef, max_len,
-                                         grid_ratio) if xla else None
+        self.grid = ShapeGrid.for_search(graph, S, max_ef, max_len, grid_ratio,
+                                         entries=self.filter_entries) if xla else None
         with tf.device(CPU):
             self.item_table = tf.Variable(index.embeddings.astype(embedding_dtype),
                                           trainable=False, name="item_embeddings")
@@ -262,7 +279,8 @@ class RetrievalModule(tf.Module):
             raw_cats = getattr(index, "raw_category_id", None)
             if raw_cats is None:
                 raw_cats = np.arange(int(index.category.max()) + 1)
-            labels = LabelTable.build(index.category, raw_cats)
+            labels = LabelTable.build(index.category, raw_cats,
+                                      popularity=getattr(index, "freq", None))
         self.labels = LabelTensors(labels, CPU)
         self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
         bad = [k for k in self.limits if k not in DEFAULT_LIMITS or int(self.limits[k]) < 1]
@@ -469,12 +487,27 @@ class RetrievalModule(tf.Module):
             active = tf.logical_or(req.any_filter, capped)
             exact = tf.logical_and(req.has_include,
                                    self.labels.include_count(req) <= self.exact_max_items)
-        search = functools.partial(beam_search, graph, scorer, b, ef, T,
+        search = functools.partial(beam_search, graph, scorer, b, T=T,
                                    visited_impl=self.visited_impl, exclude_ids=exclude,
-                                   traversal_device=CPU, seed_ids=seeds)
+                                   traversal_device=CPU, seed_ids=seeds,
+                                   filter_hops=self.filter_hops,
+                                   max_candidates=self.grid.max_size if self.grid else None)
+        # A walked filter's level-0 beam is FILTER_EF_FACTOR x the row's ef[0] (at most
+        # max_ef): its answer lies deeper in the unfiltered ranking.
+        walk_ef = {int(lv): v for lv, v in ef.items()}
+        with tf.device(CPU):
+            walk_ef[0] = tf.minimum(FILTER_EF_FACTOR * tf.cast(walk_ef[0], tf.int32),
+                                    self.max_ef)
+        entries = None
+        if self.filter_entries:
+            # A filtered row also enters the walk at the heads of its labels' posting lists:
+            # the passing items a walk from the history would not reach (another category).
+            with tf.device(CPU):
+                entries = tf.where(req.row_filters[:, None],
+                                   self.labels.entry_points(req, self.filter_entries), 0)
 
         def plain():
-            ids, scores, n = search(k=k_b)
+            ids, scores, n = search(ef=ef, k=k_b)
             return ids, scores, n, tf.zeros([b], tf.int32)
 
         def candidates(f, rows=None):
@@ -484,7 +517,7 @@ class RetrievalModule(tf.Module):
             need = tf.ones([b], tf.bool) if rows is None else rows
 
             def walk():
-                return search(k=width, item_filter=f)
+                return search(ef=walk_ef, k=width, item_filter=f, entry_ids=entries)
 
             def skip():
                 return (tf.zeros([b, width], tf.int32), tf.fill([b, width], float("-inf")),

@@ -79,11 +79,13 @@ class ShapeGrid:
 
     @classmethod
     def for_search(cls, graph, start_level: int, max_ef: int, max_len: int,
-                   ratio: float = 1.25) -> "ShapeGrid":
+                   ratio: float = 1.25, entries: int = 0) -> "ShapeGrid":
         """The grid a beam search over ``graph`` needs: up to the widest round, the start level
-        plus one history of seeds or ``max_ef`` x the largest degree (capped at the corpus)."""
+        plus one history of seeds and ``entries`` entry points, or ``max_ef`` x the largest
+        degree (capped at the corpus). A filtered walk's wider rounds are cut to it
+        (``beam_search``'s ``max_candidates``)."""
         max_deg = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels)
-        width_cap = max(len(graph.start_nodes(start_level)) + int(max_len),
+        width_cap = max(len(graph.start_nodes(start_level)) + int(max_len) + int(entries),
                         int(max_ef) * max(max_deg, 1))
         return cls(max_size=max(16, min(width_cap, graph.num_items + 1)), ratio=ratio)
 

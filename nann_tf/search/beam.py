@@ -74,7 +74,9 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 ef: Mapping[Any, Any] | None = None, T: Mapping[Any, Any] | None = None,
                 k: Any = 200, start_level: int | None = None, visited_impl: str = "tf",
                 exclude_ids: Any = None, traversal_device: str | None = "/CPU:0",
-                seed_ids: Any = None, item_filter: "ItemFilter | None" = None):
+                seed_ids: Any = None, item_filter: "ItemFilter | None" = None,
+                filter_hops: int = 2, entry_ids: Any = None,
+                max_candidates: int | None = None):
     """Beam-retrieval of the top ``k`` items for each of ``batch_size`` queries.
 
     Args:
@@ -100,6 +102,17 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
         neighbours (the graph stays connected); the output is the top ``k`` of every item the
         query scored that passes, kept in a buffer of its own, whose new entries are expanded
         too (a second beam, of passing items).
+      filter_hops: with ``item_filter``, how level 0 is walked: 1 as above; 2 (default) on the
+        passing items only: a frontier item's neighbours that fail are not scored, their own
+        neighbours that pass are (two hops through a failing item), so the beam holds passing
+        items and every scored item can be returned.
+      entry_ids: optional int ``[B, P]`` (0 = none) with ``item_filter``: candidates scored
+        with the start level whose passing ones go straight to the passing items' buffer (and
+        so are expanded on the levels below), e.g. the most popular items of a row's labels;
+        the ones that fail are not scored.
+      max_candidates: with ``filter_hops=2``, at most this many items per query in one round
+        of the two-hop walk (the first ones, in frontier order; the rest are dropped): a
+        scorer with a fixed shape grid cannot take wider calls.
 
     Returns:
       ``(ids int32 [B, k], scores float32 [B, k], num_scored int32 [B])``.
@@ -117,6 +130,8 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                               minimum=0)
     if isinstance(k, int) and k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if filter_hops not in (1, 2):
+        raise ValueError(f"filter_hops must be 1 or 2, got {filter_hops!r}")
     ctx = SearchContext(scorer, batch_size, graph.num_items, exclude_ids, visited_impl,
                         traversal_device)
 
@@ -132,9 +147,18 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
             seed_ids_new, seed_rows_new, state = ctx.filter_unvisited(seeds[0], seeds[1], state)
             ids = tf.concat([ids, seed_ids_new], 0)
             rows = tf.concat([rows, seed_rows_new], 0)
-    scores = ctx.score(rows, ids)  # the start level and the seeds in one scorer call
-    with ctx.device():
         n_grid = ctx.batch_size * n_start
+        n_seeded = tf.size(ids)  # the start grid and the seeds; the entry points after them
+        entries = None if item_filter is None else _seed_pairs(entry_ids, ctx)
+        if entries is not None:
+            keep = item_filter(entries[1], entries[0])
+            e_ids, e_rows, state = ctx.filter_unvisited(tf.boolean_mask(entries[0], keep),
+                                                        tf.boolean_mask(entries[1], keep), state)
+            ids = tf.concat([ids, e_ids], 0)
+            rows = tf.concat([rows, e_rows], 0)
+    # The start level, the seeds and the entry points in one scorer call.
+    scores = ctx.score(rows, ids)
+    with ctx.device():
         width = min_of(ef_by_level[s_level], n_start)
         num_scored = tf.fill([ctx.batch_size], n_start)
         res_ids, res_scores = top_by_key(tf.reshape(ids[:n_grid], [ctx.batch_size, -1]),
@@ -145,22 +169,25 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
             # n_start + E candidates).
             width = min_of(ef_by_level[s_level], n_start + seeds[2])
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
-            num_scored += ctx.count_per_row(rows[n_grid:])
-            res_ids, res_scores, _, _ = merge_results(res_ids, res_scores, ids[n_grid:],
-                                                      rows[n_grid:], scores[n_grid:],
-                                                      ctx.batch_size, width)
+            res_ids, res_scores, _, _ = merge_results(
+                res_ids, res_scores, ids[n_grid:n_seeded], rows[n_grid:n_seeded],
+                scores[n_grid:n_seeded], ctx.batch_size, width)
+        num_scored += ctx.count_per_row(rows[n_grid:])
         res_ids = tf.where(res_scores > _NEG_INF, res_ids, 0)
         out = None
         if item_filter is not None:  # the passing items scored so far, best first
             out = resize_results(tf.zeros([ctx.batch_size, 0], tf.int32),
                                  tf.zeros([ctx.batch_size, 0], tf.float32), k)
-            # Two merges: the start grid's rows and the seeds' rows are each sorted, not
-            # together.
+            # One merge per part: the start grid's rows, the seeds' rows and the entry points'
+            # rows are each sorted, not together.
             out = _merge_passing(out, item_filter, ids[:n_grid], rows[:n_grid],
                                  scores[:n_grid], ctx, k)
             if seeds is not None:
-                out = _merge_passing(out, item_filter, ids[n_grid:], rows[n_grid:],
-                                     scores[n_grid:], ctx, k)
+                out = _merge_passing(out, item_filter, ids[n_grid:n_seeded],
+                                     rows[n_grid:n_seeded], scores[n_grid:n_seeded], ctx, k)
+            if entries is not None:  # they pass: no second look at the filter
+                out = _merge_passing(out, None, ids[n_seeded:], rows[n_seeded:],
+                                     scores[n_seeded:], ctx, k)
 
     for level in range(s_level - 1, -1, -1):
         ef_l = ef_by_level[level]
@@ -187,9 +214,14 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 f_rows = tf.concat([f_rows, seeds[1]], 0)
                 order = tf.argsort(f_rows, stable=True)
                 f_ids, f_rows = tf.gather(f_ids, order), tf.gather(f_rows, order)
+        hop = item_filter if (level == 0 and out is not None and filter_hops == 2) else None
+        if hop is not None:
+            # The level-0 beam starts from the passing items found so far.
+            with ctx.device():
+                res_ids, res_scores = resize_results(out[0], out[1], width)
         res_ids, res_scores, state, num_scored, out = _run_level(
             ctx, graph.levels[level], ef_l, width, t_by_level[level], res_ids, res_scores,
-            f_ids, f_rows, state, num_scored, out, item_filter, k)
+            f_ids, f_rows, state, num_scored, out, item_filter, k, hop, max_candidates)
 
     if out is not None:
         return out[0], out[1], num_scored
@@ -207,12 +239,41 @@ def _merge_passing(out, item_filter: ItemFilter, ids, rows, scores, ctx, k,
     filter merged in (rows sorted ascending, as every scorer call's are); with
     ``with_entered``, also the mask ``[B, k]`` of the new items that entered it."""
     with ctx.device():
-        passing = tf.where(item_filter(rows, ids), scores, _NEG_INF)
+        passing = scores if item_filter is None else tf.where(item_filter(rows, ids), scores,
+                                                              _NEG_INF)
         out_ids, out_scores, entered, _ = merge_results(out[0], out[1], ids, rows, passing,
                                                         ctx.batch_size, k)
     if with_entered:
         return out_ids, out_scores, entered
     return out_ids, out_scores
+
+
+def _expand_passing(ctx, f_ids, f_rows, level_rt, state, item_filter: ItemFilter,
+                    max_candidates: int | None = None):
+    """The frontier's unvisited neighbours that pass ``item_filter``, and the unvisited
+    neighbours that pass of those that fail (two hops), rows ascending; every one marked
+    visited except the failing second-hop items (reached later from a first hop, they are
+    expanded then)."""
+    n_ids, n_rows, state = ctx.expand(f_ids, f_rows, level_rt, state)
+    ok = item_filter(n_rows, n_ids)
+    fail_ids = tf.boolean_mask(n_ids, tf.logical_not(ok))
+    fail_rows = tf.boolean_mask(n_rows, tf.logical_not(ok))
+    starts = tf.gather(level_rt.row_splits, fail_ids)
+    lengths = tf.gather(level_rt.row_splits, fail_ids + 1) - starts
+    h_ids = tf.gather(level_rt.values, tf.ragged.range(starts, starts + lengths).flat_values)
+    h_rows = tf.repeat(fail_rows, tf.cast(lengths, tf.int32))
+    keep = item_filter(h_rows, h_ids)
+    h_ids, h_rows, state = ctx.filter_unvisited(tf.boolean_mask(h_ids, keep),
+                                                tf.boolean_mask(h_rows, keep), state)
+    ids, rows = _join_frontiers(tf.boolean_mask(n_ids, ok), tf.boolean_mask(n_rows, ok),
+                                h_ids, h_rows)
+    if max_candidates is not None:
+        # Each row's first max_candidates (rows are sorted: a row's position is its offset
+        # from the row's first item).
+        first = tf.searchsorted(rows, tf.range(ctx.batch_size), side="left")
+        keep = tf.range(tf.size(rows)) - tf.gather(first, rows) < max_candidates
+        ids, rows = tf.boolean_mask(ids, keep), tf.boolean_mask(rows, keep)
+    return ids, rows, state
 
 
 def _join_frontiers(a_ids, a_rows, b_ids, b_rows):
@@ -262,7 +323,8 @@ def _invalid(message: str) -> tf.errors.InvalidArgumentError:
 
 def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: Any,
                rounds: Any, res_ids, res_scores, f_ids, f_rows, state, num_scored,
-               out=None, item_filter: ItemFilter | None = None, k: Any = None):
+               out=None, item_filter: ItemFilter | None = None, k: Any = None,
+               hop: ItemFilter | None = None, max_candidates: int | None = None):
     """At most ``rounds`` expansion rounds on one level (a tf.while_loop); each round keeps
     the best ``ef`` and pads the results back to the carried ``width``; with a filter, the
     passing items of every round also go to the output buffer ``out``."""
@@ -273,7 +335,11 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
 
     def body(t, res_ids, res_scores, f_ids, f_rows, state, num_scored, *out):
         with ctx.device():
-            n_ids, n_rows, state = ctx.expand(f_ids, f_rows, level_rt, state)
+            if hop is None:
+                n_ids, n_rows, state = ctx.expand(f_ids, f_rows, level_rt, state)
+            else:
+                n_ids, n_rows, state = _expand_passing(ctx, f_ids, f_rows, level_rt, state,
+                                                       hop, max_candidates)
         n_scores = ctx.score(n_rows, n_ids)
         with ctx.device():
             num_scored += ctx.count_per_row(n_rows)
@@ -283,7 +349,9 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
             f_rows = tf.cast(tf.where(entered)[:, 0], tf.int32)
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
         if filtered:
-            o_ids, o_scores, o_entered = _merge_passing(out, item_filter, n_ids, n_rows,
+            # The two-hop walk scores passing items only: no second look at the filter.
+            o_ids, o_scores, o_entered = _merge_passing(out, item_filter if hop is None else None,
+                                                        n_ids, n_rows,
                                                         n_scores, ctx, k, with_entered=True)
             out = (o_ids, o_scores)
             with ctx.device():  # the next frontier: what entered either beam

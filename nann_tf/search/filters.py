@@ -38,17 +38,34 @@ __all__ = ["LabelTable", "LabelTensors", "RequestLabels", "cap_per_category", "M
 #: Tags per item an item table may give.
 MAX_TAGS = 16
 
+#: The most popular items kept for the entry points of rows that filter without include labels.
+POPULAR_POOL = 4096
 
-def _posting(labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+
+def _posting(labels: np.ndarray, num_labels: int,
+             rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CSR posting lists ``(values int32 [n], splits int64 [num_labels + 2])`` of a flat
     (item, label) list given as ``labels[item]`` ragged by item: ``values[splits[l]:splits[l +
-    1]]`` are the items carrying dense label ``l`` (ascending)."""
+    1]]`` are the items carrying dense label ``l`` in ``rank`` order (ties: ascending id)."""
     items, labs = labels
-    order = np.lexsort((items, labs))
+    order = np.lexsort((items, rank[items], labs))
     counts = np.bincount(labs, minlength=num_labels + 1)
     splits = np.zeros(num_labels + 2, np.int64)
     np.cumsum(counts, out=splits[1:])
     return items[order].astype(np.int32), splits
+
+
+def _popularity_rank(n: int, popularity) -> np.ndarray:
+    """int64 [N+1]: the order in which items head a posting list, most popular first (ties:
+    ascending id); without ``popularity``, id order."""
+    if popularity is None:
+        return np.arange(n + 1, dtype=np.int64)
+    pop = np.asarray(popularity, np.int64)
+    if pop.shape != (n + 1,):
+        raise ValueError(f"popularity: expected [{n + 1}] counts, got shape {list(pop.shape)}")
+    rank = np.empty(n + 1, np.int64)
+    rank[np.lexsort((np.arange(n + 1), -pop))] = np.arange(n + 1)
+    return rank
 
 
 @dataclasses.dataclass
@@ -62,6 +79,11 @@ class LabelTable:
       raw_tag_id: int64 [G+1] raw id of each dense tag (index 0 unused).
       category_items / category_splits: the categories' posting lists (CSR over 0..C).
       tag_items / tag_splits: the tags' posting lists (CSR over 0..G).
+      popular_items: int32 [P] the most popular items, most popular first (at most
+        :data:`POPULAR_POOL`).
+
+    Posting lists hold each label's items most popular first (training counts; without them,
+    ascending id), so their heads are a filtered walk's entry points.
     """
 
     item_category: np.ndarray
@@ -72,22 +94,29 @@ class LabelTable:
     category_splits: np.ndarray
     tag_items: np.ndarray
     tag_splits: np.ndarray
+    popular_items: np.ndarray
 
     @classmethod
-    def build(cls, item_category, raw_category_id, item_tags: list | None = None):
+    def build(cls, item_category, raw_category_id, item_tags: list | None = None,
+              popularity=None):
         """From the dense categories, their raw ids, and per item a list of raw tag ids.
 
         Args:
           item_category: int [N+1] dense categories (0 at index 0).
           raw_category_id: int [C+1] raw category ids.
           item_tags: optional list of N+1 sequences of raw (int) tag ids (index 0 empty).
+          popularity: optional [N+1] counts (the index's training counts): the order of the
+            posting lists and of ``popular_items``; default: none (id order, and
+            ``popular_items`` spread evenly over the ids).
         """
         item_category = np.asarray(item_category, np.int32)
         raw_category_id = np.asarray(raw_category_id, np.int64)
         n = len(item_category) - 1
         c = len(raw_category_id) - 1
         ids = np.arange(1, n + 1)
-        cat_items, cat_splits = _posting((ids, item_category[1:].astype(np.int64)), c)
+        rank = _popularity_rank(n, popularity)
+        popular = np.argsort(rank[1:], kind="stable")[:POPULAR_POOL] + 1
+        cat_items, cat_splits = _posting((ids, item_category[1:].astype(np.int64)), c, rank)
         if item_tags is None:
             item_tags = [()] * (n + 1)
         raw_tags = np.unique(np.fromiter((t for row in item_tags for t in row), np.int64))
@@ -103,9 +132,10 @@ class LabelTable:
                 pairs_i.extend([i] * len(d))
                 pairs_t.extend(d.tolist())
         tag_items, tag_splits = _posting((np.asarray(pairs_i, np.int64),
-                                          np.asarray(pairs_t, np.int64)), len(raw_tags))
+                                          np.asarray(pairs_t, np.int64)), len(raw_tags), rank)
         return cls(item_category, raw_category_id, dense, np.r_[0, raw_tags].astype(np.int64),
-                   cat_items, cat_splits, tag_items, tag_splits)
+                   cat_items, cat_splits, tag_items, tag_splits,
+                   np.asarray(popular, np.int32))
 
     def category_counts(self) -> np.ndarray:
         return np.diff(self.category_splits)[: len(self.raw_category_id)]
@@ -129,11 +159,16 @@ class RequestLabels:
     has_include: tf.Tensor
 
     @property
+    def row_filters(self) -> tf.Tensor:
+        """Which rows filter at all (bool [B])."""
+        return tf.logical_or(self.has_include, tf.logical_or(
+            tf.reduce_any(self.exclude_categories > 0, axis=1),
+            tf.reduce_any(self.exclude_tags > 0, axis=1)))
+
+    @property
     def any_filter(self) -> tf.Tensor:
         """Whether any row of the batch filters at all (scalar bool)."""
-        return tf.logical_or(tf.reduce_any(self.has_include), tf.reduce_any(tf.concat(
-            [tf.reshape(self.exclude_categories > 0, [-1]),
-             tf.reshape(self.exclude_tags > 0, [-1])], 0)))
+        return tf.reduce_any(self.row_filters)
 
 
 class LabelTensors(tf.Module):
@@ -166,6 +201,8 @@ class LabelTensors(tf.Module):
             self.category_splits = var(table.category_splits, "category_splits")
             self.tag_items = var(np.r_[table.tag_items, 0].astype(np.int32), "tag_items")
             self.tag_splits = var(table.tag_splits, "tag_splits")
+            self.popular_items = var(np.r_[table.popular_items, 0].astype(np.int32),
+                                     "popular_items")
         self.num_items = int(len(table.item_category) - 1)
         self.has_tags = bool(len(table.raw_tag_id) > 1)
 
@@ -233,6 +270,11 @@ class LabelTensors(tf.Module):
     def include_candidates(self, req: RequestLabels, rows_mask) -> tuple[tf.Tensor, tf.Tensor]:
         """``(item_ids int32 [n], row_ids int32 [n])``: the posting lists of the include labels
         of the rows where ``rows_mask`` is True, rows ascending (duplicates possible)."""
+        return self._postings(req, rows_mask)
+
+    def _postings(self, req: RequestLabels, rows_mask, take=None):
+        """The masked rows' include labels' posting lists, each cut to its first ``take[row]``
+        items when ``take`` (int [B]) is given: ``(item_ids, row_ids)``, rows ascending."""
         with tf.device(self.device):
             parts = []
             for dense, items, splits in ((req.include_categories, self.category_items,
@@ -241,6 +283,8 @@ class LabelTensors(tf.Module):
                 dense = tf.where(rows_mask[:, None], dense, 0)
                 start = tf.gather(splits, dense)
                 size = tf.where(dense > 0, tf.gather(splits, dense + 1) - start, 0)
+                if take is not None:
+                    size = tf.minimum(size, tf.cast(take, size.dtype)[:, None])
                 flat_size = tf.reshape(size, [-1])
                 rows = tf.repeat(tf.repeat(tf.range(tf.shape(dense)[0]), tf.shape(dense)[1]),
                                  flat_size)
@@ -252,6 +296,24 @@ class LabelTensors(tf.Module):
             order = tf.argsort(rows, stable=True)
             return tf.gather(ids, order), tf.gather(rows, order)
 
+    def entry_points(self, req: RequestLabels, budget: int) -> tf.Tensor:
+        """int32 ``[B, budget]`` (0 = padding): a filtered walk's extra entry points per row.
+        A row with include labels takes the heads of their posting lists (the most popular
+        items of each label, ``budget`` shared evenly among its labels); a row without takes
+        the most popular items (those its excludes refuse are scored, not returned)."""
+        with tf.device(self.device):
+            b = tf.shape(req.has_include)[0]
+            n_labels = tf.reduce_sum(tf.cast(req.include_categories > 0, tf.int32), axis=1) + \
+                tf.reduce_sum(tf.cast(req.include_tags > 0, tf.int32), axis=1)
+            n_labels = tf.maximum(n_labels, 1)
+            ids, rows = self._postings(req, req.has_include, (budget + n_labels - 1) // n_labels)
+            heads = tf.RaggedTensor.from_value_rowids(ids, rows, nrows=b, validate=False
+                                                      ).to_tensor(0, shape=[None, budget])
+            pool = tf.size(self.popular_items) - 1
+            popular = tf.pad(self.popular_items[:tf.minimum(budget, pool)],
+                             [[0, tf.maximum(budget - pool, 0)]])
+            return tf.where(req.has_include[:, None], heads,
+                            tf.broadcast_to(popular[None], [b, budget]))
 
 def cap_per_category(ids, scores, categories, cap, k):
     """At most ``cap[b]`` results per category in row ``b`` (0 = no cap), backfilled.

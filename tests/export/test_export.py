@@ -446,6 +446,9 @@ def test_export_cli_bad_inputs(tmp_path, attention_model_dir, ci_index_dir, caps
     assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                    "--output", out, "--ef", "1:100") == 2
     assert "--ef '1:100': expected LEVEL=VALUE" in capsys.readouterr().err
+    assert run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
+                   "--output", out, "--filter-entries", "-1") == 2
+    assert "--filter-entries -1: expected >= 0" in capsys.readouterr().err
     assert not out.exists() or not any(p.name.isdigit() for p in out.iterdir())
 
 
