@@ -191,6 +191,10 @@ class RetrievalModule(tf.Module):
         (default) scores passing items only, reaching them through failing ones; 1 scores
         every neighbour and keeps the passing ones apart (the earlier walk, kept to measure
         against).
+      filter_entries: a walked filter's extra entry points per row (:data:`FILTER_ENTRIES`;
+        0: none): the heads of its include labels' posting lists, most popular first, or the
+        corpus's most popular items for a row that only excludes
+        (:meth:`~nann_tf.search.filters.LabelTensors.entry_points`).
     """
 
     # Long on purpose: every variable of the SavedModel is created here, in one place, with its
