@@ -502,13 +502,6 @@ class RetrievalModule(tf.Module):
         with tf.device(CPU):
             walk_ef[0] = tf.minimum(FILTER_EF_FACTOR * tf.cast(walk_ef[0], tf.int32),
                                     self.max_ef)
-        entries = None
-        if self.filter_entries:
-            # A filtered row also enters the walk at the heads of its labels' posting lists:
-            # the passing items a walk from the history would not reach (another category).
-            with tf.device(CPU):
-                entries = tf.where(req.row_filters[:, None],
-                                   self.labels.entry_points(req, self.filter_entries), 0)
 
         def plain():
             ids, scores, n = search(ef=ef, k=k_b)
@@ -521,6 +514,16 @@ class RetrievalModule(tf.Module):
             need = tf.ones([b], tf.bool) if rows is None else rows
 
             def walk():
+                # Built here, in the branch that walks, so a request that does not walk pays
+                # nothing for them. A filtered row also enters the walk at the heads of its
+                # labels' posting lists: the passing items a walk from the history would not
+                # reach (another category).
+                entries = None
+                if self.filter_entries:
+                    with tf.device(CPU):
+                        entries = tf.where(req.row_filters[:, None],
+                                           self.labels.entry_points(req, self.filter_entries),
+                                           0)
                 return search(ef=walk_ef, k=width, item_filter=f, entry_ids=entries)
 
             def skip():
