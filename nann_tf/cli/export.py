@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch sizes whose XLA shapes the warm-up compiles (match TF Serving's "
                         "allowed_batch_sizes when batching is on)")
     p.add_argument("--min-coverage", type=float, default=0.8,
-                   help="refuse the export if coverage@k vs brute force on validation users "
-                        "is below this")
+                   help="refuse the export, before anything is saved, if coverage@k vs "
+                        "brute force on the validation users is below this")
     p.add_argument("--model-name", help="model name in warm-up requests (default: output dir "
                                         "name)")
     f = p.add_argument_group("filters and request limits")

@@ -374,8 +374,13 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         stages["build_module"] = t1 - t0
         expected, filtered = _reference_answers(module, hist[:validation_users])
         stages["search_in_memory"] = time.perf_counter() - t1
+        if validate:  # a search that covers too little is refused before anything is saved
+            t1 = time.perf_counter()
+            coverage = _coverage_in_memory(module, hist[:validation_users], expected,
+                                           min_coverage)
+            stages["coverage_in_memory"] = time.perf_counter() - t1
         log.info("export: in-memory search done in %.1fs; saving the SavedModel...",
-                 stages["search_in_memory"])
+                 time.perf_counter() - t0 - stages["build_module"])
         t1 = time.perf_counter()
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         stages["save"] = time.perf_counter() - t1
@@ -415,9 +420,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
         log.info("export: %d warm-up records (XLA grid: %d sizes x batch sizes %s, then "
                  "replayed requests)", len(records), len(grid), list(warmup_batch_sizes))
         if validate:
-            info["validation"] = _validate(tmp, hist[:validation_users], expected, filtered,
-                                           len(records), visited, min_coverage,
-                                           validate_loader)
+            info["validation"] = {**coverage, **_validate(
+                tmp, hist[:validation_users], expected, filtered, len(records), visited,
+                validate_loader)}
         stages["validate"] = time.perf_counter() - t1
         info["export_seconds"] = time.perf_counter() - t0
         info["stage_seconds"] = stages
@@ -454,6 +459,36 @@ def _reference_answers(module, hist: np.ndarray) -> tuple[dict, dict]:
     return expected, filtered
 
 
+# Rows of the validation histories whose brute-force answer the saved version must repeat (the
+# brute_force signature checked after loading; the coverage itself is measured in memory).
+BRUTE_FORCE_CHECK_ROWS = 8
+
+
+def _coverage_in_memory(module, hist: np.ndarray, expected: dict, min_coverage: float) -> dict:
+    """coverage@k of the in-memory search's answers (``expected``) against the module's own
+    exact top-k; below ``min_coverage`` the export is refused (ExportError) before it saves.
+    The saved version must then repeat both answers (:func:`validate_in_subprocess`), so this
+    is its coverage too. Adds the exact answer of the first rows to ``expected``."""
+    import tensorflow as tf
+
+    from nann_tf.evaluation.metrics import coverage
+    from nann_tf.export.validate import int_codes
+
+    t0 = time.perf_counter()
+    exact = module.brute_force(tf.constant(hist))["item_ids"].numpy()
+    seconds = time.perf_counter() - t0
+    got = expected["item_ids"]
+    cov = coverage(*int_codes(got, exact), got.shape[1])
+    if cov < min_coverage:
+        raise ExportError(f"the export's own search at its default parameters covers "
+                          f"coverage@{got.shape[1]} {cov:.3f} of brute force on "
+                          f"{len(hist)} validation users, below {arg('min_coverage')} "
+                          f"{min_coverage} (nothing was written: widen ef/T or lower it)")
+    expected["brute_force_item_ids"] = exact[:BRUTE_FORCE_CHECK_ROWS]
+    return {"coverage_vs_brute_force": cov, "brute_force_seconds": seconds,
+            "coverage_users": len(hist)}
+
+
 def _first_calls(module, hist: np.ndarray, defaults, warmup_batch_sizes) -> list:
     """Warm-up records that call every signature besides the grid once (each of its paths),
     so that none pays its first-call cost in service."""
@@ -478,12 +513,12 @@ def _first_calls(module, hist: np.ndarray, defaults, warmup_batch_sizes) -> list
 
 
 def _validate(tmp: Path, hist, expected: dict, filtered: dict, num_records: int, visited: str,
-              min_coverage: float, validate_loader: str) -> dict:
+              validate_loader: str) -> dict:
     """The written version validated in a fresh process (:func:`validate_in_subprocess`);
     with ``validate_loader="cc"`` also through the C API loader, whose answers to every
     warm-up record must equal the validation process's."""
     answers: list | None = [] if validate_loader == "cc" else None
-    report = validate_in_subprocess(tmp, hist, expected, visited, min_coverage,
+    report = validate_in_subprocess(tmp, hist, expected, visited,
                                     progress_total=num_records + 5, filtered=filtered,
                                     warmup_outputs=answers)
     if validate_loader == "cc":
@@ -497,7 +532,7 @@ def _validate(tmp: Path, hist, expected: dict, filtered: dict, num_records: int,
 
 
 def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, visited: str,
-                           min_coverage: float, progress_total: int | None = None,
+                           progress_total: int | None = None,
                            filtered: dict | None = None,
                            warmup_outputs: list | None = None) -> dict:
     """Runs :mod:`nann_tf.export.validate` on ``version_dir`` in a fresh Python process
@@ -513,7 +548,7 @@ def validate_in_subprocess(version_dir: Path, hist: np.ndarray, expected: dict, 
                  **{f"similar_{k}": v for k, v in similar_requests(hist).items()},
                  **{f"filtered_{k}": v for k, v in (filtered or {}).items()})
         cmd = [*python_module_command("nann_tf.export.validate"), str(version_dir), str(q),
-               "--min-coverage", str(min_coverage), "--progress-marks"]
+               "--progress-marks"]
         if visited == "tf":
             cmd.append("--stock-ops-only")
         answers_file = Path(td) / "warmup-answers.pkl"

@@ -15,11 +15,11 @@ from nann_tf.export.export import EXPORT_INFO, ExportError, export_version
 from nann_tf.export.module import rules_inputs
 from nann_tf.export.validate import graph_op_types
 from nann_tf.index.store import load_index
-from nann_tf.serving.loader import SessionModel
 from nann_tf.search.params import SearchParamsError
 from nann_tf.serving.warmup import read_warmup_requests
 
 from conftest import run_cli
+from toy_model import ToyModelSpec, write_toy_model
 
 
 @pytest.fixture(scope="module")
@@ -37,36 +37,40 @@ def queries(ci_dataset, ci_index_dir):
 
 
 def test_history_seeds_on_by_default_and_same_as_the_offline_search(
-        tmp_path, v_tf, attention_model_dir, ci_index_dir, ci_dataset, queries):
+        tf_session, v_tf, attention_model_dir, ci_index_dir, ci_dataset, queries):
     """The export seeds each request's beam search with its own history (unless
-    --no-history-seeds): both exports return what the offline Retriever returns with the same
-    setting, and the two settings differ."""
+    --no-history-seeds): the served version (seeds on) and the module built with the option off
+    return what the offline Retriever returns with the same setting, and the two settings
+    differ. (Saving and loading a module is checked by every export's validation: the option
+    is compared in memory, without a second export.)"""
+    from nann_tf.autoconfig import search_defaults
     from nann_tf.evaluation.retriever import Retriever
+    from nann_tf.export.module import RetrievalModule
     from nann_tf.model.saved import load_trained_model
 
-    # Not validated (this test compares it with the offline search itself; validation is
-    # covered by the session's exports): saves a loading process.
-    export_version(attention_model_dir, ci_index_dir, tmp_path / "plain", visited="tf",
-                   xla=False, history_seeds=False, validate=False)
-    v_plain = tmp_path / "plain" / "1"
     assert json.loads((v_tf / EXPORT_INFO).read_text())["search"]["history_seeds"] is True
-    assert json.loads((v_plain / EXPORT_INFO).read_text())["search"]["history_seeds"] is False
     hist, idx = queries
     dense = Dataset.load(ci_dataset).test.hist[:len(hist)]
-    model, cfg, _ = load_trained_model(attention_model_dir)
+    model, cfg, meta = load_trained_model(attention_model_dir)
     sc = cfg.search
+    # The defaults export_version serves with history_seeds=False (--no-history-seeds).
+    plain = search_defaults(cfg, meta, idx.meta).overridden(history_seeds=False).checked(
+        idx.graph.max_level)
+    assert plain.history_seeds is False
+    module = RetrievalModule(model, idx, int(meta["max_len"]), plain, visited_impl="tf",
+                             xla=False)
     r = Retriever(model, idx, sc.start_level, "tf", batch_size=8)
     ef = {int(a): int(b) for a, b in sc.ef.items()}
     T = {int(a): int(b) for a, b in sc.T.items()}
     served = {}
-    for version, seeds in ((v_tf, True), (v_plain, False)):
-        with SessionModel(version, load_ops=False) as m:
-            out = m.run("serving_default", {"hist_item_ids": hist})
+    with tf_session as m:
+        served[True] = m.run("serving_default", {"hist_item_ids": hist})
+    served[False] = {n: t.numpy() for n, t in module.serving_default(tf.constant(hist)).items()}
+    for seeds, out in served.items():
         offline = r.beam(dense, ef, T, sc.k, history_seeds=seeds)
         raw = np.where(offline.ids > 0, idx.raw_item_id[offline.ids], 0)
         assert (out["item_ids"] == raw).mean() >= 0.99, seeds
         np.testing.assert_array_equal(out["num_scored"], offline.num_scored)
-        served[seeds] = out
     assert (served[True]["num_scored"] != served[False]["num_scored"]).any()
 
 
@@ -152,8 +156,8 @@ def test_export_info_says_where_its_time_went(v_xla):
     start would)."""
     info = json.loads((v_xla / EXPORT_INFO).read_text())
     stages = info["stage_seconds"]
-    assert set(stages) == {"build_module", "search_in_memory", "save", "warmup_file",
-                           "validate"}
+    assert set(stages) == {"build_module", "search_in_memory", "coverage_in_memory", "save",
+                           "warmup_file", "validate"}
     assert all(v > 0 for v in stages.values()), stages
     assert sum(stages.values()) <= info["export_seconds"] + 1e-6
     val = info["validation"]["seconds"]
@@ -212,6 +216,10 @@ def test_op_audit(v_tf, v_xla):
     # The export's own validation at the CI config's search parameters: measured 0.9996 (the
     # export refuses < --min-coverage, 0.8 by default); 0.99 leaves 0.01 for other machines.
     assert info["validation"]["coverage_vs_brute_force"] >= 0.99, info["validation"]
+    # ... measured in memory on the validation users; the saved brute_force signature repeats
+    # the in-memory exact answer on its first rows.
+    assert info["validation"]["coverage_users"] == 64
+    assert info["validation"]["brute_force_same_ids_as_in_memory"] == 1.0, info["validation"]
 
 
 def _retrieve(m, hist, k=None, ef=None, T=None, exclude=None, **rules):
@@ -308,46 +316,50 @@ def _copy_version(src, dst):
     return dst
 
 
-def test_validate_cli_and_bad_version_directories(v_tf, tmp_path, capsys):
+def test_validate_cli_and_bad_version_directories(tmp_path, capsys):
+    """`nann-tf validate` on a good version and on broken ones. The versions are copies of a
+    small stand-in SavedModel (tests/toy_model.py: stock ops, variables, a warm-up file of 3
+    records over 2 signatures), not of the CI export: each load takes a second where the CI
+    export's takes ~20 s, and the C loader's answers on the real exports are checked bit for
+    bit by their own validation (test_the_c_api_loader_answers_every_warmup_record_...)."""
     from nann_tf.export.cc_loader import CcLoaderError, run_cc_loader
     from nann_tf.serving.warmup import (read_warmup_requests, warmup_file_path,
                                         write_warmup_requests)
 
-    # The CLI on a good version: v_tf with one warm-up record per signature (the export's own
-    # validation ran the C loader on every record: test_the_c_api_loader_answers_...).
-    few = _copy_version(v_tf, tmp_path / "few-records")
-    first = {}
-    for r in read_warmup_requests(warmup_file_path(few)):
-        first.setdefault(r.signature_name or "serving_default", r.inputs)
-    write_warmup_requests(warmup_file_path(few), "nann", "serving_default", list(first.items()))
+    toy = Path(write_toy_model(tmp_path / "toy", 1))
+    (toy / EXPORT_INFO).write_text(json.dumps({"visited": "tf"}))  # no op library to load
+    records = read_warmup_requests(warmup_file_path(toy))
     out = tmp_path / "report.json"
-    assert run_cli("validate", few, "--loader", "cc", "--output-json", out) == 0
+    assert run_cli("validate", toy, "--loader", "cc", "--output-json", out) == 0
     report = json.loads(out.read_text())
-    assert report["bit_identical"] is True and report["requests"] == len(first) >= 5
-    assert set(report["signatures_run"]) == set(first)
+    assert report["bit_identical"] is True and report["requests"] == len(records) == 3
+    assert report["warmup_records"] == 3
+    assert set(report["signatures_run"]) == {r.signature_name or "serving_default"
+                                             for r in records} == {"serving_default",
+                                                                   "retrieve"}
     # (the python loader is what every export's validation runs: tested there)
     capsys.readouterr()
     # A missing variable shard: the loader's error names the variables file.
-    broken = _copy_version(v_tf, tmp_path / "no-shard")
+    broken = _copy_version(toy, tmp_path / "no-shard")
     for p in (broken / "variables").glob("variables.data-*"):
         p.unlink()
     assert run_cli("validate", broken, "--loader", "cc") == 2
     err = capsys.readouterr().err
     assert "nann-tf validate: error:" in err and "variables" in err and "no-shard" in err
     # A truncated warm-up file: named by the C loader (and by the Python reader before it).
-    trunc = _copy_version(v_tf, tmp_path / "truncated")
+    trunc = _copy_version(toy, tmp_path / "truncated")
     wfile = warmup_file_path(trunc)
     data = open(wfile, "rb").read()
     with open(wfile, "wb") as f:
-        f.write(data[:len(data) - 100])
+        f.write(data[:len(data) - 10])
     with pytest.raises(CcLoaderError, match=r"tf_serving_warmup_requests: record \d+ is truncated"):
         run_cc_loader(trunc, [], op_library=False)
     assert run_cli("validate", trunc, "--loader", "cc") == 2
     assert "tf_serving_warmup_requests" in capsys.readouterr().err
     # A warm-up record calling a signature the model does not have.
-    absent = _copy_version(v_tf, tmp_path / "absent-signature")
-    hist = np.zeros((1, 20), np.int64)
-    write_warmup_requests(warmup_file_path(absent), "nann", "serving_default",
+    absent = _copy_version(toy, tmp_path / "absent-signature")
+    hist = np.zeros((1, ToyModelSpec().history_length), np.int64)
+    write_warmup_requests(warmup_file_path(absent), "toy", "serving_default",
                           [{"hist_item_ids": hist}, ("no_such_signature", {"item_ids": hist})])
     with pytest.raises(CcLoaderError, match=r'record 1 \(signature "no_such_signature"\).*no '
                                             r'signature "no_such_signature"'):
@@ -394,9 +406,14 @@ def test_mixed_ef_T_rows_each_get_what_they_get_alone_at_the_batch_maximum(tf_se
 
 
 def test_a_failed_validation_leaves_nothing_behind(tmp_path, attention_model_dir,
-                                                   ci_index_dir, capsys):
+                                                   ci_index_dir, capsys, monkeypatch):
     """A real validation failure, not a simulated one: the export's own search at small
-    parameters falls short of --min-coverage; no version and no temporary directory stay."""
+    parameters falls short of --min-coverage; it is refused before anything is saved (a save
+    would crash here), and no version and no temporary directory stay."""
+    def no_save(*a, **k):
+        raise AssertionError("saved a version whose coverage is below --min-coverage")
+
+    monkeypatch.setattr(tf.saved_model, "save", no_save)
     out = tmp_path / "m"
     rc = run_cli("export", "--model", attention_model_dir, "--index", ci_index_dir,
                  "--output", out, "--visited", "tf", "--no-xla", "--ef", "1=8,0=12",
