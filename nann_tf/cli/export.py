@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--filter-entries", type=int, default=None,
                    help="a walked filter's extra entry points per row: its include labels' "
                         "most popular items, or the corpus's for a row that only excludes "
-                        "(default 4096; 0: none)")
+                        "(default 8192; 0: none)")
     p.add_argument("--validate-loader", choices=["python", "cc"], default="python",
                    help="cc: also load the version through TensorFlow's C API as "
                         "tensorflow_model_server does (nann-tf validate --loader cc) and require "

@@ -311,7 +311,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
     """
     import tensorflow as tf
 
-    from nann_tf.export.module import MAX_T, RetrievalModule, default_max_ef
+    from nann_tf.export.module import (BROAD_FILTER_SHARE, MAX_T, RetrievalModule,
+                                       default_max_ef)
     from nann_tf.index.store import load_index
     from nann_tf.serving.warmup import write_warmup_requests
     from nann_tf.model.saved import load_trained_model
@@ -412,7 +413,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                         "tags": int(len(labels.raw_tag_id) - 1),
                         "max_tags_per_item": int(labels.item_tags.shape[1]),
                         "exact_max_items": module.exact_max_items,
-                        "entry_points": module.filter_entries},
+                        "entry_points": module.filter_entries,
+                        "entry_points_narrow": module.filter_entries // 2,
+                        "broad_filter_share": BROAD_FILTER_SHARE},
         }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
         stages["warmup_file"] = time.perf_counter() - t1

@@ -82,8 +82,20 @@ MAX_T = 64  # rounds per level a request may ask for
 EXACT_PER_WALK_ITEM = 7.0
 
 #: A filtered walk's extra entry points per row: the heads of its include labels' posting lists
-#: (most popular first), or the most popular items for a row that only excludes.
-FILTER_ENTRIES = 4096
+#: (most popular first), or the most popular items for a row that only excludes (at most
+#: ``filters.POPULAR_POOL`` of them). A row whose include labels hold less than
+#: BROAD_FILTER_SHARE of the corpus takes half as many. Chosen on 200 validation users of the 1M
+#: corpus (bench/bench_filter_beam.py; bench/results/filter-beam-synth-1m-e*.json): 4,096 /
+#: 8,192 entries cover 0.988 / 0.991 of a 50% filter's exact top-200 at 1.80x / 1.90x the
+#: unfiltered B=1 latency, 0.995 / 0.998 of a 10% filter's at 1.62x / 1.72x (2.30x on the test
+#: users); a wider level-0 beam instead (3x ef[0], 4,096 entries) reaches 0.990 at 2.04x.
+FILTER_ENTRIES = 8192
+
+#: Include labels holding at least this share of the corpus make a broad filter, walked with all
+#: FILTER_ENTRIES entry points (its answer is spread the widest); a narrower one takes half. Set
+#: between the two measured shares (50%: the full count needed for 0.99; 10%: 0.995 with half,
+#: and the full count costs it the 2x latency bound).
+BROAD_FILTER_SHARE = 0.25
 
 #: A walked filter's level-0 beam, in multiples of the row's ``ef[0]`` (at most ``max_ef``).
 FILTER_EF_FACTOR = 2
@@ -522,7 +534,8 @@ class RetrievalModule(tf.Module):
                 if self.filter_entries:
                     with tf.device(CPU):
                         entries = tf.where(req.row_filters[:, None],
-                                           self.labels.entry_points(req, self.filter_entries),
+                                           self.labels.entry_points(
+                                               req, self.filter_entries, BROAD_FILTER_SHARE),
                                            0)
                 return search(ef=walk_ef, k=width, item_filter=f, entry_ids=entries)
 

@@ -296,11 +296,27 @@ class LabelTensors(tf.Module):
             order = tf.argsort(rows, stable=True)
             return tf.gather(ids, order), tf.gather(rows, order)
 
-    def entry_points(self, req: RequestLabels, budget: int) -> tf.Tensor:
+    def entry_points(self, req: RequestLabels, budget: int,
+                     broad_share: float = 0.0) -> tf.Tensor:
         """int32 ``[B, budget]`` (0 = padding): a filtered walk's extra entry points per row.
         A row with include labels takes the heads of their posting lists (the most popular
         items of each label, ``budget`` shared evenly among its labels); a row without takes
-        the most popular items (those its excludes refuse are scored, not returned)."""
+        the most popular items (those its excludes refuse are scored, not returned). With
+        ``broad_share`` > 0, a row whose include labels hold less than that share of the
+        corpus (:meth:`include_count`) is a narrow filter and takes the heads for
+        ``budget // 2`` only, the rest padding."""
+        full = self._heads(req, budget)
+        half = budget // 2
+        if broad_share <= 0 or not half:
+            return full
+        with tf.device(self.device):
+            narrow = tf.logical_and(
+                req.has_include, tf.cast(self.include_count(req), tf.float64)
+                < broad_share * self.num_items)
+            fewer = tf.pad(self._heads(req, half), [[0, 0], [0, budget - half]])
+            return tf.where(narrow[:, None], fewer, full)
+
+    def _heads(self, req: RequestLabels, budget: int) -> tf.Tensor:
         with tf.device(self.device):
             b = tf.shape(req.has_include)[0]
             n_labels = tf.reduce_sum(tf.cast(req.include_categories > 0, tf.int32), axis=1) + \

@@ -213,6 +213,14 @@ def test_op_audit(v_tf, v_xla):
     assert {"NannFilterUnvisited", "NannGatherUnvisitedNeighbors"} & graph_op_types(str(v_xla))
     info = json.loads((v_tf / EXPORT_INFO).read_text())
     assert info["validation"]["non_stock_ops"] == []
+    # The filtered walk's entry budget is recorded: all of it for a broad filter, half for a
+    # narrow one.
+    from nann_tf.export.module import BROAD_FILTER_SHARE, FILTER_ENTRIES
+
+    assert {k: info["filters"][k] for k in ("entry_points", "entry_points_narrow",
+                                           "broad_filter_share")} == {
+        "entry_points": FILTER_ENTRIES, "entry_points_narrow": FILTER_ENTRIES // 2,
+        "broad_filter_share": BROAD_FILTER_SHARE}
     # The export's own validation at the CI config's search parameters: measured 0.9996 (the
     # export refuses < --min-coverage, 0.8 by default); 0.99 leaves 0.01 for other machines.
     assert info["validation"]["coverage_vs_brute_force"] >= 0.99, info["validation"]

@@ -241,6 +241,17 @@ def test_entry_points_are_the_heads_of_the_rows_labels_most_popular_first(labels
     ids, rows = lt.include_candidates(_request(lt), tf.constant([False, True] + [False] * 4))
     assert ids.numpy().tolist() == head(by_cat(110), N) + head(by_cat(250), N)
     assert set(rows.numpy().tolist()) == {1}
+    # With broad_share, a narrow filter's row (include labels holding less than that share of
+    # the corpus) takes the heads of half the budget, padded; a broad one's and a row without
+    # an include list keep all of it.
+    share = {r: float(m.sum()) / N for r, m in ((1, by_cat(110) | by_cat(250)),
+                                               (2, has_tag(9)), (5, by_cat(120)))}
+    assert share[1] < 0.1 < share[2] and share[5] < 0.1, share
+    split = lt.entry_points(_request(lt), budget, broad_share=0.1).numpy()
+    assert split[1].tolist() == head(by_cat(110), 2) + head(by_cat(250), 2) + [0] * 4
+    assert split[5].tolist() == head(by_cat(120), 4) + [0] * 4
+    for row in (0, 2, 3, 4):
+        assert split[row].tolist() == got[row].tolist(), row
     # A budget above the popular pool pads with 0; a wrong popularity shape is refused.
     assert (lt.entry_points(_request(lt), N + 10).numpy()[0][N:] == 0).all()
     with pytest.raises(ValueError, match="popularity"):
