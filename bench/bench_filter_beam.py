@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_filters import _exact, _timed, category_groups  # noqa: E402
+from bench_filters import _exact, _timed, category_groups, dense_ids, retrieve  # noqa: E402
 
 from nann_tf.data.dataset import Dataset  # noqa: E402
 from nann_tf.evaluation.metrics import Bootstrap, per_user_coverage  # noqa: E402
@@ -54,7 +54,6 @@ def main() -> None:
                     help="a walked filter's entry points per row (default: the export's, "
                          "FILTER_ENTRIES)")
     args = ap.parse_args()
-    import tensorflow as tf
 
     from nann_tf.autoconfig import search_defaults
 
@@ -90,22 +89,12 @@ def main() -> None:
     print(f"exact scores of {users} {args.split} users x {n} items in "
           f"{time.perf_counter() - t0:.0f}s", flush=True)
     boot = Bootstrap(users, 1000, 0)
-    S = search.start_level
 
     def call(h, e0=0, **rules):
-        b = len(h)
-        ef = np.zeros([b, S + 1], np.int32)
-        ef[:, 0] = e0
-        inputs = {"hist_item_ids": h, "k": np.zeros([b], np.int32), "ef": ef,
-                  "T": np.full([b, S + 1], -1, np.int32),
-                  "exclude_item_ids": np.zeros([b, 1], np.int64),
-                  **module_lib.rules_inputs(b, **rules)}
-        return {a: t.numpy() for a, t in
-                served.retrieve(**{a: tf.constant(v) for a, v in inputs.items()}).items()}
+        return retrieve(served, h, search.start_level, e0, **rules)
 
     def dense_of(raw):
-        pos = np.minimum(np.searchsorted(ds.raw_item_id[1:], raw), n - 1)
-        return np.where(ds.raw_item_id[1:][pos] == raw, pos + 1, 0)
+        return dense_ids(ds.raw_item_id, raw)
 
     rows = []
     nq = min(args.latency_queries, users)

@@ -136,18 +136,10 @@ def main():
     boot = Bootstrap(users, 1000, 0)
 
     def call(m, h, **rules):
-        b = len(h)
-        inputs = {"hist_item_ids": h, "k": np.zeros([b], np.int32),
-                  "ef": np.zeros([b, search.start_level + 1], np.int32),
-                  "T": np.full([b, search.start_level + 1], -1, np.int32),
-                  "exclude_item_ids": np.zeros([b, 1], np.int64), **rules_inputs(b, **rules)}
-        return {a: t.numpy() for a, t in
-                m.retrieve(**{a: tf.constant(v) for a, v in inputs.items()}).items()}
+        return retrieve(m, h, search.start_level, **rules)
 
     def dense_of(raw):
-        pos = np.searchsorted(ds.raw_item_id[1:], raw)
-        pos = np.minimum(pos, n - 1)
-        return np.where(ds.raw_item_id[1:][pos] == raw, pos + 1, 0)
+        return dense_ids(ds.raw_item_id, raw)
 
     rows = []
     nq = min(args.latency_queries, users)
@@ -265,6 +257,29 @@ def main():
                       f"{e['items_scored']:.0f} | {e['ms_b1_p50_filtered']:.1f} | "
                       f"{e['latency_ratio']:.2f} | {e['coverage_gain_paired']:+.4f} "
                       f"[{lo:+.4f}, {hi:+.4f}] |")
+
+
+def retrieve(m, h: np.ndarray, start_level: int, ef0: int = 0, **rules) -> dict:
+    """``m.retrieve`` on raw-id histories ``h`` at the default parameters (level 0's beam
+    ``ef0`` when given) with the rules ``rules`` (:func:`rules_inputs`): outputs as arrays."""
+    import tensorflow as tf
+
+    b = len(h)
+    ef = np.zeros([b, start_level + 1], np.int32)
+    ef[:, 0] = ef0
+    inputs = {"hist_item_ids": h, "k": np.zeros([b], np.int32), "ef": ef,
+              "T": np.full([b, start_level + 1], -1, np.int32),
+              "exclude_item_ids": np.zeros([b, 1], np.int64), **rules_inputs(b, **rules)}
+    return {a: t.numpy() for a, t in
+            m.retrieve(**{a: tf.constant(v) for a, v in inputs.items()}).items()}
+
+
+def dense_ids(raw_item_id: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Dense ids of raw item ids (``raw_item_id`` sorted after its padding entry; unknown and
+    padding -> 0)."""
+    n = len(raw_item_id) - 1
+    pos = np.minimum(np.searchsorted(raw_item_id[1:], raw), n - 1)
+    return np.where(raw_item_id[1:][pos] == raw, pos + 1, 0)
 
 
 def _exact(scores: np.ndarray, k: int) -> np.ndarray:

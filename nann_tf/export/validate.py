@@ -8,9 +8,9 @@ signatures; with ``filtered_*`` inputs, ``retrieve`` with filters and caps; with
 ``expected_brute_force_item_ids``, ``brute_force`` on that many first rows) on the queries and
 checks that it answers what the in-memory search answered, and that every warm-up record runs.
 (The coverage against brute force is measured by the exporting process, in memory, before it
-saves: a version that repeats the in-memory answers has that coverage.) With ``--stock-ops-only`` the op library is NOT loaded and every op in the
-graph (function library included) must be a stock TensorFlow op, i.e. the model runs on the
-stock TF Serving image. Prints one JSON line; exit status 0 when valid.
+saves: a version that repeats the in-memory answers has that coverage.) With
+``--stock-ops-only`` the op library is NOT loaded and every op in the graph (function library
+included) must be a stock TensorFlow op, i.e. the model runs on the stock TF Serving image. Prints one JSON line; exit status 0 when valid.
 """
 
 from __future__ import annotations

@@ -305,31 +305,29 @@ class LabelTensors(tf.Module):
         ``broad_share`` > 0, a row whose include labels hold less than that share of the
         corpus (:meth:`include_count`) is a narrow filter and takes the heads for
         ``budget // 2`` only, the rest padding."""
-        full = self._heads(req, budget)
-        half = budget // 2
-        if broad_share <= 0 or not half:
-            return full
-        with tf.device(self.device):
-            narrow = tf.logical_and(
-                req.has_include, tf.cast(self.include_count(req), tf.float64)
-                < broad_share * self.num_items)
-            fewer = tf.pad(self._heads(req, half), [[0, 0], [0, budget - half]])
-            return tf.where(narrow[:, None], fewer, full)
-
-    def _heads(self, req: RequestLabels, budget: int) -> tf.Tensor:
         with tf.device(self.device):
             b = tf.shape(req.has_include)[0]
+            row_budget = tf.fill([b], budget)
+            if broad_share > 0 and budget // 2:
+                narrow = tf.logical_and(
+                    req.has_include, tf.cast(self.include_count(req), tf.float64)
+                    < broad_share * self.num_items)
+                row_budget = tf.where(narrow, budget // 2, row_budget)
             n_labels = tf.reduce_sum(tf.cast(req.include_categories > 0, tf.int32), axis=1) + \
                 tf.reduce_sum(tf.cast(req.include_tags > 0, tf.int32), axis=1)
             n_labels = tf.maximum(n_labels, 1)
-            ids, rows = self._postings(req, req.has_include, (budget + n_labels - 1) // n_labels)
+            ids, rows = self._postings(req, req.has_include,
+                                       (row_budget + n_labels - 1) // n_labels)
             heads = tf.RaggedTensor.from_value_rowids(ids, rows, nrows=b, validate=False
                                                       ).to_tensor(0, shape=[None, budget])
+            # A row's labels' shares round up: its heads stop at its own budget.
+            heads = tf.where(tf.range(budget)[None, :] < row_budget[:, None], heads, 0)
             pool = tf.size(self.popular_items) - 1
             popular = tf.pad(self.popular_items[:tf.minimum(budget, pool)],
                              [[0, tf.maximum(budget - pool, 0)]])
             return tf.where(req.has_include[:, None], heads,
                             tf.broadcast_to(popular[None], [b, budget]))
+
 
 def cap_per_category(ids, scores, categories, cap, k):
     """At most ``cap[b]`` results per category in row ``b`` (0 = no cap), backfilled.
