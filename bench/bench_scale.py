@@ -22,7 +22,8 @@ Stages, each in its own child process (its peak RSS is the child's own ``ru_maxr
 Config: nann_tf/configs/userbehavior-synth.toml (``--config``); ``--scale F`` multiplies its
 users, items and categories (behaviours per user stay). Writes bench/results/scale-<F>.json
 (``--out``) and prints one JSON line last: coverage@200, scored_fraction,
-b1_speedup_vs_brute_force, max_peak_rss_gb, prepare_rows_per_s and the targets met.
+b1_speedup_vs_brute_force, max_peak_rss_gb, prepare_rows_per_s, train_examples_per_s,
+recall_all@200 and the targets met.
 The work directory (``--workdir``, default a temporary one, deleted unless ``--keep``) needs
 ~15 GB of disk at full scale.
 """
@@ -65,16 +66,18 @@ def _child_train(a: dict) -> None:
     from nann_tf.progress import Progress, format_duration
     from nann_tf.train import train
 
-    class TimeLimit(keras.callbacks.Callback):
-        """Stops training after ``seconds`` (at the end of a step); counts the steps."""
+    class BoxProgress(keras.callbacks.Callback):
+        """Counts the steps of the time box and shows its ETA; the box itself is the product's
+        own ``[train] max_seconds`` (the step past it is the last one, validated, and the
+        best weights validated are the model)."""
 
         def __init__(self, seconds: float):
             super().__init__()
-            self.seconds, self.steps, self.stopped = seconds, 0, False
-            self.t0 = None
+            self.seconds, self.steps, self.t0, self.last = seconds, 0, None, 0.0
 
         def on_train_begin(self, logs=None):
-            self.t0 = time.perf_counter()
+            if self.t0 is None:
+                self.t0 = time.perf_counter()
             # Off a terminal, train() logs steps against the whole epoch; this logs the time
             # box, the ETA that matters here.
             self.bar = Progress(self.seconds, f"train (time box {format_duration(self.seconds)})",
@@ -82,29 +85,35 @@ def _child_train(a: dict) -> None:
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
-            elapsed = time.perf_counter() - self.t0
-            self.bar.set(min(elapsed, self.seconds))
-            if elapsed >= self.seconds:
-                self.stopped = True
-                self.model.stop_training = True
+            self.last = time.perf_counter() - self.t0
+            self.bar.set(min(self.last, self.seconds))
 
         def on_train_end(self, logs=None):
             self.bar.close()
-            print(f"train: {self.steps} steps in {format_duration(time.perf_counter() - self.t0)}"
-                  f"{' (time box reached)' if self.stopped else ''}", flush=True)
+            print(f"train: {self.steps} steps in {format_duration(self.last)}", flush=True)
 
-    cfg = load_config(a["config"], a.get("overrides") or None)
-    limit = TimeLimit(a["minutes"] * 60.0)
+    box = a["minutes"] * 60.0
+    cfg = load_config(a["config"], dict(a.get("overrides") or {}, **{"train.max_seconds": box}))
+    progress = BoxProgress(box)
     t0 = time.perf_counter()
-    summary = train(cfg, a["data"], a["output"], overwrite=True, extra_callbacks=[limit])
+    summary = train(cfg, a["data"], a["output"], overwrite=True, extra_callbacks=[progress])
     seconds = time.perf_counter() - t0
+    steps = summary["steps_run_now"]
+    val = json.loads((Path(a["output"]) / "model.json").read_text()).get("validation") or {}
     Path(a["summary"]).write_text(json.dumps({
-        "steps": limit.steps, "batch_size": cfg.train.batch_size,
-        "examples": limit.steps * cfg.train.batch_size,
+        "steps": steps, "batch_size": cfg.train.batch_size,
+        "examples": steps * cfg.train.batch_size,
         "steps_per_epoch": summary.get("steps_per_epoch"),
-        "epoch_fraction": limit.steps / max(1, summary.get("steps_per_epoch") or 1),
-        "stopped_by_time_limit": limit.stopped, "fit_seconds": seconds,
-        "examples_per_s": limit.steps * cfg.train.batch_size / max(seconds, 1e-9),
+        "epoch_fraction": steps / max(1, summary.get("steps_per_epoch") or 1),
+        "stopped_by_time_limit": bool(summary.get("time_box_reached")), "fit_seconds": seconds,
+        "examples_per_s": steps * cfg.train.batch_size / max(seconds, 1e-9),
+        # the box: from the first step's start to the last one's end (the first steps'
+        # tracing and compiling and the validations inside the box included)
+        "box_seconds": progress.last,
+        "box_examples_per_s": steps * cfg.train.batch_size / max(progress.last, 1e-9),
+        "validations": [{k: e.get(k) for k in ("step", "value", "seconds")}
+                        for e in val.get("history", [])],
+        "best_step": (val.get("best") or {}).get("step"),
         "final": summary.get("final", {})}, default=float))
 
 
@@ -221,6 +230,47 @@ def _query(address: str, ds, users: int, b16_requests: int, k: int) -> dict:
         "b1_speedup_vs_brute_force": round(bf["p50_ms"] / beam["p50_ms"], 2),
     })
     return out
+
+
+def _in_process(version_dir: Path, ds, users: int, b16_requests: int) -> dict:
+    """The same B=1 and B=16 queries of serving_default without gRPC: the version loaded
+    in this process the way TF Serving loads it (``SessionModel``: one TF session, the
+    SavedModel's own graph), each query shape run once untimed first."""
+    import numpy as np
+
+    from nann_tf.serving.loader import SessionModel
+
+    users = min(users, len(ds.test))
+    raw = ds.raw_item_id.astype(np.int64)
+    hist = np.where(ds.test.hist[:users] > 0, raw[ds.test.hist[:users]], 0).astype(np.int64)
+    t = time.perf_counter()
+    with SessionModel(version_dir) as model:
+        load = time.perf_counter() - t
+        for i in range(users):  # untimed: compiles each padded shape once
+            model.run("serving_default", {"hist_item_ids": hist[i:i + 1]})
+        lat = []
+        for i in range(users):
+            t = time.perf_counter()
+            model.run("serving_default", {"hist_item_ids": hist[i:i + 1]})
+            lat.append(time.perf_counter() - t)
+        # The gRPC run's B=16 requests (same draws); each run once untimed first, as the
+        # server's warm-up records did for its shapes.
+        rng = np.random.default_rng(0)
+        batches = [hist[rng.integers(0, users, size=16)] for _ in range(b16_requests + 2)][2:]
+        for rows in batches:
+            model.run("serving_default", {"hist_item_ids": rows})
+        lat16 = []
+        for rows in batches:
+            t = time.perf_counter()
+            model.run("serving_default", {"hist_item_ids": rows})
+            lat16.append(time.perf_counter() - t)
+    ms, ms16 = np.asarray(lat) * 1e3, np.asarray(lat16) * 1e3
+    return {"load_seconds": round(load, 2), "users": users,
+            "b1": {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+                   "p99_ms": round(float(np.percentile(ms, 99)), 3),
+                   "mean_ms": round(float(ms.mean()), 3)},
+            "b16": {"requests": len(lat16), "p50_ms": round(float(np.percentile(ms16, 50)), 3),
+                    "queries_per_s": round(16 * len(lat16) / float(ms16.sum() / 1e3), 1)}}
 
 
 # ----------------------------------------------------------------------------- main
@@ -360,6 +410,10 @@ def main(argv=None) -> int:
 
         stages["query"]["peak_rss_gb"] = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)  # this process
+        print("\n=== in process (no gRPC): serving_default at B=1 and B=16", flush=True)
+        t = time.perf_counter()
+        stages["in_process"] = {**_in_process(vdir, ds, args.users, args.b16_requests),
+                                "seconds": round(time.perf_counter() - t, 2)}
     except StageFailed as e:
         stages[e.stage] = e.result
         failed = e.stage
@@ -380,9 +434,19 @@ def main(argv=None) -> int:
         "prepare_rows_per_s": stages.get("prepare", {}).get("rows_per_s"),
         "b1_p50_ms": q.get("b1", {}).get("beam", {}).get("p50_ms"),
         "b1_p99_ms": q.get("b1", {}).get("beam", {}).get("p99_ms"),
+        "b1_in_process_p50_ms": stages.get("in_process", {}).get("b1", {}).get("p50_ms"),
+        "b16_in_process_queries_per_s":
+            stages.get("in_process", {}).get("b16", {}).get("queries_per_s"),
         "brute_force_p50_ms": q.get("b1", {}).get("brute_force", {}).get("p50_ms"),
         "b16_queries_per_s": q.get("b16", {}).get("queries_per_s"),
         "train_steps": stages.get("train", {}).get("steps"),
+        "train_examples": stages.get("train", {}).get("examples"),
+        # examples over train()'s whole call (data loading and compiling included), as before
+        "train_examples_per_s": stages.get("train", {}).get("examples_per_s"),
+        "train_box_examples_per_s": stages.get("train", {}).get("box_examples_per_s"),
+        "recall_all@200": q.get("recall_all@200"),
+        "recall_all@200_ci95": q.get("recall_all@200_ci95"),
+        "items_scored_mean": q.get("items_scored_mean"),
         "failed_stage": failed,
     }
     met = {}

@@ -19,7 +19,8 @@ The stages, as library calls (each writes a directory, atomically, and returns i
 Querying:
 
 - ``Retriever(model, index)``: the searches in process (``beam``, ``brute_force``,
-  ``similar``), used by ``nann-tf evaluate``;
+  ``similar``), used by ``nann-tf evaluate``; ``beam`` runs the search of the
+  ``RetrievalModule`` an export saves (``Retriever.module``);
 - ``SessionModel(version_dir)``: an exported version loaded the way TF Serving loads it,
   ``run(signature, inputs)``;
 - ``ModelServer``: the local development server (TF Serving's gRPC API);

@@ -27,7 +27,7 @@ import numpy as np
 from nann_tf.errors import UserError
 
 __all__ = ["IndexMismatchError", "ModelEntry", "Retriever", "RunResult", "check_index_matches",
-           "load_model_entry"]
+           "load_model_entry", "searcher_module"]
 
 
 class IndexMismatchError(UserError, ValueError):
@@ -93,6 +93,14 @@ class RunResult:
 class Retriever:
     """A trained model and its index, searched for batches of user histories.
 
+    The searches are those of the served model: a Retriever holds the
+    :class:`~nann_tf.export.module.RetrievalModule` that ``nann-tf export`` saves (its item
+    table, item-side table, HNSW levels, scorer and retired-item mask) and runs its beam search
+    (:meth:`~nann_tf.export.module.RetrievalModule.search_dense`) on dense ids, so what
+    evaluation and tuning measure is the function TF Serving runs. It adds the batching and
+    timing, search parameters per call (a sweep never retraces), HNSW-retrieval (the SL2G
+    baseline) and the exact references.
+
     Args:
       model: the trained :class:`~nann_tf.model.nann.NANNModel`.
       index: its :class:`~nann_tf.index.store.ItemIndex`.
@@ -103,15 +111,13 @@ class Retriever:
       grid: score with XLA over this :class:`~nann_tf.model.scorer.ShapeGrid` (as the exported
         model does; e.g. ``ShapeGrid.for_search(...)``; :meth:`warm_up` compiles it). None: no
         XLA.
+      module: search with this module instead of building one (e.g. the one an export is
+        about to save); it must hold ``index`` with start level ``start_level``.
     """
 
     def __init__(self, model, index, start_level: int, visited_impl: str = "tf",
-                 batch_size: int = 16, grid=None):
+                 batch_size: int = 16, grid=None, module=None):
         import tensorflow as tf
-
-        from nann_tf.index.hnsw import graph_tensors
-        from nann_tf.model.nann import item_side_table
-        from nann_tf.model.scorer import ModelScorer
 
         if not 0 <= start_level <= index.graph.max_level:
             raise ValueError(f"start_level {start_level} is outside the index's levels "
@@ -122,18 +128,19 @@ class Retriever:
             from nann_tf import ops
 
             ops.load_library()  # OpLibraryError (with the rebuild command) if it is missing
+        if module is None:
+            module = searcher_module(model, index, start_level, visited_impl, grid)
+        elif (module.num_items != index.num_items or module._start_level != start_level
+              or module.visited_impl != visited_impl):
+            raise ValueError("module: built for another index, start level or visited set")
+        self.module = module
         self.model = model
         self.index = index
         self.start_level = int(start_level)
         self.visited_impl = visited_impl
         self.batch_size = int(batch_size)
         self.num_items = index.num_items
-        self._graph = graph_tensors(index.graph, self.start_level)
-        self.grid = grid
-        side = item_side_table(model, index.embeddings)
-        self._side = None if side is None else tf.constant(side)  # brute force reuses it
-        self._scorer = ModelScorer(model, tf.constant(index.embeddings), grid,
-                                   side_table=self._side)
+        self.grid = module.grid
         self._bf = None
         s = self.start_level
         hist_spec = tf.TensorSpec([None, None], tf.int32)
@@ -143,21 +150,19 @@ class Retriever:
                                       tf.TensorSpec([s], tf.int32), scalar, hist_spec,
                                       hist_spec])
         def beam_fn(hist, ef, T, k, seeds, exclude):
-            from nann_tf.search.beam import beam_search
-
-            b = tf.shape(hist)[0]
-            scorer = self._scorer.bind(model.encode_user(hist), b)
-            return beam_search(self._graph, scorer, b, ef={lv: ef[lv] for lv in range(s + 1)},
-                               T={lv: T[lv] for lv in range(s)}, k=k,
-                               visited_impl=visited_impl, seed_ids=seeds, exclude_ids=exclude)
+            return module.search_dense(hist, tf.shape(hist)[0],
+                                       {lv: ef[lv] for lv in range(s + 1)},
+                                       {lv: T[lv] for lv in range(s)}, k, exclude_dense=exclude,
+                                       seed_ids=seeds)
 
         @tf.function(input_signature=[hist_spec, scalar, scalar])
         def hnsw_fn(hist, ef0, k):
             from nann_tf.search.hnsw_search import hnsw_search
 
             b = tf.shape(hist)[0]
-            scorer = self._scorer.bind(model.encode_user(hist), b)
-            return hnsw_search(self._graph, scorer, b, ef0=ef0, k=k, visited_impl=visited_impl)
+            scorer = module.live_scorer(module.encode(hist), b)
+            return hnsw_search(module.graph_tensors(), scorer, b, ef0=ef0, k=k,
+                               visited_impl=visited_impl)
 
         self._beam_fn, self._hnsw_fn = beam_fn, hnsw_fn
         self._similar_fns: dict = {}
@@ -177,7 +182,7 @@ class Retriever:
                                           tf.TensorSpec([], tf.int32)])
             def warm_fn(h, width):
                 b = tf.shape(h)[0]
-                return self._scorer.score_first_items(self.model.encode_user(h), b, width)
+                return self.module.scorer.score_first_items(self.module.encode(h), b, width)
 
             self._warm_fn = warm_fn
         for b in batch_sizes:
@@ -229,13 +234,16 @@ class Retriever:
         """The embedding-mode search for a start level, traced once per level."""
         import tensorflow as tf
 
-        from nann_tf.index.hnsw import graph_tensors
+        from nann_tf.index.hnsw import make_graph_tensors
         from nann_tf.search.similar import similar_by_embedding
 
         if start_level not in self._similar_fns:
             s = int(start_level)
-            graph = graph_tensors(self.index.graph, s)
-            table = tf.constant(self.index.embeddings)
+            m = self.module
+            graph = make_graph_tensors(list(zip(m.level_values, m.level_splits)),
+                                       self.index.graph.start_nodes(s), s, m.entry_point,
+                                       self.num_items)
+            table = m.item_table
             spec = tf.TensorSpec([None, None], tf.int32)
 
             @tf.function(input_signature=[spec, tf.TensorSpec([s + 1], tf.int32),
@@ -299,7 +307,7 @@ class Retriever:
         q = seeds.shape[1]
         if mode == EMBEDDING:
             if "exact" not in self._similar_fns:
-                table = tf.constant(self.index.embeddings)
+                table = self.module.item_table
 
                 @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
                                               tf.TensorSpec([], tf.int32)])
@@ -336,11 +344,14 @@ class Retriever:
                          tf.constant(int(k)))
 
     def brute_force(self, hist: np.ndarray, k: int) -> RunResult:
-        """The exact top ``k`` (every item scored; ties by the smaller id)."""
+        """The exact top ``k`` (every item scored; ties by the smaller id; retired items never
+        returned, as in the searches)."""
         from nann_tf.search.brute_force import ExactScorer
 
         if self._bf is None:
-            self._bf = ExactScorer(self.model, self.index.embeddings, side_table=self._side)
+            self._bf = ExactScorer(self.model, self.module.item_table,
+                                   side_table=self.module.item_side,
+                                   retired=self.module.retired)
             if len(hist):
                 self._bf.topk(hist[:1], k)  # traces the chunk scorer outside the timing
         t0 = time.perf_counter()
@@ -348,6 +359,24 @@ class Retriever:
         seconds = time.perf_counter() - t0
         return RunResult(ids.astype(np.int64), np.full(len(ids), self.num_items, np.int64),
                          seconds)
+
+
+def searcher_module(model, index, start_level: int, visited_impl: str = "tf", grid=None):
+    """The :class:`~nann_tf.export.module.RetrievalModule` a :class:`Retriever` searches with:
+    float32 e_v, XLA over ``grid`` when one is given. Its default search parameters (what its
+    own signatures would serve) are the ``[search]`` defaults at ``start_level``; a Retriever
+    passes its parameters with every call."""
+    from nann_tf.export.module import RetrievalModule
+    from nann_tf.search.params import SearchParams
+
+    s = int(start_level)
+    defaults = SearchParams()
+    params = SearchParams(
+        start_level=s, ef={lv: defaults.ef.get(lv, max(defaults.ef.values()))
+                           for lv in range(s + 1)},
+        T={lv: defaults.T.get(lv, 1) for lv in range(s)}, k=min(defaults.k, defaults.ef[0]))
+    return RetrievalModule(model, index, max(int(getattr(model, "max_len", 0) or 0), 1),
+                           params, visited_impl=visited_impl, xla=grid is not None, grid=grid)
 
 
 @dataclasses.dataclass

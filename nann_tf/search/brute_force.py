@@ -103,6 +103,15 @@ def topk_of_scores(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
 
+def _without(scorer, retired):
+    """``scorer`` with the items where ``retired`` is True scored ``-inf``."""
+    def live(rows, ids):
+        scores = scorer(rows, ids)
+        gone = tf.reshape(tf.gather(retired, tf.reshape(ids, [-1])), tf.shape(scores))
+        return tf.where(gone, tf.constant(float("-inf"), scores.dtype), scores)
+    return live
+
+
 class ExactScorer:
     """Exact search for batches of user histories with a trained model, eagerly, in chunks.
 
@@ -117,10 +126,12 @@ class ExactScorer:
         (:func:`~nann_tf.model.nann.item_side_table`; a ``tf.Variable`` beside a variable
         ``item_table``). Default: computed here from an array ``item_table``; none (computed per
         pair) beside a variable one.
+      retired: bool ``[N + 1]`` (array or variable): items scored ``-inf`` by :meth:`topk`
+        (``nann-tf update-index``'s retired items, never served).
     """
 
     def __init__(self, model, item_table: np.ndarray, pair_budget: int = 2 ** 24,
-                 user_batch: int = 128, side_table=None):
+                 user_batch: int = 128, side_table=None, retired=None):
         from nann_tf.model.nann import item_side_table
         from nann_tf.model.scorer import ModelScorer
 
@@ -138,6 +149,8 @@ class ExactScorer:
                                    side_table=side_table)
         self._spec = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)]
         self._topk_fns: dict[int, Any] = {}
+        self._retired = retired if retired is None or isinstance(retired, tf.Variable) else \
+            tf.constant(np.asarray(retired, bool))
 
         @tf.function(input_signature=self._spec + [tf.TensorSpec([], tf.int32)])
         def range_fn(hist, first, stop):
@@ -160,6 +173,8 @@ class ExactScorer:
             def topk_fn(hist, k):
                 b = tf.shape(hist)[0]
                 scorer = self._scorer.bind(self.model.encode_user(hist), b)
+                if self._retired is not None:
+                    scorer = _without(scorer, self._retired)
                 return brute_force(scorer, b, self.num_items, k, chunk_size=chunk,
                                    traversal_device=None)[:2]
 

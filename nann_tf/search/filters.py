@@ -210,6 +210,8 @@ class LabelTensors(tf.Module):
     def _dense(raw, sorted_raw, sorted_dense):
         """Raw label ids (any shape) -> dense ids; 0, negative and unknown ids -> 0."""
         flat = tf.reshape(tf.cast(raw, tf.int64), [-1])
+        # Gathers from one read, not from the variable (see RetrievalModule.to_dense).
+        sorted_raw = tf.convert_to_tensor(sorted_raw)
         pos = tf.searchsorted(sorted_raw, flat, side="left")
         pos_c = tf.minimum(pos, tf.size(sorted_raw, out_type=pos.dtype) - 1)
         hit = tf.logical_and(tf.equal(tf.gather(sorted_raw, pos_c), flat), flat > 0)
@@ -327,6 +329,32 @@ class LabelTensors(tf.Module):
                              [[0, tf.maximum(budget - pool, 0)]])
             return tf.where(req.has_include[:, None], heads,
                             tf.broadcast_to(popular[None], [b, budget]))
+
+
+def row_contains(rows, values, table):
+    """bool ``[n]``: whether ``values[i]`` is one of the positive entries of
+    ``table[rows[i]]``.
+
+    Memory is linear in ``n`` plus the table's size (a sorted key per table entry and a binary
+    search per value), not ``n`` x the table's width: a search's candidates can number millions
+    (a broad exact scan of a batch) and a table row hundreds (a capped search's results).
+
+    Args:
+      rows: int ``[n]`` row of each value (``0 <= rows < B``).
+      values: int ``[n]`` non-negative values.
+      table: int ``[B, W]`` each row's set (entries <= 0 are not members).
+    """
+    table = tf.cast(table, tf.int64)
+    values = tf.cast(values, tf.int64)
+    span = tf.reduce_max(tf.concat([[0], tf.reshape(table, [-1]), values], 0)) + 1
+    row_of = tf.range(tf.shape(table, out_type=tf.int64)[0])[:, None]
+    keys = tf.where(table > 0, row_of * span + table, -1)
+    # -1 first: the absent entries' key and a sentinel, so an empty table still searches.
+    keys = tf.sort(tf.concat([[-1], tf.reshape(keys, [-1])], 0))
+    wanted = tf.cast(rows, tf.int64) * span + values
+    pos = tf.searchsorted(keys, wanted, side="left")
+    pos = tf.minimum(pos, tf.cast(tf.size(keys), pos.dtype) - 1)
+    return tf.logical_and(tf.equal(tf.gather(keys, pos), wanted), values > 0)
 
 
 def cap_per_category(ids, scores, categories, cap, k):

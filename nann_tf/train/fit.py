@@ -158,6 +158,19 @@ class _Backup(keras.callbacks.Callback):
         if self._saved_at != self.step:  # not saved at this step yet
             self._save()
 
+    def on_train_end(self, logs=None):
+        # Another callback stopped training between validations (a caller's own time limit,
+        # ...): the steps since the last validation are validated too, so that they can be the
+        # model (else the model written would be the last validated weights).
+        v = self._validator
+        if v is None or not self.model.stop_training or v.state.stopped:
+            return
+        if self.step == 0 or (v.state.history and v.state.history[-1]["step"] == self.step):
+            return
+        v.validate(self.model.model, self.step, (self.step - 1) // self._steps_per_epoch,
+                   self._dir)
+        self._save()
+
 
 def _restore(trainer: keras.Model, work: Path) -> tuple[int, dict]:
     """Loads ``work/backup`` into the (built) trainer; returns its global step (0: none) and its
@@ -337,7 +350,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         except UserError as e:
             raise TrainError(str(e)) from e
         validator.state = ValidationState(val_state)
-        val_every = tc.val_every_steps or default_val_every(steps)
+        val_every = tc.val_every_steps or default_val_every(
+            steps, validator.users * ds.num_items, tc.batch_size * (tc.num_negatives + 1))
         log.info("validation every %d steps: %s on %d validation users (patience %d)",
                  val_every, validator.metric, validator.users, tc.patience)
         if validator.state.stopped:

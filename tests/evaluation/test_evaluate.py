@@ -149,6 +149,53 @@ def test_visited_tf_and_bitmap_give_the_same_results(attention_model_dir, ci_dat
         np.testing.assert_array_equal(a.num_scored, b.num_scored)
 
 
+def test_the_retriever_searches_with_the_module_the_export_saves(attention_model_dir, ci_dataset,
+                                                                 ci_index_dir):
+    """Evaluation measures the served search: the Retriever's beam equals the
+    RetrievalModule's own ``retrieve`` signature (raw ids, per-row parameters) id for id and
+    in items scored, on mixed rows (short and full histories); and an index with retired items
+    (update-index) gets them from no search of the Retriever, the exact reference included,
+    whose answer is otherwise the unretired one with the next best items moved up."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from nann_tf.export.module import RetrievalModule, rules_inputs
+
+    ds = Dataset.load(ci_dataset)
+    model, cfg, meta = load_trained_model(attention_model_dir)
+    index = load_index(ci_index_dir)
+    p = cfg.search.checked(index.graph.max_level)
+    hist = ds.test.hist[:12].copy()
+    hist[::3, :-3] = 0  # every third row a 3-item history
+    module = RetrievalModule(model, index, int(meta["max_len"]), p, visited_impl="tf", xla=False)
+    r = Retriever(model, index, p.start_level, "tf", batch_size=5, module=module)
+    assert r.module is module
+    ours = r.beam(hist, p.ef, p.T, p.k)
+    b, s = len(hist), p.start_level
+    raw = np.where(hist > 0, index.raw_item_id[hist], 0).astype(np.int64)
+    served = module.retrieve(
+        hist_item_ids=tf.constant(raw), k=tf.fill([b], p.k),
+        ef=tf.constant([p.ef_row()] * b, tf.int32), T=tf.constant([p.T_row()] * b, tf.int32),
+        exclude_item_ids=tf.zeros([b, 1], tf.int64),
+        **{n: tf.constant(v) for n, v in rules_inputs(b).items()})
+    np.testing.assert_array_equal(np.where(ours.ids > 0, index.raw_item_id[ours.ids], 0),
+                                  served["item_ids"].numpy())
+    np.testing.assert_array_equal(ours.num_scored, served["num_scored"].numpy())
+
+    exact = r.brute_force(hist, p.k).ids
+    gone = np.zeros(index.num_items + 1, bool)
+    gone[np.unique(exact[:, :5])] = True  # each row's 5 best, retired
+    retired = Retriever(model, dataclasses.replace(index, retired=gone), p.start_level, "tf",
+                        batch_size=5)
+    after = retired.brute_force(hist, p.k).ids
+    assert not gone[after].any() and not gone[retired.beam(hist, p.ef, p.T, p.k).ids].any()
+    assert not gone[retired.hnsw(hist, p.hnsw_ef, p.k).ids].any()
+    wide = r.brute_force(hist, p.k + int(gone.sum())).ids
+    for row_after, row_wide in zip(after, wide):
+        np.testing.assert_array_equal(row_after, row_wide[~gone[row_wide]][:p.k])
+
+
 def test_xla_grid_retriever_matches_the_plain_one(attention_model_dir, ci_dataset,
                                                   ci_index_dir):
     """Scoring with XLA over the export's shape grid (the latency benchmark's served setting)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from nann_tf.index.hnsw import build_hnsw, graph_tensors, make_graph_tensors
 from nann_tf.search.beam import beam_search
 from nann_tf.search.brute_force import brute_force
-from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category
+from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category, row_contains
 from nann_tf.evaluation.metrics import coverage
 
 from conftest import TAGS_EXACT_MAX as EXACT_MAX
@@ -89,6 +89,25 @@ def test_include_candidates_are_the_posting_lists(labels):
             for t in INC_T[r]:
                 want += [i for i in range(1, N + 1) if t and t in tags[i]]
         assert got == sorted(want), r
+
+
+def test_row_contains_is_set_membership_per_row():
+    """The refill's "already held" and "category full" tests (a capped search): each value
+    checked against its own row's set only, entries <= 0 never members. Random tables with
+    repeats, empty rows and an empty table; a value present in another row must not count."""
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        b, w, n = int(rng.integers(1, 6)), int(rng.integers(0, 8)), int(rng.integers(0, 50))
+        table = rng.integers(-1, 12, size=(b, w)).astype(np.int32)
+        rows = rng.integers(0, b, size=n).astype(np.int32)
+        values = rng.integers(0, 14, size=n).astype(np.int32)
+        got = row_contains(tf.constant(rows), tf.constant(values), tf.constant(table)).numpy()
+        want = [bool(v > 0 and v in table[r][table[r] > 0]) for r, v in zip(rows, values)]
+        assert got.tolist() == want
+    # Row 1 holds 7, row 0 does not: membership is per row.
+    got = row_contains(tf.constant([0, 1, 1]), tf.constant([7, 7, 0]),
+                       tf.constant([[3, 0], [7, 7]]))
+    assert got.numpy().tolist() == [False, True, False]
 
 
 def test_cap_per_category_keeps_the_best_of_each_and_backfills():

@@ -12,7 +12,8 @@ from nann_tf.data.dataset import Dataset
 from nann_tf.data.prepare import prepare_dataset
 from nann_tf.model.saved import load_trained_model
 from nann_tf.train import TrainError, train
-from nann_tf.train.validation import (MIN_VAL_USERS, VAL_PAIR_BUDGET, Validator,
+from nann_tf.train.validation import (MIN_VAL_USERS, VAL_PAIR_BUDGET, VAL_PAIR_COST,
+                                      VAL_TIME_SHARE, Validator, default_val_every,
                                       validation_users)
 
 from conftest import run_cli
@@ -88,6 +89,31 @@ def test_without_patience_every_epoch_runs_and_the_best_is_kept(tiny_dataset, tm
     assert val["best"]["value"] == max(e["value"] for e in val["history"])
 
 
+def test_a_run_stopped_by_another_callback_validates_its_last_steps(tiny_dataset, tmp_path):
+    """A caller's callback (bench_scale's time limit) stops the run at step 6, between
+    validations every 4 steps: step 6 is validated too (else the model written would be step
+    4's weights, whatever the last steps learnt), and the model is the better of the two."""
+    import keras
+
+    class StopAt(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.steps == 6:
+                self.model.stop_training = True
+
+    cfg = _config(epochs=1, steps_per_epoch=10, patience=0, val_every_steps=4)
+    out = tmp_path / "m"
+    summary = train(cfg, tiny_dataset, out, verbose=0, extra_callbacks=[StopAt()])
+    val = json.loads((out / "model.json").read_text())["validation"]
+    assert summary["steps_run_now"] == 6
+    assert [e["step"] for e in val["history"]] == [4, 6]
+    assert val["best"]["value"] == max(e["value"] for e in val["history"])
+
+
 def test_validation_off_keeps_the_last_weights(tiny_dataset, tmp_path):
     cfg = _config(epochs=2, steps_per_epoch=5, val_every_steps=-1)
     out = tmp_path / "m"
@@ -118,6 +144,21 @@ def test_a_dataset_without_validation_users_is_refused_naming_the_fix(tmp_path, 
     train(_config(epochs=1, steps_per_epoch=2, val_every_steps=-1), data, tmp_path / "m3",
           verbose=0)
     assert (tmp_path / "m3" / "model.json").exists()
+
+
+def test_the_default_interval_keeps_validation_a_tenth_of_the_time():
+    """Once per epoch on a small corpus, every 5,000 steps on a long epoch with cheap
+    validations, and further apart when one validation costs more than a ninth of 5,000 steps:
+    at the paper's scale (100 users x 3.93M items, 512 x 101 candidates per step) it costs
+    ~1,670 steps, so the interval is ~9 x that (validation ~10% of the time)."""
+    assert default_val_every(120, 94 * 1682, 512 * 101) == 120
+    assert default_val_every(188_000, 200 * 10_000, 512 * 101) == 5000
+    paper = default_val_every(188_000, 100 * 3_930_000, 512 * 101)
+    cost = VAL_PAIR_COST * 100 * 3_930_000 / (512 * 101)
+    assert 14_000 < paper < 16_000
+    assert cost / (cost + paper) == pytest.approx(VAL_TIME_SHARE, rel=0.01)
+    # Never past the epoch: a run shorter than the interval still validates once per epoch.
+    assert default_val_every(9_000, 100 * 3_930_000, 512 * 101) == 9_000
 
 
 def test_validation_users_follow_the_corpus_size():
