@@ -69,7 +69,8 @@ def test_history_seeds_on_by_default_and_same_as_the_offline_search(
     for seeds, out in served.items():
         offline = r.beam(dense, ef, T, sc.k, history_seeds=seeds)
         raw = np.where(offline.ids > 0, idx.raw_item_id[offline.ids], 0)
-        assert (out["item_ids"] == raw).mean() >= 0.99, seeds
+        # The Retriever runs the search of the module the export saves: the same ids.
+        np.testing.assert_array_equal(out["item_ids"], raw, err_msg=f"seeds={seeds}")
         np.testing.assert_array_equal(out["num_scored"], offline.num_scored)
     assert (served[True]["num_scored"] != served[False]["num_scored"]).any()
 
