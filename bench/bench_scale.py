@@ -173,9 +173,8 @@ def _query(address: str, ds, users: int, b16_requests: int, k: int) -> dict:
     from nann_tf.serving.client import RetrievalClient
 
     users = min(users, len(ds.test))
-    raw = ds.raw_item_id.astype(np.int64)
-    hist = np.where(ds.test.hist[:users] > 0, raw[ds.test.hist[:users]], 0).astype(np.int64)
-    target = raw[ds.test.target[:users]]
+    hist = ds.raw_items(ds.test.hist[:users])
+    target = ds.raw_items(ds.test.target[:users])
     out: dict = {"users": users}
     with RetrievalClient(address, "nann", timeout_s=600, retries=1) as client:
         for sig in ("serving_default", "brute_force"):  # untimed first calls
@@ -241,8 +240,7 @@ def _in_process(version_dir: Path, ds, users: int, b16_requests: int) -> dict:
     from nann_tf.serving.loader import SessionModel
 
     users = min(users, len(ds.test))
-    raw = ds.raw_item_id.astype(np.int64)
-    hist = np.where(ds.test.hist[:users] > 0, raw[ds.test.hist[:users]], 0).astype(np.int64)
+    hist = ds.raw_items(ds.test.hist[:users])
     t = time.perf_counter()
     with SessionModel(version_dir) as model:
         load = time.perf_counter() - t

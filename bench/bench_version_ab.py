@@ -43,8 +43,7 @@ def main(argv=None) -> int:
 
     ds = Dataset.load(args.data)
     users = min(args.users, len(ds.test))
-    raw = ds.raw_item_id.astype(np.int64)
-    hist = np.where(ds.test.hist[:users] > 0, raw[ds.test.hist[:users]], 0).astype(np.int64)
+    hist = ds.raw_items(ds.test.hist[:users])
     models = {"a": SessionModel(args.a), "b": SessionModel(args.b)}
     answers = {n: [m.run("serving_default", {"hist_item_ids": hist[i:i + 1]})
                    for i in range(users)] for n, m in models.items()}

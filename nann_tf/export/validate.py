@@ -10,7 +10,8 @@ checks that it answers what the in-memory search answered, and that every warm-u
 (The coverage against brute force is measured by the exporting process, in memory, before it
 saves: a version that repeats the in-memory answers has that coverage.) With
 ``--stock-ops-only`` the op library is NOT loaded and every op in the graph (function library
-included) must be a stock TensorFlow op, i.e. the model runs on the stock TF Serving image. Prints one JSON line; exit status 0 when valid.
+included) must be a stock TensorFlow op, i.e. the model runs on the stock TF Serving image.
+Prints one JSON line; exit status 0 when valid.
 """
 
 from __future__ import annotations

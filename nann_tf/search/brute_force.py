@@ -23,7 +23,7 @@ import tensorflow as tf
 from nann_tf.progress import Progress
 from nann_tf.search.beam import Scorer, SearchContext, resize_results, top_by_key
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ExactScorer", "brute_force", "topk_of_scores"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ExactScorer", "brute_force", "topk_of_scores", "without_items"]
 
 DEFAULT_CHUNK_SIZE = 16384
 MIN_BUDGET_LEN = 20  # ExactScorer: the shortest history length its pair budget assumes
@@ -103,12 +103,15 @@ def topk_of_scores(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
 
-def _without(scorer, retired):
-    """``scorer`` with the items where ``retired`` is True scored ``-inf``."""
+def without_items(scorer, mask, device: str | None = None):
+    """``scorer`` with the items where ``mask`` (bool ``[N + 1]``) is True scored ``-inf``,
+    like a request's excluded items: walked past, never returned (``update-index``'s retired
+    items). The mask is gathered on ``device``."""
     def live(rows, ids):
         scores = scorer(rows, ids)
-        gone = tf.reshape(tf.gather(retired, tf.reshape(ids, [-1])), tf.shape(scores))
-        return tf.where(gone, tf.constant(float("-inf"), scores.dtype), scores)
+        with tf.device(device):
+            gone = tf.reshape(tf.gather(mask, tf.reshape(ids, [-1])), tf.shape(scores))
+            return tf.where(gone, tf.constant(float("-inf"), scores.dtype), scores)
     return live
 
 
@@ -174,7 +177,7 @@ class ExactScorer:
                 b = tf.shape(hist)[0]
                 scorer = self._scorer.bind(self.model.encode_user(hist), b)
                 if self._retired is not None:
-                    scorer = _without(scorer, self._retired)
+                    scorer = without_items(scorer, self._retired)
                 return brute_force(scorer, b, self.num_items, k, chunk_size=chunk,
                                    traversal_device=None)[:2]
 

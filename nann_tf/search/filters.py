@@ -33,7 +33,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["LabelTable", "LabelTensors", "RequestLabels", "cap_per_category", "MAX_TAGS"]
+__all__ = ["LabelTable", "LabelTensors", "RequestLabels", "cap_per_category", "row_contains",
+           "sorted_lookup", "MAX_TAGS"]
 
 #: Tags per item an item table may give.
 MAX_TAGS = 16
@@ -206,16 +207,6 @@ class LabelTensors(tf.Module):
         self.num_items = int(len(table.item_category) - 1)
         self.has_tags = bool(len(table.raw_tag_id) > 1)
 
-    @staticmethod
-    def _dense(raw, sorted_raw, sorted_dense):
-        """Raw label ids (any shape) -> dense ids; 0, negative and unknown ids -> 0."""
-        flat = tf.reshape(tf.cast(raw, tf.int64), [-1])
-        # Gathers from one read, not from the variable (see RetrievalModule.to_dense).
-        sorted_raw = tf.convert_to_tensor(sorted_raw)
-        pos = tf.searchsorted(sorted_raw, flat, side="left")
-        pos_c = tf.minimum(pos, tf.size(sorted_raw, out_type=pos.dtype) - 1)
-        hit = tf.logical_and(tf.equal(tf.gather(sorted_raw, pos_c), flat), flat > 0)
-        return tf.reshape(tf.where(hit, tf.gather(sorted_dense, pos_c), 0), tf.shape(raw))
 
     def request(self, include_categories, exclude_categories, include_tags,
                 exclude_tags) -> RequestLabels:
@@ -225,10 +216,10 @@ class LabelTensors(tf.Module):
             tags = (self.sorted_raw_tags, self.sorted_dense_tags)
             has_include = tf.logical_or(tf.reduce_any(include_categories > 0, axis=1),
                                         tf.reduce_any(include_tags > 0, axis=1))
-            return RequestLabels(self._dense(include_categories, *cats),
-                                 self._dense(exclude_categories, *cats),
-                                 self._dense(include_tags, *tags),
-                                 self._dense(exclude_tags, *tags), has_include)
+            return RequestLabels(sorted_lookup(include_categories, *cats),
+                                 sorted_lookup(exclude_categories, *cats),
+                                 sorted_lookup(include_tags, *tags),
+                                 sorted_lookup(exclude_tags, *tags), has_include)
 
     def category_of(self, ids) -> tf.Tensor:
         """Dense category of each item id (any shape; id 0 -> category 0)."""
@@ -329,6 +320,20 @@ class LabelTensors(tf.Module):
                              [[0, tf.maximum(budget - pool, 0)]])
             return tf.where(req.has_include[:, None], heads,
                             tf.broadcast_to(popular[None], [b, budget]))
+
+
+def sorted_lookup(raw, sorted_raw, sorted_dense):
+    """Raw ids (any shape) -> dense ids through a sorted vocabulary (``sorted_raw[i]`` is the
+    raw id of dense id ``sorted_dense[i]``); 0, negative and unknown ids -> 0."""
+    flat = tf.reshape(tf.cast(raw, tf.int64), [-1])
+    # One read of the variable, then gathers from that tensor: a gather on the variable itself
+    # (ResourceGather) puts it in copy-on-read mode, after which the search's dense read copied
+    # every id on every request (2.6 ms of a 14 ms request at 3.9M item ids).
+    sorted_raw = tf.convert_to_tensor(sorted_raw)
+    pos = tf.searchsorted(sorted_raw, flat, side="left")
+    pos_c = tf.minimum(pos, tf.size(sorted_raw, out_type=pos.dtype) - 1)
+    hit = tf.logical_and(tf.equal(tf.gather(sorted_raw, pos_c), flat), flat > 0)
+    return tf.reshape(tf.where(hit, tf.gather(sorted_dense, pos_c), 0), tf.shape(raw))
 
 
 def row_contains(rows, values, table):

@@ -172,7 +172,7 @@ def test_the_retriever_searches_with_the_module_the_export_saves(attention_model
     r = Retriever(model, index, p.start_level, "tf", batch_size=5, module=module)
     assert r.module is module
     ours = r.beam(hist, p.ef, p.T, p.k)
-    b, s = len(hist), p.start_level
+    b = len(hist)
     raw = np.where(hist > 0, index.raw_item_id[hist], 0).astype(np.int64)
     served = module.retrieve(
         hist_item_ids=tf.constant(raw), k=tf.fill([b], p.k),
