@@ -70,13 +70,15 @@ def main(argv=None) -> int:
     cfg = nann_tf.load_config_for_data("movielens-100k", ds, overrides)
     print(f"dataset: {ds.num_items} items, {ds.num_train_samples} training samples")
 
-    # 2. Train (validated on the held-out validation users), index, export.
+    # 2. Train (validated on the held-out validation users), index, export. Each stage writes
+    #    a directory; it takes directories or, as here, the objects already read.
     model_dir, index_dir, base = work / "model", work / "index", work / "models" / "nann"
-    summary = nann_tf.train_model(cfg, data, model_dir, verbose=0, overwrite=True)
+    summary = nann_tf.train_model(cfg, ds, model_dir, verbose=0, overwrite=True)
     print(f"trained {summary['steps_run_now']} steps")
+    trained = nann_tf.load_trained_model(model_dir)  # .model, .cfg, .meta
     shutil.rmtree(index_dir, ignore_errors=True)  # a re-run rebuilds it
-    nann_tf.build_index(model_dir, data, index_dir)
-    info = nann_tf.export_version(model_dir, index_dir, base, data_dir=str(data))
+    nann_tf.build_index(trained, ds, index_dir)
+    info = nann_tf.export_version(trained, nann_tf.load_index(index_dir), base, data_dir=ds)
     version = base / str(info["version"])
     print(f"exported {version} (validation coverage "
           f"{info['validation']['coverage_vs_brute_force']:.3f})")

@@ -1,7 +1,8 @@
 """nann-tf: retrieval from millions of items with a full deep model, served by TF Serving.
 
 The stages, as library calls (each writes a directory, atomically, and returns its metadata;
-``docs/python-api.md`` walks through them):
+each takes its inputs as directories or as the objects read from them: a ``Dataset``, a
+``TrainedModel``, an ``ItemIndex``; ``docs/python-api.md`` walks through them):
 
 - ``load_config(name_or_path, overrides)`` -> ``Config``: a named config (``ci-synth``,
   ``smoke``, ``synth-1m``, ``movielens-100k``, ``userbehavior``, ...) or a TOML file.
@@ -11,7 +12,7 @@ The stages, as library calls (each writes a directory, atomically, and returns i
 - ``prepare_dataset(log, output_dir, input_format, ...)`` -> a dataset directory, read back with
   ``Dataset.load(dir)``.
 - ``train_model(cfg, data_dir, model_dir)``: trains (validation-driven early stopping) and writes the
-  model; ``load_trained_model(model_dir)`` -> ``(model, cfg, meta)``.
+  model; ``load_trained_model(model_dir)`` -> ``TrainedModel`` (unpacks as ``model, cfg, meta``).
 - ``build_index(model_dir, data_dir, index_dir)``: e_v of every item and the HNSW graph;
   ``load_index(index_dir)`` -> ``ItemIndex``; ``update_index(...)`` launches and retires items.
 - ``export_version(model_dir, index_dir, models_base)``: a validated TF Serving version.
@@ -49,6 +50,7 @@ _API = {
     "Dataset": "nann_tf.data.dataset",
     "train_model": ("nann_tf.train.fit", "train"),  # nann_tf.train is the subpackage
     "load_trained_model": "nann_tf.model.saved",
+    "TrainedModel": "nann_tf.model.saved",
     "build_index": "nann_tf.index.build",
     "update_index": "nann_tf.index.update",
     "load_index": "nann_tf.index.store",

@@ -176,35 +176,37 @@ def tune_search(model, index, ds, params, *, target: float = TUNE_COVERAGE,
                 users: int = 200, progress=None) -> dict | None:
     """The cheapest beam parameters (ef, T) reaching coverage@k >= ``target`` on validation
     users (:func:`nann_tf.search.tune.tune`: every item scored once, the default grid replayed
-    in C++ around ``params``' start level and k, the chosen setting checked with the TensorFlow
-    search), for the index just built.
+    in C++ around ``params``' start level and k, then the wider grid if none of it reaches the
+    target, the chosen setting checked with the TensorFlow search), for the index just built.
 
     Returns:
       ``{"start_level", "k", "ef", "T", "history_seeds", "coverage", "tf_coverage",
       "items_scored", "scored_fraction", "users", "target"}``, or None when the dataset has no
-      validation users or no setting of the grid reaches the target (the rules' parameters
+      validation users or no setting of either grid reaches the target (the rules' parameters
       stay).
     """
     import numpy as np
 
     from nann_tf.search.params import format_level_values
-    from nann_tf.search.tune import default_grid, grid_from_lists, tune
+    from nann_tf.search.tune import default_grid, grid_from_lists, tune, wider_grid
     from nann_tf.train.validation import validation_users
 
     n_users = validation_users(len(ds.val), users, ds.num_items)
     if n_users == 0:
         return None
     s, k = params.start_level, params.k
-    ef_values, t_values = default_grid(s, k, len(index.graph.start_nodes(s)))
-    grid = grid_from_lists(s, ef_values, t_values, k)
+    num_start = len(index.graph.start_nodes(s))
+    grid = grid_from_lists(s, *default_grid(s, k, num_start), k)
     current = (dict(params.ef), dict(params.T))
     if current not in grid:
         grid.append(current)
+    wider = [w for w in grid_from_lists(s, *wider_grid(s, k, num_start, index.num_items), k)
+             if w not in grid]
     rows = np.arange(len(ds.val))
     if n_users < len(rows):
         rows = np.sort(np.random.default_rng(0).choice(len(rows), n_users, replace=False))
     res = tune(model, index, ds.val.hist[rows], start_level=s, k=k, target=target, grid=grid,
-               progress=progress, history_seeds=params.history_seeds)
+               progress=progress, history_seeds=params.history_seeds, wider=wider)
     chosen = res["chosen"]
     if chosen is None:
         return None
@@ -213,7 +215,7 @@ def tune_search(model, index, ds, params, *, target: float = TUNE_COVERAGE,
             "coverage": chosen["coverage"], "tf_coverage": res["check"]["tf_coverage"],
             "items_scored": chosen["items_scored"],
             "scored_fraction": chosen["scored_fraction"], "users": res["users"],
-            "target": target}
+            "target": target, "widened": res["widened"]}
 
 
 def search_defaults(cfg: Config, model_meta: dict, index_meta: dict):

@@ -97,5 +97,13 @@ def test_build_index_tunes_the_search_and_the_export_default_follows(tiny_datase
                    "train.epochs=1", "--set", "train.jit_compile=false") == 0
     _, cfg2, meta2 = load_trained_model(tmp_path / "m2")
     assert search_defaults(cfg2, meta2, index.meta) == cfg2.search
-    off = build_index(model_dir, tiny_dataset, tmp_path / "i3", tune_coverage=0)
-    assert off["tuned_search"] is None
+    # The stages take the objects in memory as well as directories (a model built in memory
+    # has no directory to record): the same e_v.
+    import numpy as np
+
+    from nann_tf.model.saved import TrainedModel
+
+    off = build_index(TrainedModel(*load_trained_model(model_dir)), Dataset.load(tiny_dataset),
+                      tmp_path / "i3", tune_coverage=0)
+    assert off["tuned_search"] is None and off["model_dir"] is None
+    np.testing.assert_array_equal(load_index(tmp_path / "i3").embeddings, index.embeddings)

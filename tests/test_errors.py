@@ -61,3 +61,20 @@ def test_a_library_error_names_the_parameter_and_the_cli_the_flag(tmp_path, caps
     assert "(--add-items FILE --columns item=COL,category=COL)" in err, err
     assert arg("add_items") == "add_items"  # the mapping ends with the command
     assert not (tmp_path / "o").exists()
+
+
+def test_a_stage_given_an_object_it_cannot_take_names_what_it_expected():
+    """Stages take a directory or the object read from it; anything else (a bare Keras model,
+    without the config and metadata an export needs) is a UserError naming what is expected,
+    not an AttributeError deep inside."""
+    from nann_tf.data.dataset import DataError, as_dataset
+    from nann_tf.index.hnsw import HnswIndexError
+    from nann_tf.index.store import as_index
+    from nann_tf.model.saved import ModelDirError, as_trained_model
+
+    with pytest.raises(ModelDirError, match="a model directory or a TrainedModel.*got object"):
+        as_trained_model(object())
+    with pytest.raises(DataError, match="a dataset directory or a Dataset, got int"):
+        as_dataset(3)
+    with pytest.raises(HnswIndexError, match="an index directory or an ItemIndex, got dict"):
+        as_index({})

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ __all__ = [
     "ID_TYPES",
     "HeldOut",
     "Dataset",
+    "as_dataset",
     "gather_histories",
     "popularity_topk",
 ]
@@ -412,6 +414,17 @@ class Dataset:
         pos = np.arange(len(self.train_items), dtype=np.int64)
         keep = pos != start
         return pos[keep], start[keep]
+
+
+def as_dataset(dataset_or_dir) -> Dataset:
+    """``dataset_or_dir`` as a :class:`Dataset`: itself, or a directory read with
+    :meth:`Dataset.load` (what every stage taking a dataset directory also accepts)."""
+    if isinstance(dataset_or_dir, Dataset):
+        return dataset_or_dir
+    if not isinstance(dataset_or_dir, (str, os.PathLike)):
+        raise DataError(f"expected a dataset directory or a Dataset, got "
+                        f"{type(dataset_or_dir).__name__}")
+    return Dataset.load(dataset_or_dir)
 
 
 def popularity_topk(ds: Dataset, k: int) -> np.ndarray:

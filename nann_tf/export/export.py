@@ -66,16 +66,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def validation_histories(index, data_dir: str | None, max_len: int, n: int,
-                         seed: int = 0) -> np.ndarray:
+def validation_histories(index, data_dir, max_len: int, n: int, seed: int = 0) -> np.ndarray:
     """Raw-id histories ``[n, max_len]`` for warm-up and validation: validation users of the
-    dataset when it is available, else random histories over the vocabulary."""
-    from nann_tf.data.dataset import DataError, Dataset
+    dataset (a directory or a ``Dataset``) when it is available, else random histories over the
+    vocabulary."""
+    from nann_tf.data.dataset import DataError, as_dataset
 
     dense = None
     if data_dir:
         try:
-            ds = Dataset.load(data_dir)
+            ds = as_dataset(data_dir)
             first = np.arange(1, ds.num_items + 1)
             same = ds.num_items == index.num_items or (  # or grown by update-index
                 ds.num_items < index.num_items and np.array_equal(ds.raw_items(first),
@@ -170,7 +170,7 @@ def filtered_requests(module, histories: np.ndarray) -> dict:
                            max_per_category=[int(p["max_per_category"][0]) for p in pick])}
 
 
-def _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep):
+def _labels(index, meta, data_dir, item_tags, tag_columns, tag_sep):
     """The items' labels for filters: categories with their raw ids (the index's; an older
     index without them takes its dataset's), and the tags of ``item_tags``.
 
@@ -185,11 +185,11 @@ def _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep):
                           "and which of its columns hold the item and its tags)")
     raw_cats = index.raw_category_id
     if raw_cats is None:
-        from nann_tf.data.dataset import DataError, Dataset
+        from nann_tf.data.dataset import DataError, as_dataset
 
         source = data_dir or meta.get("data_dir")
         try:
-            ds = Dataset.load(source)
+            ds = as_dataset(source)
             if ds.num_items == index.num_items and np.array_equal(ds.item_category,
                                                                   index.category):
                 raw_cats = ds.raw_category_id
@@ -285,6 +285,9 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                    filter_entries: int | None = None) -> dict:
     """Exports one version; returns its info dict (also saved as ``EXPORT_INFO``).
 
+    ``model_dir``, ``index_dir`` and ``data_dir`` are directories, or the objects read from them
+    (a ``TrainedModel``, an ``ItemIndex``, a ``Dataset``).
+
     The default search parameters are the model config's ``[search]`` table with
     ``start_level``/``ef``/``T``/``k``/``history_seeds`` replacing its values (``ef``/``T`` as
     ``LEVEL=VALUE`` strings or mappings), checked against the index by
@@ -313,21 +316,23 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
 
     from nann_tf.export.module import (BROAD_FILTER_SHARE, MAX_T, RetrievalModule,
                                        default_max_ef)
-    from nann_tf.index.store import load_index
+    from nann_tf.index.store import as_index
     from nann_tf.serving.warmup import write_warmup_requests
-    from nann_tf.model.saved import load_trained_model
+    from nann_tf.model.saved import as_trained_model
     from nann_tf.search.params import similar_for_index
     from nann_tf.autoconfig import search_defaults
 
     base = Path(base_dir)
-    model, cfg, meta = load_trained_model(model_dir)
-    index = load_index(index_dir)
+    trained = as_trained_model(model_dir)
+    model, cfg, meta = trained
+    index = as_index(index_dir)
     # An index grown by update-index holds more items than the model was trained on (the
     # launched ones, embedded from their category); its first model_items are the model's.
     model_items = int(index.meta.get("model_items", index.num_items))
     if model_items != meta["num_items"] or index.num_items < model_items:
-        raise ExportError(f"{arg('index_dir')} {index_dir} was built for {model_items} items but "
-                          f"{arg('model_dir')} {model_dir} was trained on {meta['num_items']}")
+        raise ExportError(f"{arg('index_dir')} {index.name} was built for {model_items} items "
+                          f"but {arg('model_dir')} {trained.name} was trained on "
+                          f"{meta['num_items']}")
     # The config's [search] table with the given overrides, checked by the one set of rules:
     # a level missing or unused, or a start level above the index's top, is an error.
     defaults = search_defaults(cfg, meta, index.meta).overridden(
@@ -350,7 +355,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             loader_path()  # missing: refused before anything is written
         except CcLoaderError as e:
             raise ExportError(f"{arg('validate_loader')} cc: {e}") from e
-    labels = _labels(index, model_dir, meta, data_dir, item_tags, tag_columns, tag_sep)
+    labels = _labels(index, meta, data_dir, item_tags, tag_columns, tag_sep)
     if (base / str(version)).exists():
         raise ExportError(f"{base / str(version)} already exists: versions are never "
                           f"overwritten (pick another {arg('version')}, or omit it for the next "
@@ -396,7 +401,7 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                                       model_name, "serving_default", records)
         info = {
             "format": "nann-tf-export", "version": version, "model_name": model_name,
-            "model_dir": str(model_dir), "index_dir": str(index_dir),
+            "model_dir": trained.name, "index_dir": index.name,
             "variant": cfg.model.variant, "visited": visited, "xla": xla,
             "embedding_dtype": embedding_dtype, "max_len": max_len,
             "num_items": index.num_items, "item_id_type": index.item_id_type,

@@ -21,6 +21,10 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
     """e_v of every item with the trained item network, the HNSW graph over them, saved as an
     index directory (atomically); returns its metadata.
 
+    ``model_dir`` is a model directory or a :class:`~nann_tf.model.saved.TrainedModel` (what
+    ``load_trained_model`` returns), ``data_dir`` a dataset directory or a
+    :class:`~nann_tf.data.dataset.Dataset`.
+
     With ``tune_coverage`` (default :data:`nann_tf.autoconfig.TUNE_COVERAGE`; 0: off), the
     cheapest beam parameters reaching that coverage@k on validation users are measured on the
     new graph and recorded (``tuned_search``); the export serves with them when the model's
@@ -30,14 +34,15 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
       HnswIndexError: bad HNSW parameters, or a model trained on another dataset.
       ModelDirError / DataError: the model or dataset directory is missing or unreadable.
     """
-    from nann_tf.data.dataset import Dataset
-    from nann_tf.model.saved import load_trained_model
+    from nann_tf.data.dataset import as_dataset
+    from nann_tf.model.saved import as_trained_model
 
-    ds = Dataset.load(data_dir)
-    model, cfg, meta = load_trained_model(model_dir)
+    ds = as_dataset(data_dir)
+    trained = as_trained_model(model_dir)
+    model, cfg, meta = trained
     if meta["num_items"] != ds.num_items:
-        raise HnswIndexError(f"{arg('model_dir')} {model_dir} was trained on "
-                             f"{meta['num_items']} items but {arg('data_dir')} {data_dir} has "
+        raise HnswIndexError(f"{arg('model_dir')} {trained.name} was trained on "
+                             f"{meta['num_items']} items but {arg('data_dir')} {ds.path} has "
                              f"{ds.num_items}: not the same dataset")
     ic = cfg.index
     M = ic.M if M is None else M
@@ -58,7 +63,7 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
         graph = build_hnsw(emb, M=M, ef_construction=efc, num_threads=threads, seed=ic.seed,
                            hnswlib_file=hnswlib_file)
         t2 = time.perf_counter()
-        info = {"model_dir": str(model_dir), "config": cfg.to_dict(), "embed_seconds": t1 - t0,
+        info = {"model_dir": str(trained.path) if trained.path else None, "config": cfg.to_dict(), "embed_seconds": t1 - t0,
                 "model_items": int(ds.num_items),
                 "hnsw_build_seconds": t2 - t1, "M": M, "ef_construction": efc,
                 "max_level": graph.max_level,

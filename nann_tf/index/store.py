@@ -34,7 +34,7 @@ import numpy as np
 from nann_tf.fsutil import replace_dir
 from nann_tf.index.hnsw import HnswGraph, HnswIndexError, load as load_graph
 
-__all__ = ["ItemIndex", "save_index", "load_index", "INDEX_FORMAT"]
+__all__ = ["ItemIndex", "save_index", "load_index", "as_index", "INDEX_FORMAT"]
 
 INDEX_FORMAT = "nann-tf-index"
 HNSWLIB_FILE = "hnswlib.bin"
@@ -53,6 +53,12 @@ class ItemIndex:
     hnswlib_file: Path | None = None  # the hnswlib index of the graph (update-index)
     freq: np.ndarray | None = None  # int64 [N + 1]: training occurrences (update-index's
     #                                 popular cold start; 0 for launched items)
+    source: Path | None = None  # the directory it was read from (not saved)
+
+    @property
+    def name(self) -> str:
+        """How messages name it: its directory, or "the index given" for one built in memory."""
+        return str(self.source) if self.source is not None else "(the index given)"
 
     @property
     def num_items(self) -> int:
@@ -171,6 +177,18 @@ def load_index(directory: str | os.PathLike) -> ItemIndex:
         raise HnswIndexError(f"{d}: unreadable index array: {e}") from e
     idx = ItemIndex(load_graph(d / "graph"), emb, raw.astype(np.int64), cat.astype(np.int32),
                     meta, raw_item_key=key, raw_category_id=raw_cat, retired=retired, freq=freq,
-                    hnswlib_file=(d / HNSWLIB_FILE) if (d / HNSWLIB_FILE).is_file() else None)
+                    hnswlib_file=(d / HNSWLIB_FILE) if (d / HNSWLIB_FILE).is_file() else None,
+                    source=d)
     validate_index(idx, d)
     return idx
+
+
+def as_index(index_or_dir) -> ItemIndex:
+    """``index_or_dir`` as an :class:`ItemIndex`: itself, or a directory read with
+    :func:`load_index` (what every stage taking an index directory also accepts)."""
+    if isinstance(index_or_dir, ItemIndex):
+        return index_or_dir
+    if not isinstance(index_or_dir, (str, os.PathLike)):
+        raise HnswIndexError(f"expected an index directory or an ItemIndex, got "
+                             f"{type(index_or_dir).__name__}")
+    return load_index(index_or_dir)

@@ -41,7 +41,7 @@ import numpy as np
 
 from nann_tf.errors import arg
 from nann_tf.index.hnsw import HnswIndexError, add_to_hnsw
-from nann_tf.index.store import HNSWLIB_FILE, ItemIndex, load_index, save_index
+from nann_tf.index.store import HNSWLIB_FILE, ItemIndex, as_index, save_index
 
 __all__ = ["update_index", "UpdateError", "COLD_START", "best_sellers"]
 
@@ -179,6 +179,8 @@ def update_index(model_dir, index_dir, output, add_items=None, columns=None,
                  retire_items=None, num_threads: int = 0, cold_start: str = "popular") -> dict:
     """Writes ``output``: ``index_dir`` with the items of ``add_items`` launched and those of
     ``retire_items`` retired (see the module docstring). Returns the new index's metadata.
+    ``model_dir`` and ``index_dir`` may also be a ``TrainedModel`` and an ``ItemIndex`` in
+    memory (the index must carry its hnswlib graph file to launch items).
 
     Raises:
       UpdateError: no change asked, ``output`` exists or is the input, a bad file (naming the
@@ -186,7 +188,7 @@ def update_index(model_dir, index_dir, output, add_items=None, columns=None,
     """
     import tensorflow as tf
 
-    from nann_tf.model.saved import load_trained_model
+    from nann_tf.model.saved import as_trained_model
 
     t0 = time.perf_counter()
     if cold_start not in COLD_START:
@@ -200,9 +202,10 @@ def update_index(model_dir, index_dir, output, add_items=None, columns=None,
     if output.exists():
         raise UpdateError(f"{arg('output')} {output}: exists (update-index writes a new index "
                           "directory; pick another path)")
-    model, _, _ = load_trained_model(model_dir)
-    idx = load_index(index_dir)
-    check_model_matches(model, idx, model_dir, index_dir)
+    trained = as_trained_model(model_dir)
+    model = trained.model
+    idx = as_index(index_dir)
+    check_model_matches(model, idx, trained.name, idx.name)
     n = idx.num_items
     retired = np.zeros(n + 1, bool) if idx.retired is None else idx.retired.copy()
     if retire_items is not None:
@@ -218,10 +221,10 @@ def update_index(model_dir, index_dir, output, add_items=None, columns=None,
         raw_cat_table = np.append(raw_cat_table, np.int64(c))
     dense_cats = np.asarray([cat_of[c] for c in raw_cats], np.int32)
     if idx.hnswlib_file is None and a:
-        raise UpdateError(f"{arg('index_dir')} {index_dir}: no {HNSWLIB_FILE} (an index written "
+        raise UpdateError(f"{arg('index_dir')} {idx.name}: no {HNSWLIB_FILE} (an index written "
                           "before update-index existed): run build-index again once to launch "
                           "items")
-    info = {"updated_from": str(index_dir), "added_items": a, "new_categories": len(new_cats),
+    info = {"updated_from": idx.name, "added_items": a, "new_categories": len(new_cats),
             "retired_items": int(retired.sum()),
             "model_items": int(idx.meta.get("model_items", model.num_items))}
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.update-",

@@ -6,7 +6,9 @@ path; :func:`load_trained_model` rebuilds the Keras model from it and loads the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,8 @@ from nann_tf.config import Config, config_from_json
 from nann_tf.fsutil import atomic_path, write_json_atomic
 from nann_tf.model.nann import NANNModel
 
-__all__ = ["MODEL_META", "MODEL_WEIGHTS", "ModelDirError", "build_model", "save_trained_model",
-           "load_trained_model", "is_trained_model_dir"]
+__all__ = ["MODEL_META", "MODEL_WEIGHTS", "ModelDirError", "TrainedModel", "build_model",
+           "save_trained_model", "load_trained_model", "as_trained_model", "is_trained_model_dir"]
 
 MODEL_WEIGHTS = "model.weights.h5"
 MODEL_META = "model.json"
@@ -59,11 +61,45 @@ def is_trained_model_dir(model_dir: str | Path) -> bool:
     return (d / MODEL_META).is_file() and (d / MODEL_WEIGHTS).is_file()
 
 
-def load_trained_model(model_dir: str | Path) -> tuple[NANNModel, Config, dict]:
+@dataclasses.dataclass
+class TrainedModel:
+    """A trained model in memory: the Keras model, the config it was trained with and its
+    metadata (``model.json``). Every stage that takes a model directory takes one of these too;
+    it unpacks as ``model, cfg, meta = trained``.
+    """
+
+    model: NANNModel
+    cfg: Config
+    meta: dict
+    path: Path | None = None  # the directory it was read from, if any
+
+    def __iter__(self):
+        return iter((self.model, self.cfg, self.meta))
+
+    @property
+    def name(self) -> str:
+        """How messages name it: its directory, or "the model given" for one built in memory."""
+        return str(self.path) if self.path is not None else "(the model given)"
+
+
+def as_trained_model(model_or_dir) -> TrainedModel:
+    """``model_or_dir`` as a :class:`TrainedModel`: itself, a ``(model, cfg, meta)`` tuple, or a
+    model directory read with :func:`load_trained_model`."""
+    if isinstance(model_or_dir, TrainedModel):
+        return model_or_dir
+    if isinstance(model_or_dir, tuple) and len(model_or_dir) == 3:
+        return TrainedModel(*model_or_dir)
+    if not isinstance(model_or_dir, (str, os.PathLike)):
+        raise ModelDirError(f"expected a model directory or a TrainedModel (what "
+                            f"load_trained_model returns), got {type(model_or_dir).__name__}")
+    return load_trained_model(model_or_dir)
+
+
+def load_trained_model(model_dir: str | Path) -> TrainedModel:
     """Reads a model written by :func:`save_trained_model`.
 
     Returns:
-      ``(model, config, meta)``.
+      a :class:`TrainedModel`, which unpacks as ``(model, config, meta)``.
 
     Raises:
       ModelDirError: the directory holds no finished model or its files are unreadable.
@@ -84,4 +120,4 @@ def load_trained_model(model_dir: str | Path) -> tuple[NANNModel, Config, dict]:
         model.load_weights(weights)
     except Exception as e:  # h5py/keras raise several types for a damaged file
         raise ModelDirError(f"{weights}: cannot load the weights: {e}") from e
-    return model, cfg, meta
+    return TrainedModel(model, cfg, meta, d)

@@ -28,6 +28,7 @@ __all__ = [
     "Setting",
     "choose",
     "default_grid",
+    "wider_grid",
     "grid_from_lists",
     "pareto_frontier",
     "replay",
@@ -172,10 +173,42 @@ def choose(rows: Sequence[dict], target: float) -> dict | None:
     return min(ok, key=lambda r: (r["items_scored"], -r["coverage"])) if ok else None
 
 
+def wider_grid(start_level: int, k: int, num_start: int,
+               num_items: int | None = None) -> tuple[dict, dict]:
+    """Wider settings than :func:`default_grid`'s, for a model whose score landscape the default
+    grid cannot cover to the target (an under-trained model: flat scores send the walk astray):
+    ef_S in {k, 2k} (at most ``num_start``), ef_l in {2k, 4k} for 0 < l < S, ef_0 in {4k, 6k,
+    8k}; T_0 in {4, 6, 8, 12}, T_l = 2 above; widths capped at ``num_items`` (but not below k).
+    Each costs more items than a default setting of the same T.
+
+    Returns:
+      ``(ef_values, t_values)`` for :func:`grid_from_lists`.
+    """
+    cap = max(k, num_items) if num_items else None
+
+    def widths(factors, most=None):
+        return sorted({min(k * f, most or k * f, cap or k * f) for f in factors})
+
+    ef_values: dict[int, list[int]] = {}
+    t_values: dict[int, list[int]] = {}
+    for lv in range(start_level, -1, -1):
+        if lv == start_level and start_level > 0:
+            ef_values[lv] = widths((1, 2), num_start)
+        elif lv == 0:
+            ef_values[lv] = widths((4, 6, 8))
+        else:
+            ef_values[lv] = widths((2, 4))
+    for lv in range(start_level - 1, -1, -1):
+        t_values[lv] = [4, 6, 8, 12] if lv == 0 else [2]
+    return ef_values, t_values
+
+
 def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: float,
          grid: Sequence[Setting], threads: int = 0, visited_impl: str = "tf",
-         batch_size: int = 16, progress=None, history_seeds: bool = True) -> dict:
-    """Finds the cheapest setting of ``grid`` with coverage@k >= ``target`` on these users.
+         batch_size: int = 16, progress=None, history_seeds: bool = True,
+         wider: Sequence[Setting] = ()) -> dict:
+    """Finds the cheapest setting of ``grid`` with coverage@k >= ``target`` on these users;
+    when none reaches it, of ``wider`` (replayed on the same scores only then).
 
     Args:
       model / index: the trained model and its index.
@@ -188,10 +221,13 @@ def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: fl
       visited_impl / batch_size: for the TensorFlow check.
       progress: optional ``callable(str)``.
       history_seeds: seed each user's search with their history (as the exported model does).
+      wider: settings tried when no setting of ``grid`` reaches the target
+        (:func:`wider_grid`).
 
     Returns:
       ``{"users", "k", "target", "start_level", "num_items", "rows", "pareto", "chosen",
-      "check", "seconds"}``. ``chosen`` is None when no setting reaches the target; ``check``
+      "widened", "check", "seconds"}`` (``widened``: ``wider`` was replayed; its rows follow
+      the grid's). ``chosen`` is None when no setting reaches the target; ``check``
       (the TF beam search with the chosen setting, else with the best-covering one) holds
       ``tf_coverage``, ``replay_coverage``, ``tf_items_scored``, ``replay_items_scored``.
     """
@@ -210,8 +246,14 @@ def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: fl
     seeds = np.asarray(hist, np.int64) if history_seeds else None
     rows = replay_grid(index.graph, start_level, scores, exact, grid, k, threads,
                        progress=lambda d, t: say(f"  {d}/{t} settings"), seeds=seeds)
-    t2 = time.perf_counter()
     chosen = choose(rows, target)
+    widened = chosen is None and len(wider) > 0
+    if widened:
+        say(f"no setting reaches coverage@{k} {target}: replaying {len(wider)} wider settings")
+        rows += replay_grid(index.graph, start_level, scores, exact, wider, k, threads,
+                            progress=lambda d, t: say(f"  {d}/{t} settings"), seeds=seeds)
+        chosen = choose(rows, target)
+    t2 = time.perf_counter()
     check_row = chosen or max(rows, key=lambda r: (r["coverage"], -r["items_scored"]))
     retriever = Retriever(model, index, start_level, visited_impl, batch_size)
     res = retriever.beam(hist, check_row["ef"], check_row["T"], k, history_seeds)
@@ -225,5 +267,6 @@ def tune(model, index, hist: np.ndarray, *, start_level: int, k: int, target: fl
     return {"users": int(len(hist)), "k": int(k), "target": float(target),
             "history_seeds": bool(history_seeds),
             "start_level": int(start_level), "num_items": int(n), "rows": rows,
-            "pareto": pareto_frontier(rows), "chosen": chosen, "check": check,
+            "pareto": pareto_frontier(rows), "chosen": chosen, "widened": widened,
+            "check": check,
             "seconds": {"score": t1 - t0, "replay": t2 - t1, "tf_check": t3 - t2}}

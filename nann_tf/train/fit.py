@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from nann_tf.errors import UserError, arg
 from nann_tf.config import Config
-from nann_tf.data.dataset import Dataset
+from nann_tf.data.dataset import as_dataset
 from nann_tf.fsutil import atomic_path, write_json_atomic
 from nann_tf.model.nann import NANNModel
 from nann_tf.model.saved import MODEL_META, build_model, save_trained_model
@@ -250,7 +250,8 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
 
     Args:
       cfg: the configuration (``[model]`` and ``[train]`` are used).
-      data_dir: a dataset directory written by ``nann-tf prepare``.
+      data_dir: a dataset directory written by ``nann-tf prepare``, or the ``Dataset`` read
+        from one.
       output_dir: where the model, checkpoints and logs go. If it holds an interrupted run of
         the same config, training resumes from its last backup.
       verbose: Keras verbosity (default: a progress bar on a terminal, one line per epoch
@@ -271,7 +272,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         of another configuration.
       nann_tf.data.dataset.DataError: the dataset directory is missing or invalid.
     """
-    ds = Dataset.load(data_dir)
+    ds = as_dataset(data_dir)
     out = Path(output_dir)
     tc = cfg.train
     is_chief, task_index = worker_role() if tc.strategy == "multi_worker" else (True, 0)
@@ -296,7 +297,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
     samples = TrainSamples.from_dataset(ds)
     num_samples = len(samples)
     if num_samples == 0:
-        raise TrainError(f"{data_dir}: the dataset has no training samples")
+        raise TrainError(f"{ds.path}: the dataset has no training samples")
     try:
         pipeline = InputPipeline(samples, noise, batch_size=tc.batch_size,
                                  num_negatives=tc.num_negatives, negatives=tc.negatives,
@@ -438,7 +439,7 @@ def train(cfg: Config, data_dir: str | Path, output_dir: str | Path, *, verbose:
         summary["stopped_early"] = validator.state.stopped
     if getattr(cfg, "auto", None):
         extra["auto_config"] = cfg.auto  # the keys that followed the data, and why
-    save_trained_model(model, cfg, work, max_len=ds.max_len, data_dir=data_dir,
+    save_trained_model(model, cfg, work, max_len=ds.max_len, data_dir=ds.path,
                        extra={"train_summary": summary, **extra})
     remove_training_state(work)  # the model is written: nothing to resume
     if not is_chief:

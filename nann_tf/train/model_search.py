@@ -374,7 +374,7 @@ def run_search(base: Config, data_dir: str | Path, output: str | Path, *,
 
         stop_at = _Deadline(deadline, clock)
         try:
-            summary = train(cfg, data_dir, run_dir, verbose=0, overwrite=True,
+            summary = train(cfg, ds, run_dir, verbose=0, overwrite=True,
                             extra_callbacks=[stop_at], on_validation=on_validation)
         except TrainError as e:
             raise SearchError(f"trial {trial.number} ({overrides}): {e}") from e

@@ -136,13 +136,18 @@ def test_the_category_cold_start_and_an_index_without_training_counts(
 @pytest.fixture(scope="module")
 def served_update(update, attention_model_dir, tmp_path_factory):
     """The updated index exported (stock ops, no XLA; not validated: the test below measures
-    its coverage against the exact search itself) and loaded."""
-    from nann_tf.export.export import export_version
+    its coverage against the exact search itself) and loaded. Exported from the objects in
+    memory (the Python API's other way in): the model, the index and the dataset as read."""
+    import nann_tf
     from nann_tf.serving.loader import SessionModel
 
     base = tmp_path_factory.mktemp("update-models") / "nann"
-    info = export_version(attention_model_dir, update["index"], base, visited="tf", xla=False,
-                          data_dir=str(update["data"]), validate=False)
+    info = nann_tf.export_version(
+        nann_tf.load_trained_model(attention_model_dir), nann_tf.load_index(update["index"]),
+        base, visited="tf", xla=False, data_dir=nann_tf.Dataset.load(update["data"]),
+        validate=False)
+    assert info["model_dir"] == str(attention_model_dir)
+    assert info["index_dir"] == str(update["index"])
     with SessionModel(base / "1", load_ops=False) as m:
         yield m, base, info
 

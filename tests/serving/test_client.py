@@ -258,3 +258,39 @@ def test_query_cli_errors_name_the_problem(served, capsys, argv, message):
     base = ["query", "--server", served["address"], "--model", "toy"]
     assert run_cli(*base + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_client_waiting_for_a_server_sees_it_within_a_second_of_it_opening(tmp_path):
+    """TF Serving (like `nann-tf serve`) opens its port only once its models are loaded, so a
+    client usually starts waiting first. Its connection attempts fail meanwhile, and gRPC's
+    reconnect backoff grows (to 120 s by default): after 20 s of failures the next attempt is
+    ~6 s away, and `nann-tf query --wait` answered 20-25 s after a 50 s load. The client's
+    channel caps the backoff at 1 s: ready within ~1.5 s of the port opening (3 s asserted)."""
+    import socket
+    import time
+
+    base = tmp_path / "toy"
+    write_toy_model(base, 1, spec=SPEC, seed=8)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ready = {}
+
+    def wait():
+        with RetrievalClient(f"127.0.0.1:{port}", "toy") as client:
+            ready["version"] = client.wait_until_ready(90)
+            ready["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(20)  # no server yet: every attempt fails
+    server = ModelServer([ServedModelConfig("toy", str(base))],
+                         ServerOptions(host="127.0.0.1", port=port))
+    try:
+        server.start()  # returns once the port is open
+        opened = time.monotonic()
+        waiter.join(90)
+    finally:
+        server.stop(1.0)
+    assert ready["version"] == 1
+    assert ready["at"] - opened < 3.0, f"ready {ready['at'] - opened:.1f} s after the port opened"
