@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 #include <thread>
+#include <unordered_set>
+#include <vector>
 
 #include "lib/visited_bitmap.h"
 
@@ -55,16 +57,31 @@ class QueryReplayer {
         Offer(scores[start[i]], start[i], false);
       }
     }
+    scored_seeds_.clear();
     for (int64_t i = 0; i < num_seeds; ++i) {
       if (seeds[i] != 0 && visited.TestAndSet(0, seeds[i])) {
         ++num_scored;
         Offer(scores[seeds[i]], seeds[i], false);
+        scored_seeds_.push_back(seeds[i]);
       }
     }
-    KeepBest(&results_, params_.ef[params_.start_level]);
+    const int s = params_.start_level;
+    KeepBest(&results_, params_.ef[s]);
+    // The width the TF search carries: the start level's, then the widest ef so far.
+    int64_t width = std::min<int64_t>(params_.ef[s], num_start + num_seeds);
 
-    for (int level = params_.start_level - 1; level >= 0; --level) {
+    for (int level = s - 1; level >= 0; --level) {
       const CsrLevel& graph = levels_[level];
+      width = std::max<int64_t>(width, params_.ef[level]);
+      if (level == 0 && !scored_seeds_.empty()) {
+        // A seed that an upper level's cut dropped competes again (beam.py).
+        in_results_.clear();
+        for (const Candidate& c : results_) in_results_.insert(c.id);
+        for (int64_t id : scored_seeds_) {
+          if (in_results_.count(id) == 0) Offer(scores[id], id, false);
+        }
+        KeepBest(&results_, width);
+      }
       frontier_.clear();
       for (const Candidate& c : results_) frontier_.push_back(c.id);
       if (level == 0) {  // the seeds join the first level-0 frontier
@@ -123,6 +140,8 @@ class QueryReplayer {
   std::vector<uint64_t> words_;
   std::vector<Candidate> results_;
   std::vector<int64_t> frontier_;
+  std::vector<int64_t> scored_seeds_;
+  std::unordered_set<int64_t> in_results_;
 };
 
 }  // namespace

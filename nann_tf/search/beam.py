@@ -21,7 +21,10 @@ outside their interests, so a walk from the start level alone can settle in the 
 parameters; ``bench/results/retrieval-synth-1m.md``). A seed is scored once with the start
 level, competes for the results like any item, and joins the first frontier of level 0 whatever
 its score (an excluded seed, scored ``-inf``, is never returned but still leads to its
-neighbours). Seeds cost at most ``E`` extra items scored per query.
+neighbours); a seed an upper level's cut dropped (the start level keeps ``ef[S]`` of its nodes
+and the seeds, and ``ef[S]`` may be below ``k``) enters level 0's results again, so a user's own
+top-scoring item is never lost to the cut. Seeds cost at most ``E`` extra items scored per
+query.
 
 This is the algorithm the offline C++ replay (``nann_tf._nann_core.beam_search_replay``)
 implements; on scores without -inf/NaN both return the same ids, scores and counts (the replay
@@ -174,6 +177,10 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 scores[n_grid:n_seeded], ctx.batch_size, width)
         num_scored += ctx.count_per_row(rows[n_grid:])
         res_ids = tf.where(res_scores > _NEG_INF, res_ids, 0)
+        # The scored seeds, to compete again at level 0 if an upper level's cut dropped them (a
+        # filtered walk's output buffer already holds every passing item scored).
+        scored_seeds = None if seeds is None or item_filter is not None or s_level == 0 else (
+            ids[n_grid:n_seeded], rows[n_grid:n_seeded], scores[n_grid:n_seeded])
         out = None
         if item_filter is not None:  # the passing items scored so far, best first
             out = resize_results(tf.zeros([ctx.batch_size, 0], tf.int32),
@@ -198,6 +205,12 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
             width = max_of(res_ids.shape[1] if res_ids.shape[1] is not None
                            else tf.shape(res_ids)[1], ef_l)
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
+            if level == 0 and scored_seeds is not None:
+                # A seed is one of the user's own items and often among their best: one that an
+                # upper level's cut dropped (the start level keeps ef[S] of the start nodes and
+                # seeds, which may be < k) competes again here. Else it stayed visited and out
+                # of the results for good, whatever its score.
+                res_ids, res_scores = _readd(res_ids, res_scores, scored_seeds, ctx, width)
             frontier = res_ids > 0
             f_ids = tf.boolean_mask(res_ids, frontier)
             f_rows = tf.cast(tf.where(frontier)[:, 0], tf.int32)
@@ -231,6 +244,19 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
 
 
 ItemFilter = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _readd(res_ids, res_scores, scored, ctx, width):
+    """The results with the ``scored`` items ``(ids, rows, scores)`` that are not among them
+    merged back in (top ``width``)."""
+    from nann_tf.search.filters import row_contains
+
+    ids, rows, scores = scored
+    back = tf.logical_not(row_contains(rows, ids, res_ids))
+    res_ids, res_scores, _, _ = merge_results(
+        res_ids, res_scores, tf.boolean_mask(ids, back), tf.boolean_mask(rows, back),
+        tf.boolean_mask(scores, back), ctx.batch_size, width)
+    return res_ids, res_scores
 
 
 def _merge_passing(out, item_filter: ItemFilter, ids, rows, scores, ctx, k,

@@ -174,6 +174,7 @@ def history_like_seeds(rng, graph, batch, width=12):
     ({2: 60, 1: 25, 0: 40}, {1: 2, 0: 0}, 30, True),  # ef shrinks; T_0 = 0 passes results on
     ({2: 8, 1: 16, 0: 32}, {1: 4, 0: 50}, 32, False),
     ({2: 4, 1: 16, 0: 32}, {1: 1, 0: 2}, 32, True),
+    ({2: 1, 1: 4, 0: 40}, {1: 0, 0: 1}, 30, True),  # seeds cut at the start level come back
 ])
 def test_same_as_offline_cpp_replay(corpus, impl, ef, T, k, seeded):
     """The C++ replay (TF-free, sequential per query) implements the same algorithm and order:
@@ -339,6 +340,21 @@ def test_seeds_lead_the_search_into_regions_the_start_level_misses(corpus):
     cov_plain, cov_seeded = coverage(plain.numpy(), top, K), coverage(seeded, top, K)
     # measured: 0.16 without seeds, 0.53 with
     assert cov_seeded >= cov_plain + 0.25, (cov_plain, cov_seeded)
+
+
+def test_a_seed_cut_by_the_start_level_still_comes_back_in_the_results(corpus):
+    """The start level keeps ef[S] of its nodes and the seeds; with ef[S] below k it drops seeds
+    that belong in the top k (a history item the user would buy again). They are visited, so no
+    later round scores them again: level 0 takes them back. Each query is seeded with its exact
+    top 3 (and padding): all three are returned, first, at ef[S] = 1."""
+    emb, queries, graph, gt = corpus
+    table = l2_scores(emb, queries)
+    top = oracle_topk(table, K)
+    seeds = np.zeros((B, 5), np.int32)
+    seeds[:, 2:] = top[:, [2, 0, 1]]
+    ids, _, _ = beam_search(gt, table_scorer(table), B, ef={2: 1, 1: 4, 0: 2 * K},
+                            T={1: 0, 0: 1}, k=K, seed_ids=seeds)
+    np.testing.assert_array_equal(ids.numpy()[:, :3], top[:, :3])
 
 
 def test_excluded_seeds_are_expanded_but_never_returned(corpus):

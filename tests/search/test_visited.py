@@ -514,7 +514,8 @@ def reference_beam_search(levels, start_nodes, scores, ef, rounds, k, seeds=None
     """ARCHITECTURE.md's beam retrieval, slowly: sets and sorted() with key (-score, id).
 
     As in nann_tf.search.beam: an item scoring -inf or NaN is scored but never a result; the
-    seeds (0 = none) are scored with the start level and join the first level-0 frontier."""
+    seeds (0 = none) are scored with the start level and join the first level-0 frontier, and
+    those an upper level's cut dropped enter level 0's results again."""
     start_level = max(ef)
     batch = scores.shape[0]
     out_ids = np.full((batch, k), -1, np.int64)
@@ -528,9 +529,14 @@ def reference_beam_search(levels, start_nodes, scores, ef, rounds, k, seeds=None
         q_seeds = [] if seeds is None else [v for v in seeds[q].tolist() if v != 0]
         results = [v for v in dict.fromkeys(start_nodes.tolist() + q_seeds)]
         visited.update(results)
+        scored_seeds = [v for v in dict.fromkeys(q_seeds) if v not in set(start_nodes.tolist())]
         results = best(results, ef[start_level])
+        width = min(ef[start_level], len(start_nodes) + (0 if seeds is None else seeds.shape[1]))
         for level in range(start_level - 1, -1, -1):
             values, splits = levels[level]
+            width = max(width, ef[level])
+            if level == 0:
+                results = best(results + [v for v in scored_seeds if v not in results], width)
             frontier = list(results) + (q_seeds if level == 0 else [])
             for _ in range(rounds[level]):
                 if not frontier:
