@@ -11,7 +11,6 @@ import json, sys, time
 import numpy as np
 import nann_tf.search.beam as beam
 from nann_tf.data.dataset import Dataset
-from nann_tf.evaluation.metrics import coverage
 from nann_tf.evaluation.retriever import Retriever
 from nann_tf.index.store import load_index
 from nann_tf.model.saved import load_trained_model
