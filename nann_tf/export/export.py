@@ -401,7 +401,8 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
                                       model_name, "serving_default", records)
         info = {
             "format": "nann-tf-export", "version": version, "model_name": model_name,
-            "model_dir": trained.name, "index_dir": index.name,
+            "model_dir": None if trained.path is None else str(trained.path),
+            "index_dir": None if index.source is None else str(index.source),
             "variant": cfg.model.variant, "visited": visited, "xla": xla,
             "embedding_dtype": embedding_dtype, "max_len": max_len,
             "num_items": index.num_items, "item_id_type": index.item_id_type,

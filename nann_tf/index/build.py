@@ -63,7 +63,8 @@ def build_index(model_dir, data_dir, output, M=None, ef_construction=None, threa
         graph = build_hnsw(emb, M=M, ef_construction=efc, num_threads=threads, seed=ic.seed,
                            hnswlib_file=hnswlib_file)
         t2 = time.perf_counter()
-        info = {"model_dir": str(trained.path) if trained.path else None, "config": cfg.to_dict(), "embed_seconds": t1 - t0,
+        info = {"model_dir": None if trained.path is None else str(trained.path),
+                "config": cfg.to_dict(), "embed_seconds": t1 - t0,
                 "model_items": int(ds.num_items),
                 "hnsw_build_seconds": t2 - t1, "M": M, "ef_construction": efc,
                 "max_level": graph.max_level,

@@ -184,10 +184,10 @@ def wider_grid(start_level: int, k: int, num_start: int,
     Returns:
       ``(ef_values, t_values)`` for :func:`grid_from_lists`.
     """
-    cap = max(k, num_items) if num_items else None
+    cap = max(k, num_items) if num_items else float("inf")
 
-    def widths(factors, most=None):
-        return sorted({min(k * f, most or k * f, cap or k * f) for f in factors})
+    def widths(factors, most=float("inf")):
+        return sorted({int(min(k * f, most, cap)) for f in factors})
 
     ef_values: dict[int, list[int]] = {}
     t_values: dict[int, list[int]] = {}
