@@ -174,6 +174,28 @@ def _assert(cond, message):
     return tf.debugging.Assert(cond, [tf.constant(message)])
 
 
+class _Signatures:
+    """The signatures' functions, each traced once, on first use, into the ConcreteFunction
+    that the in-memory calls run and ``tf.saved_model.save`` writes.
+
+    A plain object on purpose: a ``tf.function`` reachable from the module would be traced
+    again by the save (its tracing context differs there), doubling an export's tracing time;
+    a ConcreteFunction is saved as traced."""
+
+    def __init__(self, specs: dict):
+        self._specs = specs
+        self._concrete: dict = {}
+        self.names = tuple(specs)
+
+    def get(self, name: str):
+        if name not in self._specs:
+            raise AttributeError(f"this export has no {name} signature")
+        if name not in self._concrete:
+            fn, spec = self._specs[name]
+            self._concrete[name] = tf.function(fn, input_signature=spec).get_concrete_function()
+        return self._concrete[name]
+
+
 class RetrievalModule(tf.Module):
     """Builds the serving graph.
 
@@ -330,25 +352,31 @@ class RetrievalModule(tf.Module):
             tf.TensorSpec([None, S + 1], tf.int32, name="ef"),
             tf.TensorSpec([None, S + 1], tf.int32, name="T"),
             tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids")] + rules_spec
-        self.serving_default = tf.function(self._serve, input_signature=[
-            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")])
-        self.retrieve = tf.function(self._retrieve, input_signature=retrieve_spec)
         self.explains = model.variant == "attention"
-        if self.explains:
-            self.retrieve_explained = tf.function(self._retrieve_explained,
-                                                  input_signature=retrieve_spec)
-        self.brute_force = tf.function(self._brute_force, input_signature=[
-            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")])
-        self.warmup_grid = tf.function(self._warmup_grid, input_signature=[
-            tf.TensorSpec([None, L], id_dtype, name="hist_item_ids"),
-            tf.TensorSpec([None], tf.int32, name="width")])
+        hist_spec = tf.TensorSpec([None, L], id_dtype, name="hist_item_ids")
         similar_spec = [tf.TensorSpec([None, None], id_dtype, name="item_ids"),
                         tf.TensorSpec([None], tf.int32, name="k"),
                         tf.TensorSpec([None, None], id_dtype, name="exclude_item_ids"),
                         tf.TensorSpec([None], tf.bool, name="include_seeds")] + rules_spec
-        self.similar_items = tf.function(self._similar_items, input_signature=similar_spec)
-        self.similar_items_model = tf.function(self._similar_items_model,
-                                               input_signature=similar_spec)
+        specs = {"serving_default": (self._serve, [hist_spec]),
+                 "retrieve": (self._retrieve, retrieve_spec),
+                 "brute_force": (self._brute_force, [hist_spec]),
+                 "warmup_grid": (self._warmup_grid, [
+                     hist_spec, tf.TensorSpec([None], tf.int32, name="width")]),
+                 "similar_items": (self._similar_items, similar_spec),
+                 "similar_items_model": (self._similar_items_model, similar_spec)}
+        if self.explains:
+            specs["retrieve_explained"] = (self._retrieve_explained, retrieve_spec)
+        self._traced = _Signatures(specs)
+
+    # The signatures, each traced on its first use (a ConcreteFunction: see _Signatures).
+    serving_default = property(lambda self: self._traced.get("serving_default"))
+    retrieve = property(lambda self: self._traced.get("retrieve"))
+    retrieve_explained = property(lambda self: self._traced.get("retrieve_explained"))
+    brute_force = property(lambda self: self._traced.get("brute_force"))
+    warmup_grid = property(lambda self: self._traced.get("warmup_grid"))
+    similar_items = property(lambda self: self._traced.get("similar_items"))
+    similar_items_model = property(lambda self: self._traced.get("similar_items_model"))
 
     def _init_vocabulary(self, keys: np.ndarray) -> None:
         """String ids: the asset file and the hash table over it, and the dense -> raw
@@ -381,15 +409,7 @@ class RetrievalModule(tf.Module):
 
     # ----- pieces --------------------------------------------------------------------------
     def signatures(self) -> dict:
-        out = {"serving_default": self.serving_default.get_concrete_function(),
-               "retrieve": self.retrieve.get_concrete_function(),
-               "brute_force": self.brute_force.get_concrete_function(),
-               "warmup_grid": self.warmup_grid.get_concrete_function(),
-               "similar_items": self.similar_items.get_concrete_function(),
-               "similar_items_model": self.similar_items_model.get_concrete_function()}
-        if self.explains:
-            out["retrieve_explained"] = self.retrieve_explained.get_concrete_function()
-        return out
+        return {name: self._traced.get(name) for name in self._traced.names}
 
     def to_dense(self, raw_ids):
         """Raw item ids (any shape) -> dense ids; padding (<= 0, or ``""``) and unknown ids ->
