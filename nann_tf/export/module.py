@@ -575,19 +575,20 @@ class RetrievalModule(tf.Module):
 
         def with_rules():
             base = self.labels.item_filter(req)
-            ids, scores, n = candidates(base)
             with tf.device(CPU):
-                ids, scores = cap_per_category(ids, scores, self.labels.category_of(ids), cap,
-                                               width)
-            # Refill: a capped row short of k searches again among the categories it has
-            # not filled, without the items it holds (CAP_REFILL_ROUNDS at most).
-            # One copy of the search in the graph (a loop, not unrolled rounds).
+                none = (tf.zeros([b, width], tf.int32), tf.fill([b, width], float("-inf")),
+                        tf.zeros([b], tf.int32))
+            # Round 0 searches every row with its filter (the results capped per category);
+            # each later round (CAP_REFILL_ROUNDS at most) refills the capped rows short of k
+            # from the categories they have not filled, without the items they hold. One copy
+            # of the search in the graph: a loop whose first round is the search itself.
             _, ids, scores, n = tf.while_loop(
                 lambda r, i, s, m: tf.logical_and(
-                    r < CAP_REFILL_ROUNDS, tf.reduce_any(self._short(i, cap, k_b))),
+                    r <= CAP_REFILL_ROUNDS,
+                    tf.logical_or(tf.equal(r, 0), tf.reduce_any(self._short(i, cap, k_b)))),
                 lambda r, i, s, m: (r + 1, *self._refill(candidates, base, i, s, m, cap, k_b,
-                                                         width)),
-                [tf.constant(0), ids, scores, n], parallel_iterations=1)
+                                                         width, first=tf.equal(r, 0))),
+                [tf.constant(0), *none], parallel_iterations=1)
             with tf.device(CPU):
                 ids, scores = resize_results(ids, scores, k_b)
             return ids, scores, n, tf.cast(exact, tf.int32) * EXACT
@@ -601,11 +602,12 @@ class RetrievalModule(tf.Module):
             held = tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1)
             return tf.logical_and(cap > 0, held < tf.cast(k_b, tf.int32))
 
-    def _refill(self, candidates, base, ids, scores, n, cap, k_b, width):
-        """One refill round of a capped search: the short rows' best items outside their
-        full categories and their results, merged into the results and capped again."""
+    def _refill(self, candidates, base, ids, scores, n, cap, k_b, width, first):
+        """One round of a search with rules: the best items of the rows that need any (every
+        row when ``first``, else the capped rows short of k) outside their full categories and
+        their results, merged into the results and capped per category."""
         with tf.device(CPU):
-            short = self._short(ids, cap, k_b)
+            short = tf.logical_or(first, self._short(ids, cap, k_b))
             cats = self.labels.category_of(ids)
             same = tf.equal(cats[:, :, None], cats[:, None, :])
             count = tf.reduce_sum(tf.cast(tf.logical_and(same, ids[:, None, :] > 0), tf.int32),
