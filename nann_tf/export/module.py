@@ -192,7 +192,8 @@ class _Signatures:
             raise AttributeError(f"this export has no {name} signature")
         if name not in self._concrete:
             fn, spec = self._specs[name]
-            self._concrete[name] = tf.function(fn, input_signature=spec).get_concrete_function()
+            self._concrete[name] = tf.function(fn, input_signature=spec,
+                                               autograph=False).get_concrete_function()
         return self._concrete[name]
 
 
