@@ -180,7 +180,7 @@ def ci_index_dir(ci_pipeline) -> Path:
 
 
 # ------------------------------------------------------------------ exported versions (shared)
-# Exporting the CI model costs 1.5-3.5 minutes on 2 cores (tracing, saving, a validation
+# Exporting the CI model costs 1.5-2 minutes on 2 cores (tracing, saving, a validation
 # process replaying the warm-up), so the two versions below are exported once per session and
 # shared: test_export checks them, test_filters queries version 1's filters, test_e2e serves a
 # copy of version 2. Tests that need another export option export their own.
