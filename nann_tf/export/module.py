@@ -513,7 +513,7 @@ class RetrievalModule(tf.Module):
         :data:`EXACT`); the others walk the graph, the walk passing through items that fail
         and returning the best that pass (:data:`WALK`). Rows with a cap keep at most that many
         results per category, backfilled from the ``width`` best passing items scored and, while
-        a row is short of k, from refill rounds (:meth:`_refill`). Without
+        a row is short of k, from later rounds (:meth:`_rules_round`). Without
         any filter or cap in the batch, the plain search runs (path WALK).
         """
         *labels, cap = rules
@@ -587,8 +587,9 @@ class RetrievalModule(tf.Module):
                 lambda r, i, s, m: tf.logical_and(
                     r <= CAP_REFILL_ROUNDS,
                     tf.logical_or(tf.equal(r, 0), tf.reduce_any(self._short(i, cap, k_b)))),
-                lambda r, i, s, m: (r + 1, *self._refill(candidates, base, i, s, m, cap, k_b,
-                                                         width, first=tf.equal(r, 0))),
+                lambda r, i, s, m: (r + 1, *self._rules_round(candidates, base, i, s, m, cap,
+                                                              k_b, width,
+                                                              first=tf.equal(r, 0))),
                 [tf.constant(0), *none], parallel_iterations=1)
             with tf.device(CPU):
                 ids, scores = resize_results(ids, scores, k_b)
@@ -603,12 +604,12 @@ class RetrievalModule(tf.Module):
             held = tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1)
             return tf.logical_and(cap > 0, held < tf.cast(k_b, tf.int32))
 
-    def _refill(self, candidates, base, ids, scores, n, cap, k_b, width, first):
+    def _rules_round(self, candidates, base, ids, scores, n, cap, k_b, width, first):
         """One round of a search with rules: the best items of the rows that need any (every
         row when ``first``, else the capped rows short of k) outside their full categories and
         their results, merged into the results and capped per category."""
         with tf.device(CPU):
-            short = tf.logical_or(first, self._short(ids, cap, k_b))
+            need = tf.logical_or(first, self._short(ids, cap, k_b))
             cats = self.labels.category_of(ids)
             same = tf.equal(cats[:, :, None], cats[:, None, :])
             count = tf.reduce_sum(tf.cast(tf.logical_and(same, ids[:, None, :] > 0), tf.int32),
@@ -621,9 +622,9 @@ class RetrievalModule(tf.Module):
                 held = row_contains(rows, items, ids)
                 fresh = tf.logical_not(tf.logical_or(in_full, held))
                 return tf.logical_and(tf.logical_and(base(rows, items), fresh),
-                                      tf.gather(short, rows))
+                                      tf.gather(need, rows))
 
-        new_ids, new_scores, new_n = candidates(passes, short)
+        new_ids, new_scores, new_n = candidates(passes, need)
         with tf.device(CPU):
             all_ids = tf.concat([ids, new_ids], 1)
             all_scores = tf.concat([scores, new_scores], 1)
@@ -632,7 +633,7 @@ class RetrievalModule(tf.Module):
             all_scores = tf.gather(all_scores, order, batch_dims=1)
             out_ids, out_scores = cap_per_category(all_ids, all_scores,
                                                    self.labels.category_of(all_ids), cap, width)
-            return out_ids, out_scores, n + tf.where(short, new_n, 0)
+            return out_ids, out_scores, n + tf.where(need, new_n, 0)
 
     def _exact(self, scorer, b, req, rows_mask, exclude, item_filter, width):
         """The exact path: every item of the masked rows' include labels scored once, the best
