@@ -588,8 +588,7 @@ class RetrievalModule(tf.Module):
                     r <= CAP_REFILL_ROUNDS,
                     tf.logical_or(tf.equal(r, 0), tf.reduce_any(self._short(i, cap, k_b)))),
                 lambda r, i, s, m: (r + 1, *self._rules_round(candidates, base, i, s, m, cap,
-                                                              k_b, width,
-                                                              first=tf.equal(r, 0))),
+                                                              k_b, width, tf.equal(r, 0))),
                 [tf.constant(0), *none], parallel_iterations=1)
             with tf.device(CPU):
                 ids, scores = resize_results(ids, scores, k_b)
