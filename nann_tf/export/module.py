@@ -609,19 +609,28 @@ class RetrievalModule(tf.Module):
         their results, merged into the results and capped per category."""
         with tf.device(CPU):
             need = tf.logical_or(first, self._short(ids, cap, k_b))
-            cats = self.labels.category_of(ids)
-            same = tf.equal(cats[:, :, None], cats[:, None, :])
-            count = tf.reduce_sum(tf.cast(tf.logical_and(same, ids[:, None, :] > 0), tf.int32),
-                                  axis=2)
-            full = tf.where(tf.logical_and(ids > 0, count >= cap[:, None]), cats, 0)
+
+            def full_categories():
+                cats = self.labels.category_of(ids)
+                same = tf.equal(cats[:, :, None], cats[:, None, :])
+                count = tf.reduce_sum(
+                    tf.cast(tf.logical_and(same, ids[:, None, :] > 0), tf.int32), axis=2)
+                return tf.where(tf.logical_and(ids > 0, count >= cap[:, None]), cats, 0)
+
+            # Round 0 holds no results yet: no full category, nothing held.
+            full = tf.cond(first, lambda: tf.zeros_like(ids), full_categories)
 
         def passes(rows, items):
-            with tf.device(CPU):
-                in_full = row_contains(rows, self.labels.category_of(items), full)
-                held = row_contains(rows, items, ids)
-                fresh = tf.logical_not(tf.logical_or(in_full, held))
-                return tf.logical_and(tf.logical_and(base(rows, items), fresh),
-                                      tf.gather(need, rows))
+            def refill():
+                with tf.device(CPU):
+                    in_full = row_contains(rows, self.labels.category_of(items), full)
+                    held = row_contains(rows, items, ids)
+                    fresh = tf.logical_not(tf.logical_or(in_full, held))
+                    return tf.logical_and(tf.logical_and(base(rows, items), fresh),
+                                          tf.gather(need, rows))
+            # Round 0 (every row, nothing held): the request's filter alone. The walk calls
+            # this on every neighbour it looks at, so the refill's lookups cost there.
+            return tf.cond(first, lambda: base(rows, items), refill)
 
         new_ids, new_scores, new_n = candidates(passes, need)
         with tf.device(CPU):

@@ -227,14 +227,24 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 f_rows = tf.concat([f_rows, seeds[1]], 0)
                 order = tf.argsort(f_rows, stable=True)
                 f_ids, f_rows = tf.gather(f_ids, order), tf.gather(f_rows, order)
-        hop = item_filter if (level == 0 and out is not None and filter_hops == 2) else None
-        if hop is not None:
-            # The level-0 beam starts from the passing items found so far.
+        if level == 0 and out is not None and filter_hops == 2:
+            # The two-hop level-0 beam starts from the passing items found so far and scores
+            # passing items only: its best k are the output, so it keeps at least k and needs
+            # no output buffer of its own (nor a second frontier: what enters the best k
+            # enters the beam).
+            width = max_of(width, k)
             with ctx.device():
                 res_ids, res_scores = resize_results(out[0], out[1], width)
+            res_ids, res_scores, state, num_scored, _ = _run_level(
+                ctx, graph.levels[level], max_of(ef_l, k), width, t_by_level[level], res_ids,
+                res_scores, f_ids, f_rows, state, num_scored, hop=item_filter,
+                max_candidates=max_candidates)
+            with ctx.device():
+                out = resize_results(res_ids, res_scores, k)
+            continue
         res_ids, res_scores, state, num_scored, out = _run_level(
             ctx, graph.levels[level], ef_l, width, t_by_level[level], res_ids, res_scores,
-            f_ids, f_rows, state, num_scored, out, item_filter, k, hop, max_candidates)
+            f_ids, f_rows, state, num_scored, out, item_filter, k)
 
     if out is not None:
         return out[0], out[1], num_scored
@@ -375,9 +385,7 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
             f_rows = tf.cast(tf.where(entered)[:, 0], tf.int32)
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
         if filtered:
-            # The two-hop walk scores passing items only: no second look at the filter.
-            o_ids, o_scores, o_entered = _merge_passing(out, item_filter if hop is None else None,
-                                                        n_ids, n_rows,
+            o_ids, o_scores, o_entered = _merge_passing(out, item_filter, n_ids, n_rows,
                                                         n_scores, ctx, k, with_entered=True)
             out = (o_ids, o_scores)
             with ctx.device():  # the next frontier: what entered either beam

@@ -376,10 +376,15 @@ def cap_per_category(ids, scores, categories, cap, k):
       that are within their category's first ``cap`` (padding after them).
     """
     w = tf.shape(ids)[1]
-    same = tf.equal(categories[:, :, None], categories[:, None, :])  # [B, W, W]
-    earlier = tf.linalg.band_part(tf.ones([w, w], tf.bool), -1, 0)  # j <= i
-    earlier = tf.logical_and(earlier, tf.logical_not(tf.eye(w, dtype=tf.bool)))  # j < i
-    rank = tf.reduce_sum(tf.cast(tf.logical_and(same, earlier[None]), tf.int32), axis=2)
+
+    def rank_in_category():  # [B, W]: the candidates of its category ranked above it
+        same = tf.equal(categories[:, :, None], categories[:, None, :])  # [B, W, W]
+        earlier = tf.linalg.band_part(tf.ones([w, w], tf.bool), -1, 0)  # j <= i
+        earlier = tf.logical_and(earlier, tf.logical_not(tf.eye(w, dtype=tf.bool)))  # j < i
+        return tf.reduce_sum(tf.cast(tf.logical_and(same, earlier[None]), tf.int32), axis=2)
+
+    # B x W x W work only when a row has a cap (a filtered request often has none).
+    rank = tf.cond(tf.reduce_any(cap > 0), rank_in_category, lambda: tf.zeros_like(ids))
     keep = tf.logical_and(ids > 0, tf.logical_or(cap[:, None] <= 0, rank < cap[:, None]))
     # Stable compaction: kept candidates first, in rank order.
     order = tf.argsort(tf.where(keep, 0, 1), axis=1, stable=True)
