@@ -155,6 +155,22 @@ def gather_unvisited_neighbors(frontier_ids, frontier_row_ids, neighbor_values,
         frontier_ids, frontier_row_ids, neighbor_values, neighbor_row_splits, bitmap, name=name)
 
 
+def gather_passing_neighbors(frontier_ids, frontier_row_ids, neighbor_values, neighbor_row_splits,
+                             bitmap, item_category, item_tags, label_state, has_include,
+                             held_keys, tag_offset, max_candidates, name=None):
+    """The raw ``NannGatherPassingNeighbors`` op: a filtered walk's two-hop expansion, fused
+    (see :class:`nann_tf.search.filters.LabelFilter` and the op's documentation in
+    ``cc_ops/ops/visited_ops.cc``).
+
+    Returns:
+        ``(kept_ids int32, kept_row_ids int32, new_bitmap)``.
+    """
+    return load_library().nann_gather_passing_neighbors(
+        frontier_ids, frontier_row_ids, neighbor_values, neighbor_row_splits, bitmap,
+        item_category, item_tags, label_state, has_include, held_keys, tag_offset,
+        max_candidates, name=name)
+
+
 def numpy_core() -> ModuleType:
     """Returns the pybind11 module ``nann_tf._nann_core`` (NumPy filter + beam-search replay).
 

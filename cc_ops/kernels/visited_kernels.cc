@@ -172,6 +172,127 @@ class GatherUnvisitedNeighborsOp : public OpKernel {
   }
 };
 
+absl::Status CheckScalar(const char* name, const Tensor& t) {
+  if (!TensorShapeUtils::IsScalar(t.shape())) {
+    return errors::InvalidArgument(name, " must be a scalar, got shape ",
+                                   t.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+// The label inputs of NannGatherPassingNeighbors (5..10) as a LabelFilter,
+// their shapes checked against each other and the bitmap's batch.
+absl::Status MakeLabelFilter(OpKernelContext* ctx, int64_t rows,
+                             LabelFilter* filter) {
+  const Tensor& category = ctx->input(5);
+  const Tensor& tags = ctx->input(6);
+  const Tensor& state = ctx->input(7);
+  const Tensor& has_include = ctx->input(8);
+  const Tensor& held = ctx->input(9);
+  const Tensor& tag_offset = ctx->input(10);
+  TF_RETURN_IF_ERROR(CheckVector("item_category", category));
+  TF_RETURN_IF_ERROR(CheckVector("has_include", has_include));
+  TF_RETURN_IF_ERROR(CheckVector("held_keys", held));
+  TF_RETURN_IF_ERROR(CheckScalar("tag_offset", tag_offset));
+  if (!TensorShapeUtils::IsMatrix(tags.shape()) ||
+      tags.dim_size(0) != category.NumElements()) {
+    return errors::InvalidArgument(
+        "item_tags must be a matrix [len(item_category), tags per item], got "
+        "shape ", tags.shape().DebugString(), " beside item_category of ",
+        category.NumElements(), " items");
+  }
+  if (!TensorShapeUtils::IsMatrix(state.shape()) || state.dim_size(0) != rows ||
+      has_include.NumElements() != rows) {
+    return errors::InvalidArgument(
+        "label_state [batch, labels] and has_include [batch] must have the "
+        "bitmap's batch size ", rows, ", got shapes ",
+        state.shape().DebugString(), " and ",
+        has_include.shape().DebugString());
+  }
+  const int64_t offset = tag_offset.scalar<int32_t>()();
+  if (offset < 1 || offset >= state.dim_size(1)) {
+    return errors::InvalidArgument("tag_offset = ", offset,
+                                   ": expected 1 <= tag_offset < ",
+                                   state.dim_size(1), " (label_state's width)");
+  }
+  const int64_t* keys = held.flat<int64_t>().data();
+  for (int64_t i = 1; i < held.NumElements(); ++i) {
+    if (keys[i - 1] > keys[i]) {
+      return errors::InvalidArgument("held_keys must be sorted ascending: "
+                                     "held_keys[", i - 1, "] = ", keys[i - 1],
+                                     " > held_keys[", i, "] = ", keys[i]);
+    }
+  }
+  filter->item_category = category.flat<int32_t>().data();
+  filter->num_items = category.NumElements();
+  filter->item_tags = tags.flat<int32_t>().data();
+  filter->tag_width = tags.dim_size(1);
+  filter->state = state.flat<uint8_t>().data();
+  filter->state_width = state.dim_size(1);
+  filter->tag_offset = offset;
+  filter->has_include = has_include.flat<bool>().data();
+  filter->held_keys = keys;
+  filter->num_held = held.NumElements();
+  filter->key_span = category.NumElements();
+  return absl::OkStatus();
+}
+
+template <typename Tword>
+class GatherPassingNeighborsOp : public OpKernel {
+ public:
+  explicit GatherPassingNeighborsOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& frontier = ctx->input(0);
+    const Tensor& frontier_rows = ctx->input(1);
+    const Tensor& values = ctx->input(2);
+    const Tensor& splits = ctx->input(3);
+    const Tensor& bitmap = ctx->input(4);
+    const Tensor& max_candidates = ctx->input(11);
+    OP_REQUIRES_OK(ctx, CheckPairShapes("frontier_ids", frontier,
+                                        "frontier_row_ids", frontier_rows));
+    OP_REQUIRES_OK(ctx, CheckVector("neighbor_values", values));
+    OP_REQUIRES_OK(ctx, CheckVector("neighbor_row_splits", splits));
+    OP_REQUIRES_OK(ctx, CheckBitmap(bitmap));
+    OP_REQUIRES_OK(ctx, CheckScalar("max_candidates", max_candidates));
+    LabelFilter filter;
+    OP_REQUIRES_OK(ctx, MakeLabelFilter(ctx, bitmap.dim_size(0), &filter));
+    BitmapView<UnsignedWord<Tword>> view(nullptr, 0, 0);
+    OP_REQUIRES_OK(ctx, OutputBitmap<Tword>(ctx, 4, 2, &view));
+    std::vector<int32_t> kept_ids;
+    std::vector<int32_t> kept_rows;
+    const std::string error = GatherPassingNeighbors(
+        frontier.flat<int32_t>().data(), frontier_rows.flat<int32_t>().data(),
+        frontier.NumElements(), values.flat<int32_t>().data(),
+        values.NumElements(), splits.flat<int64_t>().data(),
+        splits.NumElements(), filter, max_candidates.scalar<int32_t>()(), view,
+        &kept_ids, &kept_rows);
+    OP_REQUIRES(ctx, error.empty(), errors::InvalidArgument(error));
+
+    const int64_t kept = static_cast<int64_t>(kept_ids.size());
+    Tensor* out_ids = nullptr;
+    Tensor* out_rows = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({kept}), &out_ids));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({kept}), &out_rows));
+    if (kept > 0) {
+      std::memcpy(out_ids->flat<int32_t>().data(), kept_ids.data(),
+                  kept * sizeof(int32_t));
+      std::memcpy(out_rows->flat<int32_t>().data(), kept_rows.data(),
+                  kept * sizeof(int32_t));
+    }
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("NannGatherPassingNeighbors")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<int32_t>("Tword"),
+                        GatherPassingNeighborsOp<int32_t>);
+REGISTER_KERNEL_BUILDER(Name("NannGatherPassingNeighbors")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<int64_t>("Tword"),
+                        GatherPassingNeighborsOp<int64_t>);
+
 #define NANN_REGISTER_FILTER(Tid, Trow, Tword)                   \
   REGISTER_KERNEL_BUILDER(Name("NannFilterUnvisited")            \
                               .Device(DEVICE_CPU)                \

@@ -23,6 +23,7 @@
 #ifndef NANN_CC_OPS_LIB_VISITED_BITMAP_H_
 #define NANN_CC_OPS_LIB_VISITED_BITMAP_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -327,6 +328,159 @@ std::string GatherUnvisitedNeighbors(const Node* frontier,
         kept_ids->push_back(values[j]);
         kept_rows->push_back(row);
       }
+    }
+  }
+  return std::string();
+}
+
+// Which items a query may be given, by the items' labels (a filtered search's
+// predicate; nann_tf.search.filters.LabelFilter builds the same one in stock
+// ops). Labels live in one state row per query: column c < tag_offset is
+// category c, column tag_offset + t is tag t (0 = none in both: their columns
+// are never set); bit 1 of a column marks an include label, bit 2 an exclude
+// label. Item `id` passes query `row` when it carries no exclude label and,
+// if the query has an include list (has_include[row]), at least one include
+// label; and when (row, id) is not one of the held pairs (sorted keys
+// row * key_span + id).
+struct LabelFilter {
+  const int32_t* item_category = nullptr;  // [num_items]
+  int64_t num_items = 0;
+  const int32_t* item_tags = nullptr;  // [num_items, tag_width]
+  int64_t tag_width = 0;
+  const uint8_t* state = nullptr;  // [rows, state_width]
+  int64_t state_width = 0;
+  int64_t tag_offset = 0;
+  const bool* has_include = nullptr;  // [rows]
+  const int64_t* held_keys = nullptr;  // sorted
+  int64_t num_held = 0;
+  int64_t key_span = 0;
+
+  // Sets *pass; returns a message naming a bad label or id, else "".
+  std::string Passes(int64_t row, int64_t id, bool* pass) const {
+    if (id < 0 || id >= num_items) {
+      return internal::Cat("item id ", id, " has no labels: expected 0 <= id < ",
+                           num_items, " (len(item_category))");
+    }
+    const int64_t category = item_category[id];
+    if (category < 0 || category >= tag_offset) {
+      return internal::Cat("item_category[", id, "] = ", category,
+                           ": expected 0 <= category < ", tag_offset,
+                           " (tag_offset)");
+    }
+    const uint8_t* labels = state + row * state_width;
+    uint8_t bits = labels[category];
+    const int32_t* tags = item_tags + id * tag_width;
+    for (int64_t t = 0; t < tag_width; ++t) {
+      const int64_t tag = tags[t];
+      if (tag < 0 || tag_offset + tag >= state_width) {
+        return internal::Cat("item_tags[", id, ", ", t, "] = ", tag,
+                             ": expected 0 <= tag < ", state_width - tag_offset,
+                             " (label_state's width - tag_offset)");
+      }
+      bits |= labels[tag_offset + tag];
+    }
+    *pass = (!has_include[row] || (bits & 1)) && !(bits & 2);
+    if (*pass && num_held > 0) {
+      const int64_t key = row * key_span + id;
+      int64_t lo = 0, hi = num_held;
+      while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (held_keys[mid] < key) lo = mid + 1; else hi = mid;
+      }
+      if (lo < num_held && held_keys[lo] == key) *pass = false;
+    }
+    return std::string();
+  }
+};
+
+// The two-hop expansion of a filtered walk, fused: the frontier's unvisited
+// neighbours (all marked visited, as GatherUnvisitedNeighbors) that pass
+// `filter`, then, for each neighbour that fails (in that order), its own
+// neighbours that pass and are unvisited (marked; the failing ones are left
+// unmarked, to be expanded when a first hop reaches them). Output: per query
+// row, ascending, that row's passing first-hop neighbours then its second-hop
+// ones, each in expansion order, at most `max_candidates` per row (< 0: all).
+// Equals nann_tf.search.beam._expand_passing in stock ops. Validates as it
+// goes and stops at the first bad value (the bitmap is then partly updated).
+template <typename Word>
+std::string GatherPassingNeighbors(
+    const int32_t* frontier, const int32_t* frontier_rows, int64_t num_frontier,
+    const int32_t* values, int64_t num_values, const int64_t* splits,
+    int64_t num_splits, const LabelFilter& filter, int64_t max_candidates,
+    BitmapView<Word> bitmap, std::vector<int32_t>* kept_ids,
+    std::vector<int32_t>* kept_rows) {
+  std::vector<int32_t> first_ids, first_rows;
+  std::string error = GatherUnvisitedNeighbors(
+      frontier, frontier_rows, num_frontier, values, num_values, splits,
+      num_splits, bitmap, &first_ids, &first_rows);
+  if (!error.empty()) return error;
+  const int64_t num_nodes = num_splits - 1;
+  const int64_t rows = bitmap.rows();
+  const int64_t capacity = bitmap.capacity();
+  // Candidates in expansion order, tagged first hop (0) or second (1).
+  std::vector<int32_t> ids, id_rows;
+  std::vector<uint8_t> second;
+  for (size_t i = 0; i < first_ids.size(); ++i) {
+    const int64_t node = first_ids[i];
+    const int64_t row = first_rows[i];
+    bool pass = false;
+    error = filter.Passes(row, node, &pass);
+    if (!error.empty()) return error;
+    if (pass) {
+      ids.push_back(first_ids[i]);
+      id_rows.push_back(first_rows[i]);
+      second.push_back(0);
+      continue;
+    }
+    if (node >= num_nodes) {
+      return internal::Cat("neighbour ", node, " (a first hop, expanded as a ",
+                           "second) is not a node of the CSR level: expected ",
+                           "id < ", num_nodes, " (len(neighbor_row_splits) - 1)");
+    }
+    const int64_t begin = internal::AsInt64(splits[node]);
+    const int64_t end = internal::AsInt64(splits[node + 1]);
+    if (begin < 0 || begin > end || end > num_values) {
+      return internal::Cat("neighbor_row_splits[", node, ":", node + 2, "] = [",
+                           begin, ", ", end, "] is not a valid CSR range: ",
+                           "expected 0 <= start <= limit <= ", num_values);
+    }
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t id = internal::AsInt64(values[j]);
+      if (id < 0 || id >= capacity) {
+        return internal::NeighborOutsideBitmap(j, id, node, capacity,
+                                               BitmapView<Word>::kBits);
+      }
+      bool hop_pass = false;
+      error = filter.Passes(row, id, &hop_pass);
+      if (!error.empty()) return error;
+      if (hop_pass && bitmap.TestAndSet(row, id)) {
+        ids.push_back(values[j]);
+        id_rows.push_back(first_rows[i]);
+        second.push_back(1);
+      }
+    }
+  }
+  // Rows ascending; in a row, first hops before second hops (a stable sort).
+  std::vector<int64_t> start(2 * rows + 1, 0);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ++start[2 * id_rows[i] + second[i] + 1];
+  }
+  for (int64_t b = 0; b < 2 * rows; ++b) start[b + 1] += start[b];
+  std::vector<int32_t> sorted(ids.size()), sorted_rows(ids.size());
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int64_t at = next[2 * id_rows[i] + second[i]]++;
+    sorted[at] = ids[i];
+    sorted_rows[at] = id_rows[i];
+  }
+  kept_ids->clear();
+  kept_rows->clear();
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t limit = start[2 * r + 2];
+    if (max_candidates >= 0) limit = std::min(limit, start[2 * r] + max_candidates);
+    for (int64_t at = start[2 * r]; at < limit; ++at) {
+      kept_ids->push_back(sorted[at]);
+      kept_rows->push_back(sorted_rows[at]);
     }
   }
   return std::string();

@@ -55,6 +55,27 @@ absl::Status GatherUnvisitedNeighborsShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+absl::Status GatherPassingNeighborsShape(InferenceContext* c) {
+  ShapeHandle frontier, frontier_rows, pairs, unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &frontier));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &frontier_rows));
+  TF_RETURN_IF_ERROR(c->Merge(frontier, frontier_rows, &pairs));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 2, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(7), 2, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(8), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(9), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(10), 0, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(11), 0, &unused));
+  c->set_output(0, c->Vector(c->UnknownDim()));
+  c->set_output(1, c->Vector(c->UnknownDim()));
+  c->set_output(2, c->input(4));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("NannFilterUnvisited")
@@ -122,6 +143,51 @@ kept_ids: [K] the kept neighbour ids (dtype of neighbor_values), in expansion
   order.
 kept_row_ids: [K] the query row of each kept id.
 new_bitmap: [B, W] `bitmap` with the kept pairs' bits set.
+)doc");
+
+REGISTER_OP("NannGatherPassingNeighbors")
+    .Input("frontier_ids: int32")
+    .Input("frontier_row_ids: int32")
+    .Input("neighbor_values: int32")
+    .Input("neighbor_row_splits: int64")
+    .Input("bitmap: Tword")
+    .Input("item_category: int32")
+    .Input("item_tags: int32")
+    .Input("label_state: uint8")
+    .Input("has_include: bool")
+    .Input("held_keys: int64")
+    .Input("tag_offset: int32")
+    .Input("max_candidates: int32")
+    .Output("kept_ids: int32")
+    .Output("kept_row_ids: int32")
+    .Output("new_bitmap: Tword")
+    .Attr("Tword: {int32, int64} = DT_INT64")
+    .SetShapeFn(GatherPassingNeighborsShape)
+    .Doc(R"doc(
+A filtered walk's two-hop expansion, fused: the frontier's unvisited neighbours
+that pass the label filter, and the passing unvisited neighbours of those that
+fail (two hops through a failing item).
+
+Every first-hop neighbour is marked visited (as NannGatherUnvisitedNeighbors);
+a second-hop item is marked only when it passes. The output holds the rows in
+ascending order, each row's passing first hops, then its second hops, each in
+expansion order, at most max_candidates per row (< 0 for no limit).
+
+An item passes query row r when it carries no exclude label, carries an
+include label if has_include[r], and (r, id) is not held: label_state[r, c] for
+its category c and label_state[r, tag_offset + t] for each of its tags t > 0
+are OR-ed (bit 1 include, bit 2 exclude); held_keys holds sorted keys
+r * len(item_category) + id.
+
+frontier_ids, frontier_row_ids, neighbor_values, neighbor_row_splits, bitmap:
+  as NannGatherUnvisitedNeighbors.
+item_category: [N] each item's category (0 <= c < tag_offset).
+item_tags: [N, T] each item's tags (0 = none).
+label_state: [B, L] the queries' labels, L > tag_offset.
+has_include: [B] whether the query has an include list.
+held_keys: [H] sorted (row, item) keys never to pass.
+tag_offset: the column of tag 0 in label_state.
+max_candidates: at most this many items per row (< 0: all).
 )doc");
 
 }  // namespace nann

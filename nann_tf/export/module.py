@@ -64,8 +64,7 @@ from nann_tf.model.scorer import ModelScorer, ShapeGrid
 from nann_tf.search.beam import (SearchContext, beam_search, merge_results, order_keys,
                                  resize_results)
 from nann_tf.search.brute_force import brute_force, without_items
-from nann_tf.search.filters import (LabelTable, LabelTensors, cap_per_category, row_contains,
-                                    sorted_lookup)
+from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category, sorted_lookup
 from nann_tf.search.params import SearchParamsError, format_level_values, similar_for_index
 from nann_tf.search.similar import (DEFAULT_SIMILAR, embedding_scorer, seed_exclusions,
                                     seeds_as_history)
@@ -620,18 +619,9 @@ class RetrievalModule(tf.Module):
             # Round 0 holds no results yet: no full category, nothing held.
             full = tf.cond(first, lambda: tf.zeros_like(ids), full_categories)
 
-        def passes(rows, items):
-            def refill():
-                with tf.device(CPU):
-                    in_full = row_contains(rows, self.labels.category_of(items), full)
-                    held = row_contains(rows, items, ids)
-                    fresh = tf.logical_not(tf.logical_or(in_full, held))
-                    return tf.logical_and(tf.logical_and(base(rows, items), fresh),
-                                          tf.gather(need, rows))
-            # Round 0 (every row, nothing held): the request's filter alone. The walk calls
-            # this on every neighbour it looks at, so the refill's lookups cost there.
-            return tf.cond(first, lambda: base(rows, items), refill)
-
+            # The request's filter, also refusing a row's full categories and held items, and
+            # everything in the rows that need nothing (round 0: every row, nothing held).
+            passes = base.restricted(full, ids, need)
         new_ids, new_scores, new_n = candidates(passes, need)
         with tf.device(CPU):
             all_ids = tf.concat([ids, new_ids], 1)

@@ -55,6 +55,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from nann_tf import ops
 from nann_tf.index.hnsw import GraphTensors
 from nann_tf.search import visited
 from nann_tf.search.params import DEFAULT_EF, DEFAULT_T
@@ -289,7 +290,15 @@ def _expand_passing(ctx, f_ids, f_rows, level_rt, state, item_filter: ItemFilter
     """The frontier's unvisited neighbours that pass ``item_filter``, and the unvisited
     neighbours that pass of those that fail (two hops), rows ascending; every one marked
     visited except the failing second-hop items (reached later from a first hop, they are
-    expanded then)."""
+    expanded then). A label filter on the bitmap visited set runs as one fused op
+    (``NannGatherPassingNeighbors``); the stock ops below are its twin."""
+    fused = getattr(item_filter, "fused_inputs", None)
+    if fused is not None and ctx.visited_impl == "bitmap":
+        ids, rows, state = ops.gather_passing_neighbors(
+            tf.cast(f_ids, tf.int32), tf.cast(f_rows, tf.int32),
+            tf.cast(level_rt.values, tf.int32), tf.cast(level_rt.row_splits, tf.int64), state,
+            *fused, tf.constant(-1 if max_candidates is None else max_candidates, tf.int32))
+        return ids, rows, state
     n_ids, n_rows, state = ctx.expand(f_ids, f_rows, level_rt, state)
     ok = item_filter(n_rows, n_ids)
     fail_ids = tf.boolean_mask(n_ids, tf.logical_not(ok))

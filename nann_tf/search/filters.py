@@ -33,8 +33,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["LabelTable", "LabelTensors", "RequestLabels", "cap_per_category", "row_contains",
-           "sorted_lookup", "MAX_TAGS"]
+__all__ = ["LabelFilter", "LabelTable", "LabelTensors", "RequestLabels", "cap_per_category",
+           "row_contains", "sorted_lookup", "MAX_TAGS"]
 
 #: Tags per item an item table may give.
 MAX_TAGS = 16
@@ -205,6 +205,8 @@ class LabelTensors(tf.Module):
             self.popular_items = var(np.r_[table.popular_items, 0].astype(np.int32),
                                      "popular_items")
         self.num_items = int(len(table.item_category) - 1)
+        self.num_categories = int(len(table.raw_category_id) - 1)
+        self.num_tags = int(len(table.raw_tag_id) - 1)
         self.has_tags = bool(len(table.raw_tag_id) > 1)
 
 
@@ -224,29 +226,35 @@ class LabelTensors(tf.Module):
     def category_of(self, ids) -> tf.Tensor:
         """Dense category of each item id (any shape; id 0 -> category 0)."""
         with tf.device(self.device):
-            return tf.gather(self.item_category, ids)
+            # Gathers from one dense read, never on the variable: a gather on the variable
+            # (ResourceGather) would put it in copy-on-read mode, and every dense read after
+            # that (the walk's label filter) would copy the whole table.
+            return tf.gather(tf.convert_to_tensor(self.item_category), ids)
 
-    def item_filter(self, req: RequestLabels):
-        """``item_filter(row_ids, item_ids) -> bool [n]`` for the batch of ``req``."""
-        def passes(rows, ids):
-            with tf.device(self.device):
-                cat = tf.gather(self.item_category, ids)[:, None]  # [n, 1]
-                tags = tf.gather(self.item_tags, ids)  # [n, T]
+    def item_filter(self, req: RequestLabels) -> "LabelFilter":
+        """The :class:`LabelFilter` of the batch of ``req``: ``f(row_ids, item_ids) -> bool``."""
+        with tf.device(self.device):
+            b = tf.shape(req.has_include)[0]
+            width = self.num_categories + 1 + self.num_tags + 1
+            tag_offset = self.num_categories + 1
 
-                def hits(cat_list, tag_list):
-                    c = tf.gather(cat_list, rows)  # [n, F]
-                    t = tf.gather(tag_list, rows)  # [n, F']
-                    by_cat = tf.reduce_any(tf.logical_and(tf.equal(c, cat), c > 0), axis=1)
-                    by_tag = tf.reduce_any(tf.logical_and(
-                        tf.equal(t[:, None, :], tags[:, :, None]), t[:, None, :] > 0),
-                        axis=[1, 2])
-                    return tf.logical_or(by_cat, by_tag)
+            def marks(lists):  # int32 [B, width]: 1 where a row lists the label
+                out = tf.zeros([b, width], tf.int32)
+                for dense, offset in lists:
+                    dense = tf.cast(dense, tf.int32)
+                    rows = tf.broadcast_to(tf.range(b)[:, None], tf.shape(dense))
+                    keep = dense > 0
+                    at = tf.stack([tf.boolean_mask(rows, keep),
+                                   tf.boolean_mask(dense, keep) + offset], 1)
+                    out = tf.tensor_scatter_nd_max(out, at, tf.ones([tf.shape(at)[0]],
+                                                                    tf.int32))
+                return out
 
-                included = tf.logical_or(tf.logical_not(tf.gather(req.has_include, rows)),
-                                         hits(req.include_categories, req.include_tags))
-                excluded = hits(req.exclude_categories, req.exclude_tags)
-                return tf.logical_and(included, tf.logical_not(excluded))
-        return passes
+            state = marks([(req.include_categories, 0), (req.include_tags, tag_offset)]) + \
+                2 * marks([(req.exclude_categories, 0), (req.exclude_tags, tag_offset)])
+            return LabelFilter(tf.convert_to_tensor(self.item_category),
+                               tf.convert_to_tensor(self.item_tags), tf.cast(state, tf.uint8),
+                               req.has_include, tag_offset, None, self.device)
 
     def include_count(self, req: RequestLabels) -> tf.Tensor:
         """int64 [B]: items the row's include labels hold (an item in two of them counts twice;
@@ -320,6 +328,91 @@ class LabelTensors(tf.Module):
                              [[0, tf.maximum(budget - pool, 0)]])
             return tf.where(req.has_include[:, None], heads,
                             tf.broadcast_to(popular[None], [b, budget]))
+
+
+class LabelFilter:
+    """Which items each row of a batch may be given, by the items' labels:
+    ``f(row_ids, item_ids) -> bool [n]`` (the ``item_filter`` the searches take), in stock ops;
+    a two-hop walk on the bitmap visited set runs the same predicate in one fused op
+    (``NannGatherPassingNeighbors``, :attr:`fused_inputs`).
+
+    A row's labels are one row of ``state`` (uint8 ``[B, C + 1 + G + 1]``): column ``c`` is
+    category ``c``, column ``tag_offset + t`` tag ``t`` (0 = none in both, never set); bit 1 marks
+    an include label, bit 2 an exclude label. An item passes a row when it carries no exclude
+    label, at least one include label if the row has an include list (``has_include``), and is
+    not one of the row's held items (``held_keys``: sorted ``row * (N + 1) + id``, or None).
+    """
+
+    def __init__(self, item_category, item_tags, state, has_include, tag_offset: int,
+                 held_keys=None, device: str = "/CPU:0"):
+        self.item_category = item_category  # int32 [N + 1] (a tensor, not the variable)
+        self.item_tags = item_tags  # int32 [N + 1, T]
+        self.state = state
+        self.has_include = has_include
+        self.tag_offset = int(tag_offset)
+        self.held_keys = held_keys
+        self.device = device
+
+    def __call__(self, rows, ids) -> tf.Tensor:
+        with tf.device(self.device):
+            rows = tf.cast(rows, tf.int64)
+            ids = tf.cast(ids, tf.int64)
+            flat = tf.reshape(self.state, [-1])
+            base = rows * tf.shape(self.state, out_type=tf.int64)[1]
+            cat = tf.cast(tf.gather(self.item_category, ids), tf.int64)
+            tags = tf.cast(tf.gather(self.item_tags, ids), tf.int64)  # [n, T]
+            bits = tf.gather(flat, base + cat)
+            tag_bits = tf.gather(flat, base[:, None] + self.tag_offset + tags)
+
+            def has(bit):
+                return tf.logical_or(
+                    tf.not_equal(tf.bitwise.bitwise_and(bits, bit), 0),
+                    tf.reduce_any(tf.not_equal(tf.bitwise.bitwise_and(tag_bits, bit), 0),
+                                  axis=1))
+
+            included = tf.logical_or(tf.logical_not(tf.gather(self.has_include, rows)),
+                                     has(tf.constant(1, tf.uint8)))
+            ok = tf.logical_and(included, tf.logical_not(has(tf.constant(2, tf.uint8))))
+            if self.held_keys is not None:
+                keys = tf.concat([self.held_keys, [tf.int64.max]], 0)
+                key = rows * tf.cast(tf.size(self.item_category), tf.int64) + ids
+                pos = tf.searchsorted(keys, key, side="left")
+                ok = tf.logical_and(ok, tf.not_equal(tf.gather(keys, pos), key))
+            return ok
+
+    def restricted(self, full_categories, held_ids, need) -> "LabelFilter":
+        """This filter, also refusing in each row the categories ``full_categories`` ([B, W]
+        dense, 0 = none) and the items ``held_ids`` ([B, W], 0 = none), and every item in the
+        rows where ``need`` (bool [B]) is False."""
+        with tf.device(self.device):
+            full = tf.cast(full_categories, tf.int32)
+            b = tf.shape(full)[0]
+            rows = tf.broadcast_to(tf.range(b)[:, None], tf.shape(full))
+            keep = full > 0
+            at = tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(full, keep)], 1)
+            refused = tf.tensor_scatter_nd_max(tf.zeros(tf.shape(self.state), tf.uint8), at,
+                                               tf.fill([tf.shape(at)[0]], tf.constant(2, tf.uint8)))
+            state = tf.bitwise.bitwise_or(self.state, refused)
+            # A row that needs nothing: an include list with no label in it.
+            state = tf.where(need[:, None], state,
+                             tf.bitwise.bitwise_and(state, tf.constant(2, tf.uint8)))
+            has_include = tf.logical_or(self.has_include, tf.logical_not(need))
+            held = tf.cast(held_ids, tf.int64)
+            span = tf.cast(tf.size(self.item_category), tf.int64)
+            keys = tf.range(tf.shape(held, out_type=tf.int64)[0])[:, None] * span + held
+            keys = tf.sort(tf.boolean_mask(keys, held > 0))
+            if self.held_keys is not None:
+                keys = tf.sort(tf.concat([self.held_keys, keys], 0))
+            return LabelFilter(self.item_category, self.item_tags, state, has_include,
+                               self.tag_offset, keys, self.device)
+
+    @property
+    def fused_inputs(self) -> tuple:
+        """The label inputs of ``NannGatherPassingNeighbors``: ``(item_category, item_tags,
+        label_state, has_include, held_keys, tag_offset)``."""
+        held = tf.zeros([0], tf.int64) if self.held_keys is None else self.held_keys
+        return (self.item_category, self.item_tags, self.state, self.has_include, held,
+                tf.constant(self.tag_offset, tf.int32))
 
 
 def sorted_lookup(raw, sorted_raw, sorted_dense):

@@ -7,15 +7,17 @@ import pytest
 import tensorflow as tf
 
 from nann_tf.index.hnsw import build_hnsw, graph_tensors, make_graph_tensors
-from nann_tf.search.beam import beam_search
+from nann_tf import ops
+from nann_tf.search.beam import SearchContext, _expand_passing, beam_search
 from nann_tf.search.brute_force import brute_force
 from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category, row_contains
 from nann_tf.evaluation.metrics import coverage
 
-from conftest import TAGS_EXACT_MAX as EXACT_MAX
+from conftest import TAGS_EXACT_MAX as EXACT_MAX, bitmap_available
 from test_beam import l2_scores, oracle_topk, recording_scorer, table_scorer
 
 N = 3000
+BITMAP = bitmap_available()
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +123,12 @@ def test_cap_per_category_keeps_the_best_of_each_and_backfills():
     assert got_ids.numpy().tolist() == [[5, 6, 7, 9], [1, 0, 0, 0]]
 
 
-@pytest.mark.parametrize("hops", [1, 2])
-def test_filtered_beam_search_returns_only_passing_items_and_finds_them(labels, hops):
+@pytest.mark.parametrize("hops,impl", [(1, "tf"), (2, "tf")]
+                         + ([(2, "bitmap")] if BITMAP else []))
+def test_filtered_beam_search_returns_only_passing_items_and_finds_them(labels, hops, impl):
     """The walk goes through items that fail (the graph stays connected) and returns the top k
     of the passing items it scored; with ef covering the corpus that is the exact answer (both
-    walks: one hop, and two hops through failing items)."""
+    walks: one hop, and two hops through failing items, in stock ops and in the fused op)."""
     table, lt, cat, raw_cat, tags = labels
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(N + 1, 8)).astype(np.float32)
@@ -136,7 +139,7 @@ def test_filtered_beam_search_returns_only_passing_items_and_finds_them(labels, 
     ids, scores, _ = beam_search(graph_tensors(graph), table_scorer(table_s), 6,
                                  ef={lv: N for lv in range(graph.max_level + 1)},
                                  T={lv: 100 for lv in range(graph.max_level)}, k=30,
-                                 item_filter=f, filter_hops=hops)
+                                 item_filter=f, filter_hops=hops, visited_impl=impl)
     masked = table_s.copy()
     for r in range(6):
         for i in range(1, N + 1):
@@ -148,12 +151,99 @@ def test_filtered_beam_search_returns_only_passing_items_and_finds_them(labels, 
     np.testing.assert_array_equal(bf.numpy(), oracle_topk(masked, 30))
     # At the default beams the walk still returns only passing items.
     ids, _, _ = beam_search(graph_tensors(graph), table_scorer(table_s), 6, k=30,
-                            item_filter=f, filter_hops=hops)
+                            item_filter=f, filter_hops=hops, visited_impl=impl)
     for r in range(6):
         for i in ids.numpy()[r]:
             assert i == 0 or passes_np(i, INC_C[r], EXC_C[r], INC_T[r], EXC_T[r], cat,
                                        raw_cat, tags)
     assert coverage(ids.numpy(), bf.numpy(), 30) > 0.9
+
+
+def _random_walk_state(rng, graph_t, b, n_frontier):
+    """A level-0 frontier (rows ascending, repeats and items of several rows) and a visited
+    bitmap with some items already set, as a walk's round meets them."""
+    rows = np.sort(rng.integers(0, b, n_frontier)).astype(np.int32)
+    ids = rng.integers(1, N + 1, n_frontier).astype(np.int32)
+    seen_rows = rng.integers(0, b, 400).astype(np.int32)
+    seen_ids = rng.integers(1, N + 1, 400).astype(np.int32)
+    ctx = SearchContext(None, b, N, None, "tf", None)
+    _, _, bitmap = ctx.filter_unvisited(tf.constant(seen_ids), tf.constant(seen_rows),
+                                        ctx.visited_init())
+    return tf.constant(ids), tf.constant(rows), bitmap
+
+
+@pytest.mark.skipif(not BITMAP, reason="the op library is not built")
+def test_fused_two_hop_expansion_equals_its_stock_ops_twin(labels):
+    """NannGatherPassingNeighbors is the two-hop expansion in one op: the same items in the
+    same order (rows ascending; a row's passing first hops, then its second hops), the same
+    bitmap after (failing second hops left unmarked), and the same per-row cut, as the stock
+    ops, on the six mixed filter rows, with a refill's restrictions (a full category, held
+    items, a row that needs nothing) and from a bitmap already half set."""
+    table, lt, cat, raw_cat, tags = labels
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(N + 1, 8)).astype(np.float32)
+    level0 = graph_tensors(build_hnsw(emb, M=8, ef_construction=40, num_threads=1)).levels[0]
+    base = lt.item_filter(_request(lt))
+    held = np.zeros((6, 5), np.int32)
+    held[1, :3] = rng.choice(np.flatnonzero(cat == 2), 3)
+    held[2, :2] = [7, 9]
+    refill = base.restricted(tf.constant([[0, 0], [2, 0], [5, 11], [0, 0], [0, 0], [0, 0]]),
+                             tf.constant(held), tf.constant([True] * 5 + [False]))
+    seen_kept = set()
+    for f, cut in ((base, None), (refill, None), (base, 7), (refill, 3)):
+        f_ids, f_rows, bitmap = _random_walk_state(rng, level0, 6, 120)
+        out = {}
+        for impl in ("tf", "bitmap"):
+            ctx = SearchContext(None, 6, N, None, impl, None)
+            ids, rows, after = _expand_passing(ctx, f_ids, f_rows, level0, bitmap, f, cut)
+            out[impl] = (ids.numpy(), rows.numpy(), after.numpy())
+        for a, b in zip(out["tf"], out["bitmap"]):
+            np.testing.assert_array_equal(a, b)
+        ids, rows, _ = out["bitmap"]
+        assert (np.diff(rows) >= 0).all() and f(tf.constant(rows), tf.constant(ids)).numpy().all()
+        if cut is not None:
+            assert np.bincount(rows).max() <= cut
+        seen_kept.update(np.unique(rows).tolist())
+    # The restricted filter refuses what it should: row 5 needs nothing, row 1 the held items.
+    assert 5 not in out["bitmap"][1]
+    probe = tf.constant(held[1, :3]), tf.constant([1, 1, 1])
+    assert not refill(probe[1], probe[0]).numpy().any()
+    assert len(seen_kept) >= 4  # rows that found something: the comparison is not vacuous
+
+
+@pytest.mark.skipif(not BITMAP, reason="the op library is not built")
+def test_fused_two_hop_op_refuses_bad_input_naming_it(labels):
+    """Bad ids and labels are InvalidArgument naming the value, never a crash: a neighbour
+    beyond the label tables, a tag outside the state's columns, unsorted held keys, a label
+    state of another batch size."""
+    table, lt, cat, raw_cat, tags = labels
+    f = lt.item_filter(_request(lt))
+    cat_t, tags_t, state, has_include, held, offset = f.fused_inputs
+    values = tf.constant([2, 3, N + 5], tf.int32)  # node 1's third neighbour has no labels
+    splits = tf.constant([0, 0, 3, 3, 3], tf.int64)
+    bitmap = tf.zeros([6, (N + 64) // 64 + 1], tf.int64)
+
+    def call(**kw):
+        args = dict(frontier_ids=tf.constant([1], tf.int32),
+                    frontier_row_ids=tf.constant([0], tf.int32), neighbor_values=values,
+                    neighbor_row_splits=splits, bitmap=bitmap, item_category=cat_t,
+                    item_tags=tags_t, label_state=state, has_include=has_include,
+                    held_keys=held, tag_offset=offset, max_candidates=tf.constant(-1))
+        args.update(kw)
+        return ops.gather_passing_neighbors(**args)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"item id {N + 5} has no labels"):
+        call()
+    good = tf.constant([2, 3, 4], tf.int32)
+    bad_tags = tf.tensor_scatter_nd_update(tags_t, [[3, 0]], [10 ** 6])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="item_tags\\[3, 0\\] = 1000000"):
+        call(neighbor_values=good, item_tags=bad_tags)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="held_keys must be sorted"):
+        call(neighbor_values=good, held_keys=tf.constant([9, 4], tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bitmap's batch size 6"):
+        call(neighbor_values=good, label_state=state[:4])
+    ids, rows, _ = call(neighbor_values=good)  # and the good input goes through
+    assert rows.numpy().tolist() == [0] * len(ids.numpy()) and len(ids.numpy()) >= 1
 
 
 def _path_graph(n):
