@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = REPO / "serving" / "docker" / "check_build.py"
-OPS = ["NannFilterUnvisited", "NannGatherUnvisitedNeighbors"]
+OPS = ["NannFilterUnvisited", "NannGatherPassingNeighbors", "NannGatherUnvisitedNeighbors"]
 
 
 def _check(*args):
@@ -79,15 +79,14 @@ def test_server_check_needs_every_registered_op_and_the_tf_version(tmp_path):
     good = _stand_in_server(tmp_path / "good", "2.21.0", OPS)
     ok = _check("server", good, ops_src, "2.21.0")
     assert ok.returncode == 0, ok.stderr
-    assert "NannFilterUnvisited, NannGatherUnvisitedNeighbors" in ok.stdout
+    assert ", ".join(OPS) in ok.stdout
     # The library was not linked in (no alwayslink, or not in SUPPORTED_TENSORFLOW_OPS).
     stock = _stand_in_server(tmp_path / "stock", "2.21.0", [])
     bad = _check("server", stock, ops_src, "2.21.0")
-    assert bad.returncode == 1 and "NannFilterUnvisited, NannGatherUnvisitedNeighbors" in \
-        bad.stderr and "alwayslink" in bad.stderr
+    assert bad.returncode == 1 and ", ".join(OPS) in bad.stderr and "alwayslink" in bad.stderr
     half = _stand_in_server(tmp_path / "half", "2.21.0", OPS[:1])
     bad = _check("server", half, ops_src, "2.21.0")
-    assert bad.returncode == 1 and "ops NannGatherUnvisitedNeighbors are not" in bad.stderr
+    assert bad.returncode == 1 and f"ops {', '.join(OPS[1:])} are not" in bad.stderr
     # A prefix of an op name is not the op.
     prefix = _stand_in_server(tmp_path / "prefix", "2.21.0", ["NannFilter", OPS[1]])
     assert _check("server", prefix, ops_src, "2.21.0").returncode == 1
