@@ -112,6 +112,63 @@ void TestGatherEqualsFilterOfExpansion() {
   EXPECT((kept_rows == std::vector<int64_t>{0, 0, 0, 1, 1}));
 }
 
+// A filtered walk's two hops on a hand-made level: node 1 -> {2, 3}, 3 -> {5, 6, 2}.
+// Row 0 includes category 1 (items 1, 2, 4, 5), row 1 excludes tag 1 (item 5 only).
+void TestGatherPassingNeighbors() {
+  const std::vector<int32_t> values = {2, 3, 4, 5, 6, 2};
+  const std::vector<int64_t> splits = {0, 0, 2, 3, 6, 6, 6, 6};
+  const std::vector<int32_t> category = {0, 1, 1, 2, 1, 1, 2};
+  const std::vector<int32_t> tags = {0, 0, 0, 0, 0, 1, 0};
+  // tag_offset 3 (categories 0..2), then tags 0..1.
+  const std::vector<uint8_t> state = {0, 1, 0, 0, 0,  /* row 1: */ 0, 0, 0, 0, 2};
+  const bool has_include[2] = {true, false};
+  nann::LabelFilter filter;
+  filter.item_category = category.data();
+  filter.num_items = 7;
+  filter.item_tags = tags.data();
+  filter.tag_width = 1;
+  filter.state = state.data();
+  filter.state_width = 5;
+  filter.tag_offset = 3;
+  filter.has_include = has_include;
+  filter.key_span = 7;
+  const std::vector<int32_t> frontier = {1, 1};
+  const std::vector<int32_t> rows = {0, 1};
+  auto run = [&](const nann::LabelFilter& f, int64_t max_candidates,
+                 std::vector<uint64_t>* words, std::vector<int32_t>* ids,
+                 std::vector<int32_t>* out_rows) {
+    words->assign(2, 0);
+    nann::BitmapView<uint64_t> bitmap(words->data(), 2, 1);
+    return nann::GatherPassingNeighbors(frontier.data(), rows.data(), 2,
+                                        values.data(), 6, splits.data(), 8, f,
+                                        max_candidates, bitmap, ids, out_rows);
+  };
+  std::vector<uint64_t> words;
+  std::vector<int32_t> ids, out_rows;
+  // Row 0: 2 passes, 3 fails and leads to 5 (passes) and 6 (fails: unmarked); 2 is
+  // visited. Row 1: both first hops pass, no second hop.
+  EXPECT(run(filter, -1, &words, &ids, &out_rows).empty());
+  EXPECT((ids == std::vector<int32_t>{2, 5, 2, 3}));
+  EXPECT((out_rows == std::vector<int32_t>{0, 0, 1, 1}));
+  EXPECT(words[0] == ((1u << 2) | (1u << 3) | (1u << 5)));
+  EXPECT(words[1] == ((1u << 2) | (1u << 3)));
+  EXPECT(run(filter, 1, &words, &ids, &out_rows).empty());  // one per row
+  EXPECT((ids == std::vector<int32_t>{2, 2}));
+  // A held item never passes and is left unmarked.
+  const int64_t held[1] = {0 * 7 + 5};
+  nann::LabelFilter holding = filter;
+  holding.held_keys = held;
+  holding.num_held = 1;
+  EXPECT(run(holding, -1, &words, &ids, &out_rows).empty());
+  EXPECT((ids == std::vector<int32_t>{2, 2, 3}));
+  EXPECT(words[0] == ((1u << 2) | (1u << 3)));
+  // An item beyond the label tables is an error naming it, not a read past them.
+  nann::LabelFilter short_labels = filter;
+  short_labels.num_items = 6;
+  const std::string error = run(short_labels, -1, &words, &ids, &out_rows);
+  EXPECT(error.find("item id 6 has no labels") != std::string::npos);
+}
+
 void TestBeamReplay() {
   // A path 0 - 1 - 2 - 3 - 4 on level 0; start level 1 = {0}. Scores rise along the path
   // except a tie between 3 and 4 (smaller id wins).
@@ -200,6 +257,7 @@ int main() {
   TestMarkUnvisited<uint64_t>();
   TestValidation();
   TestGatherEqualsFilterOfExpansion();
+  TestGatherPassingNeighbors();
   TestBeamReplay();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
