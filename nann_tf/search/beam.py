@@ -63,7 +63,9 @@ from nann_tf.search.params import DEFAULT_EF, DEFAULT_T
 __all__ = [
     "ItemFilter",
     "Scorer",
+    "SearchContext",
     "beam_search",
+    "expand_passing",
 ]
 
 Scorer = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -285,8 +287,8 @@ def _merge_passing(out, item_filter: ItemFilter, ids, rows, scores, ctx, k,
     return out_ids, out_scores
 
 
-def _expand_passing(ctx, f_ids, f_rows, level_rt, state, item_filter: ItemFilter,
-                    max_candidates: int | None = None):
+def expand_passing(ctx, f_ids, f_rows, level_rt, state, item_filter: ItemFilter,
+                   max_candidates: int | None = None):
     """The frontier's unvisited neighbours that pass ``item_filter``, and the unvisited
     neighbours that pass of those that fail (two hops), rows ascending; every one marked
     visited except the failing second-hop items (reached later from a first hop, they are
@@ -383,8 +385,8 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
             if hop is None:
                 n_ids, n_rows, state = ctx.expand(f_ids, f_rows, level_rt, state)
             else:
-                n_ids, n_rows, state = _expand_passing(ctx, f_ids, f_rows, level_rt, state,
-                                                       hop, max_candidates)
+                n_ids, n_rows, state = expand_passing(ctx, f_ids, f_rows, level_rt, state,
+                                                      hop, max_candidates)
         n_scores = ctx.score(n_rows, n_ids)
         with ctx.device():
             num_scored += ctx.count_per_row(n_rows)

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from nann_tf.index.hnsw import build_hnsw, graph_tensors, make_graph_tensors
 from nann_tf import ops
-from nann_tf.search.beam import SearchContext, _expand_passing, beam_search
+from nann_tf.search.beam import SearchContext, beam_search, expand_passing
 from nann_tf.search.brute_force import brute_force
 from nann_tf.search.filters import LabelTable, LabelTensors, cap_per_category, row_contains
 from nann_tf.evaluation.metrics import coverage
@@ -195,7 +195,7 @@ def test_fused_two_hop_expansion_equals_its_stock_ops_twin(labels):
         out = {}
         for impl in ("tf", "bitmap"):
             ctx = SearchContext(None, 6, N, None, impl, None)
-            ids, rows, after = _expand_passing(ctx, f_ids, f_rows, level0, bitmap, f, cut)
+            ids, rows, after = expand_passing(ctx, f_ids, f_rows, level0, bitmap, f, cut)
             out[impl] = (ids.numpy(), rows.numpy(), after.numpy())
         for a, b in zip(out["tf"], out["bitmap"]):
             np.testing.assert_array_equal(a, b)
