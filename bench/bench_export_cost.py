@@ -63,6 +63,18 @@ def run_tree(tree: Path, args, base: Path) -> dict:
             "warmup_records": info["warmup_records"], "fresh_process": served}
 
 
+def code_trees(ap: argparse.ArgumentParser, specs) -> list[tuple[str, Path]]:
+    """``--tree LABEL=PATH`` values as ``(label, resolved path)``; a value that is not one, or
+    a path without ``nann_tf/``, is the parser's error."""
+    trees = []
+    for t in specs:
+        label, sep, path = t.partition("=")
+        if not sep or not Path(path, "nann_tf").is_dir():
+            ap.error(f"--tree {t!r}: expected LABEL=PATH to a source tree with nann_tf/")
+        trees.append((label, Path(path).resolve()))
+    return trees
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -73,12 +85,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", default="bench/results/export-cost.json")
     args = ap.parse_args()
-    trees = []
-    for t in args.tree:
-        label, sep, path = t.partition("=")
-        if not sep or not Path(path, "nann_tf").is_dir():
-            ap.error(f"--tree {t!r}: expected LABEL=PATH to a source tree with nann_tf/")
-        trees.append((label, Path(path).resolve()))
+    trees = code_trees(ap, args.tree)
     runs: dict[str, list] = {label: [] for label, _ in trees}
     for r in range(args.repeat):
         for label, tree in trees:  # interleaved

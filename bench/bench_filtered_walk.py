@@ -36,7 +36,7 @@ def worker(args) -> dict:
     import tensorflow as tf  # noqa: F401
 
     import nann_tf
-    from bench_filters import category_groups, retrieve, _timed
+    from bench_filters import category_groups, group_tags, retrieve, _timed
     from nann_tf.autoconfig import search_defaults
     from nann_tf.data.dataset import Dataset
     from nann_tf.export.module import RetrievalModule
@@ -49,13 +49,7 @@ def worker(args) -> dict:
     model, cfg, meta = load_trained_model(args.model)
     index = load_index(args.index)
     search = search_defaults(cfg, meta, index.meta).checked(index.graph.max_level)
-    n = ds.num_items
-    tags = [[] for _ in range(n + 1)]
-    for g, (cats, _) in enumerate(category_groups(ds, SHARES)):
-        mask = np.zeros(ds.num_categories + 1, bool)
-        mask[cats] = True
-        for i in np.flatnonzero(mask[ds.item_category]):
-            tags[i].append(g + 1)
+    tags, _ = group_tags(ds, category_groups(ds, SHARES))
     labels = LabelTable.build(index.category, ds.raw_category_id, tags, popularity=index.freq)
     m = RetrievalModule(model, index, int(meta["max_len"]), search, visited_impl="bitmap",
                         labels=labels)
@@ -104,12 +98,10 @@ def main():
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
-    trees = {}
-    for spec in args.tree or [f"current={BENCH.parent}"]:
-        label, sep, path = spec.partition("=")
-        if not sep or not (Path(path) / "nann_tf").is_dir():
-            sys.exit(f"--tree {spec!r}: expected LABEL=PATH to a tree holding nann_tf/")
-        trees[label] = str(Path(path).resolve())
+    from bench_export_cost import code_trees
+
+    trees = {label: str(path)
+             for label, path in code_trees(ap, args.tree or [f"current={BENCH.parent}"])}
     runs = {label: [] for label in trees}
     for r in range(args.rounds):
         for label, path in trees.items():

@@ -49,6 +49,19 @@ def category_groups(ds, fractions, seed: int = 0):
              int(counts[order[:int(np.searchsorted(cum, f)) + 1]].sum())) for f in fractions]
 
 
+def group_tags(ds, groups):
+    """Tags of the items for the category ``groups`` (:func:`category_groups`): item ``i``
+    carries tag ``g + 1`` when group ``g`` holds its category. Returns ``(tags, group_of)``:
+    a list of N + 1 tag lists, and bool ``[len(groups), C + 1]`` (the categories of each)."""
+    tags = [[] for _ in range(ds.num_items + 1)]
+    group_of = np.zeros((len(groups), ds.num_categories + 1), bool)
+    for g, (cats, _) in enumerate(groups):
+        group_of[g, cats] = True
+        for i in np.flatnonzero(group_of[g][ds.item_category]):
+            tags[i].append(g + 1)
+    return tags, group_of
+
+
 def capped_topk(scores: np.ndarray, cats: np.ndarray, cap: int, k: int) -> np.ndarray:
     """The exact capped answer: the ranking of every item, at most ``cap`` per category."""
     out = np.zeros((len(scores), k), np.int64)
@@ -98,12 +111,7 @@ def main():
     switch_items = [np.sort(rng.choice(np.arange(1, n + 1), size, replace=False))
                     for size in SWITCH_SIZES if size <= n // 2]
     # Tags: 1..4 the category groups, 10.. the random item sets of the switch-point study.
-    tags = [[] for _ in range(n + 1)]
-    group_of = np.zeros((len(groups), ds.num_categories + 1), bool)
-    for g, (cats, _) in enumerate(groups):
-        group_of[g, cats] = True
-        for i in np.flatnonzero(group_of[g][ds.item_category]):
-            tags[i].append(g + 1)
+    tags, group_of = group_tags(ds, groups)
     for s, items in enumerate(switch_items):
         for i in items:
             tags[i].append(10 + s)

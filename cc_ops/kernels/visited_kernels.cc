@@ -124,6 +124,32 @@ class FilterUnvisitedOp : public OpKernel {
   }
 };
 
+// The inputs both neighbour-gathering ops start with (0..4): frontier ids and
+// rows, a CSR level, the bitmap.
+absl::Status CheckNeighborInputs(OpKernelContext* ctx) {
+  TF_RETURN_IF_ERROR(CheckPairShapes("frontier_ids", ctx->input(0),
+                                     "frontier_row_ids", ctx->input(1)));
+  TF_RETURN_IF_ERROR(CheckVector("neighbor_values", ctx->input(2)));
+  TF_RETURN_IF_ERROR(CheckVector("neighbor_row_splits", ctx->input(3)));
+  return CheckBitmap(ctx->input(4));
+}
+
+// Outputs 0 and 1 of a neighbour-gathering op: the kept ids and their rows.
+template <typename Tid, typename Trow>
+absl::Status OutputKept(OpKernelContext* ctx, const std::vector<Tid>& ids,
+                        const std::vector<Trow>& rows) {
+  const int64_t kept = static_cast<int64_t>(ids.size());
+  Tensor* out_ids = nullptr;
+  Tensor* out_rows = nullptr;
+  TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({kept}), &out_ids));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({kept}), &out_rows));
+  if (kept > 0) {
+    std::memcpy(out_ids->flat<Tid>().data(), ids.data(), kept * sizeof(Tid));
+    std::memcpy(out_rows->flat<Trow>().data(), rows.data(), kept * sizeof(Trow));
+  }
+  return absl::OkStatus();
+}
+
 template <typename Tfrontier, typename Tid, typename Trow, typename Tsplits,
           typename Tword>
 class GatherUnvisitedNeighborsOp : public OpKernel {
@@ -136,12 +162,7 @@ class GatherUnvisitedNeighborsOp : public OpKernel {
     const Tensor& frontier_rows = ctx->input(1);
     const Tensor& values = ctx->input(2);
     const Tensor& splits = ctx->input(3);
-    const Tensor& bitmap = ctx->input(4);
-    OP_REQUIRES_OK(ctx, CheckPairShapes("frontier_ids", frontier,
-                                        "frontier_row_ids", frontier_rows));
-    OP_REQUIRES_OK(ctx, CheckVector("neighbor_values", values));
-    OP_REQUIRES_OK(ctx, CheckVector("neighbor_row_splits", splits));
-    OP_REQUIRES_OK(ctx, CheckBitmap(bitmap));
+    OP_REQUIRES_OK(ctx, CheckNeighborInputs(ctx));
     const int64_t num_frontier = frontier.NumElements();
     const Tfrontier* frontier_data = frontier.flat<Tfrontier>().data();
     const Trow* row_data = frontier_rows.flat<Trow>().data();
@@ -157,18 +178,7 @@ class GatherUnvisitedNeighborsOp : public OpKernel {
         frontier_data, row_data, num_frontier, value_data, values.NumElements(),
         split_data, splits.NumElements(), view, &kept_ids, &kept_rows);
     OP_REQUIRES(ctx, error.empty(), errors::InvalidArgument(error));
-
-    const int64_t kept = static_cast<int64_t>(kept_ids.size());
-    Tensor* out_ids = nullptr;
-    Tensor* out_rows = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({kept}), &out_ids));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({kept}), &out_rows));
-    if (kept > 0) {
-      std::memcpy(out_ids->flat<Tid>().data(), kept_ids.data(),
-                  kept * sizeof(Tid));
-      std::memcpy(out_rows->flat<Trow>().data(), kept_rows.data(),
-                  kept * sizeof(Trow));
-    }
+    OP_REQUIRES_OK(ctx, OutputKept(ctx, kept_ids, kept_rows));
   }
 };
 
@@ -250,11 +260,7 @@ class GatherPassingNeighborsOp : public OpKernel {
     const Tensor& splits = ctx->input(3);
     const Tensor& bitmap = ctx->input(4);
     const Tensor& max_candidates = ctx->input(11);
-    OP_REQUIRES_OK(ctx, CheckPairShapes("frontier_ids", frontier,
-                                        "frontier_row_ids", frontier_rows));
-    OP_REQUIRES_OK(ctx, CheckVector("neighbor_values", values));
-    OP_REQUIRES_OK(ctx, CheckVector("neighbor_row_splits", splits));
-    OP_REQUIRES_OK(ctx, CheckBitmap(bitmap));
+    OP_REQUIRES_OK(ctx, CheckNeighborInputs(ctx));
     OP_REQUIRES_OK(ctx, CheckScalar("max_candidates", max_candidates));
     LabelFilter filter;
     OP_REQUIRES_OK(ctx, MakeLabelFilter(ctx, bitmap.dim_size(0), &filter));
@@ -269,18 +275,7 @@ class GatherPassingNeighborsOp : public OpKernel {
         splits.NumElements(), filter, max_candidates.scalar<int32_t>()(), view,
         &kept_ids, &kept_rows);
     OP_REQUIRES(ctx, error.empty(), errors::InvalidArgument(error));
-
-    const int64_t kept = static_cast<int64_t>(kept_ids.size());
-    Tensor* out_ids = nullptr;
-    Tensor* out_rows = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({kept}), &out_ids));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({kept}), &out_rows));
-    if (kept > 0) {
-      std::memcpy(out_ids->flat<int32_t>().data(), kept_ids.data(),
-                  kept * sizeof(int32_t));
-      std::memcpy(out_rows->flat<int32_t>().data(), kept_rows.data(),
-                  kept * sizeof(int32_t));
-    }
+    OP_REQUIRES_OK(ctx, OutputKept(ctx, kept_ids, kept_rows));
   }
 };
 

@@ -55,24 +55,14 @@ absl::Status GatherUnvisitedNeighborsShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+// Inputs 0..4 and the outputs as NannGatherUnvisitedNeighbors; then the labels.
 absl::Status GatherPassingNeighborsShape(InferenceContext* c) {
-  ShapeHandle frontier, frontier_rows, pairs, unused;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &frontier));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &frontier_rows));
-  TF_RETURN_IF_ERROR(c->Merge(frontier, frontier_rows, &pairs));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 2, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(7), 2, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(8), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(9), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(10), 0, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(11), 0, &unused));
-  c->set_output(0, c->Vector(c->UnknownDim()));
-  c->set_output(1, c->Vector(c->UnknownDim()));
-  c->set_output(2, c->input(4));
+  TF_RETURN_IF_ERROR(GatherUnvisitedNeighborsShape(c));
+  constexpr int kLabelRanks[] = {1, 2, 2, 1, 1, 0, 0};  // inputs 5..11
+  ShapeHandle unused;
+  for (int i = 0; i < 7; ++i) {
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(5 + i), kLabelRanks[i], &unused));
+  }
   return absl::OkStatus();
 }
 

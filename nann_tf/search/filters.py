@@ -237,23 +237,14 @@ class LabelTensors(tf.Module):
             b = tf.shape(req.has_include)[0]
             width = self.num_categories + 1 + self.num_tags + 1
             tag_offset = self.num_categories + 1
-
-            def marks(lists):  # int32 [B, width]: 1 where a row lists the label
-                out = tf.zeros([b, width], tf.int32)
-                for dense, offset in lists:
-                    dense = tf.cast(dense, tf.int32)
-                    rows = tf.broadcast_to(tf.range(b)[:, None], tf.shape(dense))
-                    keep = dense > 0
-                    at = tf.stack([tf.boolean_mask(rows, keep),
-                                   tf.boolean_mask(dense, keep) + offset], 1)
-                    out = tf.tensor_scatter_nd_max(out, at, tf.ones([tf.shape(at)[0]],
-                                                                    tf.int32))
-                return out
-
-            state = marks([(req.include_categories, 0), (req.include_tags, tag_offset)]) + \
-                2 * marks([(req.exclude_categories, 0), (req.exclude_tags, tag_offset)])
+            state = tf.zeros([b, width], tf.uint8)
+            for dense, offset, bit in ((req.include_categories, 0, 1),
+                                       (req.include_tags, tag_offset, 1),
+                                       (req.exclude_categories, 0, 2),
+                                       (req.exclude_tags, tag_offset, 2)):
+                state = _mark_labels(state, dense, offset, bit)
             return LabelFilter(tf.convert_to_tensor(self.item_category),
-                               tf.convert_to_tensor(self.item_tags), tf.cast(state, tf.uint8),
+                               tf.convert_to_tensor(self.item_tags), state,
                                req.has_include, tag_offset, None, self.device)
 
     def include_count(self, req: RequestLabels) -> tf.Tensor:
@@ -385,14 +376,7 @@ class LabelFilter:
         dense, 0 = none) and the items ``held_ids`` ([B, W], 0 = none), and every item in the
         rows where ``need`` (bool [B]) is False."""
         with tf.device(self.device):
-            full = tf.cast(full_categories, tf.int32)
-            b = tf.shape(full)[0]
-            rows = tf.broadcast_to(tf.range(b)[:, None], tf.shape(full))
-            keep = full > 0
-            at = tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(full, keep)], 1)
-            refused = tf.tensor_scatter_nd_max(tf.zeros(tf.shape(self.state), tf.uint8), at,
-                                               tf.fill([tf.shape(at)[0]], tf.constant(2, tf.uint8)))
-            state = tf.bitwise.bitwise_or(self.state, refused)
+            state = _mark_labels(self.state, full_categories, 0, 2)
             # A row that needs nothing: an include list with no label in it.
             state = tf.where(need[:, None], state,
                              tf.bitwise.bitwise_and(state, tf.constant(2, tf.uint8)))
@@ -413,6 +397,18 @@ class LabelFilter:
         held = tf.zeros([0], tf.int64) if self.held_keys is None else self.held_keys
         return (self.item_category, self.item_tags, self.state, self.has_include, held,
                 tf.constant(self.tag_offset, tf.int32))
+
+
+def _mark_labels(state, dense, offset: int, bit: int):
+    """``state`` (uint8 ``[B, L]``) with ``bit`` set in row ``r``'s column ``offset + d`` for
+    every label ``d > 0`` of ``dense[r]`` (int ``[B, F]``; repeats are fine)."""
+    dense = tf.cast(dense, tf.int32)
+    rows = tf.broadcast_to(tf.range(tf.shape(dense)[0])[:, None], tf.shape(dense))
+    keep = dense > 0
+    at = tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(dense, keep) + offset], 1)
+    marks = tf.scatter_nd(at, tf.ones([tf.shape(at)[0]], tf.int32), tf.shape(state))
+    return tf.bitwise.bitwise_or(state, tf.where(marks > 0, tf.constant(bit, tf.uint8),
+                                                 tf.constant(0, tf.uint8)))
 
 
 def sorted_lookup(raw, sorted_raw, sorted_dense):
