@@ -401,7 +401,8 @@ struct LabelFilter {
 // row, ascending, that row's passing first-hop neighbours then its second-hop
 // ones, each in expansion order, at most `max_candidates` per row (< 0: all).
 // Equals nann_tf.search.beam._expand_passing in stock ops. Validates as it
-// goes and stops at the first bad value (the bitmap is then partly updated).
+// goes and stops at the first bad value (the bitmap is then partly updated);
+// a visited second hop's labels are not read, so not checked.
 template <typename Word>
 std::string GatherPassingNeighbors(
     const int32_t* frontier, const int32_t* frontier_rows, int64_t num_frontier,
@@ -450,10 +451,14 @@ std::string GatherPassingNeighbors(
         return internal::NeighborOutsideBitmap(j, id, node, capacity,
                                                BitmapView<Word>::kBits);
       }
+      // A visited second hop is skipped before its labels are read: the
+      // bitmap row is small and cached, the label tables are read at random.
+      if (bitmap.Test(row, id)) continue;
       bool hop_pass = false;
       error = filter.Passes(row, id, &hop_pass);
       if (!error.empty()) return error;
-      if (hop_pass && bitmap.TestAndSet(row, id)) {
+      if (hop_pass) {
+        bitmap.TestAndSet(row, id);
         ids.push_back(values[j]);
         id_rows.push_back(first_rows[i]);
         second.push_back(1);

@@ -546,10 +546,9 @@ class RetrievalModule(tf.Module):
             need = tf.ones([b], tf.bool) if rows is None else rows
 
             def walk():
-                # Built here, in the branch that walks, so a request that does not walk pays
-                # nothing for them. A filtered row also enters the walk at the heads of its
-                # labels' posting lists: the passing items a walk from the history would not
-                # reach (another category).
+                # Built in the branch that walks (a request that does not pays nothing): a
+                # filtered row also enters at the heads of its labels' posting lists, passing
+                # items a walk from the history would not reach (another category).
                 entries = None
                 if self.filter_entries:
                     with tf.device(CPU):
@@ -557,7 +556,8 @@ class RetrievalModule(tf.Module):
                                            self.labels.entry_points(
                                                req, self.filter_entries, BROAD_FILTER_SHARE),
                                            0)
-                return search(ef=walk_ef, k=width, item_filter=f, entry_ids=entries)
+                return search(ef=walk_ef, k=width, item_filter=f, entry_ids=entries,
+                              entries_pass=f.heads_pass)
 
             def skip():
                 return (tf.zeros([b, width], tf.int32), tf.fill([b, width], float("-inf")),

@@ -81,7 +81,7 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
                 k: Any = 200, start_level: int | None = None, visited_impl: str = "tf",
                 exclude_ids: Any = None, traversal_device: str | None = "/CPU:0",
                 seed_ids: Any = None, item_filter: "ItemFilter | None" = None,
-                filter_hops: int = 2, entry_ids: Any = None,
+                filter_hops: int = 2, entry_ids: Any = None, entries_pass: Any = None,
                 max_candidates: int | None = None):
     """Beam-retrieval of the top ``k`` items for each of ``batch_size`` queries.
 
@@ -116,6 +116,9 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
         with the start level whose passing ones go straight to the passing items' buffer (and
         so are expanded on the levels below), e.g. the most popular items of a row's labels;
         the ones that fail are not scored.
+      entries_pass: optional bool scalar (tensor): every entry point is known to pass
+        ``item_filter`` (e.g. :attr:`~nann_tf.search.filters.LabelFilter.heads_pass`); when
+        True, the entry points are not checked.
       max_candidates: with ``filter_hops=2``, at most this many items per query in one round
         of the two-hop walk (the first ones, in frontier order; the rest are dropped): a
         scorer with a fixed shape grid cannot take wider calls.
@@ -157,7 +160,11 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
         n_seeded = tf.size(ids)  # the start grid and the seeds; the entry points after them
         entries = None if item_filter is None else _seed_pairs(entry_ids, ctx)
         if entries is not None:
-            keep = item_filter(entries[1], entries[0])
+            if entries_pass is None:
+                keep = item_filter(entries[1], entries[0])
+            else:
+                keep = tf.cond(entries_pass, lambda: tf.ones_like(entries[0], tf.bool),
+                               lambda: item_filter(entries[1], entries[0]))
             e_ids, e_rows, state = ctx.filter_unvisited(tf.boolean_mask(entries[0], keep),
                                                         tf.boolean_mask(entries[1], keep), state)
             ids = tf.concat([ids, e_ids], 0)

@@ -371,6 +371,24 @@ class LabelFilter:
                 ok = tf.logical_and(ok, tf.not_equal(tf.gather(keys, pos), key))
             return ok
 
+    @property
+    def heads_pass(self) -> tf.Tensor:
+        """Scalar bool: whether a filtered walk's entry points pass without a look at their
+        labels (:meth:`LabelTensors.entry_points`: the heads of a row's include labels, or the
+        most popular items for a row without an include list). True when no row has an
+        exclude label or a held item and every row with an include list has a label in it."""
+        with tf.device(self.device):
+            def marked(bit):
+                return tf.not_equal(tf.bitwise.bitwise_and(self.state, tf.constant(bit, tf.uint8)),
+                                    0)
+
+            excludes = tf.reduce_any(marked(2))
+            named = tf.reduce_all(tf.logical_or(tf.logical_not(self.has_include),
+                                                tf.reduce_any(marked(1), axis=1)))
+            held = tf.constant(False) if self.held_keys is None else \
+                tf.size(self.held_keys) > 0
+            return tf.logical_and(named, tf.logical_not(tf.logical_or(excludes, held)))
+
     def restricted(self, full_categories, held_ids, need) -> "LabelFilter":
         """This filter, also refusing in each row the categories ``full_categories`` ([B, W]
         dense, 0 = none) and the items ``held_ids`` ([B, W], 0 = none), and every item in the

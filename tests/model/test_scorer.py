@@ -37,16 +37,39 @@ def test_grid_is_geometric_and_pads_up():
         ShapeGrid([5, 3])
 
 
+def test_search_grid_holds_a_filtered_walks_first_call():
+    """With entry points, the widths of a filtered walk's first call (start level + one history
+    + all or half the entry points) are grid sizes: padded by nothing, not up to 25%."""
+    from nann_tf.index.hnsw import build_hnsw
+
+    emb = np.random.default_rng(0).normal(size=(3001, 8)).astype(np.float32)
+    graph = build_hnsw(emb, M=8, ef_construction=40, num_threads=1)
+    start = len(graph.start_nodes(1))
+    plain = ShapeGrid.for_search(graph, 1, 40, 10)
+    grid = ShapeGrid.for_search(graph, 1, 40, 10, entries=1000)
+    for w in (start + 10 + 1000, start + 10 + 500):
+        assert w in grid.sizes and grid.pad_np(w) == w
+        assert w not in plain.sizes
+    # The rest is the geometric grid up to the widest call (here the first: 40 x 16 < it).
+    assert grid.max_size == start + 1010
+    assert set(grid.sizes) == set(ShapeGrid(max_size=start + 1010).sizes) | {start + 510}
+
+
 @pytest.mark.parametrize("use_grid", [False, True])
-def test_pairs_scored_like_the_model(model_and_table, use_grid):
+@pytest.mark.parametrize("ascending", [False, True])
+def test_pairs_scored_like_the_model(model_and_table, use_grid, ascending):
     m, table = model_and_table
     rng = np.random.default_rng(1)
     b = 3
     hist = rng.integers(0, N + 1, size=(b, 5)).astype(np.int32)
     state = m.encode_user(hist)
-    # Unsorted rows, a row with no candidates, repeated items across rows.
+    # Unsorted rows (or the same pairs by row: the search's rounds), a row with no candidates,
+    # repeated items across rows.
     rows = np.array([2, 0, 2, 2, 0, 2], np.int32)
     ids = np.array([5, 7, 9, 5, 60, 1], np.int32)
+    if ascending:
+        order = np.argsort(rows, kind="stable")
+        rows, ids = rows[order], ids[order]
     grid = ShapeGrid([8, 16]) if use_grid else None
     got = ModelScorer(m, tf.constant(table), grid).score_pairs(state, b, rows, ids).numpy()
     want = np.array([m.score({k: v[r:r + 1] for k, v in state.items()},

@@ -318,6 +318,33 @@ def test_entry_points_start_the_filtered_walk_where_the_graph_would_not_reach():
     assert ids.numpy().tolist() == [[30, 6, 4, 2, 0], [6, 4, 2, 0, 0]]
 
 
+def test_entry_points_skip_their_check_only_when_no_row_can_refuse_one(labels):
+    """``heads_pass`` (the walk then scores its entry points unchecked) holds for include-only
+    rows, whose entry points all pass; an exclude in any row, a held item, a row that needs
+    nothing (a refill's) or an include list of unknown labels each turn it off."""
+    _, lt, *_ = labels
+    c = lambda x: tf.constant(np.asarray(x, np.int64))  # noqa: E731
+
+    def req(inc_c, inc_t, exc_c=((0,), (0,)), exc_t=((0,), (0,))):
+        return lt.request(c(inc_c), c(exc_c), c(inc_t), c(exc_t))
+
+    includes = req([[110, 250], [0, 0]], [[0], [9]])
+    f = lt.item_filter(includes)
+    assert bool(f.heads_pass)
+    heads = lt.entry_points(includes, 64).numpy()
+    rows, ids = np.nonzero(heads)[0], heads[heads > 0]
+    assert len(ids) == 128 and f(rows, ids).numpy().all()
+    zeros = tf.zeros([2, 1], tf.int32)
+    assert bool(f.restricted(zeros, zeros, tf.constant([True, True])).heads_pass)  # round 0
+    assert not bool(lt.item_filter(req([[110, 250], [0, 0]], [[0], [9]],
+                                       exc_t=[[0], [8]])).heads_pass)
+    assert not bool(f.restricted(zeros, tf.constant([[0], [int(ids[-1])]]),
+                                 tf.constant([True, True])).heads_pass)
+    assert not bool(f.restricted(zeros, zeros, tf.constant([True, False])).heads_pass)
+    assert not bool(lt.item_filter(req([[999, 0], [110, 0]], [[0], [0]])).heads_pass)
+    assert not bool(lt.item_filter(_request(lt)).heads_pass)
+
+
 def test_entry_points_are_the_heads_of_the_rows_labels_most_popular_first(labels):
     """A filtered row's entry points: its include labels' most popular items (the budget
     shared among its labels), or the most popular items of the corpus for a row without an
