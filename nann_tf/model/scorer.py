@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["ShapeGrid", "ModelScorer"]
+__all__ = ["ShapeGrid", "ModelScorer", "sort_by_row"]
 
 
 class ShapeGrid:
@@ -170,12 +170,7 @@ class ModelScorer:
             item_ids = tf.cast(item_ids, tf.int32)
             n = tf.size(row_ids)
             b = tf.cast(batch_size, tf.int32)
-            # The walk's rounds give their pairs with rows ascending already (and a batch of
-            # one always): those skip the sort and its inverse.
-            ascending = tf.reduce_all(row_ids[1:] >= row_ids[:-1])
-            rows_sorted, ids_sorted, order = tf.cond(
-                ascending, lambda: (row_ids, item_ids, tf.range(n)),
-                lambda: _sorted_by_row(row_ids, item_ids))
+            ascending, rows_sorted, ids_sorted, order = sort_by_row(row_ids, item_ids)
             counts = tf.math.bincount(row_ids, minlength=b, maxlength=b, dtype=tf.int32)
             starts = tf.cumsum(counts, exclusive=True)
             width = tf.maximum(tf.reduce_max(tf.concat([counts, [1]], 0)), 1)
@@ -198,8 +193,18 @@ class ModelScorer:
                            lambda: tf.scatter_nd(order[:, None], s_sorted, tf.shape(row_ids)))
 
 
-def _sorted_by_row(row_ids, item_ids):
-    """``(rows, items, order)``: the pairs stably sorted by row, and the sort's order."""
-    order = tf.argsort(row_ids, stable=True)
-    return tf.gather(row_ids, order), tf.gather(item_ids, order), order
+def sort_by_row(row_ids, *values):
+    """``(ascending, rows, *values, order)``: ``row_ids`` (int ``[n]``) and the ``values``
+    (each ``[n, ...]``) stably sorted by row, and the sort's order. Rows given ascending (every
+    round of a walk, any batch of one) skip the sort (``ascending`` True, ``order`` the
+    identity)."""
+    ascending = tf.reduce_all(row_ids[1:] >= row_ids[:-1])
+
+    def by_sort():
+        order = tf.argsort(row_ids, stable=True)
+        return (tf.gather(row_ids, order), *[tf.gather(v, order) for v in values], order)
+
+    return (ascending, *tf.cond(
+        ascending, lambda: (row_ids, *values, tf.range(tf.size(row_ids))),
+        by_sort))
 

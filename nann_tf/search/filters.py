@@ -33,6 +33,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from nann_tf.model.scorer import sort_by_row
+
 __all__ = ["LabelFilter", "LabelTable", "LabelTensors", "RequestLabels", "cap_per_category",
            "row_contains", "sorted_lookup", "MAX_TAGS"]
 
@@ -285,8 +287,8 @@ class LabelTensors(tf.Module):
                 parts.append((tf.gather(items, first + offsets), rows))
             ids = tf.concat([p[0] for p in parts], 0)
             rows = tf.concat([p[1] for p in parts], 0)
-            order = tf.argsort(rows, stable=True)
-            return tf.gather(ids, order), tf.gather(rows, order)
+            _, rows, ids, _ = sort_by_row(rows, ids)
+            return ids, rows
 
     def entry_points(self, req: RequestLabels, budget: int,
                      broad_share: float = 0.0) -> tf.Tensor:
