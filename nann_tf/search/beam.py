@@ -57,6 +57,7 @@ import tensorflow as tf
 
 from nann_tf import ops
 from nann_tf.index.hnsw import GraphTensors
+from nann_tf.search.rows import row_runs, row_slots
 from nann_tf.search import visited
 from nann_tf.search.params import DEFAULT_EF, DEFAULT_T
 
@@ -330,6 +331,13 @@ def expand_passing(ctx, f_ids, f_rows, level_rt, state, item_filter: ItemFilter,
     return ids, rows, state
 
 
+def _entered(ids, entered):
+    """``(ids, rows)`` int32 of the ``[B, W]`` results marked ``entered``, row-major (rows
+    ascending)."""
+    at = tf.where(entered)
+    return tf.gather_nd(ids, at), tf.cast(at[:, 0], tf.int32)
+
+
 def _join_frontiers(a_ids, a_rows, b_ids, b_rows):
     """Two frontiers as one, rows ascending (an item in both is expanded twice: the visited
     set scores its neighbours once)."""
@@ -399,17 +407,14 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
             num_scored += ctx.count_per_row(n_rows)
             res_ids, res_scores, entered, _ = merge_results(
                 res_ids, res_scores, n_ids, n_rows, n_scores, ctx.batch_size, ef)
-            f_ids = tf.boolean_mask(res_ids, entered)
-            f_rows = tf.cast(tf.where(entered)[:, 0], tf.int32)
+            f_ids, f_rows = _entered(res_ids, entered)
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
         if filtered:
             o_ids, o_scores, o_entered = _merge_passing(out, item_filter, n_ids, n_rows,
                                                         n_scores, ctx, k, with_entered=True)
             out = (o_ids, o_scores)
             with ctx.device():  # the next frontier: what entered either beam
-                f_ids, f_rows = _join_frontiers(
-                    f_ids, f_rows, tf.boolean_mask(o_ids, o_entered),
-                    tf.cast(tf.where(o_entered)[:, 0], tf.int32))
+                f_ids, f_rows = _join_frontiers(f_ids, f_rows, *_entered(o_ids, o_entered))
         return (t + 1, res_ids, res_scores, f_ids, f_rows, state, num_scored, *out)
 
     loop_vars = (tf.constant(0), res_ids, res_scores, f_ids, f_rows, state, num_scored,
@@ -569,12 +574,13 @@ def merge_results(res_ids, res_scores, n_ids, n_rows, n_scores, batch_size, widt
     [B, width] marks new items that made it into the results; ``flags`` carries ``res_flags``
     (False for new items) when given.
     """
-    keep = n_scores > _NEG_INF
-    n_ids, n_rows, n_scores = (tf.boolean_mask(x, keep) for x in (n_ids, n_rows, n_scores))
-    new_ids = tf.RaggedTensor.from_value_rowids(n_ids, n_rows, nrows=batch_size,
-                                                validate=False).to_tensor(0)
-    new_scores = tf.RaggedTensor.from_value_rowids(n_scores, n_rows, nrows=batch_size,
-                                                   validate=False).to_tensor(_NEG_INF)
+    # Each row's new items as a row of [B, W] (gathers over the row runs; an item scoring -inf
+    # becomes padding, id 0, as its row's empty slots: it cannot enter).
+    starts, counts = row_runs(tf.cast(n_rows, tf.int32), batch_size)
+    slots = row_slots(starts, counts, tf.reduce_max(tf.concat([counts, [0]], 0)),
+                      tf.size(n_ids))
+    new_ids = tf.gather(tf.concat([tf.where(n_scores > _NEG_INF, n_ids, 0), [0]], 0), slots)
+    new_scores = tf.gather(tf.concat([n_scores, [_NEG_INF]], 0), slots)
     old_width = tf.shape(res_ids)[1]
     cand_ids = tf.concat([res_ids, new_ids], axis=1)
     cand_scores = tf.concat([res_scores, new_scores], axis=1)

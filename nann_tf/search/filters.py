@@ -33,7 +33,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from nann_tf.model.scorer import sort_by_row
+from nann_tf.search.rows import sort_by_row
 
 __all__ = ["LabelFilter", "LabelTable", "LabelTensors", "RequestLabels", "cap_per_category",
            "row_contains", "sorted_lookup", "MAX_TAGS"]
