@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from nann_tf import ops
 from nann_tf.index.hnsw import GraphTensors
-from nann_tf.search.rows import row_runs, row_slots
+from nann_tf.search.rows import row_runs, row_slots, sort_by_row
 from nann_tf.search import visited
 from nann_tf.search.params import DEFAULT_EF, DEFAULT_T
 
@@ -228,16 +228,10 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
             if out is not None:
                 # A filtered walk also expands the best passing items: where the items that
                 # pass cluster (e_v knows the category), their neighbours pass too.
-                passing = out[0] > 0
-                f_ids, f_rows = _join_frontiers(
-                    f_ids, f_rows, tf.boolean_mask(out[0], passing),
-                    tf.cast(tf.where(passing)[:, 0], tf.int32))
+                f_ids, f_rows = _join_frontiers(f_ids, f_rows, *_entered(out[0], out[0] > 0))
             if level == 0 and seeds is not None:
                 # The seeds join level 0's first frontier; rows must stay sorted.
-                f_ids = tf.concat([f_ids, seeds[0]], 0)
-                f_rows = tf.concat([f_rows, seeds[1]], 0)
-                order = tf.argsort(f_rows, stable=True)
-                f_ids, f_rows = tf.gather(f_ids, order), tf.gather(f_rows, order)
+                f_ids, f_rows = _join_frontiers(f_ids, f_rows, seeds[0], seeds[1])
         if level == 0 and out is not None and filter_hops == 2:
             # The two-hop level-0 beam starts from the passing items found so far and scores
             # passing items only: its best k are the output, so it keeps at least k and needs
@@ -341,10 +335,8 @@ def _entered(ids, entered):
 def _join_frontiers(a_ids, a_rows, b_ids, b_rows):
     """Two frontiers as one, rows ascending (an item in both is expanded twice: the visited
     set scores its neighbours once)."""
-    ids = tf.concat([a_ids, b_ids], 0)
-    rows = tf.concat([a_rows, b_rows], 0)
-    order = tf.argsort(rows, stable=True)
-    return tf.gather(ids, order), tf.gather(rows, order)
+    _, rows, ids, _ = sort_by_row(tf.concat([a_rows, b_rows], 0), tf.concat([a_ids, b_ids], 0))
+    return ids, rows
 
 
 def _seed_pairs(seed_ids: Any, ctx: "SearchContext"):

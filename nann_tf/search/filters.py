@@ -33,7 +33,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from nann_tf.search.rows import sort_by_row
+from nann_tf.search.rows import row_runs, row_slots, sort_by_row
 
 __all__ = ["LabelFilter", "LabelTable", "LabelTensors", "RequestLabels", "cap_per_category",
            "row_contains", "sorted_lookup", "MAX_TAGS"]
@@ -312,8 +312,9 @@ class LabelTensors(tf.Module):
             n_labels = tf.maximum(n_labels, 1)
             ids, rows = self._postings(req, req.has_include,
                                        (row_budget + n_labels - 1) // n_labels)
-            heads = tf.RaggedTensor.from_value_rowids(ids, rows, nrows=b, validate=False
-                                                      ).to_tensor(0, shape=[None, budget])
+            starts, counts = row_runs(rows, b)
+            heads = tf.gather(tf.concat([ids, [0]], 0),
+                              row_slots(starts, counts, budget, tf.size(ids)))
             # A row's labels' shares round up: its heads stop at its own budget.
             heads = tf.where(tf.range(budget)[None, :] < row_budget[:, None], heads, 0)
             pool = tf.size(self.popular_items) - 1
