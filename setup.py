@@ -164,9 +164,10 @@ class BuildNannExtensions(build_ext):
 EXT_MODULES = [
     Extension(
         OPS_EXTENSION,
-        sources=[f"{CC_OPS}/ops/visited_ops.cc", f"{CC_OPS}/kernels/visited_kernels.cc"],
+        sources=[f"{CC_OPS}/ops/visited_ops.cc", f"{CC_OPS}/kernels/visited_kernels.cc",
+                 f"{CC_OPS}/ops/rows_ops.cc", f"{CC_OPS}/kernels/rows_kernels.cc"],
         include_dirs=[CC_OPS],
-        depends=[f"{CC_OPS}/lib/visited_bitmap.h"],
+        depends=[f"{CC_OPS}/lib/visited_bitmap.h", f"{CC_OPS}/kernels/huge_pages.h"],
         language="c++",
     ),
     Extension(

@@ -171,6 +171,22 @@ def gather_passing_neighbors(frontier_ids, frontier_row_ids, neighbor_values, ne
         max_candidates, name=name)
 
 
+def gather_rows(table, indices, name=None):
+    """``tf.gather(table, indices)`` of a resource variable ``[N, D]`` (float32, float16 or
+    bfloat16) by the ``NannGatherRows`` op: the same rows, bit for bit, fetched ahead of their
+    copy so that the random reads of a table of gigabytes overlap (see the op's documentation
+    in ``cc_ops/ops/rows_ops.cc``). The variable is read in place and left out of
+    copy-on-read mode. An index outside ``[0, N)`` raises InvalidArgumentError naming it.
+
+    Returns:
+        ``indices.shape + [D]`` of the table's dtype.
+    """
+    if not isinstance(table, tf.Variable):
+        raise TypeError(f"gather_rows reads a tf.Variable, got {type(table).__name__}")
+    return load_library().nann_gather_rows(table.handle, indices, dtype=table.dtype,
+                                            name=name)
+
+
 def numpy_core() -> ModuleType:
     """Returns the pybind11 module ``nann_tf._nann_core`` (NumPy filter + beam-search replay).
 

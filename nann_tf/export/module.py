@@ -58,6 +58,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from nann_tf import ops
 from nann_tf.index.hnsw import make_graph_tensors
 from nann_tf.model.nann import item_side_table
 from nann_tf.model.scorer import ModelScorer, ShapeGrid
@@ -341,8 +342,11 @@ class RetrievalModule(tf.Module):
         self.exact_max_items = self._grid_capped(exact_max_items)
         self._start_level = S
         self._num_start = int(len(start_nodes))
+        # With the op library (the bitmap visited set), the tables' rows are read by its
+        # prefetching gather: the same rows, fetched ~1.3-1.9x faster at millions of items.
         self.scorer = ModelScorer(model, self.item_table, self.grid, gather_device=CPU,
-                                  side_table=self.item_side)
+                                  side_table=self.item_side,
+                                  gather=ops.gather_rows if visited_impl == "bitmap" else None)
         L = None
         rules_spec = [tf.TensorSpec([None, None], tf.int64, name=n) for n in FILTER_INPUTS] + \
             [tf.TensorSpec([None], tf.int32, name="max_per_category")]

@@ -87,19 +87,19 @@ class ShapeGrid:
         degree (capped at the corpus). A filtered walk's wider rounds are cut to it
         (``beam_search``'s ``max_candidates``).
 
-        With ``entries``, the widths of a filtered walk's first call (the start level, one
+        The width of every request's first call, the start level and one history of seeds
+        (the largest call of an unfiltered walk at millions of items), is a grid size, and with
+        ``entries`` so are the widths of a filtered walk's first call (the start level, one
         history and ``entries`` or ``entries // 2`` entry points: a broad and a narrow filter,
-        :data:`~nann_tf.export.module.BROAD_FILTER_SHARE`) are grid sizes too: the largest
-        call of such a request, padded by up to ``ratio`` on the geometric grid alone."""
+        :data:`~nann_tf.export.module.BROAD_FILTER_SHARE`): on the geometric grid alone they
+        would be padded by up to ``ratio``."""
         max_deg = max(int(np.diff(s).max()) if len(s) > 1 else 0 for _, s in graph.levels)
         first = len(graph.start_nodes(start_level)) + int(max_len)
         cap = min(max(first + int(entries), int(max_ef) * max(max_deg, 1)),
                   graph.num_items + 1)
         sizes = cls(max_size=max(16, cap), ratio=ratio).sizes
-        if entries:
-            sizes = sorted(set(sizes) | {w for w in (first + int(entries),
-                                                     first + int(entries) // 2) if w <= cap})
-        return cls(sizes)
+        firsts = (first, first + int(entries), first + int(entries) // 2) if entries else (first,)
+        return cls(sorted(set(sizes) | {w for w in firsts if w <= cap}))
 
 
 class ModelScorer:
@@ -116,11 +116,14 @@ class ModelScorer:
         same dtype as ``item_table``), gathered beside e_v so that each scored candidate costs
         only the pair block; None: computed per candidate from e_v (the same scores, to float
         rounding).
+      gather: ``gather(table, ids)`` -> the tables' rows (default ``tf.gather``), e.g.
+        :func:`nann_tf.ops.gather_rows` for variable tables.
     """
 
     def __init__(self, model, item_table, grid: ShapeGrid | None = None,
-                 gather_device: str | None = "/CPU:0", side_table=None):
+                 gather_device: str | None = "/CPU:0", side_table=None, gather=None):
         self.model = model
+        self.gather = tf.gather if gather is None else gather
         self.item_table = item_table
         self.side_table = side_table
         self.grid = grid
@@ -181,8 +184,8 @@ class ModelScorer:
             # n): gathers, not a scatter (5x the time here).
             dense_ids = tf.gather(tf.concat([ids_sorted, [0]], 0),
                                   row_slots(starts, counts, width, n))
-            e = tf.gather(self.item_table, dense_ids)
-            side = None if self.side_table is None else tf.gather(self.side_table, dense_ids)
+            e = self.gather(self.item_table, dense_ids)
+            side = None if self.side_table is None else self.gather(self.side_table, dense_ids)
         scores = self._score(user_state, e) if side is None else \
             self._score(user_state, e, side)
         with self._device():

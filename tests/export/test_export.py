@@ -267,6 +267,8 @@ def test_each_signature_is_traced_once_into_the_saved_model(which, request):
         ops = collections.Counter(n.op for f in lib for n in f.node_def)
         walks = (ops["NannGatherUnvisitedNeighbors"], ops["NannGatherPassingNeighbors"])
         assert walks == (1 + 4, 4), walks
+        # The scorer reads the item tables with the prefetching row op (bitmap exports).
+        assert ops["NannGatherRows"] > 0
 
 
 def _retrieve(m, hist, k=None, ef=None, T=None, exclude=None, **rules):

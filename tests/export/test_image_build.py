@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = REPO / "serving" / "docker" / "check_build.py"
-OPS = ["NannFilterUnvisited", "NannGatherPassingNeighbors", "NannGatherUnvisitedNeighbors"]
+OPS = ["NannFilterUnvisited", "NannGatherPassingNeighbors", "NannGatherRows",
+       "NannGatherUnvisitedNeighbors"]
 
 
 def _check(*args):
