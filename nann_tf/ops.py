@@ -187,6 +187,20 @@ def gather_rows(table, indices, name=None):
                                             name=name)
 
 
+def merge_results(result_ids, result_scores, new_ids, new_row_ids, new_scores, width,
+                  name=None):
+    """The raw ``NannMergeResults`` op: each query's top ``width`` of its results ``[B, W]``
+    and its new items (rows ascending), by score then smaller id; see
+    :func:`nann_tf.search.beam.merge_results` (its stock-ops twin) and the op's documentation
+    in ``cc_ops/ops/rows_ops.cc``.
+
+    Returns:
+        ``(ids int32 [B, width], scores float32 [B, width], entered bool [B, width])``.
+    """
+    return load_library().nann_merge_results(result_ids, result_scores, new_ids, new_row_ids,
+                                              new_scores, width, name=name)
+
+
 def numpy_core() -> ModuleType:
     """Returns the pybind11 module ``nann_tf._nann_core`` (NumPy filter + beam-search replay).
 

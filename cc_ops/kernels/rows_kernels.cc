@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
 
 #include "kernels/huge_pages.h"
 #include "tensorflow/core/framework/bfloat16.h"
@@ -106,6 +109,134 @@ class GatherRowsOp : public OpKernel {
  private:
   DataType dtype_;
 };
+
+// The order of nann_tf.search.beam.order_keys: a larger key is a better
+// (score, id): the score's bits made monotone (-0.0 as +0.0), then the id
+// reversed in the low 32 bits.
+inline int64_t OrderKey(int32_t id, float score) {
+  if (score == 0.0f) score = 0.0f;
+  int32_t bits;
+  std::memcpy(&bits, &score, sizeof(bits));
+  const int32_t monotone = bits < 0 ? (bits ^ 0x7FFFFFFF) : bits;
+  return static_cast<int64_t>(monotone) * (int64_t{1} << 32) +
+         (int64_t{0xFFFFFFFF} - static_cast<int64_t>(id));
+}
+
+class MergeResultsOp : public OpKernel {
+ public:
+  explicit MergeResultsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& res_ids = ctx->input(0);
+    const Tensor& res_scores = ctx->input(1);
+    const Tensor& new_ids = ctx->input(2);
+    const Tensor& new_rows = ctx->input(3);
+    const Tensor& new_scores = ctx->input(4);
+    const Tensor& width_t = ctx->input(5);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsMatrix(res_ids.shape()) &&
+                         res_ids.shape() == res_scores.shape(),
+                errors::InvalidArgument(
+                    "result_ids and result_scores must be matrices [B, W] of one shape, "
+                    "got ", res_ids.shape().DebugString(), " and ",
+                    res_scores.shape().DebugString()));
+    const int64_t n = new_ids.NumElements();
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(new_ids.shape()) &&
+                         TensorShapeUtils::IsVector(new_rows.shape()) &&
+                         TensorShapeUtils::IsVector(new_scores.shape()) &&
+                         new_rows.NumElements() == n && new_scores.NumElements() == n,
+                errors::InvalidArgument(
+                    "new_ids, new_row_ids and new_scores must be vectors of one length, got ",
+                    new_ids.shape().DebugString(), ", ", new_rows.shape().DebugString(),
+                    " and ", new_scores.shape().DebugString()));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(width_t.shape()),
+                errors::InvalidArgument("width must be a scalar, got shape ",
+                                        width_t.shape().DebugString()));
+    const int64_t width = width_t.scalar<int32_t>()();
+    OP_REQUIRES(ctx, width >= 0, errors::InvalidArgument("width = ", width, ": expected >= 0"));
+    const int64_t batch = res_ids.dim_size(0);
+    const int64_t old_width = res_ids.dim_size(1);
+    const int32_t* rows = new_rows.flat<int32_t>().data();
+    for (int64_t i = 0; i < n; ++i) {
+      OP_REQUIRES(ctx, rows[i] >= 0 && rows[i] < batch && (i == 0 || rows[i] >= rows[i - 1]),
+                  errors::InvalidArgument(
+                      "new_row_ids[", i, "] = ", rows[i], ": expected row ids in [0, ", batch,
+                      ") in ascending order"));
+    }
+    Tensor* out_ids = nullptr;
+    Tensor* out_scores = nullptr;
+    Tensor* entered = nullptr;
+    const TensorShape shape({batch, width});
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out_ids));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &out_scores));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, shape, &entered));
+    const int32_t* r_ids = res_ids.flat<int32_t>().data();
+    const float* r_scores = res_scores.flat<float>().data();
+    const int32_t* n_ids = new_ids.flat<int32_t>().data();
+    const float* n_scores = new_scores.flat<float>().data();
+    int32_t* o_ids = out_ids->flat<int32_t>().data();
+    float* o_scores = out_scores->flat<float>().data();
+    bool* o_entered = entered->flat<bool>().data();
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    // Each row's new items fill max_count slots after its results (padding
+    // (0, -inf) past its own), as in the stock merge's [B, W + max_count] layout.
+    int64_t max_count = 0;
+    for (int64_t i = 0, run = 0; i < n; ++i) {
+      run = (i > 0 && rows[i] == rows[i - 1]) ? run + 1 : 1;
+      max_count = std::max(max_count, run);
+    }
+    const int64_t pad_key = OrderKey(0, kNegInf);
+    // (key, candidate): candidates 0..W-1 are the row's results, W.. its new items.
+    std::vector<std::pair<int64_t, int64_t>> cand;
+    int64_t next = 0;
+    for (int64_t r = 0; r < batch; ++r) {
+      const int64_t first = next;
+      while (next < n && rows[next] == r) ++next;
+      cand.clear();
+      for (int64_t j = 0; j < old_width; ++j) {
+        const int64_t at = r * old_width + j;
+        cand.emplace_back(OrderKey(r_ids[at], r_scores[at]), j);
+      }
+      for (int64_t i = first; i < next; ++i) {
+        const bool live = n_scores[i] > kNegInf;
+        cand.emplace_back(OrderKey(live ? n_ids[i] : 0, n_scores[i]), old_width + i - first);
+      }
+      for (int64_t j = next - first; j < max_count; ++j) cand.emplace_back(pad_key, old_width + j);
+      const int64_t keep = std::min<int64_t>(width, static_cast<int64_t>(cand.size()));
+      std::partial_sort(cand.begin(), cand.begin() + keep, cand.end(),
+                        [](const std::pair<int64_t, int64_t>& a,
+                           const std::pair<int64_t, int64_t>& b) {
+                          return a.first > b.first || (a.first == b.first && a.second < b.second);
+                        });
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t out = r * width + j;
+        if (j >= keep) {
+          o_ids[out] = 0;
+          o_scores[out] = kNegInf;
+          o_entered[out] = false;
+          continue;
+        }
+        const int64_t c = cand[j].second;
+        if (c < old_width) {
+          o_ids[out] = r_ids[r * old_width + c];
+          o_scores[out] = r_scores[r * old_width + c];
+          o_entered[out] = false;
+        } else if (c - old_width >= next - first) {  // a padding slot
+          o_ids[out] = 0;
+          o_scores[out] = kNegInf;
+          o_entered[out] = false;
+        } else {
+          const int64_t i = first + c - old_width;
+          const bool live = n_scores[i] > kNegInf;
+          o_ids[out] = live ? n_ids[i] : 0;
+          o_scores[out] = n_scores[i];
+          o_entered[out] = live;
+        }
+      }
+    }
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("NannMergeResults").Device(DEVICE_CPU), MergeResultsOp);
 
 REGISTER_KERNEL_BUILDER(Name("NannGatherRows")
                             .Device(DEVICE_CPU)

@@ -26,7 +26,51 @@ absl::Status GatherRowsShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+absl::Status MergeResultsShape(InferenceContext* c) {
+  ShapeHandle res_ids, res_scores, results, ids, rows, scores, pairs, width;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &res_ids));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &res_scores));
+  TF_RETURN_IF_ERROR(c->Merge(res_ids, res_scores, &results));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &ids));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &rows));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &scores));
+  TF_RETURN_IF_ERROR(c->Merge(ids, rows, &pairs));
+  TF_RETURN_IF_ERROR(c->Merge(pairs, scores, &pairs));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 0, &width));
+  DimensionHandle out_width;
+  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(5, &out_width));
+  ShapeHandle out = c->Matrix(c->Dim(results, 0), out_width);
+  for (int i = 0; i < 3; ++i) c->set_output(i, out);
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+REGISTER_OP("NannMergeResults")
+    .Input("result_ids: int32")
+    .Input("result_scores: float")
+    .Input("new_ids: int32")
+    .Input("new_row_ids: int32")
+    .Input("new_scores: float")
+    .Input("width: int32")
+    .Output("ids: int32")
+    .Output("scores: float")
+    .Output("entered: bool")
+    .SetShapeFn(MergeResultsShape)
+    .Doc(R"doc(
+A beam search's merge, fused: each query's top `width` of its results and its
+newly scored items, by score descending then smaller id (ties in both keep the
+earlier candidate: the results first, then the new items in their order). A
+new item scoring -inf is padding (id 0) and never enters. The answers of
+nann_tf.search.beam.merge_results in stock ops, bit for bit.
+
+result_ids, result_scores: [B, W] each query's results, best first.
+new_ids, new_row_ids, new_scores: [n] the new items, their query rows (each in
+  [0, B), ascending) and scores.
+width: the results kept per query (>= 0).
+ids, scores: [B, width] the merged results, padded with (0, -inf).
+entered: [B, width] whether the item there is a new one (scoring above -inf).
+)doc");
 
 REGISTER_OP("NannGatherRows")
     .Input("table: resource")

@@ -185,7 +185,7 @@ def beam_search(graph: GraphTensors, scorer: Scorer, batch_size: Any,
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
             res_ids, res_scores, _, _ = merge_results(
                 res_ids, res_scores, ids[n_grid:n_seeded], rows[n_grid:n_seeded],
-                scores[n_grid:n_seeded], ctx.batch_size, width)
+                scores[n_grid:n_seeded], ctx.batch_size, width, fused=ctx.fused)
         num_scored += ctx.count_per_row(rows[n_grid:])
         res_ids = tf.where(res_scores > _NEG_INF, res_ids, 0)
         # The scored seeds, to compete again at level 0 if an upper level's cut dropped them (a
@@ -270,7 +270,7 @@ def _readd(res_ids, res_scores, scored, ctx, width):
     back = tf.logical_not(row_contains(rows, ids, res_ids))
     res_ids, res_scores, _, _ = merge_results(
         res_ids, res_scores, tf.boolean_mask(ids, back), tf.boolean_mask(rows, back),
-        tf.boolean_mask(scores, back), ctx.batch_size, width)
+        tf.boolean_mask(scores, back), ctx.batch_size, width, fused=ctx.fused)
     return res_ids, res_scores
 
 
@@ -283,7 +283,7 @@ def _merge_passing(out, item_filter: ItemFilter, ids, rows, scores, ctx, k,
         passing = scores if item_filter is None else tf.where(item_filter(rows, ids), scores,
                                                               _NEG_INF)
         out_ids, out_scores, entered, _ = merge_results(out[0], out[1], ids, rows, passing,
-                                                        ctx.batch_size, k)
+                                                        ctx.batch_size, k, fused=ctx.fused)
     if with_entered:
         return out_ids, out_scores, entered
     return out_ids, out_scores
@@ -398,7 +398,8 @@ def _run_level(ctx: "SearchContext", level_rt: tf.RaggedTensor, ef: Any, width: 
         with ctx.device():
             num_scored += ctx.count_per_row(n_rows)
             res_ids, res_scores, entered, _ = merge_results(
-                res_ids, res_scores, n_ids, n_rows, n_scores, ctx.batch_size, ef)
+                res_ids, res_scores, n_ids, n_rows, n_scores, ctx.batch_size, ef,
+                fused=ctx.fused)
             f_ids, f_rows = _entered(res_ids, entered)
             res_ids, res_scores = resize_results(res_ids, res_scores, width)
         if filtered:
@@ -437,6 +438,8 @@ class SearchContext:
             batch_size, tf.int32)
         self.num_items = int(num_items)
         self.visited_impl = visited_impl
+        # With the op library (the bitmap visited set), merges run as one op.
+        self.fused = visited_impl == "bitmap"
         self.traversal_device = traversal_device
         self.exclude = None
         if exclude_ids is not None:
@@ -559,13 +562,20 @@ def resize_results(ids: tf.Tensor, scores: tf.Tensor, width: Any):
 
 
 def merge_results(res_ids, res_scores, n_ids, n_rows, n_scores, batch_size, width,
-                  res_flags=None):
+                  res_flags=None, fused: bool = False):
     """Top ``width`` of (results ``[B, W]``) + (new flat items, row ids sorted ascending).
 
     New items scoring -inf are dropped. Returns ``(ids, scores, entered, flags)``: ``entered``
     [B, width] marks new items that made it into the results; ``flags`` carries ``res_flags``
-    (False for new items) when given.
+    (False for new items) when given. ``fused`` (without ``res_flags``): one
+    ``NannMergeResults`` op (the op library), the same answers as the ~45 stock ops below, which
+    a walk round would otherwise dispatch one by one.
     """
+    if fused and res_flags is None:
+        ids, scores, entered = ops.merge_results(
+            tf.cast(res_ids, tf.int32), tf.cast(res_scores, tf.float32), tf.cast(n_ids, tf.int32),
+            tf.cast(n_rows, tf.int32), tf.cast(n_scores, tf.float32), tf.cast(width, tf.int32))
+        return ids, scores, entered, None
     # Each row's new items as a row of [B, W] (gathers over the row runs; an item scoring -inf
     # becomes padding, id 0, as its row's empty slots: it cannot enter).
     starts, counts = row_runs(tf.cast(n_rows, tf.int32), batch_size)
