@@ -432,6 +432,10 @@ def export_version(model_dir, index_dir, base_dir, *, version: int | None = None
             info["validation"] = {**coverage, **_validate(
                 tmp, hist[:validation_users], expected, filtered, len(records), visited,
                 validate_loader)}
+            if info["validation"].get("copy_on_read_hazards"):
+                log.warning("export: signatures gather from variables that others read "
+                            "densely; after the first gather every dense read copies the "
+                            "variable: %s", info["validation"]["copy_on_read_hazards"])
         stages["validate"] = time.perf_counter() - t1
         info["export_seconds"] = time.perf_counter() - t0
         info["stage_seconds"] = stages

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from nann_tf.export.graph_audit import copy_on_read_hazards
+
 __all__ = ["PROGRESS_MARK", "graph_op_types", "unregistered_ops", "int_codes", "main"]
 
 PROGRESS_MARK = "nann-tf-progress"  # a line on stderr per request with --progress-marks
@@ -96,6 +98,9 @@ def main(argv=None) -> int:
 
         ops = graph_op_types(args.version_dir)
         report["op_types"] = len(ops)
+        # Variables one signature gathers from and one reads densely: after the first gather
+        # (TF Serving's warm-up) every dense read of them copies the whole table.
+        report["copy_on_read_hazards"] = copy_on_read_hazards(args.version_dir)
         if args.stock_ops_only:
             bad = unregistered_ops(ops)
             report["non_stock_ops"] = bad

@@ -214,6 +214,12 @@ def test_op_audit(v_tf, v_xla):
     assert {"NannFilterUnvisited", "NannGatherUnvisitedNeighbors"} & graph_op_types(str(v_xla))
     info = json.loads((v_tf / EXPORT_INFO).read_text())
     assert info["validation"]["non_stock_ops"] == []
+    # No signature gathers from a variable another reads densely (after TF Serving's warm-up
+    # ran the gather, every dense read would copy the table): both exports, as recorded by
+    # the export's own validation.
+    for v in (v_tf, v_xla):
+        validation = json.loads((v / EXPORT_INFO).read_text())["validation"]
+        assert validation["copy_on_read_hazards"] == {}, (v, validation["copy_on_read_hazards"])
     # The filtered walk's entry budget is recorded: all of it for a broad filter, half for a
     # narrow one.
     from nann_tf.export.module import BROAD_FILTER_SHARE, FILTER_ENTRIES
