@@ -208,29 +208,23 @@ class MergeResultsOp : public OpKernel {
                           return a.first > b.first || (a.first == b.first && a.second < b.second);
                         });
       for (int64_t j = 0; j < width; ++j) {
-        const int64_t out = r * width + j;
-        if (j >= keep) {
-          o_ids[out] = 0;
-          o_scores[out] = kNegInf;
-          o_entered[out] = false;
-          continue;
-        }
-        const int64_t c = cand[j].second;
+        // Past the kept candidates and at padding slots: (0, -inf), not entered.
+        int32_t id = 0;
+        float score = kNegInf;
+        bool new_item = false;
+        const int64_t c = j < keep ? cand[j].second : old_width + max_count;
         if (c < old_width) {
-          o_ids[out] = r_ids[r * old_width + c];
-          o_scores[out] = r_scores[r * old_width + c];
-          o_entered[out] = false;
-        } else if (c - old_width >= next - first) {  // a padding slot
-          o_ids[out] = 0;
-          o_scores[out] = kNegInf;
-          o_entered[out] = false;
-        } else {
+          id = r_ids[r * old_width + c];
+          score = r_scores[r * old_width + c];
+        } else if (c - old_width < next - first) {
           const int64_t i = first + c - old_width;
-          const bool live = n_scores[i] > kNegInf;
-          o_ids[out] = live ? n_ids[i] : 0;
-          o_scores[out] = n_scores[i];
-          o_entered[out] = live;
+          new_item = n_scores[i] > kNegInf;
+          id = new_item ? n_ids[i] : 0;
+          score = n_scores[i];
         }
+        o_ids[r * width + j] = id;
+        o_scores[r * width + j] = score;
+        o_entered[r * width + j] = new_item;
       }
     }
   }

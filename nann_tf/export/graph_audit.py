@@ -17,9 +17,27 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-__all__ = ["variable_reads", "copy_on_read_hazards"]
+__all__ = ["read_saved_model", "variable_reads", "copy_on_read_hazards"]
 
 _GATHERS = frozenset({"ResourceGather", "ResourceGatherNd"})
+
+
+def read_saved_model(version_dir: str):
+    """The version's ``saved_model.pb`` as a ``SavedModel`` proto."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(f"{version_dir}/saved_model.pb", "rb") as f:
+        sm.ParseFromString(f.read())
+    return sm
+
+
+def _grow(bindings, key, found) -> bool:
+    """Adds the variables ``found`` to ``bindings[key]``; True when that added any."""
+    if found - bindings[key]:
+        bindings[key] |= found
+        return True
+    return False
 
 
 def _callees(node) -> list[tuple[str, int]]:
@@ -48,11 +66,8 @@ def _bind(node, functions, lookup, bindings) -> bool:
         for i, name in enumerate(node.input):
             if i < offset or name.startswith("^") or i - offset >= len(fn.signature.input_arg):
                 continue
-            found = lookup(name.split(":")[0])
             key = (fname, fn.signature.input_arg[i - offset].name)
-            if found - bindings[key]:
-                bindings[key] |= found
-                grew = True
+            grew |= _grow(bindings, key, lookup(name.split(":")[0]))
     return grew
 
 
@@ -60,12 +75,7 @@ def variable_reads(version_dir: str) -> dict[str, dict[str, set[str]]]:
     """``{variable: {"gather": signatures, "dense": signatures, "other": op types}}`` for every
     variable a signature's functions read (``other``: any other op given the handle, e.g. the
     op library's ``NannGatherRows``)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    with open(f"{version_dir}/saved_model.pb", "rb") as f:
-        sm.ParseFromString(f.read())
-    mg = sm.meta_graphs[0]
+    mg = read_saved_model(version_dir).meta_graphs[0]
     graph = mg.graph_def
     functions = {f.signature.name: f for f in graph.library.function}
     handles = {n.name: n.attr["shared_name"].s.decode() or n.name
@@ -86,10 +96,8 @@ def variable_reads(version_dir: str) -> dict[str, dict[str, set[str]]]:
             for node in fn.node_def:
                 grew |= _bind(node, functions, lookup, bindings)
                 if node.op == "Identity" and node.input:  # a handle passed on
-                    found = lookup(node.input[0].split(":")[0])
-                    if found - bindings[(fname, node.name)]:
-                        bindings[(fname, node.name)] |= found
-                        grew = True
+                    grew |= _grow(bindings, (fname, node.name),
+                                  lookup(node.input[0].split(":")[0]))
     reads: dict[str, dict[str, set[str]]] = defaultdict(
         lambda: {"gather": set(), "dense": set(), "other": set()})
     for fname, fn in functions.items():

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from nann_tf.export.graph_audit import copy_on_read_hazards
+from nann_tf.export.graph_audit import copy_on_read_hazards, read_saved_model
 
 __all__ = ["PROGRESS_MARK", "graph_op_types", "unregistered_ops", "int_codes", "main"]
 
@@ -32,11 +32,7 @@ PROGRESS_MARK = "nann-tf-progress"  # a line on stderr per request with --progre
 
 def graph_op_types(version_dir: str) -> set[str]:
     """Every op type in the SavedModel's graphs and function libraries."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    with open(f"{version_dir}/saved_model.pb", "rb") as f:
-        sm.ParseFromString(f.read())
+    sm = read_saved_model(version_dir)
     ops = set()
     for mg in sm.meta_graphs:
         ops.update(n.op for n in mg.graph_def.node)

@@ -297,7 +297,7 @@ def expand_passing(ctx, f_ids, f_rows, level_rt, state, item_filter: ItemFilter,
     expanded then). A label filter on the bitmap visited set runs as one fused op
     (``NannGatherPassingNeighbors``); the stock ops below are its twin."""
     fused = getattr(item_filter, "fused_inputs", None)
-    if fused is not None and ctx.visited_impl == "bitmap":
+    if fused is not None and ctx.fused:
         ids, rows, state = ops.gather_passing_neighbors(
             tf.cast(f_ids, tf.int32), tf.cast(f_rows, tf.int32),
             tf.cast(level_rt.values, tf.int32), tf.cast(level_rt.row_splits, tf.int64), state,
@@ -438,7 +438,8 @@ class SearchContext:
             batch_size, tf.int32)
         self.num_items = int(num_items)
         self.visited_impl = visited_impl
-        # With the op library (the bitmap visited set), merges run as one op.
+        # With the op library (the bitmap visited set), merges and filtered expansions run as
+        # fused ops.
         self.fused = visited_impl == "bitmap"
         self.traversal_device = traversal_device
         self.exclude = None
