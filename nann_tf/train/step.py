@@ -10,7 +10,40 @@ from nann_tf.model.losses import (LOSSES, accidental_hit_mask, fgsm_perturb, fgs
                                   kl_aux_loss, nce_logits, nce_loss, sampled_softmax_loss)
 from nann_tf.model.nann import NANNModel
 
-__all__ = ["NANNTrainer"]
+__all__ = ["NANNTrainer", "batch_items", "ITEMS_GRANULE"]
+
+#: The distinct items of a batch (:func:`batch_items`) are padded to a multiple of this many,
+#: so the XLA step compiles once per size class met in a run (two or three), not per batch.
+ITEMS_GRANULE = 1024
+
+
+def batch_items(hist, pos, neg, granule: int = ITEMS_GRANULE) -> dict:
+    """The distinct items of a batch and where each slot finds its own: ``{"ids": [U],
+    "hist", "pos", "neg"}``, the last three the shapes of the inputs, each entry an index into
+    ``ids``. ``ids`` is padded with the padding item 0 to a multiple of ``granule``."""
+    flat = [tf.reshape(tf.cast(t, tf.int32), [-1]) for t in (hist, pos, neg)]
+    ids, at = tf.unique(tf.concat(flat, axis=0))
+    n = tf.size(ids)
+    ids = tf.pad(ids, [[0, (n + granule - 1) // granule * granule - n]])
+    parts = tf.split(at, [tf.size(f) for f in flat])
+    return {"ids": ids, **{k: tf.reshape(p, tf.shape(t)) for k, p, t in
+                           zip(("hist", "pos", "neg"), parts, (hist, pos, neg))}}
+
+
+class _Embedder:
+    """e_v of a batch's slots: from the item network (``items`` None) or gathered from its
+    output for the batch's distinct items (run once, on first use)."""
+
+    def __init__(self, model, items, training):
+        self.model, self.items, self.training = model, items, training
+        self.table = None
+
+    def __call__(self, ids, at):
+        if self.items is None:
+            return self.model.item_embedding(ids, training=self.training)
+        if self.table is None:
+            self.table = self.model.item_embedding(self.items["ids"], training=self.training)
+        return tf.gather(self.table, at)
 
 
 class NANNTrainer(keras.Model):
@@ -40,6 +73,11 @@ class NANNTrainer(keras.Model):
         # backward pass: one-pass 0.95x the two-tape step at 1M items (sparse), 0.98x on
         # ci-synth (bench/results/train-step-*-fgsm.json), so off by default.
         self.fgsm_one_pass = bool(fgsm_one_pass)
+        # The item network once per distinct item of a batch (``batch_items``): a batch of 512
+        # at 867k items holds ~9k distinct items in 28k slots. Not when the item network is
+        # random in training (dropout, id dropout: each occurrence draws its own mask).
+        cfg = model.cfg
+        self.dedup_items = cfg.dropout == 0 and cfg.id_dropout == 0
         self.log_q = self.add_weight(name="log_q", shape=log_q.shape, dtype="float32",
                                      trainable=False,
                                      initializer=keras.initializers.Constant(log_q))
@@ -66,9 +104,11 @@ class NANNTrainer(keras.Model):
                 self.optimizer.build(self.trainable_variables)
 
     def compute_losses(self, hist, pos, neg, return_step: bool = False,
-                       training: bool = False):
+                       training: bool = False, items: dict | None = None):
         """Returns ``(total, l_nce, l_aux)`` for one batch (differentiable); with
-        ``return_step``, also the FGSM step size used.
+        ``return_step``, also the FGSM step size used. ``items`` (:func:`batch_items` of the
+        batch) runs the item network once per distinct item of the batch instead of once per
+        slot (history, positive, negative); the same losses and gradients.
 
         ``neg`` is one of:
 
@@ -86,12 +126,14 @@ class NANNTrainer(keras.Model):
         per_slot = self.fgsm_eps > 0
         b = tf.shape(pos)[0]
         K = self.num_negatives
+        embed = _Embedder(m, items, training)
         e_v = side = None
         if neg.shape.rank == 1 or neg.shape[1] != K:
             draws, index = self._draws(neg, b)
+            draws_at = None if items is None else self._draws(items["neg"], b)[0]
             neg = tf.gather(draws, index)
-            e_pos = m.item_embedding(pos, training=training)  # [B, d]
-            e_draws = m.item_embedding(draws, training=training)  # [P, d], once per draw
+            e_pos = embed(pos, None if items is None else items["pos"])  # [B, d]
+            e_draws = embed(draws, draws_at)  # [P, d], once per draw
             if per_slot:
                 e_v = tf.concat([e_pos[:, None, :], tf.gather(e_draws, index)], axis=1)
             else:
@@ -99,11 +141,13 @@ class NANNTrainer(keras.Model):
                 side = {k: tf.concat([s_pos[k][:, None, :], tf.gather(s_draws[k], index)],
                                      axis=1) for k in s_pos}
         else:
-            e_v = m.item_embedding(tf.concat([pos[:, None], neg], axis=1), training=training)
-        items = tf.concat([pos[:, None], neg], axis=1)
+            e_v = embed(tf.concat([pos[:, None], neg], axis=1), None if items is None else
+                        tf.concat([items["pos"][:, None], items["neg"]], axis=1))
         mask = accidental_hit_mask(pos, neg)
-        log_q = tf.gather(self.log_q, items)
-        state = m.encode_user(hist, training=training)
+        log_q = tf.gather(self.log_q, tf.concat([pos[:, None], neg], axis=1))
+        state = m.encode_user_from_embeddings(
+            embed(hist, None if items is None else items["hist"]), tf.not_equal(hist, 0),
+            training=training)
         with tf.GradientTape(watch_accessed_variables=False) as inner:
             if side is None:
                 inner.watch(e_v)
@@ -123,13 +167,13 @@ class NANNTrainer(keras.Model):
         out = (l_nce + self.fgsm_lambda * l_aux, l_nce, l_aux)
         return out + (step,) if return_step else out
 
-    def _losses_and_grads(self, hist, pos, neg):
+    def _losses_and_grads(self, hist, pos, neg, items=None):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if self.fgsm_eps > 0 and self.fgsm_one_pass:
             return self._fgsm_losses_and_grads(hist, pos, neg, replicas)
         with tf.GradientTape() as tape:
             total, l_nce, l_aux, step = self.compute_losses(hist, pos, neg, return_step=True,
-                                                            training=True)
+                                                            training=True, items=items)
             scaled = total / replicas
         grads = tape.gradient(scaled, self.model.trainable_variables)
         return grads, total, l_nce, l_aux, step
@@ -195,8 +239,13 @@ class NANNTrainer(keras.Model):
         hist, pos, neg = data
         # Forward and backward under XLA when asked (``xla_grads``); the optimizer outside it
         # when the big tables are updated sparsely (its row dedup, tf.unique, has no XLA kernel).
-        fn = self._xla_grads if self._xla_grads is not None else self._losses_and_grads
-        grads, total, l_nce, l_aux, step = fn(hist, pos, neg)
+        # The batch's distinct items are found here, outside XLA (tf.unique has no XLA kernel):
+        # so only when the forward and backward are an XLA program of their own.
+        if self._xla_grads is not None:
+            items = batch_items(hist, pos, neg) if self.dedup_items else None
+            grads, total, l_nce, l_aux, step = self._xla_grads(hist, pos, neg, items)
+        else:
+            grads, total, l_nce, l_aux, step = self._losses_and_grads(hist, pos, neg)
         self.optimizer.apply(grads, self.model.trainable_variables)
         self.loss_tracker.update_state(total)
         self.nce_tracker.update_state(l_nce)

@@ -11,10 +11,10 @@ import tensorflow as tf
 
 from nann_tf.config import ModelConfig
 from nann_tf.model import NANNModel
-from nann_tf.model.nann import item_side_table, split_item_side
+from nann_tf.model.nann import item_side_table, nearest_similarity, split_item_side
 from nann_tf.model.scorer import ModelScorer
 from nann_tf.train.optim import LazyAdam
-from nann_tf.train.step import NANNTrainer
+from nann_tf.train.step import NANNTrainer, batch_items
 
 N, C, L = 60, 5, 6
 
@@ -242,3 +242,107 @@ def test_lazy_adam_reads_the_table_and_its_moments_by_row_only():
         readers = {c.type for c in handle.consumers()}
         assert "ResourceGather" in readers, (var.path, readers)
         assert "ReadVariableOp" not in readers, (var.path, readers)
+
+
+# ------------------------------------------------- the item network once per distinct item
+def _dup_hist():
+    """Rows that differ: padding, an item twice in one history (a tie for the history
+    match), items the candidates also hold, an empty history."""
+    return tf.constant([[0, 0, 3, 4, 3, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0]], tf.int32)
+
+
+def _grads_equal(a, b, variables):
+    checked = 0
+    for v, g1, g2 in zip(variables, a, b):
+        assert (g1 is None) == (g2 is None), v.path
+        if g1 is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(g1), tf.convert_to_tensor(g2),
+                                       rtol=1e-4, atol=1e-6, err_msg=v.path)
+            checked += 1
+    return checked
+
+
+def test_batch_items_finds_every_slots_item():
+    hist, pos = _dup_hist(), tf.constant([3, 9, 6], tf.int32)
+    neg = tf.constant([[9, 1], [7, 7], [2, 3]], tf.int32)
+    items = batch_items(hist, pos, neg, granule=4)
+    ids = items["ids"].numpy()
+    assert len(ids) % 4 == 0
+    real = ids[ids != 0]
+    assert len(set(real.tolist())) == len(real)  # distinct, but for the padding item
+    assert set(ids.tolist()) == set(np.r_[hist.numpy().ravel(), pos, neg.numpy().ravel()])
+    for key, t in (("hist", hist), ("pos", pos), ("neg", neg)):
+        np.testing.assert_array_equal(ids[items[key].numpy()], t.numpy())
+
+
+@pytest.mark.parametrize("layout,fgsm", [("ids", 0.0), ("pool", 0.0), ("shared", 0.0),
+                                         ("pool", 0.05)])
+def test_item_network_once_per_distinct_item_gives_every_slots_gradients(layout, fgsm):
+    """The step with :func:`batch_items` (the item network over the batch's distinct items,
+    gathered per slot) returns the losses and gradients of the step that runs it per slot,
+    for every layout of the negatives and with FGSM's per-slot perturbation."""
+    m = make("attention")
+    K, b = 6, 3
+    rng = np.random.default_rng(7)
+    pos = tf.constant([3, 9, 6], tf.int32)
+    neg = {"ids": tf.constant(np.c_[rng.integers(1, N + 1, (b, K - 1)), [3, 1, 2]], tf.int32),
+           "pool": tf.constant(rng.integers(1, N + 1, (b + 2, 2)), tf.int32),
+           "shared": tf.constant([*rng.integers(1, N + 1, K - 1), 9], tf.int32)}[layout]
+    log_q = np.log(rng.dirichlet(np.ones(N + 1)).astype(np.float32) + 1e-6)
+    tr = NANNTrainer(m, log_q, K, fgsm, 0.7, fgsm_eps_mode="relative")
+    hist = _dup_hist()
+    once = tr._losses_and_grads(hist, pos, neg, batch_items(hist, pos, neg, granule=8))
+    slots = tr._losses_and_grads(hist, pos, neg)
+    for a, b_ in zip(once[1:4], slots[1:4]):
+        assert float(a) == pytest.approx(float(b_), rel=1e-5)
+    assert _grads_equal(once[0], slots[0], m.trainable_variables) >= \
+        len(m.trainable_variables) - 1
+    table = m.item_id_embedding.embeddings
+    g = once[0][[v.path for v in m.trainable_variables].index(table.path)]
+    assert isinstance(g, tf.IndexedSlices) and g.indices.shape[0] % 8 == 0
+
+
+def test_nearest_similarity_gradient_is_autodiffs():
+    """The history match's training gradient (the chosen position's only) equals autodiff of
+    the masked max, on rows with padding, an empty history and distinct history rows."""
+    rng = np.random.default_rng(4)
+    e = tf.math.l2_normalize(tf.constant(rng.normal(size=(3, 5, 4)), tf.float32), axis=-1)
+    h = tf.math.l2_normalize(tf.constant(rng.normal(size=(3, 6, 4)), tf.float32), axis=-1)
+    mask = tf.constant([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0] * 6], tf.float32)
+    up = tf.constant(rng.normal(size=(3, 5)), tf.float32)
+    out = {}
+    for name, fn in (("custom", nearest_similarity),
+                     ("autodiff", lambda a, b, m_: _masked_max_ref(a, b, m_))):
+        with tf.GradientTape() as t:
+            t.watch([e, h])
+            y = fn(e, h, mask)
+        out[name] = (y.numpy(), *t.gradient(y, [e, h], output_gradients=up))
+    for a, b in zip(out["custom"], out["autodiff"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.all(out["custom"][0][2] == -2.0)  # the empty history
+    assert np.abs(out["custom"][1][0]).sum() > 0 and np.abs(out["custom"][2][1]).sum() > 0
+
+
+def _masked_max_ref(e, h, mask):
+    sim = tf.einsum("bcd,bld->bcl", e, h)
+    m = mask[:, None, :]
+    return tf.reduce_max(sim * m - 2.0 * (1.0 - m), axis=-1)
+
+
+def test_training_gradient_of_the_history_match_is_autodiffs_on_a_repeated_item():
+    """In training the model takes the history match's gradient from nearest_similarity; on a
+    history that holds an item twice (a tie autodiff splits between the two positions) the
+    gradients of every variable are still autodiff's (training=False on this model without
+    dropout differs only there)."""
+    m = make("attention")
+    rng = np.random.default_rng(8)
+    pos = tf.constant([3, 9, 6], tf.int32)
+    neg = tf.constant(np.c_[rng.integers(1, N + 1, (3, 4)), [3, 4, 6]], tf.int32)
+    tr = NANNTrainer(m, np.log(np.full(N + 1, 1.0 / N, np.float32)), 5, 0.0, 1.0)
+    grads = {}
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            total, _, _ = tr.compute_losses(_dup_hist(), pos, neg, training=training)
+        grads[training] = tape.gradient(total, m.trainable_variables)
+    assert _grads_equal(grads[True], grads[False], m.trainable_variables) >= \
+        len(m.trainable_variables) - 1

@@ -47,23 +47,24 @@ class _Sabotage(keras.callbacks.Callback):
 
 def test_a_run_whose_validation_peaks_early_writes_the_early_weights(tiny_dataset, tmp_path):
     """Epochs 1-2 learn; from epoch 3 on the weights are noise, so validation peaks at the end of
-    epoch 2 (or 1), patience 2 stops training after epoch 4 of 8, and the model written is the
-    checkpoint of the best epoch, not the last weights."""
+    epoch 2 (or 1), patience 2 stops training two epochs later (after epoch 4 or 3 of 8), and
+    the model written is the checkpoint of the best epoch, not the last weights."""
     cfg = _config(epochs=8, steps_per_epoch=15, patience=2, learning_rate=0.03)
     out = tmp_path / "m"
     summary = train(cfg, tiny_dataset, out, verbose=0, extra_callbacks=[_Sabotage(2)])
     meta = json.loads((out / "model.json").read_text())
     val = meta["validation"]
     assert summary["stopped_early"] and val["stopped_early"]
-    assert summary["steps_run_now"] == 4 * 15, "stopped after 2 validations without progress"
-    assert [e["step"] for e in val["history"]] == [15, 30, 45, 60]
     best = val["best"]
     assert best["step"] in (15, 30) and best["value"] == max(e["value"] for e in val["history"])
+    # Stopped after 2 validations without progress: 2 epochs after the best one.
+    assert summary["steps_run_now"] == best["step"] + 2 * 15, val["history"]
+    assert [e["step"] for e in val["history"]] == list(range(15, best["step"] + 31, 15))
     assert best["value"] > max(e["value"] for e in val["history"][2:]), val["history"]
     # The model written holds the best epoch's weights (its checkpoint), not the last ones.
     model, _, _ = load_trained_model(out)
     written = [w.numpy() for w in model.weights]
-    for epoch, same in ((best["step"] // 15, True), (4, False)):
+    for epoch, same in ((best["step"] // 15, True), (best["step"] // 15 + 2, False)):
         ref, _, _ = load_trained_model(out)
         ref.load_weights(out / "checkpoints" / f"epoch-{epoch:03d}.weights.h5")
         equal = all(np.array_equal(a, b.numpy()) for a, b in zip(written, ref.weights))
