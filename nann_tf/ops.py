@@ -37,6 +37,7 @@ __all__ = [
     "load_library",
     "filter_unvisited",
     "gather_unvisited_neighbors",
+    "sparse_adam",
     "numpy_core",
 ]
 
@@ -185,6 +186,17 @@ def gather_rows(table, indices, name=None):
         raise TypeError(f"gather_rows reads a tf.Variable, got {type(table).__name__}")
     return load_library().nann_gather_rows(table.handle, indices, dtype=table.dtype,
                                             name=name)
+
+
+def sparse_adam(var, m, v, indices, grad, alpha, beta1, beta2, epsilon, decay, name=None):
+    """The raw ``NannSparseAdam`` op: Adam's update of the rows ``indices`` [n] of the float32
+    table variable ``var`` [N, D] and its moments ``m``, ``v`` (resource variables of var's
+    shape), with gradients ``grad`` [n, D] summed per distinct row, in place and in one pass;
+    see :class:`nann_tf.train.optim.LazyAdam` (its stock-ops twin) and the op's documentation
+    in ``cc_ops/ops/rows_ops.cc``. An index outside ``[0, N)`` raises InvalidArgumentError
+    naming it; nothing is written then."""
+    return load_library().nann_sparse_adam(var.handle, m.handle, v.handle, indices, grad,
+                                            alpha, beta1, beta2, epsilon, decay, name=name)
 
 
 def merge_results(result_ids, result_scores, new_ids, new_row_ids, new_scores, width,

@@ -1,4 +1,5 @@
-// CPU kernel of NannGatherRows (registration: ops/rows_ops.cc).
+// CPU kernels of NannGatherRows, NannMergeResults and NannSparseAdam
+// (registration: ops/rows_ops.cc).
 //
 // A gather of random rows from a table of gigabytes waits on memory for every
 // row (a TLB miss and cache misses), and a plain copy loop keeps few of them in
@@ -6,6 +7,7 @@
 // current one, and splits a large gather over the intra-op threads.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -20,6 +22,7 @@
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/framework/types.h"
+#include "Eigen/Core"  // from @eigen_archive
 #include "tensorflow/core/util/work_sharder.h"
 
 namespace nann {
@@ -230,6 +233,156 @@ class MergeResultsOp : public OpKernel {
   }
 };
 
+// Adam's update of one row, as Eigen array expressions (vectorized, in the
+// stock ops' order of operations).
+inline void AdamRow(const float* g, float* var, float* m, float* v, int64_t width,
+                    float alpha, float b1, float b2, float eps, float decay) {
+  using Row = Eigen::Map<Eigen::ArrayXf>;
+  const Eigen::Map<const Eigen::ArrayXf> gr(g, width);
+  Row mr(m, width), vr(v, width), varr(var, width);
+  mr = b1 * mr + (1.0f - b1) * gr;
+  vr = b2 * vr + (1.0f - b2) * gr.square();
+  if (decay != 0.0f) {
+    varr -= alpha * mr / (vr.sqrt() + eps) + decay * varr;
+  } else {
+    varr -= alpha * mr / (vr.sqrt() + eps);
+  }
+}
+
+// The copy-on-read contract of TensorFlow's sparse writes (ResourceScatterUpdate,
+// the sparse training ops): once a variable is in copy-on-read mode, a dense
+// read copies it instead of sharing the buffer that sparse writes update in
+// place. Switching a variable whose buffer a reader still shares gives the
+// variable a copy first.
+absl::Status CopyOnRead(OpKernelContext* ctx, Var* var) {
+  if (var->copy_on_read_mode.load()) return absl::OkStatus();
+  ::tensorflow::mutex_lock lock(*var->mu());
+  if (var->copy_on_read_mode.load()) return absl::OkStatus();
+  if (!var->tensor()->RefCountIsOne()) {
+    Tensor copy;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(var->tensor()->dtype(), var->tensor()->shape(),
+                                          &copy));
+    const auto bytes = var->tensor()->tensor_data();
+    std::memcpy(const_cast<char*>(copy.tensor_data().data()), bytes.data(), bytes.size());
+    *var->tensor() = copy;
+  }
+  var->copy_on_read_mode.store(true);
+  return absl::OkStatus();
+}
+
+// NannSparseAdam: LazyAdam's update of the touched rows, in place, one pass.
+template <typename Tindex>
+class SparseAdamOp : public OpKernel {
+ public:
+  explicit SparseAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const char* names[3] = {"var", "m", "v"};
+    ::tensorflow::core::RefCountPtr<Var> vars[3];
+    for (int i = 0; i < 3; ++i) {
+      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
+    }
+    OP_REQUIRES(ctx, vars[0].get() != vars[1].get() && vars[0].get() != vars[2].get() &&
+                         vars[1].get() != vars[2].get(),
+                errors::InvalidArgument("var, m and v must be three distinct variables"));
+    const Tensor& indices = ctx->input(3);
+    const Tensor& grad = ctx->input(4);
+    float scalars[5];  // alpha, beta1, beta2, epsilon, decay
+    const char* scalar_names[5] = {"alpha", "beta1", "beta2", "epsilon", "decay"};
+    for (int i = 0; i < 5; ++i) {
+      const Tensor& t = ctx->input(5 + i);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(t.shape()),
+                  errors::InvalidArgument(scalar_names[i], " must be a scalar, got shape ",
+                                          t.shape().DebugString()));
+      scalars[i] = t.scalar<float>()();
+    }
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()) &&
+                         TensorShapeUtils::IsMatrix(grad.shape()) &&
+                         grad.dim_size(0) == indices.dim_size(0),
+                errors::InvalidArgument("indices [n] and grad [n, D] expected, got shapes ",
+                                        indices.shape().DebugString(), " and ",
+                                        grad.shape().DebugString()));
+    for (auto& var : vars) OP_REQUIRES_OK(ctx, CopyOnRead(ctx, var.get()));
+    std::vector<::tensorflow::mutex*> mutexes = {vars[0]->mu(), vars[1]->mu(), vars[2]->mu()};
+    std::sort(mutexes.begin(), mutexes.end());
+    ::tensorflow::mutex_lock l0(*mutexes[0]), l1(*mutexes[1]), l2(*mutexes[2]);
+    Tensor* tables[3];
+    for (int i = 0; i < 3; ++i) {
+      tables[i] = vars[i]->tensor();
+      OP_REQUIRES(ctx, tables[i]->dtype() == ::tensorflow::DT_FLOAT &&
+                           TensorShapeUtils::IsMatrix(tables[i]->shape()) &&
+                           tables[i]->shape() == tables[0]->shape(),
+                  errors::InvalidArgument(names[i], " must be a float32 matrix of var's "
+                                          "shape ", tables[0]->shape().DebugString(), ", got ",
+                                          DataTypeString(tables[i]->dtype()), " ",
+                                          tables[i]->shape().DebugString()));
+    }
+    const int64_t num_rows = tables[0]->dim_size(0);
+    const int64_t width = tables[0]->dim_size(1);
+    OP_REQUIRES(ctx, grad.dim_size(1) == width,
+                errors::InvalidArgument("grad has ", grad.dim_size(1),
+                                        " columns, the table ", width));
+    const int64_t n = indices.NumElements();
+    const Tindex* idx = indices.flat<Tindex>().data();
+    for (int64_t i = 0; i < n; ++i) {
+      OP_REQUIRES(ctx, idx[i] >= 0 && idx[i] < num_rows,
+                  errors::InvalidArgument("indices[", i, "] = ", idx[i], " is not in [0, ",
+                                          num_rows, "): not a row of the table"));
+    }
+    if (n == 0 || width == 0) return;
+    // The given rows in table order, repeats in the order given: runs of one row
+    // (a key is the row in the high 32 bits, the position in the low 32 bits).
+    OP_REQUIRES(ctx, num_rows <= (int64_t{1} << 31) && n <= (int64_t{1} << 32),
+                errors::InvalidArgument("at most 2^31 rows and 2^32 indices, got ",
+                                        num_rows, " and ", n));
+    std::vector<uint64_t> order(n);
+    for (int64_t i = 0; i < n; ++i) {
+      order[i] = (static_cast<uint64_t>(idx[i]) << 32) | static_cast<uint64_t>(i);
+    }
+    std::sort(order.begin(), order.end());
+    auto row_of = [&](int64_t k) { return static_cast<int64_t>(order[k] >> 32); };
+    auto pos_of = [&](int64_t k) { return static_cast<int64_t>(order[k] & 0xFFFFFFFFu); };
+    std::vector<int64_t> starts;
+    starts.reserve(n + 1);
+    for (int64_t i = 0; i < n; ++i) {
+      if (i == 0 || row_of(i) != row_of(i - 1)) starts.push_back(i);
+    }
+    const int64_t distinct = static_cast<int64_t>(starts.size());
+    starts.push_back(n);
+    float* p[3];
+    for (int i = 0; i < 3; ++i) p[i] = tables[i]->flat<float>().data();
+    const float* g_all = grad.flat<float>().data();
+    const float alpha = scalars[0], b1 = scalars[1], b2 = scalars[2], eps = scalars[3],
+                decay = scalars[4];
+    const int64_t bytes = width * static_cast<int64_t>(sizeof(float));
+    auto fetch = [&](int64_t s) {  // the three rows of distinct row s, for writing
+      const int64_t off = row_of(starts[s]) * width;
+      for (int i = 0; i < 3; ++i) {
+        const char* row = reinterpret_cast<const char*>(p[i] + off);
+        for (int64_t b = 0; b < bytes; b += kCacheLine) __builtin_prefetch(row + b, 1, 3);
+      }
+    };
+    auto update = [&](int64_t begin, int64_t end) {
+      std::vector<float> g(width);
+      for (int64_t s = begin; s < std::min(end, begin + kAhead); ++s) fetch(s);
+      for (int64_t s = begin; s < end; ++s) {
+        if (s + kAhead < end) fetch(s + kAhead);
+        std::fill(g.begin(), g.end(), 0.0f);
+        for (int64_t k = starts[s]; k < starts[s + 1]; ++k) {
+          const float* src = g_all + pos_of(k) * width;
+          for (int64_t j = 0; j < width; ++j) g[j] += src[j];
+        }
+        const int64_t off = row_of(starts[s]) * width;
+        AdamRow(g.data(), p[0] + off, p[1] + off, p[2] + off, width, alpha, b1, b2, eps,
+                decay);
+      }
+    };
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(workers->num_threads, workers->workers, distinct,
+                        1000 + 40 * width, update);
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("NannMergeResults").Device(DEVICE_CPU), MergeResultsOp);
 
 REGISTER_KERNEL_BUILDER(Name("NannGatherRows")
@@ -242,6 +395,20 @@ REGISTER_KERNEL_BUILDER(Name("NannGatherRows")
                             .HostMemory("table")
                             .TypeConstraint<int64_t>("Tindices"),
                         GatherRowsOp<int64_t>);
+REGISTER_KERNEL_BUILDER(Name("NannSparseAdam")
+                            .Device(DEVICE_CPU)
+                            .HostMemory("var")
+                            .HostMemory("m")
+                            .HostMemory("v")
+                            .TypeConstraint<int32_t>("Tindices"),
+                        SparseAdamOp<int32_t>);
+REGISTER_KERNEL_BUILDER(Name("NannSparseAdam")
+                            .Device(DEVICE_CPU)
+                            .HostMemory("var")
+                            .HostMemory("m")
+                            .HostMemory("v")
+                            .TypeConstraint<int64_t>("Tindices"),
+                        SparseAdamOp<int64_t>);
 
 }  // namespace
 }  // namespace nann

@@ -1,4 +1,5 @@
-// Registration of NannGatherRows (kernel: kernels/rows_kernels.cc).
+// Registration of the row-wise table ops NannGatherRows, NannMergeResults and
+// NannSparseAdam (kernels: kernels/rows_kernels.cc).
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -91,6 +92,50 @@ which every dense read of it copies the whole table).
 table: a resource variable [N, D] of dtype `dtype`.
 indices: any shape, each in [0, N).
 rows: indices.shape + [D].
+)doc");
+
+REGISTER_OP("NannSparseAdam")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("indices: Tindices")
+    .Input("grad: float")
+    .Input("alpha: float")
+    .Input("beta1: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("decay: float")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle indices, grad, scalar;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &indices));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &grad));
+      DimensionHandle n;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(indices, 0), c->Dim(grad, 0), &n));
+      for (int i = 5; i < 10; ++i) {
+        TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &scalar));
+      }
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Adam's update of the rows of a table a batch touched ("lazy" Adam), in place and
+in one pass: the rows' gradients are summed per distinct row (in the order the
+rows are given), then for each distinct row r with summed gradient g:
+
+  m[r] = beta1 * m[r] + (1 - beta1) * g
+  v[r] = beta2 * v[r] + (1 - beta2) * g * g
+  var[r] -= alpha * m[r] / (sqrt(v[r]) + epsilon) + decay * var[r]
+
+Rows not given are left exactly as they are. The answers of the stock-ops update
+of nann_tf.train.optim.LazyAdam (gather, unique, segment sum, three scatters);
+like those scatters it puts the three variables in copy-on-read mode.
+
+var, m, v: three distinct float32 resource variables [N, D].
+indices: [n] rows of the table, each in [0, N), repeats allowed.
+grad: [n, D] the gradient of each given row.
+alpha: the step: learning_rate * sqrt(1 - beta2^t) / (1 - beta1^t).
+decay: learning_rate * weight_decay (decoupled weight decay of the touched rows;
+  0 for none).
 )doc");
 
 }  // namespace nann

@@ -388,16 +388,20 @@ def nearest_similarity(e_unit, h_unit, mask):
     masked = sim * m - 2.0 * (1.0 - m)
 
     def grad(upstream):
-        best = tf.argmax(masked, axis=-1, output_type=tf.int32)  # [B, C]
+        b, length = tf.shape(h_unit)[0], tf.shape(h_unit)[1]
+        # The first position holding the max (tf.argmax's two-output reduction runs several
+        # times slower than this one under XLA on CPU).
+        best = tf.reduce_min(tf.where(masked >= out[..., None], tf.range(length), length),
+                             axis=-1)  # [B, C]
         w = upstream * tf.gather(mask, best, batch_dims=1)  # 0 where only padding was left
         d_e = w[..., None] * tf.gather(h_unit, best, batch_dims=1)
-        b, length = tf.shape(h_unit)[0], tf.shape(h_unit)[1]
         rows = tf.reshape(best + length * tf.range(b)[:, None], [-1])
         d_h = tf.math.unsorted_segment_sum(
             tf.reshape(w[..., None] * e_unit, [-1, e_unit.shape[-1]]), rows, b * length)
         return d_e, tf.reshape(d_h, tf.shape(h_unit)), tf.zeros_like(mask)
 
-    return tf.reduce_max(masked, axis=-1), grad
+    out = tf.reduce_max(masked, axis=-1)
+    return out, grad
 
 
 def all_item_embeddings(model: NANNModel, batch_size: int = 65536) -> np.ndarray:

@@ -215,15 +215,16 @@ def test_lazy_adam_leaves_rows_outside_the_batch_and_their_moments_alone():
         assert not np.allclose(a[[1, 6]], b[[1, 6]])
 
 
-def test_lazy_adam_reads_the_table_and_its_moments_by_row_only():
+@pytest.mark.parametrize("fused", [False, True])
+def test_lazy_adam_reads_the_table_and_its_moments_by_row_only(fused):
     """The sparse update gathers the batch's rows from the table and both moment tables
-    (ResourceGather) and never reads them whole: its scatters put them in copy-on-read mode,
-    where every whole read (ReadVariableOp) copies the table (two 111 MB copies a step at 1M
-    items before this was caught)."""
+    (ResourceGather; or the fused op reads them in place) and never reads them whole: its
+    scatters put them in copy-on-read mode, where every whole read (ReadVariableOp) copies the
+    table (two 111 MB copies a step at 1M items before this was caught)."""
     rng = np.random.default_rng(2)
     table = keras.Variable(rng.normal(size=(8, 3)).astype(np.float32))
     dense = keras.Variable(rng.normal(size=3).astype(np.float32))
-    opt = LazyAdam(0.05, weight_decay=0.1)
+    opt = LazyAdam(0.05, weight_decay=0.1, fused=fused)
     opt.build([table, dense])
     opt.sparse_variables([table])
 
@@ -240,7 +241,7 @@ def test_lazy_adam_reads_the_table_and_its_moments_by_row_only():
     for var in watched:
         handle = inner[id(var.value.handle)]
         readers = {c.type for c in handle.consumers()}
-        assert "ResourceGather" in readers, (var.path, readers)
+        assert ("NannSparseAdam" if fused else "ResourceGather") in readers, (var.path, readers)
         assert "ReadVariableOp" not in readers, (var.path, readers)
 
 
@@ -346,3 +347,88 @@ def test_training_gradient_of_the_history_match_is_autodiffs_on_a_repeated_item(
         grads[training] = tape.gradient(total, m.trainable_variables)
     assert _grads_equal(grads[True], grads[False], m.trainable_variables) >= \
         len(m.trainable_variables) - 1
+
+
+def _adam_tables(rng, n=40, d=5):
+    return [keras.Variable(rng.normal(size=(n, d)).astype(np.float32)) for _ in range(2)]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_fused_sparse_adam_is_its_stock_ops_twin(weight_decay):
+    """LazyAdam's one-op update (NannSparseAdam) gives the stock ops' tables and moments over
+    steps whose batches repeat rows (in different orders), skip rows, and touch row 0."""
+    out = {}
+    for fused in (True, False):
+        table, dense = _adam_tables(np.random.default_rng(6))
+        small = keras.Variable(np.random.default_rng(7).normal(size=(4, 3)).astype(np.float32))
+        opt = LazyAdam(0.05, weight_decay=weight_decay, fused=fused)
+        opt.build([table, dense, small])
+        opt.sparse_variables([table])
+        batches = np.random.default_rng(8)
+        for _ in range(4):
+            ids = tf.constant(batches.integers(0, 40, 30), tf.int32)
+            cats = tf.constant(batches.integers(0, 4, 30), tf.int32)
+            with tf.GradientTape() as t:
+                loss = tf.reduce_sum(tf.gather(table.value, ids)[:, :3] *
+                                     tf.gather(small.value, cats) * dense[:3, 0])
+                loss += tf.reduce_sum(tf.square(tf.gather(table.value, ids[:5])))
+            grads = t.gradient(loss, [table, dense, small])
+            assert isinstance(grads[0], tf.IndexedSlices)
+            opt.apply(grads, [table, dense, small])
+        out[fused] = [table.numpy(), dense.numpy(), small.numpy()] + \
+            [v.numpy() for v in opt.variables if len(v.shape) == 2]
+    assert len(out[True]) == len(out[False]) == 9  # 3 variables, 6 moments
+    for a, b in zip(out[True], out[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    table0 = _adam_tables(np.random.default_rng(6))[0].numpy()
+    assert not np.allclose(out[True][0], table0)
+
+
+def test_fused_sparse_adam_refuses_a_bad_row_and_writes_nothing():
+    from nann_tf import ops
+
+    rng = np.random.default_rng(9)
+    var, m = _adam_tables(rng)
+    v = keras.Variable(np.abs(rng.normal(size=(40, 5))).astype(np.float32))
+    before = [x.numpy().copy() for x in (var, m, v)]
+    args = (tf.constant(0.1), tf.constant(0.9), tf.constant(0.999), tf.constant(1e-7),
+            tf.constant(0.0))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[2\] = 40 is not in"):
+        ops.sparse_adam(var.value, m.value, v.value, tf.constant([3, 1, 40, 2]),
+                        tf.ones([4, 5]), *args)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="grad has 4 columns"):
+        ops.sparse_adam(var.value, m.value, v.value, tf.constant([3]), tf.ones([1, 4]),
+                        *args)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="three distinct variables"):
+        ops.sparse_adam(var.value, m.value, m.value, tf.constant([3]), tf.ones([1, 5]),
+                        *args)
+    for a, b in zip(before, (var, m, v)):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_fused_sparse_adam_leaves_a_value_read_before_it_alone():
+    """A dense read of the table taken before the in-place update (in the same function, so
+    the read's buffer is still alive) keeps the old values: the op copies a shared buffer
+    before writing, and later dense reads copy (copy-on-read)."""
+    from nann_tf import ops
+
+    rng = np.random.default_rng(10)
+    var, m = _adam_tables(rng)
+    v = keras.Variable(np.zeros((40, 5), np.float32))
+    args = (tf.constant(0.1), tf.constant(0.9), tf.constant(0.999), tf.constant(1e-7),
+            tf.constant(0.0))
+
+    @tf.function
+    def read_then_update():
+        before = var.value.read_value()
+        with tf.control_dependencies([before]):
+            ops.sparse_adam(var.value, m.value, v.value, tf.constant([1, 7]),
+                            tf.ones([2, 5]), *args)
+        return before
+
+    for _ in range(2):  # the first call switches the variables to copy-on-read
+        old = var.numpy().copy()
+        before = read_then_update().numpy()
+        np.testing.assert_array_equal(before, old)
+        changed = np.flatnonzero(np.any(var.numpy() != old, axis=1)).tolist()
+        assert changed == [1, 7]
