@@ -14,7 +14,7 @@ from nann_tf.model import NANNModel
 from nann_tf.model.nann import item_side_table, nearest_similarity, split_item_side
 from nann_tf.model.scorer import ModelScorer
 from nann_tf.train.optim import LazyAdam
-from nann_tf.train.step import NANNTrainer, batch_items
+from nann_tf.train.step import NANNTrainer, batch_items, history_groups
 
 N, C, L = 60, 5, 6
 
@@ -432,3 +432,36 @@ def test_fused_sparse_adam_leaves_a_value_read_before_it_alone():
         np.testing.assert_array_equal(before, old)
         changed = np.flatnonzero(np.any(var.numpy() != old, axis=1)).tolist()
         assert changed == [1, 7]
+
+
+@pytest.mark.parametrize("name,layout,dedup", [("attention", "pool", True),
+                                               ("attention", "ids", False),
+                                               ("attention", "shared", True),
+                                               ("sum_pool", "pool", False)])
+def test_history_groups_give_the_losses_and_gradients_of_the_whole_batch(name, layout, dedup):
+    """Scoring the batch in two groups by history length, each over its histories' own length
+    (history_groups), gives the losses and gradients of scoring it over L; on rows whose
+    histories differ in length (one empty, one full) in an odd-sized batch."""
+    m = make(name)
+    K = 4
+    hist = tf.constant([[0, 0, 3, 4, 3, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0],
+                        [0, 0, 0, 0, 0, 9], [0, 0, 0, 0, 7, 8]], tf.int32)
+    b = 5
+    rng = np.random.default_rng(11)
+    pos = tf.constant([3, 9, 6, 1, 2], tf.int32)
+    neg = {"ids": tf.constant(rng.integers(1, N + 1, (b, K)), tf.int32),
+           "pool": tf.constant(rng.integers(1, N + 1, (b + 1, 2)), tf.int32),
+           "shared": tf.constant([*rng.integers(1, N + 1, K - 1), 9], tf.int32)}[layout]
+    log_q = np.log(rng.dirichlet(np.ones(N + 1)).astype(np.float32) + 1e-6)
+    tr = NANNTrainer(m, log_q, K, 0.0, 1.0)
+    items = batch_items(hist, pos, neg, granule=8) if dedup else None
+    groups = history_groups(hist, None if items is None else items["hist"])
+    assert [g.shape[1] for g in groups["hist"]] == [2, 6]  # the short half: 1 of 6 filled
+    assert sorted(np.concatenate([r.numpy() for r in groups["rows"]]).tolist()) == \
+        list(range(b))
+    grouped = tr._losses_and_grads(hist, pos, neg, items, groups)
+    whole = tr._losses_and_grads(hist, pos, neg, items)
+    for a, b_ in zip(grouped[1:3], whole[1:3]):
+        assert float(a) == pytest.approx(float(b_), rel=1e-5)
+    assert _grads_equal(grouped[0], whole[0], m.trainable_variables) >= \
+        len(m.trainable_variables) - 2
