@@ -14,9 +14,11 @@ every variant alike. Variants:
   step before issue 21);
 * ``dense+pool``: the item-side tensors (e_v, attention query, e_v's first-layer block) once
   per pool draw, the user block once per example, the dense update (the default below
-  ``[train] sparse_min_items``);
+  ``[train] sparse_min_items``; the whole step one XLA program);
 * ``sparse``: lazy Adam on the item table, the rest as ``dense``;
-* ``sparse+pool``: both (the default from ``sparse_min_items`` up);
+* ``sparse+pool``: both (the default from ``sparse_min_items`` up), and with the forward and
+  backward an XLA program of their own: the item network once per distinct item of the batch,
+  the batch scored in two groups by history length, the update one op (``NannSparseAdam``);
 * ``fgsm-two-tape`` / ``fgsm-one-pass``: ``sparse+pool`` (``dense+pool`` below
   ``sparse_min_items``) with the FGSM auxiliary loss on (``--fgsm-eps``, relative step), its
   direction from a separate inner gradient (the step before issue 21 part 4) or from the loss's
@@ -74,6 +76,8 @@ def build(cfg, ds, variant, fgsm_eps=0.1):
                           fgsm_eps_mode=mode, loss=tc.loss,
                           xla_grads=tc.jit_compile and v["sparse"],
                           fgsm_one_pass=v.get("fgsm") != "two-tape")
+    if v["concat"]:  # the step before issue 21: per slot, over L
+        trainer.dedup_items = trainer.group_histories = False
     opt = make_optimizer(tc.learning_rate, tc.weight_decay, v["sparse"])
     trainer.compile(optimizer=opt, jit_compile=tc.jit_compile and not v["sparse"])
     trainer({"hist": tf.ones([1, ds.max_len], tf.int32), "items": tf.ones([1, 2], tf.int32)})

@@ -134,6 +134,8 @@ class NANNTrainer(keras.Model):
         # random in training (dropout, id dropout: each occurrence draws its own mask).
         cfg = model.cfg
         self.dedup_items = cfg.dropout == 0 and cfg.id_dropout == 0
+        # Score each batch in two groups by history length (``history_groups``; not with FGSM).
+        self.group_histories = True
         self.log_q = self.add_weight(name="log_q", shape=log_q.shape, dtype="float32",
                                      trainable=False,
                                      initializer=keras.initializers.Constant(log_q))
@@ -308,7 +310,7 @@ class NANNTrainer(keras.Model):
         if self._xla_grads is not None:
             items = batch_items(hist, pos, neg) if self.dedup_items else None
             groups = (history_groups(hist, None if items is None else items["hist"])
-                      if self.fgsm_eps == 0 else None)
+                      if self.fgsm_eps == 0 and self.group_histories else None)
             grads, total, l_nce, l_aux, step = self._xla_grads(hist, pos, neg, items, groups)
         else:
             grads, total, l_nce, l_aux, step = self._losses_and_grads(hist, pos, neg)
