@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CHECK = REPO / "serving" / "docker" / "check_build.py"
 OPS = ["NannFilterUnvisited", "NannGatherPassingNeighbors", "NannGatherRows",
-       "NannGatherUnvisitedNeighbors", "NannMergeResults"]
+       "NannGatherUnvisitedNeighbors", "NannMergeResults", "NannSparseAdam"]
 
 
 def _check(*args):
