@@ -63,6 +63,18 @@ void CopyRows(const char* src, const Tindex* idx, int64_t bytes, char* dst,
   }
 }
 
+// InvalidArgument naming the first of idx[0..n) outside [0, num_rows).
+template <typename Tindex>
+absl::Status CheckRows(const Tindex* idx, int64_t n, int64_t num_rows) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (idx[i] < 0 || idx[i] >= num_rows) {
+      return errors::InvalidArgument("indices[", i, "] = ", idx[i], " is not in [0, ",
+                                     num_rows, "): not a row of the table");
+    }
+  }
+  return absl::OkStatus();
+}
+
 template <typename Tindex>
 class GatherRowsOp : public OpKernel {
  public:
@@ -85,11 +97,7 @@ class GatherRowsOp : public OpKernel {
     const int64_t num_rows = table.dim_size(0);
     const int64_t n = indices.NumElements();
     const Tindex* idx = indices.flat<Tindex>().data();
-    for (int64_t i = 0; i < n; ++i) {
-      OP_REQUIRES(ctx, idx[i] >= 0 && idx[i] < num_rows,
-                  errors::InvalidArgument("indices[", i, "] = ", idx[i], " is not in [0, ",
-                                          num_rows, "): not a row of the table"));
-    }
+    OP_REQUIRES_OK(ctx, CheckRows(idx, n, num_rows));
     TensorShape shape = indices.shape();
     OP_REQUIRES_OK(ctx, shape.AddDimWithStatus(table.dim_size(1)));
     Tensor* out = nullptr;
@@ -324,11 +332,7 @@ class SparseAdamOp : public OpKernel {
                                         " columns, the table ", width));
     const int64_t n = indices.NumElements();
     const Tindex* idx = indices.flat<Tindex>().data();
-    for (int64_t i = 0; i < n; ++i) {
-      OP_REQUIRES(ctx, idx[i] >= 0 && idx[i] < num_rows,
-                  errors::InvalidArgument("indices[", i, "] = ", idx[i], " is not in [0, ",
-                                          num_rows, "): not a row of the table"));
-    }
+    OP_REQUIRES_OK(ctx, CheckRows(idx, n, num_rows));
     if (n == 0 || width == 0) return;
     // The given rows in table order, repeats in the order given: runs of one row
     // (a key is the row in the high 32 bits, the position in the low 32 bits).
