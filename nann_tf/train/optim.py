@@ -30,6 +30,8 @@ import logging
 import keras
 import tensorflow as tf
 
+from nann_tf import ops
+
 __all__ = ["LazyAdam", "make_optimizer"]
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,6 @@ class LazyAdam(keras.optimizers.Adam):
         m, v = self._momentums[index], self._velocities[index]
         decays = bool(self.weight_decay) and self._var_key(variable) in self._sparse_vars
         if self.fused and dtype == tf.float32:
-            from nann_tf import ops  # the op library: loaded on first use
-
             decay = lr * tf.cast(self.weight_decay, dtype) if decays else tf.constant(0.0)
             ops.sparse_adam(_tf_variable(variable), _tf_variable(m), _tf_variable(v),
                             gradient.indices, tf.cast(gradient.values, dtype), alpha, b1, b2,
@@ -92,8 +92,6 @@ class LazyAdam(keras.optimizers.Adam):
 
 
 def _op_library_loads() -> bool:
-    from nann_tf import ops
-
     try:
         ops.load_library()
     except ops.OpLibraryError as error:

@@ -44,15 +44,15 @@ def history_groups(hist, hist_at=None) -> dict:
     lengths = tf.reduce_sum(tf.cast(tf.not_equal(hist, 0), tf.int32), axis=1)
     order = tf.argsort(lengths, stable=True)
     half = tf.shape(hist)[0] // 2
-    out = {"rows": [order[:half], order[half:]], "hist": [], "at": [],
+    out = {"rows": [order[:half], order[half:]], "hist": [],
+           "at": None if hist_at is None else [],
            "inverse": tf.math.invert_permutation(order)}
     for rows in out["rows"]:
         longest = tf.reduce_max(tf.concat([tf.gather(lengths, rows), [1]], axis=0))
         cut = length - tf.minimum((longest + granule - 1) // granule * granule, length)
         out["hist"].append(tf.gather(hist, rows)[:, cut:])
-        out["at"].append(None if hist_at is None else tf.gather(hist_at, rows)[:, cut:])
-    if hist_at is None:
-        out["at"] = None
+        if hist_at is not None:
+            out["at"].append(tf.gather(hist_at, rows)[:, cut:])
     return out
 
 
@@ -213,12 +213,10 @@ class NANNTrainer(keras.Model):
                 embed(hist, None if items is None else items["hist"]), tf.not_equal(hist, 0),
                 training=training)
         with tf.GradientTape(watch_accessed_variables=False) as inner:
-            if scores is not None:
-                pass
-            elif side is None:
+            if scores is None and side is None:
                 inner.watch(e_v)
                 scores = m.score(state, e_v, training=training)
-            else:
+            elif scores is None:
                 scores = m.score_items(state, side.rows(), training=training)
             logits = nce_logits(scores, log_q, self.num_negatives)
             l_nce = (nce_loss(logits, mask) if self.loss_name == "nce"
@@ -303,10 +301,9 @@ class NANNTrainer(keras.Model):
 
     def train_step(self, data):
         hist, pos, neg = data
-        # Forward and backward under XLA when asked (``xla_grads``); the optimizer outside it
-        # when the big tables are updated sparsely (its row dedup, tf.unique, has no XLA kernel).
-        # The batch's distinct items are found here, outside XLA (tf.unique has no XLA kernel):
-        # so only when the forward and backward are an XLA program of their own.
+        # Forward and backward under XLA when asked (``xla_grads``), the optimizer outside it
+        # (the big tables are updated sparsely). What XLA cannot compute for that program
+        # (tf.unique has no XLA kernel; the history cut is a shape) is computed here, before it.
         if self._xla_grads is not None:
             items = batch_items(hist, pos, neg) if self.dedup_items else None
             groups = (history_groups(hist, None if items is None else items["hist"])
