@@ -62,7 +62,7 @@ def _child_synth(a: dict) -> None:
 def _child_train(a: dict) -> None:
     import keras
 
-    from nann_tf.config import load_config
+    from nann_tf.autoconfig import load_config_for_data
     from nann_tf.progress import Progress, format_duration
     from nann_tf.train import train
 
@@ -93,7 +93,10 @@ def _child_train(a: dict) -> None:
             print(f"train: {self.steps} steps in {format_duration(self.last)}", flush=True)
 
     box = a["minutes"] * 60.0
-    cfg = load_config(a["config"], dict(a.get("overrides") or {}, **{"train.max_seconds": box}))
+    # As `nann-tf train` does: the keys the config leaves out follow the data (the search's
+    # ef and T: the export then serves the ones build-index tuned).
+    cfg = load_config_for_data(a["config"], a["data"],
+                               dict(a.get("overrides") or {}, **{"train.max_seconds": box}))
     progress = BoxProgress(box)
     t0 = time.perf_counter()
     summary = train(cfg, a["data"], a["output"], overwrite=True, extra_callbacks=[progress])
