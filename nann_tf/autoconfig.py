@@ -212,7 +212,8 @@ def tune_search(model, index, ds, params, *, target: float = TUNE_COVERAGE,
         return None
     return {"start_level": s, "k": k, "ef": format_level_values(chosen["ef"]),
             "T": format_level_values(chosen["T"]), "history_seeds": params.history_seeds,
-            "coverage": chosen["coverage"], "tf_coverage": res["check"]["tf_coverage"],
+            "coverage": chosen["coverage"], "coverage_low": chosen["coverage_low"],
+            "tf_coverage": res["check"]["tf_coverage"],
             "items_scored": chosen["items_scored"],
             "scored_fraction": chosen["scored_fraction"], "users": res["users"],
             "target": target, "widened": res["widened"]}

@@ -52,12 +52,14 @@ def format_frontier(result: dict) -> str:
     """The Pareto frontier as a table (cheapest first); the chosen row is marked ``*``."""
     k = result["k"]
     chosen = result["chosen"]
-    lines = [f"  {'ef':<22}{'T':<14}{'items scored':>14}{'scored':>10}{'coverage@' + str(k):>14}"]
+    lines = [f"  {'ef':<22}{'T':<14}{'items scored':>14}{'scored':>10}{'coverage@' + str(k):>14}"
+             f"{'95% bound':>11}"]
     for r in result["pareto"]:
         mark = "*" if chosen is not None and r["ef"] == chosen["ef"] and r["T"] == chosen["T"] \
             else " "
         lines.append(f"{mark} {_fmt(r['ef']):<22}{_fmt(r['T']):<14}{r['items_scored']:>14.1f}"
-                     f"{r['scored_fraction']:>10.4f}{r['coverage']:>14.4f}")
+                     f"{r['scored_fraction']:>10.4f}{r['coverage']:>14.4f}"
+                     f"{r.get('coverage_low', r['coverage']):>11.4f}")
     return "\n".join(lines)
 
 
@@ -122,11 +124,13 @@ def run(args: argparse.Namespace) -> int:
           f"({100 * cur['scored_fraction']:.2f}% of the corpus)")
     if res["chosen"] is None:
         best = max(r["coverage"] for r in res["rows"])
-        print(f"no setting reaches coverage@{k} >= {args.target_coverage} (best {best:.4f}); "
+        print(f"no setting reaches coverage@{k} >= {args.target_coverage} with 95% confidence "
+              f"(best mean {best:.4f}); "
               f"widen the grid (--ef-grid/--T-grid)")
     else:
         c = res["chosen"]
-        print(f"cheapest setting with coverage@{k} >= {args.target_coverage}: ef={_fmt(c['ef'])} "
+        print(f"cheapest setting with coverage@{k} >= {args.target_coverage} (95% bound "
+              f"{c['coverage_low']:.4f}, mean {c['coverage']:.4f}): ef={_fmt(c['ef'])} "
               f"T={_fmt(c['T'])}: {c['items_scored']:.1f} items scored "
               f"({100 * c['scored_fraction']:.2f}% of the corpus)")
         print("  as a config [search] table:")

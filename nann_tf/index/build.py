@@ -98,9 +98,9 @@ def _tune(model, idx, ds, cfg, coverage):
                  "reaches coverage@%d %.3f", params.k, coverage)
     else:
         log.info("search tuned on %d validation users in %.1fs: ef %s, T %s reach coverage@%d "
-                 "%.4f scoring %.2f%% of the corpus", tuned["users"], time.perf_counter() - t0,
-                 tuned["ef"], tuned["T"], tuned["k"], tuned["coverage"],
-                 100 * tuned["scored_fraction"])
+                 "%.4f (95%% bound %.4f) scoring %.2f%% of the corpus", tuned["users"],
+                 time.perf_counter() - t0, tuned["ef"], tuned["T"], tuned["k"],
+                 tuned["coverage"], tuned["coverage_low"], 100 * tuned["scored_fraction"])
     return tuned
 
 

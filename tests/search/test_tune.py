@@ -10,7 +10,8 @@ import pytest
 from nann_tf.config import load_config
 from nann_tf.search.brute_force import topk_of_scores
 from nann_tf.search.params import SearchParamsError, parse_level_grid
-from nann_tf.search.tune import choose, default_grid, grid_from_lists, pareto_frontier
+from nann_tf.search.tune import (choose, coverage_bound, default_grid, grid_from_lists,
+                                  pareto_frontier)
 
 from conftest import run_cli, run_cli_output
 
@@ -38,10 +39,12 @@ def test_chosen_setting_meets_target_and_is_the_cheapest(tuned, tmp_path):
     assert len(current) == 1
     assert f"current setting ef=1=100,0=200 T=0=4: coverage@50 {current[0]['coverage']:.4f}" \
         in text
-    assert chosen["coverage"] >= TARGET
+    # The target holds for the 95% bound, not only for the mean of the sampled users.
+    assert all(r["coverage_low"] < r["coverage"] for r in rows if r["coverage"] < 1.0)
+    assert chosen["coverage_low"] >= TARGET
     cheaper = [r for r in rows if r["items_scored"] < chosen["items_scored"]]
     assert cheaper, "the grid holds cheaper settings, so the choice is not trivial"
-    assert all(r["coverage"] < TARGET for r in cheaper)
+    assert all(r["coverage_low"] < TARGET for r in cheaper)
     # The Pareto frontier is increasing in both cost and coverage and holds the choice.
     front = res["pareto"]
     assert all(a["items_scored"] <= b["items_scored"] and a["coverage"] < b["coverage"]
@@ -101,6 +104,19 @@ def test_grid_frontier_and_choice():
     assert pareto_frontier(rows)[1]["coverage"] == 0.99
     assert choose(rows, 0.98) == rows[3]
     assert choose(rows, 0.999) is None
+    # With a confidence bound, a setting whose mean reaches the target but whose bound does not
+    # is passed over for the cheapest whose bound does.
+    rows[3]["coverage_low"], rows[4]["coverage_low"] = 0.975, 0.985
+    assert choose(rows, 0.98) == rows[4]
+
+
+def test_the_coverage_bound_is_the_one_sided_95_percent_lower_bound():
+    # mean 0.975, sample standard deviation 0.05, 4 users: 0.975 - 1.645 * 0.05 / 2
+    assert coverage_bound([1.0, 1.0, 1.0, 0.9]) == pytest.approx(0.933875)
+    assert coverage_bound(np.full(50, 0.97)) == pytest.approx(0.97)  # no spread: the mean
+    assert coverage_bound([0.8]) == 0.8 and coverage_bound([]) == 0.0
+    # More users, the same spread: a tighter bound.
+    assert coverage_bound([1.0, 0.9] * 50) > coverage_bound([1.0, 0.9] * 5)
 
 
 def test_the_tuner_widens_its_grid_only_when_no_setting_reaches_the_target(
@@ -124,7 +140,7 @@ def test_the_tuner_widens_its_grid_only_when_no_setting_reaches_the_target(
     assert res["rows"][0]["coverage"] < TARGET
     # ... so the wider settings were replayed, and the cheapest of them reaching it is chosen.
     assert res["widened"] and len(res["rows"]) == 1 + len(wide)
-    assert res["chosen"] is not None and res["chosen"]["coverage"] >= TARGET
+    assert res["chosen"] is not None and res["chosen"]["coverage_low"] >= TARGET
     assert res["chosen"] == choose(res["rows"][1:], TARGET)
     assert res["check"]["tf_coverage"] >= TARGET - REPLAY_VS_TF
     # A target the narrow setting meets: the wider grid is not replayed.

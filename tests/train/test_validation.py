@@ -169,3 +169,28 @@ def test_validation_users_follow_the_corpus_size():
     assert validation_users(10000, 1000, 1_000_000) == VAL_PAIR_BUDGET // 1_000_000 == 200
     assert validation_users(10000, 1000, 4_200_000) == MIN_VAL_USERS
     assert validation_users(30, 1000, 4_200_000) == 30
+
+
+def test_each_validation_scores_the_model_as_it_is_now(tiny_dataset, monkeypatch):
+    """Validation keeps its item tables between measurements and rewrites them in chunks, in
+    place: after the weights change, the tables hold the new model's rows (every chunk, the
+    short last one included) and the figure is the one a fresh validator measures."""
+    from nann_tf.model.nann import all_item_embeddings, item_side_table
+    from nann_tf.model.saved import build_model
+    from nann_tf.train import validation
+
+    monkeypatch.setattr(validation, "TABLE_CHUNK", 7)  # 201 rows: 28 chunks and one of 5
+    ds = Dataset.load(tiny_dataset)
+    cfg = _config()
+    model = build_model(cfg, ds.num_items, ds.num_categories, ds.item_category, ds.max_len)
+    kept = Validator(ds, k=20, users=20, next_n=10, patience=0)
+    kept.measure(model)
+    rng = np.random.default_rng(1)
+    for w in model.trainable_weights:
+        w.assign(w.numpy() + rng.normal(0, 0.5, w.shape).astype(np.float32))
+    value = kept.measure(model)
+    e = all_item_embeddings(model)
+    np.testing.assert_allclose(kept._table.numpy(), e, atol=1e-5)
+    np.testing.assert_allclose(kept._side.numpy(), item_side_table(model, e), atol=1e-5)
+    fresh = Validator(ds, k=20, users=20, next_n=10, patience=0)
+    assert value == pytest.approx(fresh.measure(model), abs=1e-9)
