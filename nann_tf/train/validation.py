@@ -45,9 +45,10 @@ MIN_VAL_USERS = 100
 VAL_TIME_SHARE = 0.1
 #: The cost of one validation (user, item) pair in training candidates (one candidate of a
 #: training step: forward and backward), measured at the paper's scale on 2 cores: a validation
-#: of 100 users x 3.93M items took 286 s while training ran 5.9 steps/s of 512 x 101 candidates,
-#: i.e. 393M pairs cost 1,690 steps x 51.7k candidates (bench/results/scale-1.json).
-VAL_PAIR_COST = 0.22
+#: of 100 users x 3.94M items took 248 s while training ran 9.9 steps/s of 512 x 101 candidates,
+#: i.e. 394M pairs cost 2,460 steps x 51.7k candidates (bench/results/scale-1.json; 0.22 when
+#: training ran 5.9 steps/s, before the work-once step).
+VAL_PAIR_COST = 0.32
 BEST_PREFIX = "best-"
 #: Items per chunk when validation writes the model's item rows into its scorer's tables.
 TABLE_CHUNK = 65536
@@ -265,7 +266,7 @@ def default_val_every(steps_per_epoch: int, val_pairs: int = 0, step_pairs: int 
     :data:`VAL_TIME_SHARE` of the time: a validation of ``val_pairs`` (user, item) pairs costs
     about ``VAL_PAIR_COST x val_pairs / step_pairs`` training steps of ``step_pairs``
     candidates each. At the paper's scale (100 users x 3.93M items, 512 x 101 candidates per
-    step; an epoch is 188k steps) that is every ~15,000 steps instead of 5,000, which spent a
+    step; an epoch is 188k steps) that is every ~22,000 steps instead of 5,000, which spent a
     quarter of the training time validating. The rule uses sizes only, so the steps at which a
     run validates are the same on any machine and when it resumes.
 
