@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"search tuned on {tuned['users']} validation users: start level "
               f"{tuned['start_level']}, ef {tuned['ef']}, T {tuned['T'] or '-'}: coverage@"
               f"{tuned['k']} {tuned['coverage']:.4f} (95% bound "
-              f"{tuned.get('coverage_low', tuned['coverage']):.4f}), "
+              f"{tuned['coverage_low']:.4f}), "
               f"{100 * tuned['scored_fraction']:.2f}% of "
               "the corpus scored per query")
     return 0

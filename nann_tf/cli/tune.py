@@ -59,7 +59,7 @@ def format_frontier(result: dict) -> str:
             else " "
         lines.append(f"{mark} {_fmt(r['ef']):<22}{_fmt(r['T']):<14}{r['items_scored']:>14.1f}"
                      f"{r['scored_fraction']:>10.4f}{r['coverage']:>14.4f}"
-                     f"{r.get('coverage_low', r['coverage']):>11.4f}")
+                     f"{r['coverage_low']:>11.4f}")
     return "\n".join(lines)
 
 

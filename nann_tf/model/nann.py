@@ -432,11 +432,20 @@ def item_side_table(model: NANNModel, e_table, batch_size: int = 65536) -> np.nd
     if not keys:
         return None
     e_table = np.asarray(e_table, np.float32)
-    fn = tf.function(lambda e: tf.concat([model.item_side(e)[k] for k in keys], axis=-1),
+    fn = tf.function(lambda e: item_side_rows(model, e),
                      input_signature=[tf.TensorSpec([None, e_table.shape[1]], tf.float32)])
     out = [fn(tf.constant(e_table[i:i + batch_size])).numpy()
            for i in range(0, len(e_table), batch_size)]
     return np.concatenate(out, axis=0).astype(np.float32)
+
+
+def item_side_rows(model: NANNModel, e_v):
+    """The rows of :func:`item_side_table` for candidates ``e_v`` [n, d]: their item-side
+    tensors other than e_v, concatenated in :meth:`NANNModel.item_side_width` order, [n, w]
+    (w = 0 for a two-tower model). :func:`split_item_side` is its inverse."""
+    side = model.item_side(e_v)
+    keys = [k for k in model.item_side_width() if k != "e_v"]
+    return tf.concat([side[k] for k in keys], axis=-1) if keys else e_v[:, :0]
 
 
 @tf.autograph.experimental.do_not_convert

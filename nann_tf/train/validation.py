@@ -56,17 +56,15 @@ TABLE_CHUNK = 65536
 
 def _item_rows(model):
     """``rows(ids) -> (e_v, item-side)``: the rows of the validation scorer's two tables for
-    item ids (int32 ``[n]``), traced once (the item-side tensors concatenated in
-    ``item_side_width`` order; an empty ``[n, 0]`` for a two-tower model)."""
+    item ids (int32 ``[n]``), traced once (:func:`~nann_tf.model.nann.item_side_rows`)."""
     import tensorflow as tf
 
-    keys = [k for k in model.item_side_width() if k != "e_v"]
+    from nann_tf.model.nann import item_side_rows
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
     def rows(ids):
         e = model.item_embedding(ids)
-        side = model.item_side(e)
-        return e, tf.concat([side[k] for k in keys], axis=-1) if keys else e[:, :0]
+        return e, item_side_rows(model, e)
 
     return rows
 
